@@ -1,0 +1,247 @@
+"""The adapter seam: everything edgeadapt knows about a model's structure comes from here.
+
+:class:`ModelAdapter` is the protocol a user model implements (see ``examples/custom_adapter.py``).
+:class:`HFAdapter` implements it for Hugging Face models from a per-family :class:`ArchSpec` table
+(``models/families/``), so pruning, LoRA targets, proxies and split points never sniff names.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from edgeadapt.models.spec import AttentionSpec, BlockSpec, MLPSpec, Slice
+from edgeadapt.models.tasks import Task
+
+
+@runtime_checkable
+class ModelAdapter(Protocol):
+    """What edgeadapt needs to know about a model. Paths are dotted, from the model root."""
+
+    model: nn.Module
+    family: str
+    task: Task
+    modality: str  # "image" or "text"
+
+    def blocks(self) -> list[BlockSpec]:
+        """The transformer blocks, in order, described from the live (possibly pruned) weights."""
+
+    def layers_path(self) -> str:
+        """The ``nn.ModuleList`` holding the blocks (for layer removal)."""
+
+    def embeddings(self) -> list[str]:
+        """Input embedding modules."""
+
+    def head(self) -> str | None:
+        """The task head (its input is the feature point), or ``None`` for a plain encoder."""
+
+    def set_attention_units(self, block: int, num_units: int) -> None:
+        """Fix attention-module attributes after ``num_units`` head units remain in ``block``."""
+
+    def set_layers(self, kept: list[int]) -> None:
+        """Fix config/attributes after only the blocks ``kept`` (old indices, in order) remain."""
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Identity of the *base* architecture, so plans and artifacts can be matched to it."""
+
+    def task_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scalar training loss on one batch."""
+
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The representation at the feature point (input of the head / sentence embedding)."""
+
+    def evaluate(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """The task metric(s) over some batches."""
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Where one Hugging Face family keeps its parts. Paths are relative to the base model
+    (``model.base_model``) and, for per-block parts, to the block.
+
+    ``head_attributes`` lists attention-module attributes that the family's forward reads and that
+    must follow the number of heads, as ``attr -> expression`` over ``heads``, ``kv_heads`` and
+    ``head_dim`` (e.g. ``{"split_size": "heads * head_dim"}``).
+    """
+
+    family: str
+    model_types: tuple[str, ...]
+    layers: str
+    attention: str
+    q: str
+    k: str
+    v: str
+    o: str
+    mlp_inputs: tuple[str, ...]
+    mlp_output: str
+    norms: tuple[str, ...]
+    embeddings: tuple[str, ...]
+    fused_qkv: bool = False  # q, k, v are consecutive sections of one module (path in ``q``)
+    transposed: bool = False  # weights stored [in, out] (GPT-2 Conv1D)
+    head_attributes: Mapping[str, str] = field(default_factory=dict)
+    layers_key: str = "num_hidden_layers"
+    heads_key: str = "num_attention_heads"
+    kv_heads_key: str | None = None
+    hidden_key: str = "hidden_size"
+    ffn_key: str = "intermediate_size"
+    classes: Mapping[str, str] = field(default_factory=dict)  # task name -> transformers class
+
+
+def out_features(module: nn.Module, transposed: bool) -> int:
+    """Output width of a Linear (``[out, in]``) or a transposed Conv1D (``[in, out]``)."""
+    return module.weight.shape[1] if transposed else module.weight.shape[0]
+
+
+class HFAdapter:
+    """A :class:`ModelAdapter` for a Hugging Face model, driven by an :class:`ArchSpec`.
+
+    >>> adapter = load_adapter("tiny-llama")   # doctest: +SKIP
+    >>> [b.mlp.width for b in adapter.blocks()]  # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module, spec: ArchSpec, task: Task, modality: str,
+                 tokenizer: Any = None, name: str | None = None) -> None:
+        self.model = model
+        self.spec = spec
+        self.task = task
+        self.modality = modality
+        self.tokenizer = tokenizer
+        self.family = spec.family
+        self.name = name or getattr(model.config, "_name_or_path", "") or spec.family
+        prefix = getattr(model, "base_model_prefix", "")
+        self._prefix = f"{prefix}." if prefix and hasattr(model, prefix) else ""
+        self._base = self._fingerprint_from_config()
+        self.plan: Any = None  # the PruningPlan the model currently realises (None = dense)
+        self.base_config = copy.deepcopy(model.config)  # what a pruned model is rebuilt from
+        self._base_hash: str | None = None
+
+    # -- structure --------------------------------------------------------------------------
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    def _path(self, rel: str) -> str:
+        return f"{self._prefix}{rel}"
+
+    def layers_path(self) -> str:
+        return self._path(self.spec.layers)
+
+    def embeddings(self) -> list[str]:
+        return [self._path(e) for e in self.spec.embeddings]
+
+    def head(self) -> str | None:
+        return self.task.head
+
+    def head_dim(self) -> int:
+        c = self.config
+        explicit = getattr(c, "head_dim", None)
+        if explicit:
+            return int(explicit)
+        return getattr(c, self.spec.hidden_key) // self._base["num_heads"]
+
+    def blocks(self) -> list[BlockSpec]:
+        s = self.spec
+        layers = self.model.get_submodule(self.layers_path())
+        hd = self.head_dim()
+        out: list[BlockSpec] = []
+        for i, block in enumerate(layers):
+            root = f"{self.layers_path()}.{i}"
+            if s.fused_qkv:
+                total = out_features(block.get_submodule(s.q), s.transposed)
+                heads = kv = total // (3 * hd)
+                width = heads * hd
+                q = Slice(f"{root}.{s.q}", "out", 0, width)
+                k = Slice(f"{root}.{s.q}", "out", width, width)
+                v = Slice(f"{root}.{s.q}", "out", 2 * width, width)
+            else:
+                heads = out_features(block.get_submodule(s.q), s.transposed) // hd
+                kv = out_features(block.get_submodule(s.k), s.transposed) // hd
+                q, k, v = (Slice(f"{root}.{p}", "out") for p in (s.q, s.k, s.v))
+            attn = AttentionSpec(
+                module=f"{root}.{s.attention}", q=q, k=k, v=v, o=Slice(f"{root}.{s.o}", "in"),
+                num_heads=heads, num_kv_heads=kv, head_dim=hd,
+            )
+            width = out_features(block.get_submodule(s.mlp_inputs[0]), s.transposed)
+            mlp = MLPSpec(
+                inputs=tuple(Slice(f"{root}.{p}", "out") for p in s.mlp_inputs),
+                output=Slice(f"{root}.{s.mlp_output}", "in"), width=width,
+            )
+            out.append(BlockSpec(i, root, attn, mlp, tuple(f"{root}.{n}" for n in s.norms)))
+        return out
+
+    @property
+    def transposed(self) -> bool:
+        return self.spec.transposed
+
+    # -- fixing attributes after a structural change -----------------------------------------
+    def set_attention_units(self, block: int, num_units: int) -> None:
+        b = self.blocks()[block]
+        ratio = self._base["num_heads"] // self._base["num_kv_heads"]
+        env = {"heads": num_units * ratio, "kv_heads": num_units, "head_dim": b.attention.head_dim}
+        module = self.model.get_submodule(b.attention.module)
+        for attr, expr in self.spec.head_attributes.items():
+            setattr(module, attr, int(eval(expr, {"__builtins__": {}}, env)))  # noqa: S307 - table-defined
+
+    def set_layers(self, kept: list[int]) -> None:
+        layers = self.model.get_submodule(self.layers_path())
+        for new_idx, block in enumerate(layers):
+            for module in block.modules():
+                if hasattr(module, "layer_idx"):
+                    module.layer_idx = new_idx
+        setattr(self.config, self.spec.layers_key, len(layers))
+        layer_types = getattr(self.config, "layer_types", None)
+        if isinstance(layer_types, list) and len(layer_types) != len(layers):
+            self.config.layer_types = [layer_types[i] for i in kept]
+
+    # -- identity ---------------------------------------------------------------------------
+    def _fingerprint_from_config(self) -> dict[str, Any]:
+        c = self.config
+        s = self.spec
+        heads = getattr(c, s.heads_key)
+        kv = getattr(c, s.kv_heads_key, None) if s.kv_heads_key else None
+        return {
+            "family": s.family,
+            "model_type": c.model_type,
+            "architecture": type(self.model).__name__,
+            "num_layers": getattr(c, s.layers_key),
+            "hidden_size": getattr(c, s.hidden_key),
+            "num_heads": heads,
+            "num_kv_heads": kv or heads,
+            "ffn_width": getattr(c, s.ffn_key, None) or 4 * getattr(c, s.hidden_key),
+        }
+
+    def fingerprint(self) -> dict[str, Any]:
+        return dict(self._base)
+
+    def base_hash(self) -> str:
+        """SHA-256 over the base weights (names, shapes, bytes); computed once, before pruning."""
+        if self._base_hash is None:
+            if self.plan is not None:
+                raise RuntimeError("base weights are gone: base_hash() must be taken before pruning")
+            h = hashlib.sha256()
+            for name, t in sorted(self.model.state_dict().items()):
+                h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+                h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            self._base_hash = h.hexdigest()
+        return self._base_hash
+
+    # -- task ---------------------------------------------------------------------------------
+    def task_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.task.loss(self.model, batch)
+
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.task.features(self.model, batch)
+
+    def evaluate(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self.task.evaluate(self.model, batches)
+        finally:
+            self.model.train(was_training)

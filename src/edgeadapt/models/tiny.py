@@ -1,0 +1,60 @@
+"""Seeded, random-init tiny configurations of every built-in family (for tests and demos).
+
+They resolve offline by name (``tiny-vit``, ``tiny-bert``, ``tiny-gpt2``, ``tiny-opt``,
+``tiny-llama``). Text models share a BPE tokenizer trained on the built-in corpus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+TEXT_VOCAB = 2048
+
+
+def _vit() -> Any:
+    from transformers import ViTConfig
+
+    return ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=64, num_hidden_layers=4,
+                     num_attention_heads=4, intermediate_size=128, num_labels=10,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def _bert() -> Any:
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=TEXT_VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=128, max_position_embeddings=256, num_labels=2, pad_token_id=0)
+
+
+def _gpt2() -> Any:
+    from transformers import GPT2Config
+
+    return GPT2Config(vocab_size=TEXT_VOCAB, n_positions=256, n_embd=64, n_layer=2, n_head=4,
+                      bos_token_id=5, eos_token_id=6, pad_token_id=0)
+
+
+def _opt() -> Any:
+    from transformers import OPTConfig
+
+    return OPTConfig(vocab_size=TEXT_VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     ffn_dim=128, max_position_embeddings=256, word_embed_proj_dim=64,
+                     bos_token_id=5, eos_token_id=6, pad_token_id=0)
+
+
+def _llama() -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=TEXT_VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, intermediate_size=128, max_position_embeddings=256,
+                       bos_token_id=5, eos_token_id=6, pad_token_id=0, tie_word_embeddings=False)
+
+
+TINY: dict[str, tuple[Callable[[], Any], str, str]] = {
+    # name: (config factory, task, modality)
+    "tiny-vit": (_vit, "image-classification", "image"),
+    "tiny-bert": (_bert, "sequence-classification", "text"),
+    "tiny-gpt2": (_gpt2, "causal-lm", "text"),
+    "tiny-opt": (_opt, "causal-lm", "text"),
+    "tiny-llama": (_llama, "causal-lm", "text"),
+}

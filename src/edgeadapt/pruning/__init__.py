@@ -1,0 +1,1 @@
+"""Structured scaling in four nouns: groups, importance, plan, apply."""

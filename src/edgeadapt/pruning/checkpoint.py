@@ -1,0 +1,82 @@
+"""Save and reload pruned models: base config + plan + safetensors weights + manifest.
+
+A pruned model can have a different number of heads and FFN neurons in every layer, which a
+Hugging Face config cannot express. So the artifact stores the *base* config and the plan, and
+loading rebuilds the base architecture, applies the plan to get the exact shapes, then loads the
+weights strictly. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from safetensors.torch import load_model, save_model
+
+from edgeadapt.artifacts import ArtifactError, atomic_write_text, read_manifest, write_manifest
+from edgeadapt.models.adapter import HFAdapter
+from edgeadapt.pruning.apply import apply_plan, current_plan
+from edgeadapt.pruning.plan import PlanError, PruningPlan
+
+KIND = "pruned-model"
+VERSION = 1
+WEIGHTS = "model.safetensors"
+
+
+def save_pruned(adapter: HFAdapter, directory: str | Path, config: dict | None = None) -> Path:
+    """Write ``adapter``'s model (pruned or not) to ``directory``; ``config`` is recorded as the
+    producing configuration. Returns the directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    plan = current_plan(adapter)
+    base_hash = adapter.base_hash() if adapter.plan is None else adapter._base_hash
+    with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as tmp:
+        tmp_path = Path(tmp.name)
+    try:
+        save_model(adapter.model, str(tmp_path))
+        tmp_path.replace(directory / WEIGHTS)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    atomic_write_text(directory / "base_config.json", adapter.base_config.to_json_string())
+    plan.save(directory / "plan.json")
+    files = [WEIGHTS, "base_config.json", "plan.json"]
+    if adapter.tokenizer is not None:
+        adapter.tokenizer.save_pretrained(directory / "tokenizer")
+        files += [f"tokenizer/{p.name}" for p in sorted((directory / "tokenizer").iterdir())]
+    write_manifest(directory, KIND, VERSION, files,
+                   base={"name": adapter.name, "hash": base_hash, "architecture": adapter.fingerprint(),
+                         "class": type(adapter.model).__name__},
+                   plan_summary=plan.summary(), config=config or {})
+    return directory
+
+
+def load_pruned(directory: str | Path) -> HFAdapter:
+    """Rebuild a model saved by :func:`save_pruned`, verifying kind, version, hashes and shapes."""
+    import transformers
+
+    from edgeadapt.models.registry import build_from_config, task_of, wrap
+
+    directory = Path(directory)
+    manifest = read_manifest(directory, KIND, VERSION)
+    base = manifest["base"]
+    config_dict = json.loads((directory / "base_config.json").read_text())
+    config = transformers.AutoConfig.for_model(**config_dict)
+    model = build_from_config(config, task_of(base["class"]))
+    tokenizer = None
+    if (directory / "tokenizer").is_dir():
+        tokenizer = transformers.AutoTokenizer.from_pretrained(directory / "tokenizer")
+    adapter = wrap(model, tokenizer, base["name"])
+    if adapter.fingerprint() != base["architecture"]:
+        raise ArtifactError(f"{directory}: base_config.json does not match the manifest's architecture")
+    adapter._base_hash = base["hash"]
+    try:
+        apply_plan(adapter, PruningPlan.load(directory / "plan.json"))
+    except PlanError as exc:
+        raise ArtifactError(f"{directory}: plan.json does not fit its base model: {exc}") from None
+    missing, unexpected = load_model(adapter.model, str(directory / WEIGHTS), strict=False)
+    if missing or unexpected:
+        raise ArtifactError(f"{directory}: weights do not match the pruned architecture "
+                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    adapter.model.eval()
+    return adapter

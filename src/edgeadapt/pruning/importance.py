@@ -1,0 +1,188 @@
+"""Importance scores per group member: magnitude, first-order Taylor, activation.
+
+A score table maps each kind to one tensor per *current* block: ``scores["heads"][b][u]`` is
+head unit ``u`` of block ``b``; ``scores["neurons"][b][n]`` is FFN neuron ``n``;
+``scores["layers"][b]`` is block ``b`` as a whole. Scores are always joint over a group: a
+head's q/k/v rows and o columns, a neuron's row in every input projection and its output column.
+
+Taylor importance estimates the loss change from removing a group, ``(sum over the group of
+w * dL/dw)``. The default ``taylor`` squares that per calibration batch and averages (Molchanov
+et al., 2019), which keeps the sign-cancelling first-order term informative;
+``taylor-abs`` sums ``|w * g|`` element-wise instead (the torch-pruning convention).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from edgeadapt.models.adapter import ModelAdapter
+from edgeadapt.pruning.groups import Member, block_members
+from edgeadapt.pruning.ops import weight_matrix
+
+Scores = dict[str, list[torch.Tensor]]
+Batch = dict[str, torch.Tensor]
+METHODS = ("magnitude", "magnitude-l2", "taylor", "taylor-abs", "activation")
+
+
+class Importance(Protocol):
+    """Scores every group of ``adapter``'s model, optionally from calibration batches."""
+
+    def __call__(self, adapter: ModelAdapter, batches: Iterable[Batch] | None = None) -> Scores: ...
+
+
+def member_values(model: nn.Module, member: Member, grad: bool = False) -> torch.Tensor:
+    """The weights (or their gradients) a member owns, as ``[units, -1]`` (bias included)."""
+    module = model.get_submodule(member.slice.module)
+    w = weight_matrix(module)
+    bias = getattr(module, "bias", None)
+    if grad:
+        w = w.grad if not hasattr(module.weight, "grad") else (
+            module.weight.grad.T if w is not module.weight else module.weight.grad)
+        bias = None if bias is None else bias.grad
+        if w is None:
+            raise RuntimeError(f"no gradient on {member.slice.module}; run a backward pass first")
+    idx = member.index.to(w.device)
+    units = idx.shape[0]
+    if member.slice.axis == "out":
+        parts = [w[idx.reshape(-1)].reshape(units, -1)]
+        if bias is not None:
+            parts.append(bias[idx.reshape(-1)].reshape(units, -1))
+        return torch.cat(parts, 1)
+    return w[:, idx.reshape(-1)].reshape(w.shape[0], units, -1).permute(1, 0, 2).reshape(units, -1)
+
+
+def _per_block(adapter: ModelAdapter, fn: Callable[[list[Member]], torch.Tensor]) -> Scores:
+    out: Scores = {"heads": [], "neurons": []}
+    for block in adapter.blocks():
+        for kind in ("heads", "neurons"):
+            out[kind].append(fn(block_members(block, kind)).detach().float().cpu())
+    return out
+
+
+@torch.no_grad()
+def magnitude(adapter: ModelAdapter, batches: Iterable[Batch] | None = None, p: int = 1) -> Scores:
+    """L1 (``p=1``) or L2 norm of all weights of each group."""
+    model = adapter.model
+
+    def score(members: list[Member]) -> torch.Tensor:
+        return sum(member_values(model, m).abs().pow(p).sum(1) for m in members).pow(1 / p)
+
+    scores = _per_block(adapter, score)
+    layers = adapter.model.get_submodule(adapter.layers_path())
+    scores["layers"] = [torch.tensor([torch.cat([q.detach().abs().reshape(-1) for q in blk.parameters()])
+                                      .mean().item() for blk in layers])]
+    return scores
+
+
+def taylor(adapter: ModelAdapter, batches: Iterable[Batch], squared: bool = True,
+           progress: bool = False) -> Scores:
+    """First-order Taylor importance accumulated over calibration ``batches``."""
+    model = adapter.model
+    layers = model.get_submodule(adapter.layers_path())
+    was_training = model.training
+    model.eval()  # deterministic gradients (no dropout) at the model we will prune
+    totals: Scores | None = None
+    layer_total = torch.zeros(len(layers))
+    n = 0
+    try:
+        for batch in tqdm(list(batches), desc="taylor", disable=not progress, leave=False):
+            model.zero_grad(set_to_none=True)
+            adapter.task_loss(batch).backward()
+
+            def contrib(members: list[Member]) -> torch.Tensor:
+                wg = [member_values(model, m) * member_values(model, m, grad=True) for m in members]
+                if squared:
+                    return sum(t.sum(1) for t in wg).pow(2)
+                return sum(t.abs().sum(1) for t in wg)
+
+            with torch.no_grad():
+                batch_scores = _per_block(adapter, contrib)
+                per_layer = torch.tensor([
+                    sum((q * q.grad).sum().item() for q in blk.parameters() if q.grad is not None)
+                    for blk in layers])
+            layer_total += per_layer.pow(2) if squared else per_layer.abs()
+            if totals is None:
+                totals = batch_scores
+            else:
+                for kind in totals:
+                    totals[kind] = [a + b for a, b in zip(totals[kind], batch_scores[kind])]
+            n += 1
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    if totals is None:
+        raise ValueError("taylor importance needs at least one calibration batch")
+    scores = {k: [t / n for t in v] for k, v in totals.items()}
+    scores["layers"] = [layer_total / n]
+    return scores
+
+
+@torch.no_grad()
+def activation(adapter: ModelAdapter, batches: Iterable[Batch]) -> Scores:
+    """Mean activation norm entering ``o`` (per head unit) and the MLP output (per neuron);
+    per layer, the relative size of the block's residual update ``||out - in|| / ||in||``."""
+    model = adapter.model
+    blocks = adapter.blocks()
+    sums: Scores = {"heads": [torch.zeros(b.attention.num_units) for b in blocks],
+                    "neurons": [torch.zeros(b.mlp.width) for b in blocks]}
+    layer_sum = torch.zeros(len(blocks))
+    count = {"n": 0}
+    handles = []
+
+    def feature_hook(kind: str, i: int, units: int) -> Callable:
+        def hook(_m: nn.Module, args: tuple) -> None:
+            a = args[0].detach().float().reshape(-1, args[0].shape[-1])
+            per = a.reshape(a.shape[0], units, -1).norm(dim=-1).mean(0)
+            sums[kind][i] += per.cpu()
+        return hook
+
+    def layer_hook(i: int) -> Callable:
+        def hook(_m: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+            x = args[0] if args else kwargs["hidden_states"]
+            y = output[0] if isinstance(output, tuple) else output
+            layer_sum[i] += ((y - x).norm() / x.norm().clamp_min(1e-12)).item()
+        return hook
+
+    layers = model.get_submodule(adapter.layers_path())
+    for i, b in enumerate(blocks):
+        handles.append(model.get_submodule(b.attention.o.module).register_forward_pre_hook(
+            feature_hook("heads", i, b.attention.num_units)))
+        handles.append(model.get_submodule(b.mlp.output.module).register_forward_pre_hook(
+            feature_hook("neurons", i, b.mlp.width)))
+        handles.append(layers[i].register_forward_hook(layer_hook(i), with_kwargs=True))
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            adapter.features(batch)
+            count["n"] += 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if count["n"] == 0:
+        raise ValueError("activation importance needs at least one calibration batch")
+    scores = {k: [t / count["n"] for t in v] for k, v in sums.items()}
+    scores["layers"] = [layer_sum / count["n"]]
+    return scores
+
+
+def score(adapter: ModelAdapter, method: str, batches: Iterable[Batch] | None = None,
+          progress: bool = False) -> Scores:
+    """Dispatch by name: one of :data:`METHODS`."""
+    if method == "magnitude":
+        return magnitude(adapter, p=1)
+    if method == "magnitude-l2":
+        return magnitude(adapter, p=2)
+    if method not in METHODS:
+        raise ValueError(f"unknown importance {method!r}; choose one of {', '.join(METHODS)}")
+    if batches is None:
+        raise ValueError(f"importance {method!r} needs calibration batches")
+    if method in ("taylor", "taylor-abs"):
+        return taylor(adapter, batches, squared=method == "taylor", progress=progress)
+    return activation(adapter, batches)

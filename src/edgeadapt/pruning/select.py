@@ -1,0 +1,86 @@
+"""Turn importance scores into a :class:`PruningPlan` at a target sparsity.
+
+``scope="uniform"`` removes the same fraction in every block; ``scope="global"`` ranks units of
+a kind across all blocks (Taylor scores estimate loss change, so they are comparable across
+layers), keeping at least ``min_keep`` per block. Protected first/last blocks are never touched.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from edgeadapt.models.adapter import ModelAdapter
+from edgeadapt.pruning.apply import current_plan
+from edgeadapt.pruning.groups import KINDS
+from edgeadapt.pruning.importance import Scores
+from edgeadapt.pruning.plan import BlockPlan, PlanError, PruningPlan
+
+SCOPES = ("uniform", "global")
+
+
+def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
+    """Sparsity is the fraction removed: it must lie in [0, 1)."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or math.isnan(sparsity):
+        raise ValueError(f"{name} must be a number in [0, 1), got {sparsity!r}")
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"{name} must be in [0, 1) (the fraction of units removed), got {sparsity}")
+    return float(sparsity)
+
+
+def select(adapter: ModelAdapter, scores: Scores, kind: str, sparsity: float, scope: str = "uniform",
+           min_keep: int = 1, protect_first: int = 0, protect_last: int = 0) -> PruningPlan:
+    """A new plan removing ``sparsity`` of ``kind`` units (of the current model) by lowest score."""
+    check_sparsity(sparsity)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    plan = current_plan(adapter)
+    n_blocks = len(plan.blocks)
+    protected = set(range(min(protect_first, n_blocks))) | set(range(max(0, n_blocks - protect_last), n_blocks))
+    open_blocks = [i for i in range(n_blocks) if i not in protected]
+    new_blocks = [BlockPlan(b.index, b.heads, b.neurons) for b in plan.blocks]
+
+    if kind == "layers":
+        n_drop = round(sparsity * n_blocks)
+        if n_drop > len(open_blocks) or n_drop >= n_blocks:
+            raise PlanError(f"cannot remove {n_drop} of {n_blocks} layers with {len(protected)} protected")
+        layer_scores = scores["layers"][0]
+        drop = set(sorted(open_blocks, key=lambda i: float(layer_scores[i]))[:n_drop])
+        return PruningPlan(dict(plan.architecture), [b for i, b in enumerate(new_blocks) if i not in drop])
+
+    kept_ids = [plan.kept_heads(b) if kind == "heads" else plan.kept_neurons(b) for b in plan.blocks]
+    sizes = {i: len(kept_ids[i]) for i in open_blocks}
+    total = sum(sizes.values())
+    if scope == "uniform":
+        n_remove = {i: min(round(sparsity * sizes[i]), sizes[i] - min_keep) for i in open_blocks}
+    else:
+        n_remove = _global_counts(scores[kind], open_blocks, sizes, round(sparsity * total), min_keep)
+    for i in open_blocks:
+        if n_remove[i] <= 0:
+            continue
+        order = torch.argsort(scores[kind][i], stable=True)  # ascending: least important first
+        keep_local = sorted(order[n_remove[i]:].tolist())
+        kept = [kept_ids[i][j] for j in keep_local]
+        if kind == "heads":
+            new_blocks[i].heads = kept
+        else:
+            new_blocks[i].neurons = kept
+    return PruningPlan(dict(plan.architecture), new_blocks)
+
+
+def _global_counts(scores: list[torch.Tensor], blocks: list[int], sizes: dict[int, int], n_total: int,
+                   min_keep: int) -> dict[int, int]:
+    """How many units to remove per block when ranking globally, honouring per-block floors."""
+    candidates = []
+    for i in blocks:
+        s = scores[i]
+        floor_ids = set(torch.argsort(s, descending=True)[:min_keep].tolist())
+        candidates += [(float(s[j]), i) for j in range(len(s)) if j not in floor_ids]
+    candidates.sort(key=lambda t: t[0])
+    counts = {i: 0 for i in blocks}
+    for _, i in candidates[:n_total]:
+        counts[i] += 1
+    return counts

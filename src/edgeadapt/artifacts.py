@@ -56,7 +56,7 @@ def write_manifest(directory: Path, kind: str, version: int, files: list[str], *
 
     manifest = {"kind": kind, "format_version": version, "edgeadapt_version": __version__,
                 **fields, "files": {f: sha256_file(directory / f) for f in files}}
-    atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+    atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True, default=str))
     return manifest
 
 

@@ -1,0 +1,1 @@
+"""The ``edgeadapt`` command line: a thin table over library functions."""

@@ -1,0 +1,134 @@
+"""``edgeadapt``: each command parses its arguments, calls one library function and prints.
+
+Every command has a Python equivalent named in its help text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the CLI never downloads: models must be local
+
+
+def _load(model: str):  # -> ModelAdapter
+    """A built-in name, a local HF directory, or an edgeadapt pruned-model artifact."""
+    if (Path(model) / "manifest.json").is_file():
+        from edgeadapt.pruning.checkpoint import load_pruned
+
+        return load_pruned(model)
+    from edgeadapt.models.registry import load_adapter
+
+    return load_adapter(model)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Per-block table of heads, KV heads, FFN width, parameters and FLOPs.
+    Python: ``edgeadapt.models.inspect.inspect_model(load_adapter(MODEL))``."""
+    from edgeadapt.models.inspect import format_inspection, inspect_model
+
+    info = inspect_model(_load(args.model), context=args.context)
+    print(json.dumps(info.to_dict(), indent=1) if args.json else format_inspection(info))
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Prune by a plan file or by sparsity + importance, then save an artifact directory.
+    Python: ``edgeadapt.pruning.prune.prune(...)`` / ``apply_plan(...)`` + ``save_pruned(...)``."""
+    from edgeadapt.data.calibration import calibration_batches
+    from edgeadapt.models.inspect import inspect_model
+    from edgeadapt.pruning.apply import apply_plan
+    from edgeadapt.pruning.checkpoint import save_pruned
+    from edgeadapt.pruning.plan import PruningPlan
+    from edgeadapt.pruning.prune import prune
+    from edgeadapt.pruning.select import check_sparsity
+
+    if (args.plan is None) == (args.sparsity is None):
+        raise ValueError("give exactly one of --plan PLAN.json or --sparsity S")
+    targets = [t.strip() for t in args.target.split(",") if t.strip()]
+    if args.sparsity is not None:
+        check_sparsity(args.sparsity, "--sparsity")
+    adapter = _load(args.model)
+    before = inspect_model(adapter)
+    if args.plan is not None:
+        apply_plan(adapter, PruningPlan.load(args.plan))
+    else:
+        batches = None
+        if args.importance not in ("magnitude", "magnitude-l2"):
+            batches = calibration_batches(adapter, args.calibration_batches, args.batch_size, seed=args.seed)
+        prune(adapter, args.sparsity, targets, args.importance, batches, scope=args.scope,
+              protect_first=args.protect_first, protect_last=args.protect_last, progress=True)
+    after = inspect_model(adapter)
+    save_pruned(adapter, args.out, config={k: v for k, v in vars(args).items() if k != "func"})
+    print(adapter.plan.summary())
+    print(f"params {before.total_params:,} -> {after.total_params:,} "
+          f"({after.total_params / before.total_params:.1%}); FLOPs/{after.unit} "
+          f"{before.total_flops:,} -> {after.total_flops:,} ({after.total_flops / before.total_flops:.1%})")
+    print(f"saved to {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train the tiny ViT on digits, inspect it, prune it at several sparsities and report.
+    Python: ``edgeadapt.recipes.demo.run_demo(out)``."""
+    from edgeadapt.recipes.demo import run_demo
+
+    run_demo(Path(args.out), retrain=args.retrain)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from edgeadapt import __version__
+    from edgeadapt.pruning.importance import METHODS
+
+    p = argparse.ArgumentParser(prog="edgeadapt", description="Keep foundation models accurate on edge "
+                                "devices under drift: adapt, compress, fit in memory, offload.")
+    p.add_argument("--version", action="version", version=f"edgeadapt {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("inspect", help="per-block structure, parameters and FLOPs of a model")
+    s.add_argument("model", help="built-in name (tiny-vit, tiny-bert, tiny-gpt2, tiny-opt, tiny-llama, "
+                   "minilm), a local HF model directory, or a pruned-model artifact directory")
+    s.add_argument("--context", type=int, default=None, help="context length for text FLOPs per token")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("prune", help="structured pruning of heads / FFN neurons / layers")
+    s.add_argument("model", help="as for inspect")
+    s.add_argument("--plan", type=Path, help="a PruningPlan JSON to apply")
+    s.add_argument("--sparsity", type=float, help="fraction of each target kind to remove, in [0, 1)")
+    s.add_argument("--target", default="neurons", help="comma list of heads,neurons,layers (default neurons)")
+    s.add_argument("--importance", default="taylor", choices=METHODS)
+    s.add_argument("--scope", default="uniform", choices=("uniform", "global"))
+    s.add_argument("--protect-first", type=int, default=0, help="leave the first N blocks untouched")
+    s.add_argument("--protect-last", type=int, default=0, help="leave the last N blocks untouched")
+    s.add_argument("--calibration-batches", type=int, default=8)
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", type=Path, required=True, help="artifact directory to write")
+    s.set_defaults(func=cmd_prune)
+
+    s = sub.add_parser("demo", help="the end-to-end demo on built-in data")
+    s.add_argument("--out", type=Path, default=Path("runs/demo"))
+    s.add_argument("--retrain", action="store_true", help="ignore the cached source model")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; user errors print one clear line and exit with status 2."""
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return handler(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"edgeadapt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""End-to-end recipes that chain library stages (what ``edgeadapt demo`` runs)."""

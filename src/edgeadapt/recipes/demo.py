@@ -1,0 +1,76 @@
+"""``edgeadapt demo``: the most complete end-to-end path on built-in data.
+
+1. Train the source model (tiny ViT on digits; cached in ``out/source``).
+2. Print its per-block inspection.
+3. Prune heads and FFN neurons at several sparsities with magnitude and Taylor importance
+   (Taylor calibrated on digits training images), without retraining, and report test accuracy,
+   parameters and FLOPs against the dense model — a table, ``demo.json`` and ``demo.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from edgeadapt.artifacts import atomic_write_text
+from edgeadapt.data.calibration import calibration_batches
+from edgeadapt.data.digits import digits_tensors, image_batches
+from edgeadapt.models.inspect import format_inspection, inspect_model
+from edgeadapt.pruning.prune import prune
+from edgeadapt.recipes.source import train_source_vit
+
+SPARSITIES = (0.25, 0.5)
+TARGETS = ("heads", "neurons")
+METHODS = ("magnitude", "taylor")
+
+
+def pruning_table(adapter: Any, calibration: list, test: list, dense_acc: float) -> list[dict[str, Any]]:
+    """Accuracy/params/FLOPs of ``adapter`` pruned per (target, sparsity, method), no retraining."""
+    dense = inspect_model(adapter)
+    rows = []
+    for target in TARGETS:
+        for sparsity in SPARSITIES:
+            for method in METHODS:
+                pruned = copy.deepcopy(adapter)
+                prune(pruned, sparsity, [target], method, calibration)
+                info = inspect_model(pruned)
+                rows.append({"target": target, "sparsity": sparsity, "method": method,
+                             "accuracy": pruned.evaluate(test)["accuracy"], "dense_accuracy": dense_acc,
+                             "params_ratio": info.total_params / dense.total_params,
+                             "flops_ratio": info.total_flops / dense.total_flops})
+    return rows
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    lines = ["| target | sparsity | importance | accuracy | Δ vs dense | params | FLOPs |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['target']} | {r['sparsity']:.0%} | {r['method']} | {r['accuracy']:.3f} | "
+                     f"{r['accuracy'] - r['dense_accuracy']:+.3f} | {r['params_ratio']:.1%} | "
+                     f"{r['flops_ratio']:.1%} |")
+    return "\n".join(lines)
+
+
+def run_demo(out: Path, retrain: bool = False) -> dict[str, Any]:
+    """Run the demo into ``out`` and return its results."""
+    out.mkdir(parents=True, exist_ok=True)
+    print("== 1. source model: tiny ViT on digits (16x16)")
+    adapter, metrics = train_source_vit(out / "source", reuse=not retrain)
+    print(f"test accuracy {metrics['accuracy']:.3f}")
+    print("\n== 2. edgeadapt inspect")
+    print(format_inspection(inspect_model(adapter)))
+    print("\n== 3. structured pruning without retraining (test accuracy)")
+    x, y = digits_tensors("test")
+    test = list(image_batches(x, y, 256))
+    calibration = calibration_batches(adapter, num_batches=16, batch_size=16)
+    rows = pruning_table(adapter, calibration, test, metrics["accuracy"])
+    table = format_rows(rows)
+    print(table)
+    result = {"source": metrics, "pruning": rows}
+    atomic_write_text(out / "demo.json", json.dumps(result, indent=1))
+    atomic_write_text(out / "demo.md", "# edgeadapt demo\n\nSource tiny ViT test accuracy: "
+                      f"{metrics['accuracy']:.3f}\n\n## Pruning without retraining\n\n{table}\n")
+    print(f"\nwrote {out / 'demo.json'} and {out / 'demo.md'}")
+    return result

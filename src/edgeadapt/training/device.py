@@ -1,0 +1,22 @@
+"""Device selection: ``"auto"`` picks CUDA when present, else CPU."""
+
+from __future__ import annotations
+
+import torch
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` → ``cuda`` if available else ``cpu``; anything else is passed to ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='auto' or 'cpu'")
+    return dev
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -32,6 +32,10 @@ from transformers.models.bert.modeling_bert import BertSelfAttention
 
 __all__ = ["prune_with_torch_pruning"]
 
+# Batches may carry extra views (e.g. ``pair_input_ids`` for a contrastive loss); only these
+# keys go to the model when tracing the dependency graph.
+_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
 
 def _ignored_layers(model: BertModel, target: str) -> list[nn.Module]:
     """Modules torch-pruning must leave untouched so only the chosen units are removed."""
@@ -117,7 +121,7 @@ def prune_with_torch_pruning(
     imp = tp.importance.GroupTaylorImportance() if importance == "taylor" else tp.importance.GroupMagnitudeImportance(p=2)
     pruner = tp.pruner.BasePruner(
         model,
-        example_inputs=dict(calibration[0]),
+        example_inputs={k: v for k, v in calibration[0].items() if k in _MODEL_INPUTS},
         importance=imp,
         global_pruning=False,
         # For "heads" this only has to be > 0: the head branch runs inside the width loop,

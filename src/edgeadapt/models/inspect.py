@@ -52,8 +52,8 @@ def _linear_flops(module: nn.Module) -> int:
 
 def tokens_per_input(adapter: ModelAdapter, context: int | None = None) -> tuple[str, int]:
     """("image", patches + 1) for vision models, ("token", context) for text models."""
-    config = adapter.model.config
-    if adapter.modality == "image":
+    config = getattr(adapter.model, "config", None)
+    if adapter.modality == "image" and config is not None:
         return "image", (config.image_size // config.patch_size) ** 2 + 1
     return "token", context or min(getattr(config, "max_position_embeddings", 512) or 512, 512)
 

@@ -74,7 +74,11 @@ def load_pruned(directory: str | Path) -> HFAdapter:
         apply_plan(adapter, PruningPlan.load(directory / "plan.json"))
     except PlanError as exc:
         raise ArtifactError(f"{directory}: plan.json does not fit its base model: {exc}") from None
-    missing, unexpected = load_model(adapter.model, str(directory / WEIGHTS), strict=False)
+    try:
+        missing, unexpected = load_model(adapter.model, str(directory / WEIGHTS), strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise ArtifactError(f"{directory}: weights do not match the pruned architecture "
+                            f"({str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc})") from None
     if missing or unexpected:
         raise ArtifactError(f"{directory}: weights do not match the pruned architecture "
                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")

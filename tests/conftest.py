@@ -1,0 +1,72 @@
+"""Shared fixtures: offline mode, a per-session cache, tiny adapters and their batches."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+TINY = ["tiny-vit", "tiny-bert", "tiny-gpt2", "tiny-opt", "tiny-llama"]
+ALL = [*TINY, "minilm"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    os.environ["EDGEADAPT_CACHE"] = str(tmp_path_factory.mktemp("edgeadapt-cache"))
+
+
+def make_batches(adapter, n: int = 2, size: int = 4, length: int = 24) -> list[dict[str, torch.Tensor]]:
+    """Small deterministic batches of the adapter's modality (labels where the task has them)."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n):
+        if adapter.modality == "image":
+            c = adapter.model.config
+            batch = {"pixel_values": torch.randn(size, c.num_channels, c.image_size, c.image_size, generator=g)}
+        else:
+            vocab = adapter.model.config.vocab_size
+            batch = {"input_ids": torch.randint(7, vocab, (size, length), generator=g),
+                     "attention_mask": torch.ones(size, length, dtype=torch.long)}
+            batch["attention_mask"][0, length // 2:] = 0  # some padding
+            if adapter.task.name == "sentence-embedding":
+                batch["pair_input_ids"] = torch.randint(7, vocab, (size, length), generator=g)
+                batch["pair_attention_mask"] = torch.ones(size, length, dtype=torch.long)
+        if adapter.task.name == "classification":
+            batch["labels"] = torch.randint(0, adapter.model.config.num_labels, (size,), generator=g)
+        out.append(batch)
+    return out
+
+
+def outputs(adapter, batch) -> torch.Tensor:
+    """The model's main output (logits, or the last hidden state for encoders), in eval mode."""
+    from edgeadapt.models.tasks import model_inputs
+
+    adapter.model.eval()
+    with torch.no_grad():
+        out = adapter.model(**model_inputs(batch))
+    return out.logits if hasattr(out, "logits") and out.logits is not None else out.last_hidden_state
+
+
+@pytest.fixture(scope="session")
+def minilm_adapter():
+    from edgeadapt.models.registry import load_adapter
+
+    return load_adapter("minilm")
+
+
+@pytest.fixture
+def load(minilm_adapter):
+    """Fresh adapter by name (minilm is loaded once and deep-copied)."""
+    import copy
+
+    from edgeadapt.models.registry import load_adapter
+
+    def _load(name: str):
+        return copy.deepcopy(minilm_adapter) if name == "minilm" else load_adapter(name)
+
+    return _load

@@ -1,0 +1,36 @@
+"""The documented custom-adapter example works with pruning, exactly."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from edgeadapt.models.adapter import ModelAdapter
+from edgeadapt.pruning.plan import PruningPlan
+from edgeadapt.pruning.apply import apply_plan
+from edgeadapt.pruning.prune import prune
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom_adapter.py"
+
+
+def _example():
+    spec = importlib.util.spec_from_file_location("custom_adapter", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_custom_adapter_satisfies_the_protocol_and_prunes():
+    ex = _example()
+    torch.manual_seed(0)
+    adapter = ex.MyAdapter(ex.MyClassifier())
+    assert isinstance(adapter, ModelAdapter)
+    batch = {"input_ids": torch.randint(0, 100, (4, 10)), "labels": torch.randint(0, 3, (4,))}
+    before = adapter.features(batch)
+    apply_plan(adapter, PruningPlan.dense(adapter.fingerprint()))
+    assert torch.equal(adapter.features(batch), before)
+    prune(adapter, 0.5, ["heads", "neurons"], "taylor", [batch])
+    assert [b.attention.num_heads for b in adapter.blocks()] == [2, 2]
+    assert adapter.features(batch).shape == before.shape

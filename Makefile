@@ -23,6 +23,7 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(BIN)/edgeadapt demo --out runs/demo
+	$(BIN)/python benchmarks/prune_fidelity.py --quick
 
 test: setup
 	$(BIN)/python -m pytest tests

@@ -12,7 +12,7 @@ from edgeadapt.pruning.importance import member_values
 from edgeadapt.pruning.ops import weight_matrix
 from edgeadapt.pruning.plan import PruningPlan
 from edgeadapt.pruning.prune import prune
-from tests.conftest import ALL, make_batches, outputs
+from tests.conftest import ALL, TINY, make_batches, outputs
 
 KINDS = ["heads", "neurons"]
 
@@ -62,8 +62,11 @@ def test_removing_zeroed_units_leaves_outputs_unchanged(name, kind, load):
     assert sum(p.numel() for p in adapter.model.parameters()) < params_before
 
 
-@pytest.mark.parametrize("importance", ["magnitude", "taylor"])
-@pytest.mark.parametrize("name", ALL)
+IMPORTANCE_CASES = [(n, i) for n in ALL for i in ("magnitude", "taylor")] + [
+    (n, i) for n in TINY for i in ("magnitude-l2", "taylor-abs", "activation")]
+
+
+@pytest.mark.parametrize("name, importance", IMPORTANCE_CASES)
 def test_importance_ranks_zeroed_units_last_and_pruning_them_is_exact(name, importance, load):
     adapter = load(name)
     dead = victims(adapter, "neurons")

@@ -131,7 +131,31 @@ def main() -> None:
                "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(payload, indent=1))
-    print(f"wrote {args.out}")
+    plot(rows, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Cosine fidelity vs sparsity, one panel per target, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(TARGETS), figsize=(10, 4), sharey=True)
+    for ax, target in zip(axes, TARGETS):
+        for method in METHODS:
+            pts = sorted((r["sparsity"], r["cosine"]) for r in rows if r["target"] == target and r["method"] == method)
+            ax.plot(*zip(*pts), marker="o", linestyle="--" if method.startswith("tp-") else "-",
+                    label=method if method.startswith("tp-") else f"edgeadapt {method}")
+        ax.set_title(f"MiniLM, pruning {target}")
+        ax.set_xlabel("sparsity (fraction removed per layer)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("cosine to dense embedding (held-out)")
+    axes[-1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ head unit ``u`` of block ``b``; ``scores["neurons"][b][n]`` is FFN neuron ``n``;
 head's q/k/v rows and o columns, a neuron's row in every input projection and its output column.
 
 Taylor importance estimates the loss change from removing a group, ``(sum over the group of
-w * dL/dw)``. The default ``taylor`` squares that per calibration batch and averages (Molchanov
-et al., 2019), which keeps the sign-cancelling first-order term informative;
-``taylor-abs`` sums ``|w * g|`` element-wise instead (the torch-pruning convention).
+w * dL/dw)``. The default ``taylor`` squares that per calibration *sample* and averages
+(Molchanov et al., 2019), which keeps the sign-cancelling first-order term informative;
+``taylor-abs`` sums ``|w * g|`` element-wise over batch gradients (the torch-pruning convention).
 """
 
 from __future__ import annotations
@@ -81,45 +81,115 @@ def magnitude(adapter: ModelAdapter, batches: Iterable[Batch] | None = None, p: 
 
 def taylor(adapter: ModelAdapter, batches: Iterable[Batch], squared: bool = True,
            progress: bool = False) -> Scores:
-    """First-order Taylor importance accumulated over calibration ``batches``."""
+    """First-order Taylor importance accumulated over calibration ``batches``.
+
+    ``squared=True`` (``taylor``): per *sample*, the group's first-order loss change
+    ``t = sum over the group of w * dL/dw`` is squared and averaged over samples. The per-sample
+    terms come from activation hooks, using ``sum(w * dL/dw) = sum over tokens of a * dL/da``
+    for a unit's output ``a`` (rows of q/k/v and MLP inputs, bias included) or input (columns of
+    o and the MLP output), so one backward per batch suffices. Every forward pass inside the
+    task loss counts as its own samples (e.g. both views of a contrastive pair).
+    ``squared=False`` (``taylor-abs``): ``sum |w * g|`` element-wise from batch gradients.
+    """
     model = adapter.model
     layers = model.get_submodule(adapter.layers_path())
     was_training = model.training
     model.eval()  # deterministic gradients (no dropout) at the model we will prune
-    totals: Scores | None = None
+    blocks = adapter.blocks()
+    totals: Scores = {"heads": [torch.zeros(b.attention.num_units) for b in blocks],
+                      "neurons": [torch.zeros(b.mlp.width) for b in blocks]}
     layer_total = torch.zeros(len(layers))
-    n = 0
+    samples = 0
+    n_batches = 0
     try:
         for batch in tqdm(list(batches), desc="taylor", disable=not progress, leave=False):
             model.zero_grad(set_to_none=True)
-            adapter.task_loss(batch).backward()
-
-            def contrib(members: list[Member]) -> torch.Tensor:
-                wg = [member_values(model, m) * member_values(model, m, grad=True) for m in members]
-                if squared:
-                    return sum(t.sum(1) for t in wg).pow(2)
-                return sum(t.abs().sum(1) for t in wg)
-
+            collector = _PerSampleTerms(model, blocks) if squared else None
+            try:
+                adapter.task_loss(batch).backward()
+            finally:
+                if collector is not None:
+                    collector.remove()
             with torch.no_grad():
-                batch_scores = _per_block(adapter, contrib)
+                if collector is not None:
+                    n = collector.accumulate(totals)
+                    samples += n
+                else:
+                    batch_scores = _per_block(adapter, lambda ms: sum(
+                        (member_values(model, m) * member_values(model, m, grad=True)).abs().sum(1) for m in ms))
+                    for kind in totals:
+                        totals[kind] = [a + b for a, b in zip(totals[kind], batch_scores[kind])]
                 per_layer = torch.tensor([
                     sum((q * q.grad).sum().item() for q in blk.parameters() if q.grad is not None)
                     for blk in layers])
             layer_total += per_layer.pow(2) if squared else per_layer.abs()
-            if totals is None:
-                totals = batch_scores
-            else:
-                for kind in totals:
-                    totals[kind] = [a + b for a, b in zip(totals[kind], batch_scores[kind])]
-            n += 1
+            n_batches += 1
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
-    if totals is None:
+    if n_batches == 0:
         raise ValueError("taylor importance needs at least one calibration batch")
-    scores = {k: [t / n for t in v] for k, v in totals.items()}
-    scores["layers"] = [layer_total / n]
+    denom = samples if squared else n_batches
+    scores = {k: [t / max(denom, 1) for t in v] for k, v in totals.items()}
+    scores["layers"] = [layer_total / n_batches]
     return scores
+
+
+class _PerSampleTerms:
+    """Hooks that collect, per forward call and per sample, ``sum(a * dL/da)`` for every unit of
+    every group member; members of one group are summed before squaring (the group is joint)."""
+
+    def __init__(self, model: nn.Module, blocks: list) -> None:
+        self.terms: dict[tuple[str, int, int], torch.Tensor] = {}
+        self.handles = []
+        for i, block in enumerate(blocks):
+            for kind in ("heads", "neurons"):
+                for j, member in enumerate(block_members(block, kind)):
+                    module = model.get_submodule(member.slice.module)
+                    calls = {"n": 0}
+                    if member.slice.axis == "out":
+                        hook = self._make(kind, i, member, calls, from_output=True)
+                        self.handles.append(module.register_forward_hook(hook))
+                    else:
+                        hook = self._make(kind, i, member, calls, from_output=False)
+                        self.handles.append(module.register_forward_pre_hook(hook))
+
+    def _make(self, kind: str, block: int, member: Member, calls: dict, from_output: bool) -> Callable:
+        units, width = member.index.shape
+        flat = member.index.reshape(-1)
+
+        def capture(act: torch.Tensor) -> None:
+            call = calls["n"]
+            calls["n"] += 1
+            if not act.requires_grad:
+                return
+            idx = flat.to(act.device)
+
+            def on_grad(grad: torch.Tensor) -> None:
+                a = act.detach().index_select(-1, idx)
+                prod = (a * grad.index_select(-1, idx)).float()
+                per = prod.reshape(prod.shape[0], -1, units, width).sum((1, 3)).cpu()
+                key = (kind, block, call)
+                self.terms[key] = self.terms[key] + per if key in self.terms else per
+
+            act.register_hook(on_grad)
+
+        if from_output:
+            return lambda _m, _args, out: capture(out[0] if isinstance(out, tuple) else out)
+        return lambda _m, args: capture(args[0])
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def accumulate(self, totals: Scores) -> int:
+        """Add squared per-sample terms into ``totals``; return the number of samples seen."""
+        samples: dict[int, int] = {}
+        for (kind, block, call), per in self.terms.items():
+            totals[kind][block] += per.pow(2).sum(0)
+            if kind == "neurons" and block == 0:
+                samples[call] = per.shape[0]
+        return sum(samples.values())
 
 
 @torch.no_grad()

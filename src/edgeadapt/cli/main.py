@@ -61,7 +61,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if args.importance not in ("magnitude", "magnitude-l2"):
             batches = calibration_batches(adapter, args.calibration_batches, args.batch_size, seed=args.seed)
         prune(adapter, args.sparsity, targets, args.importance, batches, scope=args.scope,
-              protect_first=args.protect_first, protect_last=args.protect_last, progress=True)
+              protect_first=args.protect_first, protect_last=args.protect_last, progress=True,
+              device=args.device)
+        adapter.model.cpu()
     after = inspect_model(adapter)
     save_pruned(adapter, args.out, config={k: v for k, v in vars(args).items() if k != "func"})
     print(adapter.plan.summary())
@@ -109,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--calibration-batches", type=int, default=8)
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto", help="where importance is computed: auto (CUDA if present), cpu, cuda[:N]")
     s.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     s.set_defaults(func=cmd_prune)
 

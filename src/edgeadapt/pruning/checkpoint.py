@@ -30,7 +30,6 @@ def save_pruned(adapter: HFAdapter, directory: str | Path, config: dict | None =
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     plan = current_plan(adapter)
-    base_hash = adapter.base_hash() if adapter.plan is None else adapter._base_hash
     with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as tmp:
         tmp_path = Path(tmp.name)
     try:
@@ -45,7 +44,7 @@ def save_pruned(adapter: HFAdapter, directory: str | Path, config: dict | None =
         adapter.tokenizer.save_pretrained(directory / "tokenizer")
         files += [f"tokenizer/{p.name}" for p in sorted((directory / "tokenizer").iterdir())]
     write_manifest(directory, KIND, VERSION, files,
-                   base={"name": adapter.name, "hash": base_hash, "architecture": adapter.fingerprint(),
+                   base={"name": adapter.name, "hash": adapter.base_hash(), "architecture": adapter.fingerprint(),
                          "class": type(adapter.model).__name__},
                    plan_summary=plan.summary(), config=config or {})
     return directory

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from edgeadapt.models.adapter import ModelAdapter
 from edgeadapt.pruning.groups import Member, block_members
-from edgeadapt.pruning.ops import weight_matrix
+from edgeadapt.pruning.ops import is_transposed, weight_matrix
 
 Scores = dict[str, list[torch.Tensor]]
 Batch = dict[str, torch.Tensor]
@@ -41,11 +41,10 @@ def member_values(model: nn.Module, member: Member, grad: bool = False) -> torch
     w = weight_matrix(module)
     bias = getattr(module, "bias", None)
     if grad:
-        w = w.grad if not hasattr(module.weight, "grad") else (
-            module.weight.grad.T if w is not module.weight else module.weight.grad)
-        bias = None if bias is None else bias.grad
-        if w is None:
+        if module.weight.grad is None:
             raise RuntimeError(f"no gradient on {member.slice.module}; run a backward pass first")
+        w = module.weight.grad.T if is_transposed(module) else module.weight.grad
+        bias = None if bias is None else bias.grad
     idx = member.index.to(w.device)
     units = idx.shape[0]
     if member.slice.axis == "out":

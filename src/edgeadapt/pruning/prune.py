@@ -10,15 +10,18 @@ from edgeadapt.pruning.groups import KINDS
 from edgeadapt.pruning.importance import Batch, score
 from edgeadapt.pruning.plan import PruningPlan
 from edgeadapt.pruning.select import check_sparsity, select
+from edgeadapt.training.device import resolve_device, to_device
 
 
 def prune(adapter: ModelAdapter, sparsity: float, targets: Sequence[str] = ("neurons",),
           importance: str = "taylor", batches: Iterable[Batch] | None = None, scope: str = "uniform",
-          protect_first: int = 0, protect_last: int = 0, progress: bool = False) -> PruningPlan:
+          protect_first: int = 0, protect_last: int = 0, progress: bool = False,
+          device: str = "auto") -> PruningPlan:
     """Remove ``sparsity`` of each kind in ``targets`` (heads/neurons/layers) by ``importance``.
 
-    Kinds are pruned one after another, re-scoring on the shrunken model each time. Returns the
-    plan now realised by ``adapter.model``.
+    Kinds are pruned one after another, re-scoring on the shrunken model each time. Scoring runs
+    on ``device`` (``"auto"``: CUDA when present); the model stays there. Returns the plan now
+    realised by ``adapter.model``.
 
     >>> prune(load_adapter("tiny-llama"), 0.25, ["heads", "neurons"], "magnitude")  # doctest: +SKIP
     """
@@ -26,7 +29,9 @@ def prune(adapter: ModelAdapter, sparsity: float, targets: Sequence[str] = ("neu
     unknown = [t for t in targets if t not in KINDS]
     if unknown or not targets:
         raise ValueError(f"targets must be a non-empty subset of {', '.join(KINDS)}, got {list(targets)}")
-    batches = list(batches) if batches is not None else None
+    dev = resolve_device(device)
+    adapter.model.to(dev)
+    batches = [to_device(b, dev) for b in batches] if batches is not None else None
     for kind in targets:
         scores = score(adapter, importance, batches, progress=progress)
         plan = select(adapter, scores, kind, sparsity, scope=scope,

@@ -1,102 +1,277 @@
-"""A small, config-driven training loop: AdamW, linear warmup + cosine decay, gradient clipping,
-per-epoch validation with early stopping, a progress bar with live loss, ``device="auto"``.
+"""The one training loop every stage reuses.
 
-It trains through the adapter's ``task_loss`` so any model/task pair works unchanged.
+``fit`` trains ``adapter.model`` in place through a loss function (the adapter's task loss by
+default, or a stage's own: distillation, MMD, entropy). It owns what every stage needs and no
+stage should re-implement: optimizer and warmup schedule (cosine, plateau cut, constant), autocast
+(bf16 on CPU/CUDA, fp16 with loss scaling on CUDA), gradient accumulation, gradient checkpointing,
+clipping, early stopping with best-weight restore, step/time budgets, crash-safe checkpoints that
+resume to the same result, live progress, metric logging, and data-parallel training through
+accelerate when launched on several processes (``accelerate launch``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from edgeadapt.models.adapter import ModelAdapter
+from edgeadapt.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from edgeadapt.training.config import TrainConfig
 from edgeadapt.training.device import resolve_device, to_device
+from edgeadapt.training.distributed import Distributed
+from edgeadapt.training.schedule import LRSchedule
+
+__all__ = ["TrainConfig", "TrainResult", "fit", "LOWER_IS_BETTER"]
 
 Batch = dict[str, torch.Tensor]
-
-
-class TrainConfig(BaseModel):
-    """Hyperparameters of one training run."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: int = Field(10, ge=1, description="Passes over the training data.")
-    learning_rate: float = Field(1e-3, gt=0, description="Peak AdamW learning rate.")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW decoupled weight decay.")
-    warmup_fraction: float = Field(0.05, ge=0, lt=1, description="Share of steps with linear warmup.")
-    grad_clip: float = Field(1.0, gt=0, description="Max global gradient norm.")
-    patience: int | None = Field(None, ge=1, description="Stop after this many epochs without validation "
-                                 "improvement; None disables early stopping.")
-    seed: int = Field(0, description="Seed for initialisation-independent randomness (shuffling, dropout).")
-    device: str = Field("auto", description="'auto' (CUDA if present), 'cpu' or 'cuda[:N]'.")
-    progress: bool = Field(True, description="Show a progress bar.")
+LossFn = Callable[[ModelAdapter, Batch], torch.Tensor]
+LOWER_IS_BETTER = ("loss", "perplexity", "nll")
 
 
 @dataclass
 class TrainResult:
-    """Per-epoch history and the best validation metrics seen."""
+    """Per-epoch history, the best validation metrics, and why training stopped."""
 
     history: list[dict[str, float]] = field(default_factory=list)
     best: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
+    stop_reason: str = "epochs"
+    steps: int = 0
+    resumed_from_step: int | None = None
+
+
+@dataclass
+class StepInfo:
+    """What callbacks see after each optimizer step."""
+
+    step: int
+    epoch: int
+    loss: float
+    lr: float
+
+
+def _optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=0.9, nesterov=True,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.precision == "fp16":
+        if device.type != "cuda":
+            raise ValueError("precision: fp16 autocast needs CUDA; use 'bf16' on CPU")
+        return torch.float16
+    if cfg.precision == "bf16":
+        return torch.bfloat16
+    if cfg.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def _set_checkpointing(model: torch.nn.Module, on: bool) -> None:
+    # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_*.
+    enable = getattr(model, "activation_checkpointing_enable", None) or getattr(model, "gradient_checkpointing_enable", None)
+    if enable is None:
+        if on:
+            raise ValueError("gradient_checkpointing: this model is not a Hugging Face model with "
+                             "activation checkpointing; set gradient_checkpointing: false")
+        return
+    if on:
+        key = "activation_checkpointing_kwargs" if hasattr(model, "activation_checkpointing_enable") \
+            else "gradient_checkpointing_kwargs"
+        enable(**{key: {"use_reentrant": False}})
+    elif getattr(model, "is_activation_checkpointing", False):
+        model.activation_checkpointing_disable()
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+                             "python_pos": random.getstate()[2]}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), state["python_pos"]))
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _improved(value: float, best: float | None, lower: bool) -> bool:
+    return best is None or (value < best if lower else value > best)
 
 
 def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: TrainConfig,
-        val: Callable[[], Iterable[Batch]] | None = None, monitor: str = "loss") -> TrainResult:
-    """Train ``adapter.model`` in place. ``train(epoch)`` yields that epoch's batches (so shuffling
-    is seeded per epoch); ``val()`` yields validation batches. ``monitor`` is the validation
-    metric for early stopping and best-weight restore (lower is better for ``loss``/``perplexity``)."""
-    device = resolve_device(cfg.device)
+        val: Callable[[], Iterable[Batch]] | None = None, monitor: str = "loss", *,
+        loss_fn: LossFn | None = None, evaluate: Callable[[], dict[str, float]] | None = None,
+        logger: Any | None = None, checkpoint_dir: str | Path | None = None, resume: bool = True,
+        callbacks: Sequence[Callable[[StepInfo], None]] = ()) -> TrainResult:
+    """Train ``adapter.model`` in place and return its history.
+
+    ``train(epoch)`` yields that epoch's batches (so shuffling is seeded per epoch). Validation
+    runs after every epoch on ``val()`` batches through ``adapter.evaluate`` (or ``evaluate()``
+    when given); ``monitor`` names the metric for early stopping, plateau cuts and best-weight
+    restore (lower is better for loss/perplexity/nll). With ``checkpoint_dir`` the run saves a
+    checkpoint every epoch (and every ``cfg.checkpoint_every`` steps) and, with ``resume``, picks
+    up from the last one. ``logger`` is any :class:`edgeadapt.tracking.MetricLogger`.
+
+    Example::
+
+        fit(adapter, lambda e: image_batches(x, y, 64, shuffle=True, seed=e),
+            TrainConfig(epochs=5, precision="bf16"), val=lambda: image_batches(vx, vy, 256),
+            monitor="accuracy", checkpoint_dir="runs/src")
+    """
+    loss_fn = loss_fn or (lambda a, b: a.task_loss(b))
+    if cfg.patience is not None and val is None and evaluate is None:
+        raise ValueError("patience: early stopping needs validation data; pass val= or set patience: null")
+    dist = Distributed.from_env(cfg.device)
+    device = dist.device if dist else resolve_device(cfg.device)
     model = adapter.model.to(device)
-    steps_per_epoch = sum(1 for _ in train(0))
-    total = steps_per_epoch * cfg.epochs
-    warmup = int(cfg.warmup_fraction * total)
+    amp = _autocast_dtype(cfg, device)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+
+    def batches(epoch: int) -> Iterator[Batch]:
+        return dist.shard(train(epoch)) if dist else iter(train(epoch))
+
+    n_micro = sum(1 for _ in batches(0))
+    if n_micro == 0:
+        raise ValueError("train data is empty: the first epoch yielded no batches")
+    steps_per_epoch = math.ceil(n_micro / cfg.grad_accum_steps)
+    total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / max(1, warmup) if s < warmup else
-                                              0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
-    lower_better = monitor in ("loss", "perplexity")
+    if not params:
+        raise ValueError("the model has no trainable parameters (all requires_grad=False)")
+    opt = _optimizer(cfg, params)
+    lower = monitor in LOWER_IS_BETTER
+    sched = LRSchedule(opt, cfg.schedule, total, int(cfg.warmup_fraction * total), cfg.plateau_factor,
+                       cfg.plateau_patience, lower)
+    st: dict[str, Any] = {"epoch": 0, "micro": 0, "step": 0, "history": [], "best": {}, "bad_epochs": 0,
+                          "loss_sum": 0.0, "elapsed": 0.0, "stop_reason": "epochs"}
     result = TrainResult()
-    best_state = None
-    bad_epochs = 0
-    torch.manual_seed(cfg.seed)
-    bar = tqdm(total=total, desc="train", disable=not cfg.progress, leave=False)
-    for epoch in range(cfg.epochs):
-        model.train()
-        running = 0.0
-        for i, batch in enumerate(train(epoch)):
-            loss = adapter.task_loss(to_device(batch, device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
-            running += loss.item()
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{running / (i + 1):.4f}")
-        row = {"epoch": epoch, "train_loss": running / max(1, steps_per_epoch)}
-        if val is not None:
-            metrics = adapter.evaluate(to_device(b, device) for b in val())
-            row.update({f"val_{k}": v for k, v in metrics.items()})
-            value = metrics[monitor]
-            best = result.best.get(monitor)
-            if best is None or (value < best if lower_better else value > best):
-                result.best = dict(metrics)
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                bad_epochs = 0
-            else:
-                bad_epochs += 1
-        result.history.append(row)
-        if cfg.patience is not None and bad_epochs >= cfg.patience:
-            result.stopped_early = True
-            break
-    bar.close()
+    best_state: dict[str, torch.Tensor] | None = None
+    found = find_checkpoint(checkpoint_dir) if checkpoint_dir is not None and resume else None
+    if found is not None:
+        saved, best_state = load_checkpoint(found, model)
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["schedule"])
+        if scaler is not None and "scaler" in saved:
+            scaler.load_state_dict(saved["scaler"])
+        _set_rng_state(saved["rng"], device)
+        st.update(saved["loop"])
+        result.resumed_from_step = st["step"]
+    else:
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+    if st["stop_reason"] != "epochs" or st["epoch"] >= cfg.epochs:  # a finished run: nothing to do
+        return _finish(adapter, model, st, best_state, result)
+
+    def checkpoint() -> None:
+        if checkpoint_dir is None or (dist and not dist.is_main):
+            return
+        state = {"optimizer": opt.state_dict(), "schedule": sched.state_dict(), "rng": _rng_state(device),
+                 "loop": dict(st)}
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
+        save_checkpoint(checkpoint_dir, model, state, best_state)
+
+    main = dist is None or dist.is_main
+    log = logger if (logger is not None and main) else None
+    _set_checkpointing(model, cfg.gradient_checkpointing)
+    bar = tqdm(total=total, initial=st["step"], desc="train", disable=not (cfg.progress and main), leave=False)
+    start = time.perf_counter() - st["elapsed"]
+    try:
+        for epoch in range(st["epoch"], cfg.epochs):
+            model.train()
+            for i, batch in enumerate(batches(epoch)):
+                if i < st["micro"]:  # consumed before the checkpoint we resumed from
+                    continue
+                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    loss = loss_fn(adapter, to_device(batch, device))
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {st['step']} (epoch {epoch}); "
+                                             "lower learning_rate or use precision: fp32")
+                scaled = loss / cfg.grad_accum_steps
+                (scaler.scale(scaled) if scaler else scaled).backward()
+                st["micro"], st["loss_sum"] = i + 1, st["loss_sum"] + loss.item()
+                if (i + 1) % cfg.grad_accum_steps and i + 1 != n_micro:
+                    continue
+                if dist:
+                    dist.average_gradients(params)
+                if scaler:
+                    scaler.unscale_(opt)
+                if cfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                if scaler:
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    opt.step()
+                opt.zero_grad(set_to_none=True)
+                sched.step()
+                st["step"] += 1
+                st["elapsed"] = time.perf_counter() - start
+                avg = st["loss_sum"] / st["micro"]
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{avg:.4f}", lr=f"{sched.lr:.2e}")
+                if log is not None and st["step"] % cfg.log_every == 0:
+                    log.log_metrics({"train/loss": loss.item(), "train/lr": sched.lr}, st["step"])
+                if cfg.max_steps is not None and st["step"] >= cfg.max_steps:
+                    st["stop_reason"] = "max_steps"
+                elif cfg.max_seconds is not None and st["elapsed"] >= cfg.max_seconds:
+                    st["stop_reason"] = "max_seconds"
+                if cfg.checkpoint_every and st["step"] % cfg.checkpoint_every == 0 and st["stop_reason"] == "epochs":
+                    checkpoint()
+                for callback in callbacks:
+                    callback(StepInfo(st["step"], epoch, loss.item(), sched.lr))
+                if st["stop_reason"] != "epochs":
+                    break
+            row: dict[str, float] = {"epoch": epoch, "step": st["step"],
+                                     "train_loss": st["loss_sum"] / max(1, st["micro"]), "lr": sched.lr}
+            if val is not None or evaluate is not None:
+                metrics = evaluate() if evaluate is not None else adapter.evaluate(to_device(b, device) for b in val())
+                if monitor not in metrics:
+                    raise KeyError(f"monitor: validation produced {sorted(metrics)}, not {monitor!r}")
+                row.update({f"val_{k}": v for k, v in metrics.items()})
+                bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.4f}", **{f"val_{monitor}": f"{metrics[monitor]:.4f}"})
+                if _improved(metrics[monitor], st["best"].get(monitor), lower):
+                    st["best"], st["bad_epochs"] = dict(metrics), 0
+                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                else:
+                    st["bad_epochs"] += 1
+                sched.observe(metrics[monitor])
+                if cfg.patience is not None and st["bad_epochs"] >= cfg.patience and st["stop_reason"] == "epochs":
+                    st["stop_reason"] = "patience"
+            if log is not None:
+                log.log_metrics({f"epoch/{k}": v for k, v in row.items() if k not in ("epoch", "step")}, st["step"])
+            st["history"].append(row)
+            st["epoch"], st["micro"], st["loss_sum"] = epoch + 1, 0, 0.0
+            checkpoint()
+            if st["stop_reason"] != "epochs":
+                break
+    finally:
+        bar.close()
+        _set_checkpointing(model, False)
+    return _finish(adapter, model, st, best_state, result)
+
+
+def _finish(adapter: ModelAdapter, model: torch.nn.Module, st: dict[str, Any],
+            best_state: dict[str, torch.Tensor] | None, result: TrainResult) -> TrainResult:
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
+    result.history, result.best, result.steps = list(st["history"]), dict(st["best"]), st["step"]
+    result.stop_reason = st["stop_reason"]
+    result.stopped_early = st["stop_reason"] == "patience"
     return result
+

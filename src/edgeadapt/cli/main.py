@@ -83,6 +83,83 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a model on a registered dataset from a YAML recipe; writes an artifact directory.
+    Python: ``edgeadapt.recipes.train.run_training(load_config(CONFIG))``."""
+    from edgeadapt.config import load_config
+    from edgeadapt.recipes.train import run_training
+
+    recipe = load_config(args.config, kind="train")
+    if args.out is not None:
+        recipe = recipe.model_copy(update={"out": args.out})
+    outcome = run_training(recipe)
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in outcome.test.items())
+    print(f"trained {recipe.model} on {recipe.data.name} ({len(outcome.history)} epochs, stopped: "
+          f"{outcome.stop_reason}); test {metrics}")
+    print(f"saved to {outcome.out}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check a YAML config without running anything.
+    Python: ``edgeadapt.config.load_config(CONFIG)``."""
+    from edgeadapt.config import load_config
+
+    for path in args.configs:
+        cfg = load_config(path)
+        print(f"{path}: valid {getattr(cfg, 'kind', 'config')} config")
+    return 0
+
+
+def _options(pairs: list[str]) -> dict[str, object]:
+    import yaml
+
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option {pair!r} must look like key=value, e.g. size=32")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    """Registered datasets. Python: ``edgeadapt.data.registry.list_datasets()``."""
+    from edgeadapt.data.corruptions import CORRUPTIONS
+    from edgeadapt.data.registry import list_datasets
+
+    for info in list_datasets():
+        print(f"{info.name:<14} {info.task:<22} {info.description}")
+    print(f"\ncorruptions (digits-c, severities 1-5): {', '.join(CORRUPTIONS)}")
+    return 0
+
+
+def cmd_data_show(args: argparse.Namespace) -> int:
+    """A dataset's splits and classes, or a drift stream's domains; optionally a PNG sample grid.
+    Python: ``edgeadapt.data.summary.summarize_dataset(NAME)`` / ``summarize_stream(parse_stream(S))``."""
+    from edgeadapt.data import summary
+    from edgeadapt.data.stream import parse_stream
+
+    options = _options(args.option)
+    if args.name == "stream" or args.stream is not None:
+        domains = parse_stream(args.stream)
+        size = int(options.get("size", 16))
+        print(summary.format_stream_summary(summary.summarize_stream(domains, size=size)))
+        corruptions = list(dict.fromkeys(d.corruption for d in domains))
+    else:
+        s = summary.summarize_dataset(args.name, root=args.root, **options)
+        print(json.dumps(s, indent=1) if args.json else summary.format_dataset_summary(s))
+        corruptions = None
+        size = int(options.get("size", 16))
+    if args.grid is not None:
+        from edgeadapt.data.digits import digits_tensors
+        from edgeadapt.data.preview import corruption_grid
+
+        images, _ = digits_tensors("test", size=size)
+        print(f"wrote {corruption_grid(images[:1], args.grid, corruptions)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from edgeadapt import __version__
     from edgeadapt.pruning.importance import METHODS
@@ -115,6 +192,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     s.set_defaults(func=cmd_prune)
 
+    s = sub.add_parser("train", help="train a model on a registered dataset from a YAML recipe")
+    s.add_argument("--config", type=Path, required=True, help="a train recipe, e.g. configs/train-vit-digits.yaml")
+    s.add_argument("--out", type=Path, default=None, help="override the recipe's artifact directory")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("validate", help="check YAML configs without running them")
+    s.add_argument("configs", type=Path, nargs="+")
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("data", help="datasets and drift streams")
+    dsub = s.add_subparsers(dest="data_command", required=True)
+    d = dsub.add_parser("list", help="registered datasets and corruptions")
+    d.set_defaults(func=cmd_data_list)
+    d = dsub.add_parser("show", help="summary of a dataset or a drift stream ('stream')")
+    d.add_argument("name", help="a dataset name (digits, digits-c, builtin-docs, ...) or 'stream'")
+    d.add_argument("--root", type=Path, default=None, help="local data for datasets that read files")
+    d.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="dataset option, e.g. size=32 or corruption=fog (repeatable)")
+    d.add_argument("--stream", default=None, help="'gaussian_noise:5,fog:3' or a YAML list; default stream "
+                   "when NAME is 'stream'")
+    d.add_argument("--grid", type=Path, default=None, help="write a PNG of a digit under every corruption "
+                   "and severity (or the stream's corruptions)")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_data_show)
+
     s = sub.add_parser("demo", help="the end-to-end demo on built-in data")
     s.add_argument("--out", type=Path, default=Path("runs/demo"))
     s.add_argument("--retrain", action="store_true", help="ignore the cached source model")
@@ -128,8 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
         return handler(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"edgeadapt {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"edgeadapt {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -31,12 +31,16 @@ def builtin_paragraphs(split: str = "train", min_chars: int = 80) -> list[str]:
     from pydoc_data.topics import topics
 
     paragraphs: list[str] = []
+    seen: set[str] = set()
     for name in sorted(topics):
-        if split != "all" and _split_of(name) != split:
-            continue
         for para in re.split(r"\n\s*\n", topics[name]):
             text = " ".join(para.split())
-            if len(text) >= min_chars:
+            # Topics repeat some paragraphs; each belongs to the split of its first topic only,
+            # so no text leaks between train and test.
+            if len(text) < min_chars or text in seen:
+                continue
+            seen.add(text)
+            if split == "all" or _split_of(name) == split:
                 paragraphs.append(text)
     return paragraphs
 

@@ -1,0 +1,168 @@
+"""The datasets edgeadapt knows by name: built-in offline data and real loaders for local and hub data.
+
+- ``digits``: scikit-learn's handwritten digits as 3-channel images (offline).
+- ``digits-c``: digits under one CIFAR-10-C-style corruption at one severity (offline).
+- ``builtin-docs``: Python's bundled documentation text (offline).
+- ``text-files``: local .txt/.jsonl/.json/.parquet files (``root`` = a file or folder).
+- ``wikitext2``, ``c4``: Hugging Face datasets by name (``root`` = a folder of local files).
+- ``image-folder``: ``root/<class>/<image>`` (or ``root/{train,val,test}/<class>/...``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeadapt.data.registry import register_dataset
+from edgeadapt.data.splits import ImageSplit, TextSplit
+
+DIGITS = tuple(str(i) for i in range(10))
+_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+_SPLIT_SEED = {"train": 0, "val": 1, "test": 2}
+
+
+def _no_root(name: str, root: Path | None) -> None:
+    if root is not None:
+        raise ValueError(f"dataset {name!r} is built in and takes no root; remove 'root' ({root})")
+
+
+@register_dataset(name="digits", task="image-classification", classes=DIGITS, class_aliases=dict(zip(_NAMES, DIGITS)))
+class Digits:
+    """scikit-learn's 1,797 handwritten digits, upsampled to size x size, 3 channels."""
+
+    splits = ("train", "val", "test")
+
+    def __init__(self, size: int = 16):
+        self.size = size
+
+    def load(self, root: Path | None, split: str) -> ImageSplit:
+        from edgeadapt.data.digits import digits_tensors
+
+        _no_root("digits", root)
+        x, y = digits_tensors(split, size=self.size)
+        return ImageSplit(x, y, DIGITS)
+
+
+@register_dataset(name="digits-c", task="image-classification", classes=DIGITS,
+                  class_aliases=dict(zip(_NAMES, DIGITS)))
+class DigitsC:
+    """Digits under one CIFAR-10-C-style corruption at a severity 1-5 (seeded)."""
+
+    splits = ("train", "val", "test")
+
+    def __init__(self, corruption: str = "gaussian_noise", severity: int = 3, size: int = 16,
+                 corruption_seed: int = 0):
+        from edgeadapt.data.corruptions import check_corruption
+
+        check_corruption(corruption, severity)
+        self.corruption, self.severity, self.size, self.seed = corruption, severity, size, corruption_seed
+
+    def load(self, root: Path | None, split: str) -> ImageSplit:
+        from edgeadapt.data.corruptions import corrupt
+
+        clean = Digits(self.size).load(root, split)
+        # Each split gets its own noise so a model cannot memorise the corruption pattern.
+        images = corrupt(clean.images, self.corruption, self.severity, seed=self.seed * 10 + _SPLIT_SEED[split])
+        return ImageSplit(images, clean.labels, DIGITS)
+
+
+@register_dataset(name="builtin-docs", task="language-modeling")
+class BuiltinDocs:
+    """Paragraphs of Python's bundled documentation (pydoc_data), split by topic hash."""
+
+    splits = ("train", "val", "test")
+
+    def load(self, root: Path | None, split: str) -> TextSplit:
+        from edgeadapt.data.text import builtin_paragraphs
+
+        _no_root("builtin-docs", root)
+        return TextSplit(tuple(builtin_paragraphs(split)))
+
+
+@register_dataset(name="text-files", task="language-modeling")
+class TextFiles:
+    """Local text files (.txt/.jsonl/.json/.parquet): ``root`` is a file or a folder.
+
+    A folder with ``train``/``val``/``test`` subfolders (or files named so) gives those splits; otherwise the
+    registry holds out seeded validation and test documents."""
+
+    splits = ("train", "val", "test")
+
+    def load(self, root: Path | None, split: str) -> TextSplit:
+        from edgeadapt.data.external import load_text_files
+
+        if root is None:
+            raise ValueError("dataset 'text-files' needs root: a text file or a folder of them")
+        parts = _split_paths(root, split)
+        if parts is not None:
+            return TextSplit(tuple(load_text_files(parts)))
+        train, rest = TextSplit(tuple(load_text_files(root))).split(0.2, seed=0)
+        val, test = rest.split(0.5, seed=0)
+        return {"train": train, "val": val, "test": test}[split]
+
+
+def _split_paths(root: Path, split: str) -> list[Path] | None:
+    """Files for ``split`` under ``root`` (a ``split`` subfolder or files whose stem starts with it)."""
+    if not root.is_dir():
+        return None
+    aliases = {"val": ("val", "valid", "validation"), "train": ("train",), "test": ("test",)}[split]
+    for alias in aliases:
+        if (root / alias).is_dir():
+            return [root / alias]
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.name.split(".")[0].split("-")[0] in aliases)
+    return files or None
+
+
+class _HubText:
+    splits = ("train", "val", "test")
+    hub_name = ""
+
+    def __init__(self, max_docs: int | None = None):
+        self.max_docs = max_docs
+
+    def load(self, root: Path | None, split: str) -> TextSplit:
+        from edgeadapt.data.external import load_hf_text
+
+        files = None
+        if root is not None:
+            files = _split_paths(root, split)
+            if files is None:
+                raise ValueError(f"dataset {self.hub_name!r}: no local files for split {split!r} under {root} "
+                                 "(expected a train/val/test subfolder or files named train*, validation*, test*)")
+        return TextSplit(tuple(load_hf_text(self.hub_name, split, data_files=[str(f) for f in files] if files else None,
+                                            max_docs=self.max_docs)))
+
+
+@register_dataset(name="wikitext2", task="language-modeling")
+class WikiText2(_HubText):
+    """WikiText-2 (raw) from the Hugging Face hub, or local parquet/json files under root."""
+
+    hub_name = "wikitext2"
+
+
+@register_dataset(name="c4", task="language-modeling")
+class C4(_HubText):
+    """One shard of C4 (English) from the Hugging Face hub, or local files under root."""
+
+    hub_name = "c4"
+
+
+@register_dataset(name="image-folder", task="image-classification")
+class ImageFolder:
+    """Local images: root/<class>/<image> or root/{train,test}/<class>/<image>."""
+
+    splits = ("train", "test")
+
+    def __init__(self, size: int = 32):
+        self.size = size
+
+    def load(self, root: Path | None, split: str) -> ImageSplit:
+        from edgeadapt.data.image_folder import load_image_folder
+
+        if root is None:
+            raise ValueError("dataset 'image-folder' needs root: a folder of <class>/<image> subfolders")
+        if (root / "train").is_dir() and (root / "test").is_dir():
+            x, y, classes = load_image_folder(root / split, self.size)
+            return ImageSplit(x, y, tuple(classes))
+        x, y, classes = load_image_folder(root, self.size)
+        train, test = ImageSplit(x, y, tuple(classes)).split(0.2, seed=0)
+        return train if split == "train" else test

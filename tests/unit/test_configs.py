@@ -1,0 +1,69 @@
+"""Every shipped YAML parses; config errors name the field and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgeadapt.config import ConfigError, load_config, parse_config
+from edgeadapt.data.stream import parse_stream
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+GOOD = {"model": "tiny-vit", "data": {"name": "digits"},
+        "train": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3}, "out": "runs/x"}
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    cfg = load_config(path)
+    assert cfg.kind == "train" and cfg.train.epochs >= 1
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "streams").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_stream_parses(path):
+    assert len(parse_stream(path)) >= 2
+
+
+def _bad(**changes):
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in GOOD.items()}
+    for dotted, value in changes.items():
+        node = data
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node[p]
+        if value is KeyError:
+            del node[leaf]
+        else:
+            node[leaf] = value
+    return data
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"model": KeyError}, r"model: required field is missing"),
+    ({"train__epochs": KeyError}, r"train\.epochs: required field is missing"),
+    ({"train__batch_size": "big"}, r"train\.batch_size: .*integer.*got 'big'"),
+    ({"train__learning_rate": -1}, r"train\.learning_rate: .*greater than 0"),
+    ({"train__epoch": 3}, r"train\.epoch: unknown field"),
+    ({"data__name": "digitz"}, r"data\.name: dataset 'digitz' is unknown; choose one of"),
+    ({"data__name": "digits-c", "data__options": {"corruption": "fogg", "severity": 3}}, r"corruption .fogg."),
+    ({"data__name": "digits-c", "data__options": {"corruption": "fog", "severity": -2}}, r"severity"),
+    ({"data__options": {"colour": 1}}, r"data\.options.*colour.*takes"),
+    ({"data__root": "/no/such/dir"}, r"data\.root: .*does not exist"),
+    ({"model": "tiny-llama"}, r"data\.name: dataset 'digits' is image-classification data but model 'tiny-llama'"),
+    ({"model": "not-a-model"}, r"model: .*neither a built-in"),
+    ({"kind": "deploy"}, r"kind: 'deploy' is not a config kind"),
+])
+def test_bad_configs_name_the_field_and_the_fix(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(_bad(**changes), source="t.yaml")
+
+
+def test_non_mapping_and_missing_files(tmp_path):
+    with pytest.raises(ConfigError, match="mapping"):
+        parse_config([1, 2])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.yaml")
+    (tmp_path / "broken.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "broken.yaml")

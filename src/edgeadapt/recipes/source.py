@@ -1,35 +1,55 @@
-"""Train the source model: the tiny ViT on digits (cached, so later runs reuse it)."""
+"""The source model of the drift story: the tiny ViT trained on clean digits (cached).
+
+It is the recipe ``configs/train-vit-digits.yaml`` (a test keeps the two equal) run through
+:func:`edgeadapt.recipes.train.run_training`, so the demo, the benchmarks and `edgeadapt train`
+produce the same model.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from edgeadapt.artifacts import ArtifactError
-from edgeadapt.data.digits import digits_tensors, image_batches
 from edgeadapt.models.adapter import HFAdapter
-from edgeadapt.models.registry import load_adapter
-from edgeadapt.pruning.checkpoint import load_pruned, save_pruned
-from edgeadapt.training.loop import TrainConfig, fit
+from edgeadapt.pruning.checkpoint import load_pruned
+
+SOURCE_RECIPE: dict[str, Any] = {
+    "kind": "train",
+    "model": "tiny-vit",
+    "seed": 0,
+    "data": {"name": "digits"},
+    "train": {"epochs": 30, "batch_size": 64, "learning_rate": 2.0e-3, "warmup_fraction": 0.05,
+              "schedule": "cosine", "patience": 8, "checkpoint_every": 50},
+    "tracking": {"backends": ["tensorboard", "csv"]},
+    "out": "runs/source-vit",
+}
 
 
-def train_source_vit(out: str | Path, cfg: TrainConfig | None = None, batch_size: int = 64,
-                     seed: int = 0, reuse: bool = True) -> tuple[HFAdapter, dict[str, float]]:
-    """Train ``tiny-vit`` on ``digits`` into ``out`` (an artifact directory); reuse it if valid.
-    Returns the adapter and its test metrics."""
+def source_test_metrics(adapter: HFAdapter) -> dict[str, float]:
+    """Accuracy and loss on the clean digits test split."""
+    from edgeadapt.data.registry import build_dataset
+
+    size = adapter.model.config.image_size
+    return adapter.evaluate(build_dataset("digits", size=size).test.batches(256))
+
+
+def train_source_vit(out: str | Path = "runs/source-vit", reuse: bool = True, progress: bool = True
+                     ) -> tuple[HFAdapter, dict[str, float]]:
+    """Train ``tiny-vit`` on ``digits`` into the artifact directory ``out``, or reuse a valid one.
+    Returns the adapter and its clean test metrics."""
+    from edgeadapt.config import parse_config
+    from edgeadapt.recipes.train import run_training
+
     out = Path(out)
-    test_x, test_y = digits_tensors("test")
     if reuse and (out / "manifest.json").exists():
         try:
             adapter = load_pruned(out)
-            return adapter, adapter.evaluate(image_batches(test_x, test_y, 256))
+            return adapter, source_test_metrics(adapter)
         except ArtifactError:
             pass  # stale or corrupted cache: retrain
-    cfg = cfg or TrainConfig(epochs=30, learning_rate=2e-3, seed=seed)
-    adapter = load_adapter("tiny-vit", seed=seed)
-    x, y = digits_tensors("train")
-    vx, vy = digits_tensors("val")
-    fit(adapter, lambda e: image_batches(x, y, batch_size, shuffle=True, seed=seed + e), cfg,
-        val=lambda: image_batches(vx, vy, 256), monitor="accuracy")
-    adapter.model.cpu()
-    save_pruned(adapter, out, config={"recipe": "train_source_vit", **cfg.model_dump()})
-    return adapter, adapter.evaluate(image_batches(test_x, test_y, 256))
+    recipe = parse_config({**SOURCE_RECIPE, "out": str(out), "resume": reuse,
+                           "train": {**SOURCE_RECIPE["train"], "progress": progress}})
+    run_training(recipe)
+    adapter = load_pruned(out)
+    return adapter, source_test_metrics(adapter)

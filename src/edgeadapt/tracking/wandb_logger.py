@@ -22,14 +22,23 @@ def resolve_mode(mode: str | None) -> str | None:
 
     An explicit ``mode`` wins. Otherwise, if the user set ``WANDB_MODE`` or ``WANDB_API_KEY``,
     return ``None`` so wandb applies its own settings (online with an API key); else
-    ``"offline"``, so nothing is sent anywhere by default. A login stored only by
-    ``wandb login`` (no environment variable) still needs ``mode="online"``.
+    ``"offline"``, so nothing is sent anywhere by default. A login stored by ``wandb login``
+    (an ``api.wandb.ai`` entry in ``~/.netrc``) counts as logged in.
     """
     if mode is not None:
         return mode
-    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
+    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY") or _netrc_login():
         return None
     return "offline"
+
+
+def _netrc_login() -> bool:
+    import netrc
+
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 class WandbLogger:

@@ -30,6 +30,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/prune_fidelity.py
+	$(BIN)/python benchmarks/drift_severity.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

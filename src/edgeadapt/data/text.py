@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -45,15 +45,20 @@ def builtin_paragraphs(split: str = "train", min_chars: int = 80) -> list[str]:
     return paragraphs
 
 
-def bpe_tokenizer(vocab_size: int = 2048) -> Any:
-    """A byte-level BPE tokenizer trained on the built-in corpus's train split (cached).
+def bpe_tokenizer(vocab_size: int = 2048, corpus: Sequence[str] | None = None) -> Any:
+    """A byte-level BPE tokenizer trained on ``corpus`` (default: the built-in corpus's train
+    split), cached by vocabulary size and corpus hash.
 
     Returned as a ``transformers.PreTrainedTokenizerFast`` with pad/unk/cls/sep/mask/bos/eos set.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    path = cache_dir("tokenizers") / f"pydoc-bpe-{vocab_size}.json"
+    if corpus is None:
+        path = cache_dir("tokenizers") / f"pydoc-bpe-{vocab_size}.json"
+    else:
+        digest = hashlib.sha256("\x00".join(corpus).encode()).hexdigest()[:16]
+        path = cache_dir("tokenizers") / f"bpe-{vocab_size}-{digest}.json"
     if path.exists():
         tok = Tokenizer.from_file(str(path))
     else:
@@ -63,7 +68,7 @@ def bpe_tokenizer(vocab_size: int = 2048) -> Any:
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                       show_progress=False)
-        tok.train_from_iterator(builtin_paragraphs("train"), trainer=trainer)
+        tok.train_from_iterator(builtin_paragraphs("train") if corpus is None else corpus, trainer=trainer)
         tmp = path.with_suffix(".tmp")
         tok.save(str(tmp))
         tmp.replace(path)

@@ -42,6 +42,9 @@ class DataSection(BaseModel):
     val_fraction: float = Field(0.1, gt=0, lt=1, description="Validation share carved from train when "
                                 "the source has no validation split.")
     max_length: int = Field(128, ge=8, description="Tokens per sequence for text data.")
+    tokenizer: Literal["model", "bpe"] = Field("model", description="Text tokenization: the model's own "
+                                               "tokenizer, or a byte-level BPE trained on this dataset's "
+                                               "train split (random-init tiny-* models only).")
 
     @field_validator("name")
     @classmethod
@@ -124,6 +127,9 @@ class TrainRecipe(BaseModel):
 
         modality = model_modality(self.model)
         task = dataset_info(self.data.name).task
+        if self.data.tokenizer == "bpe" and not self.model.startswith("tiny-"):
+            raise ValueError(f"data.tokenizer: 'bpe' replaces the vocabulary, which only suits random-init "
+                             f"tiny-* models, not {self.model!r}; use tokenizer: model")
         if (modality == "image") != (task == "image-classification"):
             raise ValueError(f"data.name: dataset {self.data.name!r} is {task} data but model {self.model!r} "
                              f"is {'an image' if modality == 'image' else 'a text'} model; pick a matching dataset or model")
@@ -210,6 +216,10 @@ def run_training(recipe: TrainRecipe) -> TrainOutcome:
     if info.task == "image-classification":
         num_labels = len(splits.train.classes)
     adapter = load_adapter(recipe.model, task=recipe.task, seed=recipe.seed, num_labels=num_labels)
+    if recipe.data.tokenizer == "bpe" and info.task != "image-classification":
+        from edgeadapt.data.text import bpe_tokenizer
+
+        adapter.tokenizer = bpe_tokenizer(adapter.model.config.vocab_size, list(splits.train.texts))
     out = Path(recipe.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(**recipe.train.model_dump(exclude={"batch_size", "eval_batch_size", "monitor"}))

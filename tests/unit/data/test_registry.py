@@ -158,3 +158,27 @@ def test_image_folder_with_seeded_split(tmp_path):
     assert len(s.train) + len(s.val) + len(s.test) == 20
     red = s.test.images[s.test.labels == 0]
     assert torch.allclose(red[:, 0], torch.ones_like(red[:, 0])) and torch.allclose(red[:, 2], -torch.ones_like(red[:, 2]))
+
+
+def test_wikitext2_by_name_from_a_local_mirror(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lines = {"train": ["= Title =", "", "the cat sat on the mat"] * 4, "validation": ["val line one", ""],
+             "test": ["test line one", "", "test line two"]}
+    for split, rows in lines.items():
+        pq.write_table(pa.table({"text": rows}), tmp_path / f"{split}-00000-of-00001.parquet")
+    s = build_dataset("wikitext2", root=tmp_path)
+    assert s.test.texts == ("test line one", "test line two")
+    assert s.val.texts == ("val line one",) and len(s.train) == 8
+
+
+def test_bpe_tokenizer_trained_on_a_corpus_is_cached_and_distinct():
+    from edgeadapt.data.text import bpe_tokenizer
+
+    corpus = ["edge devices adapt under drift"] * 50 + ["knowledge base proxy model"] * 50
+    tok = bpe_tokenizer(300, corpus)
+    again = bpe_tokenizer(300, corpus)
+    assert tok.get_vocab() == again.get_vocab()
+    # a corpus-specific vocabulary encodes its own words in fewer tokens than the docs BPE does
+    assert len(tok("knowledge base proxy")["input_ids"]) < len(bpe_tokenizer(300)("knowledge base proxy")["input_ids"])

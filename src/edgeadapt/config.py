@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 # kind -> "module:Class"; stages add their config models here.
 CONFIG_KINDS: dict[str, str] = {
     "train": "edgeadapt.recipes.train:TrainRecipe",
+    "offline": "edgeadapt.offline.pipeline:OfflineConfig",
 }
 
 

@@ -160,6 +160,33 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_offline(args: argparse.Namespace) -> int:
+    """Cloud stage: LoRA-tune the FM, build the elastic knowledge base, write the neuron index.
+    Python: ``edgeadapt.offline.pipeline.run_offline(load_config(CONFIG), steps)``."""
+    from edgeadapt.config import load_config
+    from edgeadapt.offline.pipeline import STEPS, run_offline, step_dir
+
+    cfg = load_config(args.config, kind="offline")
+    steps = list(STEPS) if args.step == "all" else [args.step]
+    reports = run_offline(cfg, steps)
+    for step, report in reports.items():
+        print(f"== {step} -> {step_dir(cfg, step)}")
+        if step == "lora":
+            print(f"   test before {_fmt(report['test_before'])}; after {_fmt(report['test_after'])}")
+        elif step == "kb":
+            print(f"   FM {_fmt(report['fm'])}")
+            for width, metrics in report["widths"].items():
+                print(f"   width {float(width):.0%}: {_fmt(metrics)}")
+        else:
+            print(f"   round trip FM -> KB -> FM max diff {report['round_trip_max_diff']}; "
+                  f"{report['tensors_changed_by_kb_training']}/{report['tensors']} tensors moved by KB training")
+    return 0
+
+
+def _fmt(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     from edgeadapt import __version__
     from edgeadapt.pruning.importance import METHODS
@@ -200,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("validate", help="check YAML configs without running them")
     s.add_argument("configs", type=Path, nargs="+")
     s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("offline", help="cloud stage: LoRA tuning, knowledge base, neuron index")
+    s.add_argument("step", choices=("lora", "kb", "index", "all"), help="one step, or all three in order")
+    s.add_argument("--config", type=Path, required=True, help="an offline config, e.g. configs/offline-vit-digits.yaml")
+    s.set_defaults(func=cmd_offline)
 
     s = sub.add_parser("data", help="datasets and drift streams")
     dsub = s.add_subparsers(dest="data_command", required=True)

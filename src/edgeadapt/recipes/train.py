@@ -136,21 +136,28 @@ class TrainRecipe(BaseModel):
         return self
 
 
-def model_modality(model: str) -> str:
-    """'image' or 'text' for a built-in name or local HF directory, without loading weights."""
+def model_config(model: str) -> dict[str, Any] | None:
+    """The HF config of a local model directory or edgeadapt model artifact (None for built-ins)."""
     from edgeadapt.models.registry import BUILTIN
+
+    if model in BUILTIN:
+        return None
+    path = Path(model).expanduser()
+    for name in ("config.json", "base_config.json"):
+        if (path / name).is_file():
+            return json.loads((path / name).read_text())
+    raise ValueError(f"model {model!r} is neither a built-in name ({', '.join(BUILTIN)}) nor a local "
+                     "Hugging Face model directory (config.json) or edgeadapt model artifact")
+
+
+def model_modality(model: str) -> str:
+    """'image' or 'text' for a built-in name, local HF directory or artifact, without loading weights."""
     from edgeadapt.models.tiny import TINY
 
     if model in TINY:
         return TINY[model][2]
-    if model in BUILTIN:
-        return "text"
-    config = Path(model).expanduser() / "config.json"
-    if not config.is_file():
-        raise ValueError(f"model {model!r} is neither a built-in name ({', '.join(BUILTIN)}) nor a local "
-                         "Hugging Face model directory with config.json")
-    model_type = json.loads(config.read_text()).get("model_type", "")
-    return "image" if model_type in ("vit", "deit", "dinov2") else "text"
+    config = model_config(model)
+    return "image" if config is not None and config.get("model_type") in ("vit", "deit", "dinov2") else "text"
 
 
 @dataclass
@@ -163,12 +170,12 @@ class TrainOutcome:
     stop_reason: str
 
 
-def _batches(recipe: TrainRecipe, adapter: Any, split: Any, batch_size: int, shuffle: bool
-             ) -> Callable[[int], Iterable[dict[str, torch.Tensor]]]:
-    """A per-epoch batch factory for ``split`` suited to the model's task."""
+def batch_factory(data: DataSection, adapter: Any, split: Any, batch_size: int, shuffle: bool, seed: int = 0
+                  ) -> Callable[[int], Iterable[dict[str, torch.Tensor]]]:
+    """A per-epoch batch factory for ``split`` suited to the model's task (images, contrastive
+    paragraph pairs for sentence encoders, fixed-length token blocks for causal LMs)."""
     from edgeadapt.data.splits import ImageSplit
 
-    seed = recipe.seed
     if isinstance(split, ImageSplit):
         return lambda epoch: split.batches(batch_size, shuffle=shuffle, seed=seed + epoch)
     texts = list(split.texts)
@@ -178,12 +185,11 @@ def _batches(recipe: TrainRecipe, adapter: Any, split: Any, batch_size: int, shu
         def sentence(epoch: int) -> Iterable[dict[str, torch.Tensor]]:
             order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed + epoch)) if shuffle \
                 else range(len(texts))
-            return text_batches(adapter.tokenizer, [texts[i] for i in order], batch_size, recipe.data.max_length,
-                                pairs=True)
+            return text_batches(adapter.tokenizer, [texts[i] for i in order], batch_size, data.max_length, pairs=True)
         return sentence
     from edgeadapt.data.external import lm_blocks
 
-    blocks = lm_blocks(adapter.tokenizer, texts, recipe.data.max_length)
+    blocks = lm_blocks(adapter.tokenizer, texts, data.max_length)
 
     def lm(epoch: int) -> Iterable[dict[str, torch.Tensor]]:
         order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed + epoch)) if shuffle \
@@ -194,27 +200,32 @@ def _batches(recipe: TrainRecipe, adapter: Any, split: Any, batch_size: int, shu
     return lm
 
 
+def load_splits(data: DataSection, model: str, seed: int = 0) -> Any:
+    """The dataset's splits, with image size taken from ``model`` when the dataset has a size option."""
+    from edgeadapt.data.registry import build_dataset, dataset_info
+
+    info = dataset_info(data.name)
+    options = dict(data.options)
+    if info.task == "image-classification" and "size" in info.options:
+        size = _image_size(model)
+        if options.setdefault("size", size) != size:
+            raise ValueError(f"data.options.size is {options['size']} but model {model!r} takes "
+                             f"{size}x{size} images; remove the option or set it to {size}")
+    return build_dataset(data.name, root=data.root, ignore_classes=data.ignore_classes, remap=data.remap,
+                         val_fraction=data.val_fraction, seed=seed, **options)
+
+
 def run_training(recipe: TrainRecipe) -> TrainOutcome:
     """Train ``recipe.model`` on ``recipe.data`` and write the artifact directory ``recipe.out``."""
-    from edgeadapt.data.registry import build_dataset, dataset_info
+    from edgeadapt.data.registry import dataset_info
     from edgeadapt.models.registry import load_adapter
     from edgeadapt.pruning.checkpoint import save_pruned
     from edgeadapt.tracking import make_logger, plot_curves
     from edgeadapt.training.loop import fit
 
     info = dataset_info(recipe.data.name)
-    options = dict(recipe.data.options)
-    num_labels = None
-    if info.task == "image-classification":
-        size = _image_size(recipe.model)
-        if "size" in info.options:
-            if options.setdefault("size", size) != size:
-                raise ValueError(f"data.options.size is {options['size']} but model {recipe.model!r} takes "
-                                 f"{size}x{size} images; remove the option or set it to {size}")
-    splits = build_dataset(recipe.data.name, root=recipe.data.root, ignore_classes=recipe.data.ignore_classes,
-                           remap=recipe.data.remap, val_fraction=recipe.data.val_fraction, seed=recipe.seed, **options)
-    if info.task == "image-classification":
-        num_labels = len(splits.train.classes)
+    splits = load_splits(recipe.data, recipe.model, recipe.seed)
+    num_labels = len(splits.train.classes) if info.task == "image-classification" else None
     adapter = load_adapter(recipe.model, task=recipe.task, seed=recipe.seed, num_labels=num_labels)
     if recipe.data.tokenizer == "bpe" and info.task != "image-classification":
         from edgeadapt.data.text import bpe_tokenizer
@@ -230,11 +241,13 @@ def run_training(recipe: TrainRecipe) -> TrainOutcome:
     logger = make_logger(out / "logs", backends, **options)
     logger.log_params(recipe.model_dump(mode="json"))
     try:
-        val = _batches(recipe, adapter, splits.val, recipe.train.eval_batch_size, False)
-        result = fit(adapter, _batches(recipe, adapter, splits.train, recipe.train.batch_size, True), cfg,
+        val = batch_factory(recipe.data, adapter, splits.val, recipe.train.eval_batch_size, False, recipe.seed)
+        result = fit(adapter, batch_factory(recipe.data, adapter, splits.train, recipe.train.batch_size, True,
+                                            recipe.seed), cfg,
                      val=lambda: val(0), monitor=monitor, logger=logger, checkpoint_dir=out / "checkpoints",
                      resume=recipe.resume)
-        test = adapter.evaluate(_batches(recipe, adapter, splits.test, recipe.train.eval_batch_size, False)(0))
+        test = adapter.evaluate(batch_factory(recipe.data, adapter, splits.test, recipe.train.eval_batch_size,
+                                              False)(0))
         logger.log_metrics({f"test/{k}": v for k, v in test.items()}, result.steps)
     finally:
         logger.close()
@@ -254,4 +267,4 @@ def _image_size(model: str) -> int:
 
     if model in TINY:
         return TINY[model][0]().image_size
-    return json.loads((Path(model).expanduser() / "config.json").read_text())["image_size"]
+    return int(model_config(model)["image_size"])

@@ -116,7 +116,8 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
         val: Callable[[], Iterable[Batch]] | None = None, monitor: str = "loss", *,
         loss_fn: LossFn | None = None, evaluate: Callable[[], dict[str, float]] | None = None,
         logger: Any | None = None, checkpoint_dir: str | Path | None = None, resume: bool = True,
-        callbacks: Sequence[Callable[[StepInfo], None]] = ()) -> TrainResult:
+        callbacks: Sequence[Callable[[StepInfo], None]] = (), modules: Sequence[torch.nn.Module] = ()
+        ) -> TrainResult:
     """Train ``adapter.model`` in place and return its history.
 
     ``train(epoch)`` yields that epoch's batches (so shuffling is seeded per epoch). Validation
@@ -124,7 +125,9 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
     when given); ``monitor`` names the metric for early stopping, plateau cuts and best-weight
     restore (lower is better for loss/perplexity/nll). With ``checkpoint_dir`` the run saves a
     checkpoint every epoch (and every ``cfg.checkpoint_every`` steps) and, with ``resume``, picks
-    up from the last one. ``logger`` is any :class:`edgeadapt.tracking.MetricLogger`.
+    up from the last one. ``logger`` is any :class:`edgeadapt.tracking.MetricLogger`. ``modules``
+    are extra trainable modules outside the model (e.g. the knowledge base's gates); they are
+    optimized, checkpointed and best-restored together with it.
 
     Example::
 
@@ -138,6 +141,10 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
     dist = Distributed.from_env(cfg.device)
     device = dist.device if dist else resolve_device(cfg.device)
     model = adapter.model.to(device)
+    for extra in modules:
+        extra.to(device)
+    # One container so optimizer, checkpoints and best-weight restore cover everything trained.
+    trained = torch.nn.ModuleList([model, *modules]) if modules else model
     amp = _autocast_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
 
@@ -149,7 +156,7 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
         raise ValueError("train data is empty: the first epoch yielded no batches")
     steps_per_epoch = math.ceil(n_micro / cfg.grad_accum_steps)
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in trained.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters (all requires_grad=False)")
     opt = _optimizer(cfg, params)
@@ -162,7 +169,7 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
     best_state: dict[str, torch.Tensor] | None = None
     found = find_checkpoint(checkpoint_dir) if checkpoint_dir is not None and resume else None
     if found is not None:
-        saved, best_state = load_checkpoint(found, model)
+        saved, best_state = load_checkpoint(found, trained)
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["schedule"])
         if scaler is not None and "scaler" in saved:
@@ -174,7 +181,7 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
     if st["stop_reason"] != "epochs" or st["epoch"] >= cfg.epochs:  # a finished run: nothing to do
-        return _finish(adapter, model, st, best_state, result)
+        return _finish(trained, st, best_state, result)
 
     def checkpoint() -> None:
         if checkpoint_dir is None or (dist and not dist.is_main):
@@ -183,7 +190,7 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
                  "loop": dict(st)}
         if scaler is not None:
             state["scaler"] = scaler.state_dict()
-        save_checkpoint(checkpoint_dir, model, state, best_state)
+        save_checkpoint(checkpoint_dir, trained, state, best_state)
 
     main = dist is None or dist.is_main
     log = logger if (logger is not None and main) else None
@@ -192,7 +199,7 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
     start = time.perf_counter() - st["elapsed"]
     try:
         for epoch in range(st["epoch"], cfg.epochs):
-            model.train()
+            trained.train()
             for i, batch in enumerate(batches(epoch)):
                 if i < st["micro"]:  # consumed before the checkpoint we resumed from
                     continue
@@ -246,7 +253,7 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
                 bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.4f}", **{f"val_{monitor}": f"{metrics[monitor]:.4f}"})
                 if _improved(metrics[monitor], st["best"].get(monitor), lower):
                     st["best"], st["bad_epochs"] = dict(metrics), 0
-                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in trained.state_dict().items()}
                 else:
                     st["bad_epochs"] += 1
                 sched.observe(metrics[monitor])
@@ -262,10 +269,10 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
     finally:
         bar.close()
         _set_checkpointing(model, False)
-    return _finish(adapter, model, st, best_state, result)
+    return _finish(trained, st, best_state, result)
 
 
-def _finish(adapter: ModelAdapter, model: torch.nn.Module, st: dict[str, Any],
+def _finish(model: torch.nn.Module, st: dict[str, Any],
             best_state: dict[str, torch.Tensor] | None, result: TrainResult) -> TrainResult:
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -1,0 +1,78 @@
+"""Knowledge-base artifacts: one directory, verified on load.
+
+Layout::
+
+    kb/
+      manifest.json        kind "knowledge-base", version, FM identity (name, weight hash,
+                           architecture), the producing config, SHA-256 of every file below
+      model/               the KB weights as a model artifact (reloads with load_pruned)
+      gates.safetensors    the per-block gate MLPs
+      index.json           the neuron index (KB unit -> FM unit, per block)
+      kb.json              the KB settings
+
+Loading checks kind, version and hashes, that the index and the model agree, and (when asked)
+that the KB was built from the expected foundation model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_model, save_model
+
+from edgeadapt.artifacts import ArtifactError, atomic_write_text, read_manifest, write_manifest
+from edgeadapt.offline.gates import GateSet
+from edgeadapt.offline.knowledge_base import KBSettings, KnowledgeBase
+from edgeadapt.offline.neuron_index import MARK, NeuronIndex
+from edgeadapt.pruning.checkpoint import load_pruned, save_pruned
+
+KIND, VERSION = "knowledge-base", 1
+
+
+def save_kb(kb: KnowledgeBase, directory: str | Path, config: dict | None = None) -> Path:
+    """Write ``kb`` to ``directory`` (manifest last, so a crash leaves no valid-looking artifact)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "manifest.json").unlink(missing_ok=True)
+    kb.gates.detach()  # hooks are runtime state, not weights
+    try:
+        save_pruned(kb.adapter, directory / "model", config={"stage": "knowledge-base-model"})
+    finally:
+        kb.gates.attach(kb.adapter)
+    tmp = directory / "gates.safetensors.tmp"
+    save_model(kb.gates, str(tmp))
+    tmp.replace(directory / "gates.safetensors")
+    atomic_write_text(directory / "index.json", json.dumps(kb.index.to_dict(), indent=1))
+    atomic_write_text(directory / "kb.json", kb.settings.model_dump_json(indent=1))
+    write_manifest(directory, KIND, VERSION, ["model/manifest.json", "gates.safetensors", "index.json", "kb.json"],
+                   base={"name": kb.adapter.name, "hash": kb.index.base_hash, "architecture": kb.index.architecture},
+                   config=config or {})
+    return directory
+
+
+def load_kb(directory: str | Path, expect_base_hash: str | None = None) -> KnowledgeBase:
+    """Reload a KB written by :func:`save_kb`; ``expect_base_hash`` refuses a KB of another FM."""
+    directory = Path(directory)
+    manifest = read_manifest(directory, KIND, VERSION)
+    base_hash = manifest["base"]["hash"]
+    if expect_base_hash is not None and base_hash != expect_base_hash:
+        raise ArtifactError(f"{directory}: this knowledge base was built for another base model "
+                            f"(KB base {base_hash[:12]}, expected {expect_base_hash[:12]}); rebuild it from "
+                            "this model with `edgeadapt offline kb`")
+    adapter = load_pruned(directory / "model")
+    try:
+        index = NeuronIndex.from_dict(json.loads((directory / "index.json").read_text()))
+        settings = KBSettings.model_validate_json((directory / "kb.json").read_text())
+    except ValueError as exc:
+        raise ArtifactError(f"{directory}: invalid index.json or kb.json: {exc}") from None
+    if index.base_hash != base_hash or adapter.fingerprint() != index.architecture:
+        raise ArtifactError(f"{directory}: the index and the model do not belong to the same base model")
+    setattr(adapter, MARK, index)
+    gates = GateSet(adapter, settings.bottleneck, settings.pooling)
+    missing, unexpected = load_model(gates, str(directory / "gates.safetensors"), strict=False)
+    if missing or unexpected:
+        raise ArtifactError(f"{directory}: gates.safetensors does not fit the model "
+                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    gates.eval()
+    return KnowledgeBase(adapter, gates, index, settings)

@@ -1,0 +1,249 @@
+"""LoRA fine-tuning of the foundation model on the source domain, then an exact merge.
+
+The offline stage adapts the FM cheaply before it becomes a knowledge base: low-rank adapters
+(PEFT LoRA, a real rank ``r`` and ``alpha`` with scaling ``alpha / r``) go into the projections
+the adapter names — q/k/v/o and the MLP input/output projections from ``adapter.blocks()``, never
+from module-name sniffing — and the task head trains fully. LoRA layers are injected *in place*
+with peft's LoRA tuner, so module paths stay the same and ``adapter.blocks()``, hooks and the
+task loss keep working on the adapted model. Merging folds ``B @ A * scaling`` into the base
+weights and removes the LoRA modules, leaving a plain Hugging Face model with the original
+parameter names; :func:`lora_tune` checks the merge is exact before it commits to it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
+
+from edgeadapt.artifacts import ArtifactError, atomic_write_text, read_manifest, write_manifest
+from edgeadapt.models.adapter import HFAdapter
+from edgeadapt.models.spec import BlockSpec
+from edgeadapt.models.tasks import model_inputs
+from edgeadapt.training.config import TrainConfig
+from edgeadapt.training.device import to_device
+from edgeadapt.training.loop import TrainResult, fit
+
+Target = Literal["q", "k", "v", "o", "mlp_in", "mlp_out"]
+Batch = dict[str, torch.Tensor]
+STAGE = "lora"
+LORA_JSON = "lora.json"
+ADAPTER_NAME = "default"
+
+
+class LoraSettings(BaseModel):
+    """Where LoRA goes and how big it is. ``rank`` is the real LoRA rank, not a divisor."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(8, ge=1, description="LoRA rank r: A is [r, in_features], B is [out_features, r].")
+    alpha: float = Field(16.0, gt=0, description="lora_alpha; the update B @ A is scaled by alpha / rank.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch input while training.")
+    targets: list[Target] = Field(
+        default_factory=lambda: ["q", "k", "v", "o", "mlp_in", "mlp_out"], min_length=1,
+        description="Projections that get LoRA, by role: attention q/k/v/o, the MLP input "
+        "projection(s) (fc1, or gate+up) and the MLP output projection. Fused modules (GPT-2 "
+        "c_attn = q+k+v) must be selected whole.")
+    train_head: bool = Field(True, description="Train the task head fully (classifier, or the LM "
+                             "head when it is not tied to the input embeddings).")
+
+    @field_validator("targets")
+    @classmethod
+    def _dedupe(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
+
+
+def _roles(block: BlockSpec) -> dict[str, list[str]]:
+    a, m = block.attention, block.mlp
+    return {"q": [a.q.module], "k": [a.k.module], "v": [a.v.module], "o": [a.o.module],
+            "mlp_in": [s.module for s in m.inputs], "mlp_out": [m.output.module]}
+
+
+def lora_target_modules(adapter: HFAdapter, targets: Iterable[str]) -> list[str]:
+    """Full dotted paths of the modules that get LoRA for ``targets``, in block order, deduplicated.
+
+    >>> lora_target_modules(load_adapter("tiny-gpt2"), ["q", "k", "v"])  # doctest: +SKIP
+    ['transformer.h.0.attn.c_attn', 'transformer.h.1.attn.c_attn']
+    """
+    targets = list(dict.fromkeys(targets))
+    if not targets:
+        raise ValueError("targets: empty; name at least one of q, k, v, o, mlp_in, mlp_out")
+    out: dict[str, None] = {}
+    for block in adapter.blocks():
+        roles = _roles(block)
+        unknown = [t for t in targets if t not in roles]
+        if unknown:
+            raise ValueError(f"targets: unknown {unknown}; choose from {', '.join(roles)}")
+        owners: dict[str, set[str]] = {}
+        for role, paths in roles.items():
+            for path in paths:
+                owners.setdefault(path, set()).add(role)
+        for role in targets:
+            for path in roles[role]:
+                missing = owners[path] - set(targets)
+                # LoRA on a fused module adapts every role in it; selecting a part would be a lie.
+                if missing:
+                    raise ValueError(f"targets: {path} holds {sorted(owners[path])} fused together; "
+                                     f"add {sorted(missing)} or drop {role!r}")
+                out[path] = None
+    return list(out)
+
+
+def _head_params(adapter: HFAdapter) -> list[nn.Parameter]:
+    """Head parameters that belong to the head alone (an LM head tied to the embeddings does not)."""
+    head = adapter.head()
+    if head is None:
+        return []
+    own = {id(p) for p in adapter.model.get_submodule(head).parameters()}
+    shared = {id(p) for name, p in adapter.model.named_parameters(remove_duplicate=False)
+              if id(p) in own and not name.startswith(f"{head}.")}
+    return [p for p in adapter.model.get_submodule(head).parameters() if id(p) not in shared]
+
+
+def add_lora(adapter: HFAdapter, settings: LoraSettings, seed: int = 0) -> list[str]:
+    """Inject LoRA into ``adapter.model`` in place and freeze everything else (but the head when
+    ``settings.train_head``). LoRA A is seeded by ``seed`` (global RNG untouched); B starts at zero,
+    so the model's outputs do not change. Returns the trainable parameter names."""
+    from peft import LoraConfig
+    from peft.tuners.lora import LoraLayer, LoraModel
+
+    if any(isinstance(m, LoraLayer) for m in adapter.model.modules()):
+        raise ValueError("this model already has LoRA layers; merge_lora() it first")
+    if adapter.plan is None:
+        adapter.base_hash()  # the artifact's base identity is the weights *before* LoRA
+    modules = lora_target_modules(adapter, settings.targets)
+    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=modules, fan_in_fan_out=adapter.transposed, bias="none")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        # The tuner replaces each target with a LoRA wrapper at the same path, marks only lora_*
+        # trainable, and leaves adapter.model the same object (no PeftModel wrapper).
+        LoraModel(adapter.model, config, adapter_name=ADAPTER_NAME)
+    if settings.train_head:
+        for p in _head_params(adapter):
+            p.requires_grad_(True)
+    return [n for n, p in adapter.model.named_parameters() if p.requires_grad]
+
+
+def _lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    from peft.tuners.lora import LoraLayer
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+
+
+def _unload(adapter: HFAdapter) -> None:
+    """Replace every (already merged) LoRA wrapper by its base layer; unfreeze the model."""
+    model = adapter.model
+    for name, layer in _lora_layers(model):
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer.get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+    model.requires_grad_(True)  # a plain HF model trains all its weights, as before add_lora
+
+
+def merge_lora(adapter: HFAdapter) -> None:
+    """Fold every LoRA update into its base weight and remove the LoRA modules, so
+    ``adapter.model`` is a plain HF model with the parameter names it had before :func:`add_lora`
+    (all parameters trainable again)."""
+    layers = _lora_layers(adapter.model)
+    if not layers:
+        raise ValueError("merge_lora: the model has no LoRA layers (call add_lora first)")
+    for _, layer in layers:
+        if not layer.merged:
+            layer.merge(safe_merge=True)  # safe_merge refuses NaN/inf instead of corrupting weights
+    _unload(adapter)
+
+
+def train_lora(adapter: HFAdapter, train: Callable[[int], Iterable[Batch]], cfg: TrainConfig,
+               settings: LoraSettings, val: Callable[[], Iterable[Batch]] | None = None,
+               monitor: str = "loss", logger: Any | None = None,
+               checkpoint_dir: str | Path | None = None) -> TrainResult:
+    """Add LoRA (seeded by ``cfg.seed``) and train it with the shared loop; the caller merges."""
+    add_lora(adapter, settings, seed=cfg.seed)
+    return fit(adapter, train, cfg, val=val, monitor=monitor, logger=logger, checkpoint_dir=checkpoint_dir)
+
+
+@torch.no_grad()
+def _outputs(adapter: HFAdapter, batch: Batch) -> torch.Tensor:
+    """The model's main output (logits, or the last hidden state of an encoder) in eval mode."""
+    model = adapter.model.eval()
+    device = next(model.parameters()).device
+    out = model(**model_inputs(to_device(batch, device)))
+    logits = getattr(out, "logits", None)
+    return (logits if logits is not None else out.last_hidden_state).float()
+
+
+def lora_tune(adapter: HFAdapter, train: Callable[[int], Iterable[Batch]], cfg: TrainConfig,
+              settings: LoraSettings, val: Callable[[], Iterable[Batch]] | None = None,
+              monitor: str = "loss", out: str | Path | None = None, logger: Any | None = None,
+              tolerance: float = 1e-4) -> dict[str, Any]:
+    """The whole offline LoRA stage: add LoRA, train, merge with an exactness check, save.
+
+    The first validation batch (or the first training batch) is held out for the check: the merged
+    model must reproduce the LoRA model's outputs within ``tolerance`` (max abs diff), else the
+    merge is undone and ``RuntimeError`` raised. ``total_params`` counts the merged model.
+    """
+    result = train_lora(adapter, train, cfg, settings, val=val, monitor=monitor, logger=logger)
+    trainable = sum(p.numel() for p in adapter.model.parameters() if p.requires_grad)
+    held = next(iter(val() if val is not None else train(0)))
+    before = _outputs(adapter, held)
+    layers = [layer for _, layer in _lora_layers(adapter.model)]
+    for layer in layers:
+        layer.merge(safe_merge=True)
+    diff = (_outputs(adapter, held) - before).abs().max().item()
+    if not diff <= tolerance:  # also catches NaN
+        for layer in layers:
+            layer.unmerge()
+        raise RuntimeError(f"LoRA merge is not exact: max abs output diff {diff:.3g} > tolerance "
+                           f"{tolerance:.3g}; the model keeps its unmerged LoRA layers")
+    _unload(adapter)
+    report: dict[str, Any] = {
+        "trainable_params": trainable, "total_params": sum(p.numel() for p in adapter.model.parameters()),
+        "merge_max_abs_diff": diff, "history": result.history, "best": result.best,
+        "stop_reason": result.stop_reason, "steps": result.steps,
+    }
+    if out is not None:
+        config = {"train": cfg.model_dump(), "monitor": monitor}
+        report["artifact"] = str(save_lora_artifact(adapter, out, settings, report, config))
+    return report
+
+
+def save_lora_artifact(adapter: HFAdapter, out: str | Path, settings: LoraSettings,
+                       report: dict[str, Any], config: dict[str, Any]) -> Path:
+    """Write the merged model as a ``pruned-model`` artifact tagged ``stage: lora``, plus
+    ``lora.json`` (settings and report), covered by the manifest's hashes. Returns the directory."""
+    from edgeadapt.pruning.checkpoint import KIND, VERSION, save_pruned
+
+    if _lora_layers(adapter.model):
+        raise ValueError("save_lora_artifact: merge_lora() the model first (it still has LoRA layers)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / LORA_JSON, json.dumps({"settings": settings.model_dump(), "report": report},
+                                                  indent=1, sort_keys=True, default=str))
+    summary = {k: report[k] for k in ("trainable_params", "total_params", "merge_max_abs_diff", "best")
+               if k in report}
+    save_pruned(adapter, out, config={"stage": STAGE, "lora": settings.model_dump(), **summary, **config})
+    # save_pruned lists only its own files; rewrite the manifest (still last) so lora.json is hashed too.
+    manifest = read_manifest(out, KIND, VERSION, verify=False)
+    own = ("kind", "format_version", "edgeadapt_version", "files")  # write_manifest sets these
+    fields = {k: v for k, v in manifest.items() if k not in own}
+    write_manifest(out, KIND, VERSION, [*manifest["files"], LORA_JSON], **fields)
+    return out
+
+
+def load_lora_artifact(out: str | Path) -> HFAdapter:
+    """Reload a model written by :func:`save_lora_artifact`, refusing artifacts of other stages."""
+    from edgeadapt.pruning.checkpoint import KIND, VERSION, load_pruned
+
+    manifest = read_manifest(out, KIND, VERSION, verify=False)  # load_pruned verifies the hashes
+    stage = manifest.get("config", {}).get("stage")
+    if stage != STAGE:
+        raise ArtifactError(f"{out} is not a LoRA artifact (config stage is {stage!r}, expected "
+                            f"{STAGE!r}); load it with edgeadapt.pruning.checkpoint.load_pruned")
+    return load_pruned(out)

@@ -1,0 +1,205 @@
+"""``edgeadapt offline lora|kb|index|all``: the cloud stage from one YAML config.
+
+Each step writes one artifact directory under ``out`` and the next step reads it from there, so
+no path is ever edited by hand::
+
+    out/lora/    the foundation model (FM) after LoRA tuning on the source data, merged
+    out/kb/      the elastic knowledge base built from out/lora
+    out/index/   the neuron index KB <-> FM, verified by an exact round trip
+
+With ``lora.enabled: false`` the FM is ``model`` itself, saved unchanged to ``out/lora``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from edgeadapt.artifacts import ArtifactError, atomic_write_text
+from edgeadapt.offline.knowledge_base import KBSettings
+from edgeadapt.offline.lora import LoraSettings
+from edgeadapt.recipes.train import DataSection, TrackingSection, TrainSection, model_modality
+
+STEPS = ("lora", "kb", "index")
+
+
+class LoraStep(BaseModel):
+    """LoRA tuning of the FM on the source data."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="False: use the model as the FM without tuning.")
+    settings: LoraSettings = Field(default_factory=LoraSettings)
+    train: TrainSection
+
+
+class KBStep(BaseModel):
+    """Knowledge-base construction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    settings: KBSettings = Field(default_factory=KBSettings)
+    train: TrainSection
+    widths: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0],
+                                description="Widths reported after training (each in (0, 1]).")
+
+    @field_validator("widths")
+    @classmethod
+    def _widths(cls, widths: list[float]) -> list[float]:
+        from edgeadapt.offline.knowledge_base import check_width
+
+        return [check_width(w) for w in widths]
+
+
+class OfflineConfig(BaseModel):
+    """A complete `edgeadapt offline` configuration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["offline"] = "offline"
+    model: str = Field(description="The foundation model: built-in name, local HF directory or an "
+                       "edgeadapt model artifact (e.g. the output of `edgeadapt train`).")
+    seed: int = Field(0, description="Seed for shuffling and random widths.")
+    data: DataSection = Field(description="Source-domain data the FM was trained for.")
+    lora: LoraStep
+    kb: KBStep
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
+    out: Path = Field(description="Root directory; steps write out/lora, out/kb, out/index.")
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, model: str) -> str:
+        model_modality(model)
+        return model
+
+    @model_validator(mode="after")
+    def _compatible(self) -> OfflineConfig:
+        from edgeadapt.data.registry import dataset_info
+
+        modality, task = model_modality(self.model), dataset_info(self.data.name).task
+        if (modality == "image") != (task == "image-classification"):
+            raise ValueError(f"data.name: dataset {self.data.name!r} is {task} data but model {self.model!r} "
+                             f"is {'an image' if modality == 'image' else 'a text'} model")
+        return self
+
+
+def step_dir(cfg: OfflineConfig, step: str) -> Path:
+    return Path(cfg.out) / step
+
+
+def _require(cfg: OfflineConfig, step: str) -> Path:
+    path = step_dir(cfg, step)
+    if not (path / "manifest.json").is_file():
+        raise ArtifactError(f"{path} has no artifact; run `edgeadapt offline {step} --config ...` first "
+                            "(or `edgeadapt offline all`)")
+    return path
+
+
+def _loop(section: TrainSection) -> Any:
+    from edgeadapt.training.config import TrainConfig
+
+    return TrainConfig(**section.model_dump(exclude={"batch_size", "eval_batch_size", "monitor"}))
+
+
+def _data(cfg: OfflineConfig, adapter: Any, section: TrainSection) -> tuple[Any, Any, Any, str]:
+    from edgeadapt.recipes.train import batch_factory, load_splits
+
+    splits = load_splits(cfg.data, cfg.model, cfg.seed)
+    train = batch_factory(cfg.data, adapter, splits.train, section.batch_size, True, cfg.seed)
+    val = batch_factory(cfg.data, adapter, splits.val, section.eval_batch_size, False)
+    test = batch_factory(cfg.data, adapter, splits.test, section.eval_batch_size, False)
+    monitor = section.monitor or ("accuracy" if adapter.task.name == "classification" else "loss")
+    return train, (lambda: val(0)), (lambda: test(0)), monitor
+
+
+def _logger(cfg: OfflineConfig, step: str) -> Any:
+    from edgeadapt.tracking import make_logger
+
+    backends = cfg.tracking.backends
+    options = {k: v for k, v in {"wandb": {"project": cfg.tracking.project},
+                                 "mlflow": {"experiment": cfg.tracking.project}}.items() if k in backends}
+    return make_logger(step_dir(cfg, step) / "logs", backends, **options)
+
+
+def run_lora(cfg: OfflineConfig) -> dict[str, Any]:
+    """Tune the FM with LoRA on the source data, merge (checked exact) and save ``out/lora``."""
+    from edgeadapt.offline.lora import lora_tune, save_lora_artifact
+    from edgeadapt.recipes.common import load_model
+
+    fm = load_model(cfg.model)
+    train, val, test, monitor = _data(cfg, fm, cfg.lora.train)
+    before = fm.evaluate(test())
+    out = step_dir(cfg, "lora")
+    if cfg.lora.enabled:
+        logger = _logger(cfg, "lora")
+        try:
+            report = lora_tune(fm, train, _loop(cfg.lora.train), cfg.lora.settings, val=val, monitor=monitor,
+                               logger=logger)
+        finally:
+            logger.close()
+        fm.model.cpu()
+    else:
+        report = {"skipped": True}
+    report.update({"test_before": before, "test_after": fm.evaluate(test())})
+    save_lora_artifact(fm, out, cfg.lora.settings, report, {"offline": cfg.model_dump(mode="json")})
+    return report
+
+
+def run_kb(cfg: OfflineConfig) -> dict[str, Any]:
+    """Build the knowledge base from ``out/lora`` and save ``out/kb`` with per-width test metrics."""
+    from edgeadapt.offline.artifacts import save_kb
+    from edgeadapt.offline.knowledge_base import build_kb
+    from edgeadapt.offline.lora import load_lora_artifact
+
+    fm = load_lora_artifact(_require(cfg, "lora"))
+    section = cfg.kb.train
+    train, val, test, monitor = _data(cfg, fm, section)
+    calibration = [b for _, b in zip(range(cfg.kb.settings.calibration_batches), val())]
+    logger = _logger(cfg, "kb")
+    try:
+        kb, result = build_kb(fm, train, _loop(section), cfg.kb.settings, calibration, val=val, monitor=monitor,
+                              logger=logger, checkpoint_dir=step_dir(cfg, "kb") / "checkpoints")
+    finally:
+        logger.close()
+    report = {"fm": fm.evaluate(test()), "widths": {str(w): kb.evaluate(test(), w) for w in cfg.kb.widths},
+              "history": result.history}
+    save_kb(kb, step_dir(cfg, "kb"), config={"offline": cfg.model_dump(mode="json"),
+                                              "report": {k: v for k, v in report.items() if k != "history"}})
+    atomic_write_text(step_dir(cfg, "kb") / "report.json", json.dumps(report, indent=1))
+    return report
+
+
+def run_index(cfg: OfflineConfig) -> dict[str, Any]:
+    """Write ``out/index`` after checking that the KB belongs to ``out/lora`` and that FM -> KB -> FM
+    is exact with the index."""
+    from edgeadapt.offline.artifacts import load_kb
+    from edgeadapt.offline.lora import load_lora_artifact
+    from edgeadapt.offline.neuron_index import kb_state_to_fm, save_index, to_kb
+
+    fm = load_lora_artifact(_require(cfg, "lora"))
+    kb = load_kb(_require(cfg, "kb"), expect_base_hash=fm.base_hash())
+    fm_state = fm.model.state_dict()
+    round_trip = kb_state_to_fm(to_kb(fm, kb.index), kb.index)
+    worst = max((round_trip[k] - v).abs().max().item() for k, v in fm_state.items())
+    if worst != 0.0:
+        raise ArtifactError(f"FM -> KB -> FM round trip is not exact (max diff {worst}); the index is broken")
+    trained = kb_state_to_fm(kb.adapter, kb.index)
+    moved = sum(int(not torch.equal(trained[k], v)) for k, v in fm_state.items())
+    save_index(kb.index, step_dir(cfg, "index"), config={"offline": cfg.model_dump(mode="json"),
+                                                          "round_trip_max_diff": worst})
+    return {"round_trip_max_diff": worst, "tensors_changed_by_kb_training": moved, "tensors": len(fm_state)}
+
+
+RUNNERS = {"lora": run_lora, "kb": run_kb, "index": run_index}
+
+
+def run_offline(cfg: OfflineConfig, steps: list[str] | tuple[str, ...] = STEPS) -> dict[str, Any]:
+    """Run ``steps`` in order; returns each step's report."""
+    unknown = [s for s in steps if s not in RUNNERS]
+    if unknown:
+        raise ValueError(f"unknown offline step(s) {unknown}; choose from {list(STEPS)} or 'all'")
+    return {step: RUNNERS[step](cfg) for step in steps}

@@ -1,0 +1,1 @@
+"""Online stage (edge): proxy extraction from the knowledge base, retraining under drift, sync."""

@@ -1,14 +1,11 @@
 """The neuron index: which foundation-model (FM) unit every knowledge-base (KB) unit is.
 
 The KB is the FM with each block's head units and FFN neurons reordered by importance, most
-important first, so that keeping a prefix of every block is a valid sub-model. The index records
-that reordering per block (``heads[i]`` / ``neurons[i]`` = the FM unit at KB position ``i``),
-which is all sync needs to map learned KB weights back onto the FM exactly. It is structured —
-permuted/kept unit indices per layer — never a dense matrix per layer (the design's optional
-low-rank correction is not implemented).
-
-A KB made by :func:`to_kb` keeps reporting its FM's ``fingerprint()`` and ``base_hash()``: they
-identify the base model, and the index is matched against them in both directions.
+important first, so that every prefix width is a valid sub-model. The index records that order
+per block (``heads[i]`` / ``neurons[i]`` = the FM unit at KB position ``i``): all sync needs to map
+learned KB weights back onto the FM exactly. It is structured (permuted/kept unit indices per
+layer), never a dense matrix per layer; the design's optional low-rank correction is not built.
+A KB made by :func:`to_kb` keeps reporting its FM's ``fingerprint()`` and ``base_hash()``.
 """
 
 from __future__ import annotations
@@ -24,11 +21,12 @@ import torch
 
 from edgeadapt.artifacts import ArtifactError, atomic_write_text, read_manifest, write_manifest
 from edgeadapt.models.adapter import ModelAdapter
-from edgeadapt.pruning.reorder import inverse, permuted_state, reorder_units
+from edgeadapt.pruning.reorder import inverse as invert
+from edgeadapt.pruning.reorder import permuted_state, reorder_units
 
 KIND, VERSION, FORMAT, FILE = "neuron-index", 1, "edgeadapt.neuron-index", "index.json"
 MARK = "neuron_index"  # attribute a KB adapter carries, so it is not mistaken for its FM
-_SIZE = {"heads": "num_kv_heads", "neurons": "ffn_width"}
+_SIZE = {"heads": "num_kv_heads", "neurons": "ffn_width"}  # kind -> fingerprint key of its unit count
 
 
 @dataclass(frozen=True)
@@ -42,46 +40,37 @@ class BlockIndex:
 
 @dataclass
 class NeuronIndex:
-    """The FM <-> KB correspondence of every block, tied to one FM (architecture + weight hash).
-    Validated at construction: each block's units are a permutation of the FM's."""
+    """The FM <-> KB map of every block, tied to one FM (architecture + weight hash); validated."""
 
     architecture: dict[str, Any]
     base_hash: str
     blocks: list[BlockIndex]
 
     def __post_init__(self) -> None:
-        a = self.architecture
-        if not isinstance(a, dict) or any(not isinstance(a.get(k), int) for k in ("num_layers", *_SIZE.values())):
-            raise ValueError("neuron index architecture must be an adapter fingerprint (num_layers, "
-                             "num_kv_heads, ffn_width)")
+        a, counts = self.architecture, ("num_layers", *_SIZE.values())
+        if not isinstance(a, dict) or not all(isinstance(a.get(k), int) for k in counts):
+            raise ValueError(f"neuron index architecture must be an adapter fingerprint with {counts}")
         if not isinstance(self.base_hash, str) or not self.base_hash:
             raise ValueError("neuron index needs the FM's base_hash (a non-empty string)")
         if [b.index for b in self.blocks] != list(range(a["num_layers"])):
-            raise ValueError(f"neuron index must cover FM blocks 0..{a['num_layers'] - 1} in order, "
-                             f"got {[b.index for b in self.blocks]}")
+            raise ValueError(f"neuron index must cover FM blocks 0..{a['num_layers'] - 1} in order")
         for b in self.blocks:
             for kind, key in _SIZE.items():
-                units = getattr(b, kind)
-                if sorted(units) != list(range(a[key])):
-                    raise ValueError(f"neuron index block {b.index}: {kind} must be a permutation of "
-                                     f"range({a[key]}) (KB position -> FM unit), got {list(units)[:12]}")
+                if sorted(getattr(b, kind)) != list(range(a[key])):
+                    raise ValueError(f"neuron index block {b.index}: {kind} must be a permutation of range("
+                                     f"{a[key]}) (KB position -> FM unit), got {list(getattr(b, kind))[:12]}")
 
     def _units(self, block_pos: int, kind: str) -> tuple[int, ...]:
-        if kind not in _SIZE:
-            raise ValueError(f"kind must be 'heads' or 'neurons', got {kind!r}")
-        if not 0 <= block_pos < len(self.blocks):
-            raise ValueError(f"block {block_pos} is out of range; the index has {len(self.blocks)} blocks")
+        if kind not in _SIZE or not 0 <= block_pos < len(self.blocks):
+            raise ValueError(f"no {kind!r} units in block {block_pos} (0..{len(self.blocks) - 1})")
         return getattr(self.blocks[block_pos], kind)
 
     def fm_units(self, block_pos: int, kind: str, kb_positions: Iterable[int]) -> list[int]:
-        """KB positions -> FM unit ids (a proxy that kept KB positions ``0..k-1`` holds these FM units)."""
-        order = self._units(block_pos, kind)
-        out = []
-        for p in kb_positions:
-            if not 0 <= int(p) < len(order):
-                raise ValueError(f"block {block_pos} has no KB {kind} position {p} (0..{len(order) - 1})")
-            out.append(order[int(p)])
-        return out
+        """KB positions -> FM unit ids (a proxy keeping KB positions ``0..k-1`` holds these FM units)."""
+        order, pos = self._units(block_pos, kind), [int(p) for p in kb_positions]
+        if any(not 0 <= p < len(order) for p in pos):
+            raise ValueError(f"block {block_pos} has KB {kind} positions 0..{len(order) - 1}, got {pos}")
+        return [order[p] for p in pos]
 
     def kb_units(self, block_pos: int, kind: str, fm_units: Iterable[int]) -> list[int]:
         """FM unit ids -> KB positions."""
@@ -91,19 +80,15 @@ class NeuronIndex:
         except KeyError as exc:
             raise ValueError(f"block {block_pos} has no FM {kind} unit {exc.args[0]}") from None
 
-    def orders(self) -> dict[int, dict[str, tuple[int, ...]]]:
-        """FM -> KB as :func:`reorder_units` orders (new -> old)."""
-        return {p: {"heads": b.heads, "neurons": b.neurons} for p, b in enumerate(self.blocks)}
-
-    def inverse_orders(self) -> dict[int, dict[str, list[int]]]:
-        """KB -> FM as :func:`reorder_units` orders."""
-        return {p: {"heads": inverse(b.heads), "neurons": inverse(b.neurons)} for p, b in enumerate(self.blocks)}
+    def orders(self, inverse: bool = False) -> dict[int, dict[str, list[int]]]:
+        """FM -> KB (``inverse``: KB -> FM) as :func:`reorder_units` orders (new -> old)."""
+        pick = invert if inverse else list
+        return {p: {k: pick(getattr(b, k)) for k in _SIZE} for p, b in enumerate(self.blocks)}
 
     def to_dict(self) -> dict[str, Any]:
+        blocks = [{"index": b.index, "heads": list(b.heads), "neurons": list(b.neurons)} for b in self.blocks]
         return {"format": FORMAT, "version": VERSION, "architecture": dict(self.architecture),
-                "base_hash": self.base_hash,
-                "blocks": [{"index": b.index, "heads": list(b.heads), "neurons": list(b.neurons)}
-                           for b in self.blocks]}
+                "base_hash": self.base_hash, "blocks": blocks}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> NeuronIndex:
@@ -121,51 +106,39 @@ class NeuronIndex:
 
 
 def build_index(adapter: ModelAdapter, scores: Mapping[str, list[torch.Tensor]]) -> NeuronIndex:
-    """Order every block's units by descending score (stable: ties keep FM order).
-
-    ``scores`` is what :func:`edgeadapt.pruning.importance.score` returns for the full-width FM
-    (keys ``"heads"`` and ``"neurons"``, one tensor per block; other keys are ignored).
-    """
+    """Order every block's units by descending score (stable: ties keep FM order). ``scores`` is what
+    :func:`edgeadapt.pruning.importance.score` returns for the full-width FM ("layers" is ignored)."""
     _require_full_width(adapter, "build_index")
-    blocks = adapter.blocks()
-    per_kind: dict[str, list[tuple[int, ...]]] = {}
+    fp, n_blocks = adapter.fingerprint(), len(adapter.blocks())
+    orders = {}
     for kind, key in _SIZE.items():
-        tables = scores.get(kind)
-        if tables is None or len(tables) != len(blocks):
-            raise ValueError(f"scores[{kind!r}] must hold one tensor per block ({len(blocks)})")
-        per_kind[kind] = []
-        for pos, s in enumerate(tables):
-            s = torch.as_tensor(s).detach().float().cpu()
-            n = adapter.fingerprint()[key]
-            if s.shape != (n,) or not torch.isfinite(s).all():
-                raise ValueError(f"block {pos} {kind} scores must be {n} finite values, got shape {tuple(s.shape)}")
-            per_kind[kind].append(tuple(torch.sort(s, descending=True, stable=True).indices.tolist()))
-    return NeuronIndex(adapter.fingerprint(), adapter.base_hash(), [
-        BlockIndex(b, per_kind["heads"][b], per_kind["neurons"][b]) for b in range(len(blocks))])
+        tables = [torch.as_tensor(t).detach().float().cpu() for t in scores.get(kind) or []]
+        bad = [p for p, s in enumerate(tables) if s.shape != (fp[key],) or not torch.isfinite(s).all()]
+        if len(tables) != n_blocks or bad:
+            raise ValueError(f"scores[{kind!r}] must hold, for each of the {n_blocks} blocks, one tensor of "
+                             f"{fp[key]} finite values (got {len(tables)} tensors; bad blocks {bad})")
+        orders[kind] = [tuple(torch.sort(s, descending=True, stable=True).indices.tolist()) for s in tables]
+    blocks = [BlockIndex(b, orders["heads"][b], orders["neurons"][b]) for b in range(n_blocks)]
+    return NeuronIndex(fp, adapter.base_hash(), blocks)
 
 
 def check_index_matches(index: NeuronIndex, adapter: ModelAdapter) -> None:
     """``ValueError`` unless ``adapter`` is the index's base model (or a KB made from it)."""
-    fp = adapter.fingerprint()
-    diff = {k: (index.architecture.get(k), fp.get(k)) for k in sorted({*fp, *index.architecture})
-            if index.architecture.get(k) != fp.get(k)}
+    fp, a = adapter.fingerprint(), index.architecture
+    diff = {k: (a.get(k), fp.get(k)) for k in sorted({*fp, *a}) if a.get(k) != fp.get(k)}
+    fix = "Use the FM the index was built for (or a KB made from it), or build a new index from this model."
     if diff:
         raise ValueError(f"index was built for another base model: architecture differs (index, model): "
-                         f"{diff}. Use the FM the index was built for, or build a new index from this model.")
-    try:
-        h = adapter.base_hash()
-    except RuntimeError as exc:
-        raise ValueError(f"cannot identify the model's base weights: {exc}") from None
+                         f"{diff}. {fix}")
+    h = adapter.base_hash()
     if h != index.base_hash:
-        raise ValueError(f"index was built for another base model: same architecture but different weights "
-                         f"(index base hash {index.base_hash[:12]}, model {h[:12]}). Use the FM the index "
-                         f"was built for (or a KB made from it by to_kb), or build a new index from this model.")
+        raise ValueError("index was built for another base model: same architecture but different weights "
+                         f"(index base hash {index.base_hash[:12]}, model {h[:12]}). {fix}")
 
 
 def to_kb(fm_adapter: ModelAdapter, index: NeuronIndex) -> ModelAdapter:
     """A deep copy of the FM with every block reordered into KB order (same outputs)."""
-    check_index_matches(index, fm_adapter)  # also caches the FM hash, so the copy reports it
-    _require_full_width(fm_adapter, "to_kb")
+    _check(fm_adapter, index, "to_kb")  # also caches the FM hash, so the copy reports it
     if getattr(fm_adapter, MARK, None) is not None:
         raise ValueError("this adapter is already a knowledge base (made by to_kb); pass the FM")
     kb = copy.deepcopy(fm_adapter)
@@ -176,47 +149,43 @@ def to_kb(fm_adapter: ModelAdapter, index: NeuronIndex) -> ModelAdapter:
 
 def to_fm(kb_adapter: ModelAdapter, index: NeuronIndex) -> ModelAdapter:
     """A deep copy of a (possibly trained) full-width KB reordered back into FM order."""
-    _check_kb(kb_adapter, index, "to_fm")
+    _check(kb_adapter, index, "to_fm")
     fm = copy.deepcopy(kb_adapter)
-    reorder_units(fm, index.inverse_orders())
-    if hasattr(fm, MARK):
-        delattr(fm, MARK)
+    reorder_units(fm, index.orders(inverse=True))
+    fm.__dict__.pop(MARK, None)
     return fm
 
 
 def kb_state_to_fm(kb_adapter: ModelAdapter, index: NeuronIndex) -> dict[str, torch.Tensor]:
-    """The FM-ordered state dict of a (possibly trained) full-width KB, without copying the
-    model: load it into the FM (``load_state_dict``) to sync what the KB learned."""
-    _check_kb(kb_adapter, index, "kb_state_to_fm")
-    return permuted_state(kb_adapter, index.inverse_orders())
+    """The FM-ordered state dict of a (possibly trained) full-width KB, without copying the model;
+    ``fm.model.load_state_dict`` of it syncs what the KB learned."""
+    _check(kb_adapter, index, "kb_state_to_fm")
+    return permuted_state(kb_adapter, index.orders(inverse=True))
 
 
 def save_index(index: NeuronIndex, directory: str | Path, config: dict | None = None) -> Path:
     """Write ``index.json`` and a manifest (kind ``neuron-index``) to ``directory``, atomically."""
     directory = Path(directory)
     atomic_write_text(directory / FILE, json.dumps(index.to_dict(), indent=1))
-    write_manifest(directory, KIND, VERSION, [FILE], base={"hash": index.base_hash, "architecture":
-                   index.architecture}, config=config or {})
+    base = {"hash": index.base_hash, "architecture": index.architecture}
+    write_manifest(directory, KIND, VERSION, [FILE], base=base, config=config or {})
     return directory
 
 
 def load_index(directory: str | Path) -> NeuronIndex:
     """Read an index written by :func:`save_index`, verifying kind, version and file hashes."""
     directory = Path(directory)
-    manifest = read_manifest(directory, KIND, VERSION)
+    read_manifest(directory, KIND, VERSION)  # kind, version and the file hash of index.json
     try:
-        index = NeuronIndex.from_dict(json.loads((directory / FILE).read_text()))
+        return NeuronIndex.from_dict(json.loads((directory / FILE).read_text()))
     except ValueError as exc:  # JSONDecodeError is a ValueError too
         raise ArtifactError(f"{directory}/{FILE} is not a valid neuron index: {exc}") from None
-    if manifest.get("base", {}).get("hash") != index.base_hash:
-        raise ArtifactError(f"{directory}: manifest and {FILE} name different base models")
-    return index
 
 
-def _check_kb(kb: ModelAdapter, index: NeuronIndex, what: str) -> None:
-    check_index_matches(index, kb)
-    _require_full_width(kb, what)
-    mark = getattr(kb, MARK, None)
+def _check(adapter: ModelAdapter, index: NeuronIndex, what: str) -> None:
+    check_index_matches(index, adapter)
+    _require_full_width(adapter, what)
+    mark = getattr(adapter, MARK, None)
     if mark is not None and mark.to_dict() != index.to_dict():
         raise ValueError(f"{what}: this KB was made with another neuron index")
 

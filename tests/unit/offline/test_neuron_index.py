@@ -70,8 +70,8 @@ def test_a_kb_unit_edit_lands_at_its_fm_unit_and_nowhere_else(name, load):
     q = block_members(b0, "heads")[0]
     out = next(m for m in block_members(last, "neurons") if m.slice.axis == "in")
     with torch.no_grad():
-        weight_matrix(kb.model.get_submodule(q.slice.module))[q.index[0]] += 1.0       # KB head 0's q rows
-        weight_matrix(kb.model.get_submodule(out.slice.module))[:, out.index[0]] += 1.0  # KB neuron 0's column
+        weight_matrix(kb.model.get_submodule(q.slice.module))[q.index[0]] += 1.0  # KB head 0's q rows
+        weight_matrix(kb.model.get_submodule(out.slice.module))[:, out.index[0]] += 1.0  # KB neuron 0
     synced = kb_state_to_fm(kb, index)
     head, neuron = index.blocks[0].heads[0], index.blocks[-1].neurons[0]
     assert (head, neuron) == (b0.attention.num_units - 1, last.mlp.width - 1)
@@ -98,12 +98,12 @@ def test_build_index_orders_by_descending_score_ties_keep_fm_order(load):
     assert index.blocks[0].heads == (1, 2, 0, 3) and index.blocks[1].neurons == tuple(range(128))
     assert index.fm_units(0, "heads", [0, 1]) == [1, 2]
     assert index.kb_units(0, "heads", [1, 2, 0, 3]) == [0, 1, 2, 3]
-    with pytest.raises(ValueError, match="no KB heads position 4"):
+    with pytest.raises(ValueError, match="KB heads positions 0..3, got \\[4\\]"):
         index.fm_units(0, "heads", [4])
-    with pytest.raises(ValueError, match="one tensor per block"):
+    with pytest.raises(ValueError, match="got 1 tensors"):
         build_index(fm, {"heads": tied["heads"][:1], "neurons": tied["neurons"]})
-    with pytest.raises(ValueError, match="block 1 neurons scores"):
-        build_index(fm, {"heads": tied["heads"], "neurons": [torch.zeros(128), torch.full((128,), float("nan"))]})
+    with pytest.raises(ValueError, match="scores\\['neurons'\\].*bad blocks \\[1\\]"):
+        build_index(fm, {**tied, "neurons": [torch.zeros(128), torch.full((128,), torch.inf)]})
 
 
 def test_save_load_round_trip_and_corruption(load, tmp_path):
@@ -145,6 +145,8 @@ def test_index_for_another_base_model_is_refused(load):
     check_index_matches(index, kb)  # the KB still identifies as its FM
     with pytest.raises(ValueError, match="already a knowledge base"):
         to_kb(kb, index)
+    with pytest.raises(ValueError, match="made with another neuron index"):  # same FM, other order
+        to_fm(kb, build_index(fm, random_scores(fm, seed=7)))
     plan = PruningPlan.dense(kb.fingerprint())
     plan.blocks[0].neurons = [0, 1]
     apply_plan(kb, plan)

@@ -70,3 +70,13 @@ def load(minilm_adapter):
         return copy.deepcopy(minilm_adapter) if name == "minilm" else load_adapter(name)
 
     return _load
+
+
+@pytest.fixture(scope="session")
+def source_vit_dir(tmp_path_factory: pytest.TempPathFactory):
+    """The source tiny ViT trained once per session by the shipped recipe (an artifact directory)."""
+    from edgeadapt.recipes.source import train_source_vit
+
+    out = tmp_path_factory.mktemp("source") / "source-vit"
+    train_source_vit(out, progress=False)
+    return out

@@ -42,12 +42,11 @@ class BlockGate(nn.Module):
 
 def kwta(saliency: torch.Tensor, k: int) -> torch.Tensor:
     """0/1 mask keeping the ``k`` largest saliencies per row; ties go to earlier (more important)
-    units, which the knowledge base ordered first."""
+    units, which the knowledge base ordered first (a stable sort, exact at any width or scale)."""
     n = saliency.shape[-1]
     if k >= n:
         return torch.ones_like(saliency)
-    tiebreak = torch.linspace(0, 1e-6, n, device=saliency.device, dtype=saliency.dtype)
-    top = (saliency.detach() - tiebreak).topk(k, dim=-1).indices
+    top = torch.sort(saliency.detach(), dim=-1, descending=True, stable=True).indices[..., :k]
     return torch.zeros_like(saliency).scatter_(-1, top, 1.0)
 
 
@@ -80,11 +79,14 @@ class GateSet(nn.Module):
     ``"sample"`` selects per input (classic feature boosting and suppression).
     """
 
-    def __init__(self, adapter: HFAdapter, bottleneck: int = 16, pooling: str = "batch"):
+    def __init__(self, adapter: HFAdapter, bottleneck: int = 16, pooling: str = "batch", seed: int = 0):
         super().__init__()
         blocks = adapter.blocks()
         hidden = adapter.fingerprint()["hidden_size"]
-        self.gates = nn.ModuleList(BlockGate(hidden, b.attention.num_units, b.mlp.width, bottleneck) for b in blocks)
+        with torch.random.fork_rng(devices=[]):  # seeded, and the caller's RNG stream is untouched
+            torch.manual_seed(seed)
+            self.gates = nn.ModuleList(BlockGate(hidden, b.attention.num_units, b.mlp.width, bottleneck)
+                                       for b in blocks)
         if pooling not in ("batch", "sample"):
             raise ValueError(f"pooling must be 'batch' or 'sample', got {pooling!r}")
         self.pooling = pooling
@@ -120,15 +122,18 @@ class GateSet(nn.Module):
         def hook(_module, args):
             x = args[0]
             saliency = self.last[pos][0 if kind == "heads" else 1]
-            if self.pooling == "batch":
-                saliency = saliency.mean(0, keepdim=True).expand(x.shape[0], -1)
+            if self.pooling == "batch":  # one selection for the whole batch
+                saliency = saliency.mean(0, keepdim=True)
             k = max(1, math.ceil(self.width * saliency.shape[-1] - 1e-9))
-            gate = saliency * kwta(saliency, k)                       # [B, units]
-            scale = torch.ones(x.shape[0], x.shape[-1], device=x.device, dtype=gate.dtype)
+            gate = saliency * kwta(saliency, k)                       # [G, units], G = 1 or B
             per_feature = gate.unsqueeze(-1).expand(-1, -1, point.index.shape[1]).reshape(gate.shape[0], -1)
+            scale = torch.ones(gate.shape[0], x.shape[-1], device=x.device, dtype=gate.dtype)
             scale = scale.index_copy(1, point.index.reshape(-1).to(x.device), per_feature)
-            shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
-            return (x * scale.view(shape).to(x.dtype),) + tuple(args[1:])
+            if x.dim() == 2 and scale.shape[0] not in (1, x.shape[0]):  # OPT's MLP sees [B*T, hidden]
+                scale = scale.repeat_interleave(x.shape[0] // scale.shape[0], dim=0)
+            elif x.dim() > 2:
+                scale = scale.view(scale.shape[0], *([1] * (x.dim() - 2)), x.shape[-1])
+            return (x * scale.to(x.dtype),) + tuple(args[1:])
         return hook
 
     def l1(self) -> torch.Tensor:

@@ -116,7 +116,7 @@ class KnowledgeBase:
         """The training loss for :func:`edgeadapt.training.loop.fit`: smallest, random and full
         widths per step, each distilled from ``teacher`` plus task loss and gate L1."""
         s = self.settings
-        rng = random.Random(0)
+        rng = random.Random(self.index.base_hash)  # reproducible widths without touching global RNG
 
         def loss_fn(adapter: HFAdapter, batch: Batch) -> torch.Tensor:
             device = next(adapter.model.parameters()).device
@@ -149,14 +149,14 @@ def _task_loss(adapter: HFAdapter, logits: torch.Tensor | None, batch: Batch) ->
     return adapter.task_loss(batch)
 
 
-def init_kb(fm: HFAdapter, calibration: list[Batch], settings: KBSettings) -> KnowledgeBase:
+def init_kb(fm: HFAdapter, calibration: list[Batch], settings: KBSettings, seed: int = 0) -> KnowledgeBase:
     """Score the FM's groups on ``calibration`` data, reorder into KB order and add saturated gates
     (no training yet: at full width it computes exactly what the FM computes)."""
     scores = score(fm, settings.importance, calibration if settings.importance not in ("magnitude", "magnitude-l2")
                    else None)
     index = build_index(fm, scores)
     kb_adapter = to_kb(fm, index)
-    return KnowledgeBase(kb_adapter, GateSet(kb_adapter, settings.bottleneck, settings.pooling), index, settings)
+    return KnowledgeBase(kb_adapter, GateSet(kb_adapter, settings.bottleneck, settings.pooling, seed), index, settings)
 
 
 def build_kb(fm: HFAdapter, train: Callable[[int], Iterable[Batch]], cfg: TrainConfig, settings: KBSettings,
@@ -164,7 +164,7 @@ def build_kb(fm: HFAdapter, train: Callable[[int], Iterable[Batch]], cfg: TrainC
              logger: Any = None, checkpoint_dir: Any = None) -> tuple[KnowledgeBase, TrainResult]:
     """Initialise the KB from ``fm`` and train it with the sandwich rule through the shared loop.
     Validation (when given) scores the smallest trained width, the one most at risk."""
-    kb = init_kb(fm, calibration, settings)
+    kb = init_kb(fm, calibration, settings, seed=cfg.seed)
     teacher = copy.deepcopy(fm)
     teacher.model.eval().requires_grad_(False)
 

@@ -64,12 +64,14 @@ def window_saliency(kb: KnowledgeBase, window: Iterable[Batch], width: float = 1
 
 
 def plan_from_saliency(kb: KnowledgeBase, sal: WindowSaliency, width: float) -> PruningPlan:
-    """Keep the top ``width`` fraction of heads and neurons per block by window gate value."""
+    """Keep the top ``width`` fraction of heads and neurons per block by mean saliency over the
+    window — the same rule the gates apply to a batch (``pooling="batch"``), so the proxy is the
+    KB at that width with the window as its batch."""
     arch = kb.adapter.fingerprint()
     blocks = []
     for pos, block in enumerate(kb.adapter.blocks()):
         kept = []
-        for values in (sal.heads[pos], sal.neurons[pos]):
+        for values in (sal.heads_raw[pos], sal.neurons_raw[pos]):
             k = units_at(width, len(values))
             # stable: among equal values the earlier (more important) KB unit wins
             order = sorted(range(len(values)), key=lambda i: (-float(values[i]), i))

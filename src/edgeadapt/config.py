@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 CONFIG_KINDS: dict[str, str] = {
     "train": "edgeadapt.recipes.train:TrainRecipe",
     "offline": "edgeadapt.offline.pipeline:OfflineConfig",
+    "adapt": "edgeadapt.online.pipeline:AdaptConfig",
 }
 
 

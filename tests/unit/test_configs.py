@@ -15,9 +15,10 @@ GOOD = {"model": "tiny-vit", "data": {"name": "digits"},
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_config_validates(path):
+def test_every_shipped_config_validates(path, monkeypatch):
+    monkeypatch.chdir(CONFIGS.parent)  # paths inside configs are relative to the repository root
     cfg = load_config(path)
-    assert cfg.kind == "train" and cfg.train.epochs >= 1
+    assert cfg.kind == path.name.split("-")[0]
 
 
 @pytest.mark.parametrize("path", sorted((CONFIGS / "streams").glob("*.yaml")), ids=lambda p: p.name)

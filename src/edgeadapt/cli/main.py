@@ -187,6 +187,29 @@ def _fmt(metrics: dict) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    """Edge stage: every method over a drift stream (extract, retrain, sync), with a report.
+    Python: ``edgeadapt.online.pipeline.run_adapt(AdaptConfig(...))``."""
+    from edgeadapt.config import load_config
+    from edgeadapt.online.pipeline import AdaptConfig, run_adapt
+    from edgeadapt.online.report import domain_table, summary_table
+
+    data = load_config(args.config, kind="adapt").model_dump() if args.config else {}
+    overrides = {"stream": args.stream, "out": args.out, "width": args.width, "offline": args.offline,
+                 "methods": args.methods.split(",") if args.methods else None}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    if args.steps is not None:
+        data.setdefault("budget", {})
+        data["budget"] = {**dict(data["budget"]), "steps": args.steps}
+    cfg = AdaptConfig.model_validate(data)
+    results = run_adapt(cfg)
+    print(summary_table(results))
+    print()
+    print(domain_table(results))
+    print(f"\nreport: {cfg.out / 'report.md'} (and report.html, results.json, per_domain.csv, plots)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from edgeadapt import __version__
     from edgeadapt.pruning.importance import METHODS
@@ -232,6 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("step", choices=("lora", "kb", "index", "all"), help="one step, or all three in order")
     s.add_argument("--config", type=Path, required=True, help="an offline config, e.g. configs/offline-vit-digits.yaml")
     s.set_defaults(func=cmd_offline)
+
+    s = sub.add_parser("adapt", help="edge stage: adapt over a drift stream, all methods, with a report")
+    s.add_argument("--config", type=Path, default=None, help="an adapt config (configs/adapt-vit-digits.yaml)")
+    s.add_argument("--stream", default=None, help="'gaussian_noise:5,fog:3,...' or a YAML file; default stream")
+    s.add_argument("--methods", default=None, help="comma list of source,tent,full,static,edgeadapt")
+    s.add_argument("--offline", type=Path, default=None, help="output of `edgeadapt offline all` (default runs/offline-vit)")
+    s.add_argument("--width", type=float, default=None, help="proxy width in (0, 1]")
+    s.add_argument("--steps", type=int, default=None, help="retraining steps per domain")
+    s.add_argument("--out", type=Path, default=None, help="report directory (default runs/adapt)")
+    s.set_defaults(func=cmd_adapt)
 
     s = sub.add_parser("data", help="datasets and drift streams")
     dsub = s.add_subparsers(dest="data_command", required=True)

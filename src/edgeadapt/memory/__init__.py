@@ -1,0 +1,1 @@
+"""Memory of on-device retraining: measuring a step's peak, the knobs that lower it, and the search."""

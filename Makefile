@@ -23,7 +23,6 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(BIN)/edgeadapt demo --out runs/demo
-	$(BIN)/python benchmarks/prune_fidelity.py --quick
 
 test: setup
 	$(BIN)/python -m pytest tests
@@ -31,6 +30,7 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/prune_fidelity.py
 	$(BIN)/python benchmarks/drift_severity.py
+	$(BIN)/python benchmarks/kb_widths.py --seeds 0,1,2
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -12,7 +12,7 @@
 Budget: the KB runs 4 widths per step, so it costs about as much as the three static
 fine-tunes together — and it serves every width from one set of weights.
 
-    python benchmarks/kb_widths.py [--epochs 8] [--quick]
+    python benchmarks/kb_widths.py [--epochs 8] [--seeds 0,1,2] [--quick]
 
 Writes ``benchmarks/results/kb_widths.json`` as ``{"fm": acc, "rows": [{"width", "kb", "static"}]}``
 (plus ``kb_dynamic``, ``static_kd``, ``params_ratio``) and a PNG.
@@ -97,9 +97,23 @@ def run(epochs: int, seed: int) -> dict:
             "test_images": len(data.test)}
 
 
+def average(runs: list[dict]) -> dict:
+    """Mean over seeds of every accuracy column (the source FM is the same model in every run)."""
+    import statistics
+
+    if len(runs) == 1:
+        return runs[0]
+    rows = []
+    for i, row in enumerate(runs[0]["rows"]):
+        mean = {k: round(statistics.mean(r["rows"][i][k] for r in runs), 4) for k in row}
+        mean["kb_minus_static_per_seed"] = [round(r["rows"][i]["kb"] - r["rows"][i]["static"], 4) for r in runs]
+        rows.append(mean)
+    return {**runs[0], "rows": rows, "seed": [r["seed"] for r in runs], "per_seed": runs}
+
+
 def table(result: dict) -> str:
     lines = [f"FM (dense) test accuracy {result['fm']:.3f}; {result['epochs']} epochs for the KB and for "
-             "each static model", "",
+             f"each static model; seed(s) {result['seed']}", "",
              "| width | params | kb (extracted) | kb (gated) | static | static + KD | kb - static |",
              "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
@@ -130,11 +144,12 @@ def plot(result: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma list; rows are means over seeds (e.g. 0,1,2)")
     parser.add_argument("--quick", action="store_true", help="3 epochs (a smoke run)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    result = run(3 if args.quick else args.epochs, args.seed)
+    seeds = [int(x) for x in args.seeds.split(",")]
+    result = average([run(3 if args.quick else args.epochs, seed) for seed in seeds])
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "kb_widths.json", json.dumps(result, indent=1))
     plot(result, args.out / "kb_widths.png")

@@ -11,6 +11,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Tiny tensors gain nothing from intra-op threads, and on a shared 2-core CI box two spinning
+# threads per op slow the suite down several-fold.
+torch.set_num_threads(1)
+
 TINY = ["tiny-vit", "tiny-bert", "tiny-gpt2", "tiny-opt", "tiny-llama"]
 ALL = [*TINY, "minilm"]
 
@@ -80,3 +84,23 @@ def source_vit_dir(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("source") / "source-vit"
     train_source_vit(out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def offline_vit_dir(source_vit_dir, tmp_path_factory: pytest.TempPathFactory):
+    """`edgeadapt offline all` on the source ViT (short training), once per session."""
+    from pathlib import Path
+
+    import yaml
+
+    from edgeadapt.cli.main import main
+
+    root = tmp_path_factory.mktemp("offline")
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "offline-vit-digits.yaml").read_text())
+    cfg.update(model=str(source_vit_dir), out=str(root / "offline"), tracking={"backends": ["csv"]})
+    cfg["lora"]["train"].update(epochs=2, progress=False)
+    cfg["kb"]["train"].update(epochs=4, progress=False)
+    path = root / "offline.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["offline", "all", "--config", str(path)]) == 0
+    return root / "offline"

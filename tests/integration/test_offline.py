@@ -20,22 +20,13 @@ from edgeadapt.recipes.common import load_model
 from edgeadapt.data.registry import build_dataset
 
 
-def test_offline_all_on_the_source_vit(source_vit_dir, tmp_path, capsys):
-    cfg = yaml.safe_load(open("configs/offline-vit-digits.yaml"))
-    cfg.update(model=str(source_vit_dir), out=str(tmp_path / "offline"), tracking={"backends": ["csv"]})
-    cfg["lora"]["train"].update(epochs=2, progress=False)
-    cfg["kb"]["train"].update(epochs=4, progress=False)
-    path = tmp_path / "offline.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    assert main(["offline", "all", "--config", str(path)]) == 0
-    out = capsys.readouterr().out
-    assert "round trip FM -> KB -> FM max diff 0.0" in out
-
-    fm = load_lora_artifact(tmp_path / "offline" / "lora")
-    kb = load_kb(tmp_path / "offline" / "kb", expect_base_hash=fm.base_hash())
-    index = load_index(tmp_path / "offline" / "index")
+def test_offline_all_on_the_source_vit(offline_vit_dir, source_vit_dir):
+    root = offline_vit_dir
+    fm = load_lora_artifact(root / "lora")
+    kb = load_kb(root / "kb", expect_base_hash=fm.base_hash())
+    index = load_index(root / "index")
     assert index.to_dict() == kb.index.to_dict()
-    report = json.loads((tmp_path / "offline" / "kb" / "report.json").read_text())
+    report = json.loads((root / "kb" / "report.json").read_text())
     fm_acc = report["fm"]["accuracy"]
     assert fm_acc >= 0.9
     # the KB keeps the FM's accuracy at full width and stays useful at a quarter of the width
@@ -50,7 +41,7 @@ def test_offline_all_on_the_source_vit(source_vit_dir, tmp_path, capsys):
 
     # the KB refuses a foundation model it was not built from
     with pytest.raises(ArtifactError, match="another base model"):
-        load_kb(tmp_path / "offline" / "kb", expect_base_hash=load_model(source_vit_dir).base_hash())
+        load_kb(root / "kb", expect_base_hash=load_model(source_vit_dir).base_hash())
 
 
 @pytest.mark.parametrize("config", ["configs/offline-minilm-docs.yaml", "configs/offline-llama-docs.yaml"])

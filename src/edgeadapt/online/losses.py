@@ -63,7 +63,8 @@ class SourceStats:
         if missing:
             raise ValueError(f"source stats lack {sorted(missing)}")
         replay = {k.removeprefix("replay."): v for k, v in tensors.items() if k.startswith("replay.")}
-        return cls(tensors["features"], tensors["mean"], tensors["var"], tensors["class_prior"], replay or None)
+        return cls(tensors["features"], tensors["mean"], tensors["var"], tensors["class_prior"],
+                   replay or None)
 
     def save(self, path: str | Path) -> Path:
         """One safetensors file (no pickle), written atomically."""
@@ -209,7 +210,7 @@ class AdaptLossConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    mmd: float = Field(1.0, ge=0, description="Multi-kernel MMD² between target features and the "
+    mmd: float = Field(3.0, ge=0, description="Multi-kernel MMD² between target features and the "
                        "source feature bank (feature alignment).")
     entropy: float = Field(0.0, ge=0, description="Mean prediction entropy (TENT's objective; "
                            "collapses on low-contrast/fog domains when used alone).")
@@ -226,7 +227,8 @@ class AdaptLossConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> AdaptLossConfig:
-        if not self.supervised and self.mmd + self.entropy + self.diversity + self.pseudo_label + self.replay == 0:
+        weights = (self.mmd, self.entropy, self.diversity, self.pseudo_label, self.replay)
+        if not self.supervised and sum(weights) == 0:
             raise ValueError("adaptation loss: every weight is 0; set at least one of mmd, entropy, "
                              "diversity, pseudo_label, replay, or supervised: true")
         return self
@@ -279,7 +281,8 @@ def tent_loss(adapter: HFAdapter) -> LossFn:
 
 
 # -- what is trained -------------------------------------------------------------------------
-_TORCH_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
+_TORCH_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase,
+                *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
 Trainable = Literal["all", "norm", "norm+head", "attention", "mlp"]
 
 

@@ -1,0 +1,39 @@
+"""The online stage end to end on a severe 2-domain stream: every method's rows, a report, and
+adaptation beating the unadapted source model."""
+
+from __future__ import annotations
+
+import json
+
+from edgeadapt.cli.main import main
+
+
+def test_adapt_beats_source_on_a_severe_stream(offline_vit_dir, tmp_path, capsys):
+    out = tmp_path / "adapt"
+    assert main(["adapt", "--offline", str(offline_vit_dir), "--stream", "gaussian_noise:5,contrast:3",
+                 "--steps", "15", "--out", str(out)]) == 0
+    assert "edgeadapt" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    rows = {r["method"]: r for r in results["rows"]}
+    assert set(rows) == {"source", "tent", "full", "static", "edgeadapt"}
+    assert results["domains"] == ["gaussian_noise:5", "contrast:3"]
+    assert len(results["per_domain"]) == 10
+    for key in ("mean_accuracy", "retrain_seconds", "peak_memory_bytes"):
+        assert all(key in r for r in results["rows"])
+    # adaptation helps, and the proxy is much smaller and cheaper to retrain than the full model
+    assert rows["edgeadapt"]["mean_accuracy"] > rows["source"]["mean_accuracy"] + 0.05
+    assert rows["edgeadapt"]["params"] < 0.4 * rows["full"]["params"]
+    assert rows["edgeadapt"]["peak_memory_bytes"] < 0.8 * rows["full"]["peak_memory_bytes"]
+    for name in ("report.md", "report.html", "per_domain.csv", "accuracy_per_domain.png", "memory_time.png"):
+        assert (out / name).is_file(), name
+
+
+def test_bad_adapt_input_is_refused(offline_vit_dir, tmp_path, capsys):
+    assert main(["adapt", "--offline", str(offline_vit_dir), "--stream", "fogg:3", "--out", str(tmp_path)]) == 2
+    assert "fogg" in capsys.readouterr().err
+    assert main(["adapt", "--offline", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
+    assert "edgeadapt offline all" in capsys.readouterr().err
+    assert main(["adapt", "--offline", str(offline_vit_dir), "--width", "0", "--out", str(tmp_path)]) == 2
+    assert "width" in capsys.readouterr().err
+    assert main(["adapt", "--offline", str(offline_vit_dir), "--steps", "0", "--out", str(tmp_path)]) == 2
+    assert "steps" in capsys.readouterr().err

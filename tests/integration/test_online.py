@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 
 from edgeadapt.cli.main import main
+from edgeadapt.online.pipeline import AdaptConfig, run_adapt
 
 
-def test_adapt_beats_source_on_a_severe_stream(offline_vit_dir, tmp_path, capsys):
+def test_adapt_beats_source_on_a_severe_stream(offline_vit_dir, tmp_path):
     out = tmp_path / "adapt"
-    assert main(["adapt", "--offline", str(offline_vit_dir), "--stream", "gaussian_noise:5,contrast:3",
-                 "--steps", "15", "--out", str(out)]) == 0
-    assert "edgeadapt" in capsys.readouterr().out
+    cfg = AdaptConfig(offline=offline_vit_dir, stream="gaussian_noise:5,contrast:3", static_epochs=2,
+                      budget={"steps": 15}, out=out)
+    run_adapt(cfg, progress=False)
     results = json.loads((out / "results.json").read_text())
     rows = {r["method"]: r for r in results["rows"]}
     assert set(rows) == {"source", "tent", "full", "static", "edgeadapt"}

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -61,6 +63,10 @@ def params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def build(dense, method: str, target: str, sparsity: float, calibration: list):
     adapter = copy.deepcopy(dense)
     if method.startswith("tp-"):
@@ -69,6 +75,10 @@ def build(dense, method: str, target: str, sparsity: float, calibration: list):
     else:
         importance = "magnitude-l2" if method == "magnitude" else "taylor"
         prune(adapter, sparsity, [TARGETS[target]], importance, calibration)
+    adapter.model.zero_grad(set_to_none=True)
+    # torch-pruning's pruner/DependencyGraph is a reference cycle that pins the traced autograd
+    # graph (its nodes keep grad_fns); collect it now rather than whenever gc next runs.
+    gc.collect()
     return adapter
 
 
@@ -93,7 +103,8 @@ def main() -> None:
         for s in sparsities:
             for method in METHODS:
                 models[(method, target, s)] = build(dense, method, target, s, calibration)
-                print(f"built {method:>12} {target:>5} {s:.2f}", file=sys.stderr)
+                print(f"built {method:>12} {target:>5} {s:.2f} (peak RSS {peak_rss_mb():,.0f} MB)",
+                      file=sys.stderr)
 
     times: dict[tuple, list[float]] = {k: [] for k in models}
     for _ in range(rounds):  # interleaved so machine noise hits every model alike

@@ -15,8 +15,15 @@ GOOD = {"model": "tiny-vit", "data": {"name": "digits"},
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_config_validates(path, monkeypatch):
-    monkeypatch.chdir(CONFIGS.parent)  # paths inside configs are relative to the repository root
+def test_every_shipped_config_validates(path, monkeypatch, tmp_path):
+    # Paths inside configs are relative to the repository root, and some name the artifact an
+    # earlier step writes (runs/source-vit): stand in a copy of the tree with that artifact's config.
+    from edgeadapt.models.tiny import TINY
+
+    (tmp_path / "configs").symlink_to(CONFIGS)
+    (tmp_path / "runs" / "source-vit").mkdir(parents=True)
+    (tmp_path / "runs" / "source-vit" / "base_config.json").write_text(TINY["tiny-vit"][0]().to_json_string())
+    monkeypatch.chdir(tmp_path)
     cfg = load_config(path)
     assert cfg.kind == path.name.split("-")[0]
 

@@ -146,8 +146,10 @@ def model_config(model: str) -> dict[str, Any] | None:
     for name in ("config.json", "base_config.json"):
         if (path / name).is_file():
             return json.loads((path / name).read_text())
+    hint = " (it does not exist yet: if it is an artifact an earlier step writes, such as `edgeadapt train`, " \
+        "run that step first)" if not path.exists() else ""
     raise ValueError(f"model {model!r} is neither a built-in name ({', '.join(BUILTIN)}) nor a local "
-                     "Hugging Face model directory (config.json) or edgeadapt model artifact")
+                     f"Hugging Face model directory (config.json) or edgeadapt model artifact{hint}")
 
 
 def model_modality(model: str) -> str:

@@ -18,6 +18,8 @@ from edgeadapt.training.checkpoint import find_checkpoint
 from edgeadapt.training.loop import TrainConfig, fit
 
 SETUP = """
+import torch
+torch.set_num_threads(1)  # the killed child and the resuming parent must compute identically
 from edgeadapt.data.digits import digits_tensors, image_batches
 from edgeadapt.models.registry import load_adapter
 from edgeadapt.training.loop import TrainConfig, fit

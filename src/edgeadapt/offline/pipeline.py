@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from edgeadapt.artifacts import ArtifactError, atomic_write_text
 from edgeadapt.offline.knowledge_base import KBSettings
 from edgeadapt.offline.lora import LoraSettings
-from edgeadapt.recipes.train import DataSection, TrackingSection, TrainSection, model_modality
+from edgeadapt.recipes.train import (DataSection, TrackingSection, TrainSection, check_model_data,
+                                     make_run_logger, model_modality)
 
 STEPS = ("lora", "kb", "index")
 
@@ -78,12 +79,7 @@ class OfflineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _compatible(self) -> OfflineConfig:
-        from edgeadapt.data.registry import dataset_info
-
-        modality, task = model_modality(self.model), dataset_info(self.data.name).task
-        if (modality == "image") != (task == "image-classification"):
-            raise ValueError(f"data.name: dataset {self.data.name!r} is {task} data but model {self.model!r} "
-                             f"is {'an image' if modality == 'image' else 'a text'} model")
+        check_model_data(self.model, self.data.name)
         return self
 
 
@@ -117,12 +113,7 @@ def _data(cfg: OfflineConfig, adapter: Any, section: TrainSection) -> tuple[Any,
 
 
 def _logger(cfg: OfflineConfig, step: str) -> Any:
-    from edgeadapt.tracking import make_logger
-
-    backends = cfg.tracking.backends
-    options = {k: v for k, v in {"wandb": {"project": cfg.tracking.project},
-                                 "mlflow": {"experiment": cfg.tracking.project}}.items() if k in backends}
-    return make_logger(step_dir(cfg, step) / "logs", backends, **options)
+    return make_run_logger(cfg.tracking, step_dir(cfg, step) / "logs")
 
 
 def run_lora(cfg: OfflineConfig) -> dict[str, Any]:

@@ -123,17 +123,31 @@ class TrainRecipe(BaseModel):
 
     @model_validator(mode="after")
     def _compatible(self) -> TrainRecipe:
-        from edgeadapt.data.registry import dataset_info
-
-        modality = model_modality(self.model)
-        task = dataset_info(self.data.name).task
         if self.data.tokenizer == "bpe" and not self.model.startswith("tiny-"):
             raise ValueError(f"data.tokenizer: 'bpe' replaces the vocabulary, which only suits random-init "
                              f"tiny-* models, not {self.model!r}; use tokenizer: model")
-        if (modality == "image") != (task == "image-classification"):
-            raise ValueError(f"data.name: dataset {self.data.name!r} is {task} data but model {self.model!r} "
-                             f"is {'an image' if modality == 'image' else 'a text'} model; pick a matching dataset or model")
+        check_model_data(self.model, self.data.name)
         return self
+
+
+def check_model_data(model: str, dataset: str) -> None:
+    """Refuse an image model on text data and vice versa, naming ``data.name``."""
+    from edgeadapt.data.registry import dataset_info
+
+    modality, task = model_modality(model), dataset_info(dataset).task
+    if (modality == "image") != (task == "image-classification"):
+        raise ValueError(f"data.name: dataset {dataset!r} is {task} data but model {model!r} "
+                         f"is {'an image' if modality == 'image' else 'a text'} model; pick a matching dataset or model")
+
+
+def make_run_logger(tracking: TrackingSection, run_dir: Path) -> Any:
+    """The configured metric loggers writing into ``run_dir``."""
+    from edgeadapt.tracking import make_logger
+
+    backends = tracking.backends
+    options = {k: v for k, v in {"wandb": {"project": tracking.project},
+                                 "mlflow": {"experiment": tracking.project}}.items() if k in backends}
+    return make_logger(run_dir, backends, **options)
 
 
 def model_config(model: str) -> dict[str, Any] | None:
@@ -222,7 +236,7 @@ def run_training(recipe: TrainRecipe) -> TrainOutcome:
     from edgeadapt.data.registry import dataset_info
     from edgeadapt.models.registry import load_adapter
     from edgeadapt.pruning.checkpoint import save_pruned
-    from edgeadapt.tracking import make_logger, plot_curves
+    from edgeadapt.tracking import plot_curves
     from edgeadapt.training.loop import fit
 
     info = dataset_info(recipe.data.name)
@@ -237,10 +251,7 @@ def run_training(recipe: TrainRecipe) -> TrainOutcome:
     out.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(**recipe.train.model_dump(exclude={"batch_size", "eval_batch_size", "monitor"}))
     monitor = recipe.train.monitor or ("accuracy" if adapter.task.name == "classification" else "loss")
-    backends = recipe.tracking.backends
-    options = {k: v for k, v in {"wandb": {"project": recipe.tracking.project},
-                                 "mlflow": {"experiment": recipe.tracking.project}}.items() if k in backends}
-    logger = make_logger(out / "logs", backends, **options)
+    logger = make_run_logger(recipe.tracking, out / "logs")
     logger.log_params(recipe.model_dump(mode="json"))
     try:
         val = batch_factory(recipe.data, adapter, splits.val, recipe.train.eval_batch_size, False, recipe.seed)

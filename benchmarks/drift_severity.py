@@ -22,6 +22,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from edgeadapt.artifacts import atomic_write_text  # noqa: E402
+from edgeadapt.tracking import save_figure  # noqa: E402
 from edgeadapt.data.corruptions import CORRUPTIONS, SEVERITIES  # noqa: E402
 from edgeadapt.data.registry import build_dataset  # noqa: E402
 from edgeadapt.recipes.source import train_source_vit  # noqa: E402
@@ -74,9 +75,7 @@ def heat_map(result: dict, path: Path) -> None:
     ax.set_title(f"tiny ViT on digits-c, no adaptation (clean {result['clean']:.3f})")
     fig.colorbar(im, ax=ax, label="test accuracy")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from edgeadapt.artifacts import atomic_write_text  # noqa: E402
+from edgeadapt.tracking import save_figure  # noqa: E402
 from edgeadapt.data.registry import build_dataset  # noqa: E402
 from edgeadapt.offline.knowledge_base import KBSettings, build_kb, distill_loss, outputs  # noqa: E402
 from edgeadapt.online.proxy import extract_proxy  # noqa: E402
@@ -136,9 +137,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_ylabel("test accuracy")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def main() -> None:

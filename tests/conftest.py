@@ -31,7 +31,8 @@ def make_batches(adapter, n: int = 2, size: int = 4, length: int = 24) -> list[d
     for _ in range(n):
         if adapter.modality == "image":
             c = adapter.model.config
-            batch = {"pixel_values": torch.randn(size, c.num_channels, c.image_size, c.image_size, generator=g)}
+            shape = (size, c.num_channels, c.image_size, c.image_size)
+            batch = {"pixel_values": torch.randn(shape, generator=g)}
         else:
             vocab = adapter.model.config.vocab_size
             batch = {"input_ids": torch.randint(7, vocab, (size, length), generator=g),
@@ -54,6 +55,20 @@ def outputs(adapter, batch) -> torch.Tensor:
     with torch.no_grad():
         out = adapter.model(**model_inputs(batch))
     return out.logits if hasattr(out, "logits") and out.logits is not None else out.last_hidden_state
+
+
+def state(adapter) -> dict[str, torch.Tensor]:
+    """A detached copy of the model's state dict."""
+    return {k: v.detach().clone() for k, v in adapter.model.state_dict().items()}
+
+
+def at_width(kb, width: float, batch) -> torch.Tensor:
+    """The knowledge base's output at ``width`` (restored to full width afterwards)."""
+    kb.set_width(width)
+    try:
+        return outputs(kb.adapter, batch)
+    finally:
+        kb.set_width(1.0)
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +111,8 @@ def offline_vit_dir(source_vit_dir, tmp_path_factory: pytest.TempPathFactory):
     from edgeadapt.cli.main import main
 
     root = tmp_path_factory.mktemp("offline")
-    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "offline-vit-digits.yaml").read_text())
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "offline-vit-digits.yaml"
+    cfg = yaml.safe_load(recipe.read_text())
     cfg.update(model=str(source_vit_dir), out=str(root / "offline"), tracking={"backends": ["csv"]})
     cfg["lora"]["train"].update(epochs=2, progress=False)
     cfg["kb"]["train"].update(epochs=4, progress=False)

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgeadapt.artifacts import ArtifactError, atomic_write_text
 from edgeadapt.offline.knowledge_base import KBSettings
 from edgeadapt.offline.lora import LoraSettings
-from edgeadapt.recipes.train import (DataSection, TrackingSection, TrainSection, check_model_data,
-                                     make_run_logger, model_modality)
+from edgeadapt.recipes.train import (DataSection, ModelDataConfig, TrackingSection, TrainSection,
+                                     make_run_logger)
 
 STEPS = ("lora", "kb", "index")
 
@@ -56,7 +56,7 @@ class KBStep(BaseModel):
         return [check_width(w) for w in widths]
 
 
-class OfflineConfig(BaseModel):
+class OfflineConfig(ModelDataConfig):
     """A complete `edgeadapt offline` configuration."""
 
     model_config = ConfigDict(extra="forbid")
@@ -70,17 +70,6 @@ class OfflineConfig(BaseModel):
     kb: KBStep
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     out: Path = Field(description="Root directory; steps write out/lora, out/kb, out/index.")
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, model: str) -> str:
-        model_modality(model)
-        return model
-
-    @model_validator(mode="after")
-    def _compatible(self) -> OfflineConfig:
-        check_model_data(self.model, self.data.name)
-        return self
 
 
 def step_dir(cfg: OfflineConfig, step: str) -> Path:
@@ -152,7 +141,8 @@ def run_kb(cfg: OfflineConfig) -> dict[str, Any]:
     calibration = [b for _, b in zip(range(cfg.kb.settings.calibration_batches), val())]
     logger = _logger(cfg, "kb")
     try:
-        kb, result = build_kb(fm, train, _loop(section), cfg.kb.settings, calibration, val=val, monitor=monitor,
+        kb, result = build_kb(fm, train, _loop(section), cfg.kb.settings, calibration, val=val,
+                              monitor=monitor,
                               logger=logger, checkpoint_dir=step_dir(cfg, "kb") / "checkpoints")
     finally:
         logger.close()

@@ -33,6 +33,8 @@ def domain_table(results: dict[str, Any]) -> str:
 def _plots(results: dict[str, Any], out: Path) -> list[str]:
     from matplotlib.figure import Figure
 
+    from edgeadapt.tracking import save_figure
+
     methods = [r["method"] for r in results["rows"]]
     domains = results["domains"]
     fig = Figure(figsize=(max(6.0, 0.9 * len(domains)), 4.0))
@@ -46,7 +48,7 @@ def _plots(results: dict[str, Any], out: Path) -> list[str]:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "accuracy_per_domain.png", dpi=110)
+    save_figure(fig, out / "accuracy_per_domain.png")
 
     fig = Figure(figsize=(8.0, 3.2))
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
@@ -57,7 +59,7 @@ def _plots(results: dict[str, Any], out: Path) -> list[str]:
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", rotation=30, labelsize=8)
     fig.tight_layout()
-    fig.savefig(out / "memory_time.png", dpi=110)
+    save_figure(fig, out / "memory_time.png")
     return ["accuracy_per_domain.png", "memory_time.png"]
 
 

@@ -74,7 +74,8 @@ class DataSection(BaseModel):
         if self.name == "digits-c":
             from edgeadapt.data.corruptions import check_corruption
 
-            check_corruption(self.options.get("corruption", "gaussian_noise"), self.options.get("severity", 3))
+            options = self.options
+            check_corruption(options.get("corruption", "gaussian_noise"), options.get("severity", 3))
         return self
 
 
@@ -99,7 +100,29 @@ class TrackingSection(BaseModel):
     project: str = Field("edgeadapt", description="W&B project / MLflow experiment name.")
 
 
-class TrainRecipe(BaseModel):
+class ModelDataConfig(BaseModel):
+    """Base of every config that runs a model on a registered dataset: both must exist and match
+    (an image model on image data, a text model on text data), checked before any compute."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="Built-in model name, local Hugging Face directory or edgeadapt "
+                       "model artifact.")
+    data: DataSection
+
+    @field_validator("model")
+    @classmethod
+    def _model_exists(cls, model: str) -> str:
+        model_modality(model)
+        return model
+
+    @model_validator(mode="after")
+    def _model_matches_data(self) -> ModelDataConfig:
+        check_model_data(self.model, self.data.name)
+        return self
+
+
+class TrainRecipe(ModelDataConfig):
     """A complete `edgeadapt train` configuration."""
 
     model_config = ConfigDict(extra="forbid")
@@ -115,18 +138,11 @@ class TrainRecipe(BaseModel):
     out: Path = Field(description="Artifact directory to write (created).")
     resume: bool = Field(True, description="Continue from the last checkpoint in `out` if one exists.")
 
-    @field_validator("model")
-    @classmethod
-    def _model_exists(cls, model: str) -> str:
-        model_modality(model)
-        return model
-
     @model_validator(mode="after")
-    def _compatible(self) -> TrainRecipe:
+    def _tokenizer(self) -> TrainRecipe:
         if self.data.tokenizer == "bpe" and not self.model.startswith("tiny-"):
             raise ValueError(f"data.tokenizer: 'bpe' replaces the vocabulary, which only suits random-init "
                              f"tiny-* models, not {self.model!r}; use tokenizer: model")
-        check_model_data(self.model, self.data.name)
         return self
 
 
@@ -137,7 +153,8 @@ def check_model_data(model: str, dataset: str) -> None:
     modality, task = model_modality(model), dataset_info(dataset).task
     if (modality == "image") != (task == "image-classification"):
         raise ValueError(f"data.name: dataset {dataset!r} is {task} data but model {model!r} "
-                         f"is {'an image' if modality == 'image' else 'a text'} model; pick a matching dataset or model")
+                         f"is {'an image' if modality == 'image' else 'a text'} model; "
+                         "pick a matching dataset or model")
 
 
 def make_run_logger(tracking: TrackingSection, run_dir: Path) -> Any:
@@ -160,8 +177,8 @@ def model_config(model: str) -> dict[str, Any] | None:
     for name in ("config.json", "base_config.json"):
         if (path / name).is_file():
             return json.loads((path / name).read_text())
-    hint = " (it does not exist yet: if it is an artifact an earlier step writes, such as `edgeadapt train`, " \
-        "run that step first)" if not path.exists() else ""
+    hint = "" if path.exists() else (" (it does not exist yet: if an earlier step writes it, such as "
+                                      "`edgeadapt train`, run that step first)")
     raise ValueError(f"model {model!r} is neither a built-in name ({', '.join(BUILTIN)}) nor a local "
                      f"Hugging Face model directory (config.json) or edgeadapt model artifact{hint}")
 
@@ -186,6 +203,11 @@ class TrainOutcome:
     stop_reason: str
 
 
+def _order(n: int, shuffle: bool, seed: int) -> torch.Tensor:
+    """A seeded permutation of ``range(n)``, or the identity."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
+
+
 def batch_factory(data: DataSection, adapter: Any, split: Any, batch_size: int, shuffle: bool, seed: int = 0
                   ) -> Callable[[int], Iterable[dict[str, torch.Tensor]]]:
     """A per-epoch batch factory for ``split`` suited to the model's task (images, contrastive
@@ -199,17 +221,15 @@ def batch_factory(data: DataSection, adapter: Any, split: Any, batch_size: int, 
         from edgeadapt.data.text import text_batches
 
         def sentence(epoch: int) -> Iterable[dict[str, torch.Tensor]]:
-            order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed + epoch)) if shuffle \
-                else range(len(texts))
-            return text_batches(adapter.tokenizer, [texts[i] for i in order], batch_size, data.max_length, pairs=True)
+            chosen = [texts[i] for i in _order(len(texts), shuffle, seed + epoch)]
+            return text_batches(adapter.tokenizer, chosen, batch_size, data.max_length, pairs=True)
         return sentence
     from edgeadapt.data.external import lm_blocks
 
     blocks = lm_blocks(adapter.tokenizer, texts, data.max_length)
 
     def lm(epoch: int) -> Iterable[dict[str, torch.Tensor]]:
-        order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed + epoch)) if shuffle \
-            else torch.arange(len(blocks))
+        order = _order(len(blocks), shuffle, seed + epoch)
         for start in range(0, len(blocks), batch_size):
             ids = blocks[order[start:start + batch_size]]
             yield {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -254,7 +274,7 @@ def run_training(recipe: TrainRecipe) -> TrainOutcome:
     logger = make_run_logger(recipe.tracking, out / "logs")
     logger.log_params(recipe.model_dump(mode="json"))
     try:
-        val = batch_factory(recipe.data, adapter, splits.val, recipe.train.eval_batch_size, False, recipe.seed)
+        val = batch_factory(recipe.data, adapter, splits.val, recipe.train.eval_batch_size, False)
         result = fit(adapter, batch_factory(recipe.data, adapter, splits.train, recipe.train.batch_size, True,
                                             recipe.seed), cfg,
                      val=lambda: val(0), monitor=monitor, logger=logger, checkpoint_dir=out / "checkpoints",
@@ -268,10 +288,12 @@ def run_training(recipe: TrainRecipe) -> TrainOutcome:
     save_pruned(adapter, out, config=recipe.model_dump(mode="json"))
     from edgeadapt.artifacts import atomic_write_text
 
-    atomic_write_text(out / "metrics.json", json.dumps({"test": test, "best_val": result.best, "history": result.history,
-                                                      "stop_reason": result.stop_reason}, indent=1))
+    metrics = {"test": test, "best_val": result.best, "history": result.history,
+               "stop_reason": result.stop_reason}
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
     if (out / "logs" / "metrics.csv").exists():
-        plot_curves(out / "logs" / "metrics.csv", out / "curves.png", title=f"{recipe.model} on {recipe.data.name}")
+        plot_curves(out / "logs" / "metrics.csv", out / "curves.png",
+                    title=f"{recipe.model} on {recipe.data.name}")
     return TrainOutcome(out, test, result.history, result.stop_reason)
 
 

@@ -43,6 +43,7 @@ _LAZY = {
     "make_logger": "run",
     "new_run_dir": "run",
     "plot_curves": "plots",
+    "save_figure": "plots",
 }
 
 

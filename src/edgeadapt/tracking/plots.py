@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from edgeadapt.artifacts import atomic_write_bytes
 
@@ -86,8 +87,13 @@ def plot_curves(
         ax.set_visible(False)
     if title:
         fig.suptitle(title)
+    return save_figure(fig, path, dpi=100)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Render a matplotlib figure to PNG and write it atomically (no half-written plots)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    fig.savefig(buffer, format="png", dpi=dpi)
     path = Path(path)
     atomic_write_bytes(path, buffer.getvalue())
     return path

@@ -15,15 +15,7 @@ from edgeadapt.offline.artifacts import load_kb, save_kb
 from edgeadapt.offline.knowledge_base import KBSettings, init_kb
 from edgeadapt.offline.pipeline import run_kb
 from edgeadapt.pruning.checkpoint import save_pruned
-from tests.conftest import make_batches, outputs
-
-
-def at_width(kb, width: float, batch) -> torch.Tensor:
-    kb.set_width(width)
-    try:
-        return outputs(kb.adapter, batch)
-    finally:
-        kb.set_width(1.0)
+from tests.conftest import at_width, make_batches, outputs
 
 
 def trained_kb(name: str, seed: int = 0):

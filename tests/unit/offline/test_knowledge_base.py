@@ -16,7 +16,7 @@ from edgeadapt.offline.knowledge_base import outputs as kb_outputs
 from edgeadapt.online.proxy import extract_proxy
 from edgeadapt.training.config import TrainConfig
 from edgeadapt.training.loop import fit
-from tests.conftest import ALL, TINY, make_batches, outputs
+from tests.conftest import ALL, TINY, at_width, make_batches, outputs
 
 CHEAP = KBSettings(importance="magnitude")  # no calibration backward: for tests not about importance
 
@@ -31,14 +31,6 @@ def seeded_kb(fm, calibration, settings: KBSettings = CHEAP, seed: int = 0):
 
 def params(adapter) -> int:
     return sum(p.numel() for p in adapter.model.parameters())
-
-
-def at_width(kb, width: float, batch) -> torch.Tensor:
-    kb.set_width(width)
-    try:
-        return outputs(kb.adapter, batch)
-    finally:
-        kb.set_width(1.0)
 
 
 def perturb_gates(kb, scale: float, seed: int = 0) -> None:

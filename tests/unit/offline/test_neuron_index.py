@@ -16,7 +16,7 @@ from edgeadapt.pruning.groups import block_members
 from edgeadapt.pruning.importance import score
 from edgeadapt.pruning.ops import is_transposed, weight_matrix
 from edgeadapt.pruning.plan import PruningPlan
-from tests.conftest import ALL, TINY, make_batches, outputs
+from tests.conftest import ALL, TINY, make_batches, outputs, state
 
 
 def random_scores(adapter, seed: int = 0) -> dict[str, list[torch.Tensor]]:
@@ -29,10 +29,6 @@ def ascending_scores(adapter) -> dict[str, list[torch.Tensor]]:
     """Scores that reverse every block: KB unit 0 is the FM's last unit."""
     return {"heads": [torch.arange(b.attention.num_units).float() for b in adapter.blocks()],
             "neurons": [torch.arange(b.mlp.width).float() for b in adapter.blocks()]}
-
-
-def state(adapter) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in adapter.model.state_dict().items()}
 
 
 @pytest.mark.parametrize("name", ALL)

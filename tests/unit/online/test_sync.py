@@ -18,7 +18,7 @@ from edgeadapt.pruning.apply import apply_plan
 from edgeadapt.pruning.groups import block_members
 from edgeadapt.pruning.ops import is_transposed
 from edgeadapt.pruning.plan import BlockPlan, PruningPlan
-from tests.conftest import TINY, make_batches, outputs
+from tests.conftest import TINY, at_width, make_batches, outputs
 
 CHEAP = KBSettings(importance="magnitude")
 
@@ -70,14 +70,6 @@ def train(proxy, only: str = "", scale: float = 0.02) -> None:
         for n, p in proxy.adapter.model.named_parameters():
             if n.startswith(only):
                 p.add_(scale * torch.randn(p.shape, generator=g))
-
-
-def at_width(kb, width: float, batch) -> torch.Tensor:
-    kb.set_width(width)
-    try:
-        return outputs(kb.adapter, batch)
-    finally:
-        kb.set_width(1.0)
 
 
 # -- no-op -----------------------------------------------------------------------------------------

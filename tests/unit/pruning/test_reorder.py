@@ -11,7 +11,7 @@ from edgeadapt.pruning.importance import score
 from edgeadapt.pruning.ops import weight_matrix
 from edgeadapt.pruning.plan import PruningPlan
 from edgeadapt.pruning.reorder import inverse, permuted_state, reorder_units
-from tests.conftest import ALL, make_batches, outputs
+from tests.conftest import ALL, make_batches, outputs, state
 
 KINDS = ["heads", "neurons"]
 
@@ -20,10 +20,6 @@ def random_orders(adapter, kinds, seed: int = 0) -> dict[int, dict[str, list[int
     g = torch.Generator().manual_seed(seed)
     return {pos: {k: torch.randperm(num_units(b, k), generator=g).tolist() for k in kinds}
             for pos, b in enumerate(adapter.blocks())}
-
-
-def state(adapter) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in adapter.model.state_dict().items()}
 
 
 @pytest.mark.parametrize("name", ALL)

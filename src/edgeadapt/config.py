@@ -17,6 +17,7 @@ CONFIG_KINDS: dict[str, str] = {
     "train": "edgeadapt.recipes.train:TrainRecipe",
     "offline": "edgeadapt.offline.pipeline:OfflineConfig",
     "adapt": "edgeadapt.online.pipeline:AdaptConfig",
+    "llm-prune": "edgeadapt.llm.config:LLMPruneConfig",
 }
 
 

@@ -38,3 +38,22 @@ def test_bad_adapt_input_is_refused(offline_vit_dir, tmp_path, capsys):
     assert "width" in capsys.readouterr().err
     assert main(["adapt", "--offline", str(offline_vit_dir), "--steps", "0", "--out", str(tmp_path)]) == 2
     assert "steps" in capsys.readouterr().err
+    assert main(["adapt", "--offline", str(offline_vit_dir), "--proxy-params", "0", "--out", str(tmp_path)]) == 2
+    assert "proxy_params" in capsys.readouterr().err
+    assert main(["adapt", "--offline", str(offline_vit_dir), "--proxy-params", "100", "--methods", "edgeadapt",
+                 "--out", str(tmp_path)]) == 2
+    assert "smallest proxy" in capsys.readouterr().err
+    assert main(["adapt", "--offline", str(offline_vit_dir), "--proxy-memory", "12 parsecs",
+                 "--out", str(tmp_path)]) == 2
+    assert "16MiB" in capsys.readouterr().err
+
+
+def test_budget_fields_validate() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    assert AdaptConfig(proxy_memory_bytes="2MiB").proxy_memory_bytes == 2 * 2**20
+    with pytest.raises(ValidationError, match="alternatives"):
+        AdaptConfig(proxy_params=1000, proxy_memory_bytes=10**6)
+    with pytest.raises(ValidationError, match="proxy_params"):
+        AdaptConfig(proxy_params=0)

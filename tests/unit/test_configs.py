@@ -25,7 +25,7 @@ def test_every_shipped_config_validates(path, monkeypatch, tmp_path):
     (tmp_path / "runs" / "source-vit" / "base_config.json").write_text(TINY["tiny-vit"][0]().to_json_string())
     monkeypatch.chdir(tmp_path)
     cfg = load_config(path)
-    assert cfg.kind == path.name.split("-")[0]
+    assert path.name.startswith(f"{cfg.kind}-")
 
 
 @pytest.mark.parametrize("path", sorted((CONFIGS / "streams").glob("*.yaml")), ids=lambda p: p.name)
@@ -75,3 +75,21 @@ def test_non_mapping_and_missing_files(tmp_path):
     (tmp_path / "broken.yaml").write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "broken.yaml")
+
+
+LLM = {"kind": "llm-prune", "model": "tiny-llama", "sparsity": 0.2}
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"sparsity": 1.0}, r"sparsity: .*must be in \[0, 1\)"),
+    ({"sparsity": -0.1}, r"sparsity: .*must be in \[0, 1\)"),
+    ({"granularity": ["filters"]}, r"granularity\.0: .*'heads', 'neurons' or 'layers'"),
+    ({"dataset": "text-files", "data_paths": ["/no/such/file.txt"]}, r"data_paths: .*does not exist"),
+    ({"dataset": "text-files"}, r"data_paths: dataset text-files needs local files"),
+    ({"tracker": "neptune"}, r"tracker: "),
+    ({"recovery": {"method": "qlora"}}, r"recovery\.method: "),
+    ({"evaluation": {"sweep": [1.5]}}, r"evaluation\.sweep must be in \[0, 1\)"),
+])
+def test_llm_prune_config_errors_name_the_field(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config({**LLM, **changes})

@@ -196,7 +196,10 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
     data = load_config(args.config, kind="adapt").model_dump() if args.config else {}
     overrides = {"stream": args.stream, "out": args.out, "width": args.width, "offline": args.offline,
+                 "proxy_params": args.proxy_params, "proxy_memory_bytes": args.proxy_memory,
                  "methods": args.methods.split(",") if args.methods else None}
+    if args.width is not None:  # an explicit width on the command line wins over a budget in the file
+        data.update(proxy_params=None, proxy_memory_bytes=None)
     data.update({k: v for k, v in overrides.items() if v is not None})
     if args.steps is not None:
         data.setdefault("budget", {})
@@ -207,6 +210,42 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     print()
     print(domain_table(results))
     print(f"\nreport: {cfg.out / 'report.md'} (and report.html, results.json, per_domain.csv, plots)")
+    return 0
+
+
+def cmd_llm_prune(args: argparse.Namespace) -> int:
+    """Prune a causal LM by gradient sensitivity, recover it, and evaluate it (perplexity, speed,
+    memory). Python: ``edgeadapt.llm.pipeline.run_train(cfg)`` / ``run_test(cfg)``."""
+    from edgeadapt.config import load_config
+    from edgeadapt.llm.pipeline import run_test, run_train
+
+    cfg = load_config(args.config, kind="llm-prune")
+    if args.mode == "train":
+        m = run_train(cfg)
+        print(f"dense ppl {m['dense_ppl']:.2f} | pruned {m['prune']['sparsity']:.1%}: ppl {m['pruned_ppl']:.2f} "
+              f"before recovery, {m['recovered_ppl']:.2f} after | model: {cfg.save}")
+    else:
+        from edgeadapt.memory.accounting import format_bytes
+
+        r = run_test(cfg)
+        for name, row in r["perplexity"].items():
+            print(f"{name} test perplexity: dense {row['dense']:.2f}, pruned {row['pruned']:.2f}")
+        for mode in ("inference", "train"):
+            mem = r[mode]["peak_memory_bytes"]
+            print(f"{mode}: {r[mode]['speedup']:.2f}x tokens/s, peak memory {format_bytes(mem['pruned'])} vs "
+                  f"{format_bytes(mem['dense'])} dense")
+        print(f"report: {cfg.log_dir / 'report.md'}")
+    return 0
+
+
+def cmd_llm_pretrain(args: argparse.Namespace) -> int:
+    """Train the reference LM (tiny-llama-ref, 3.2M parameters) on the built-in docs corpus, cached.
+    Python: ``edgeadapt.recipes.reference_lm.train_reference_lm(out)``."""
+    from edgeadapt.recipes.reference_lm import train_reference_lm
+
+    adapter, test = train_reference_lm(args.out, reuse=not args.force, epochs=args.epochs)
+    params = sum(p.numel() for p in adapter.model.parameters())
+    print(f"tiny-llama-ref ({params:,} params) at {args.out}: test perplexity {test['perplexity']:.2f}")
     return 0
 
 
@@ -262,9 +301,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--methods", default=None, help="comma list of source,tent,full,static,edgeadapt")
     s.add_argument("--offline", type=Path, default=None, help="output of `edgeadapt offline all` (default runs/offline-vit)")
     s.add_argument("--width", type=float, default=None, help="proxy width in (0, 1]")
+    s.add_argument("--proxy-params", type=int, default=None,
+                   help="budget as a parameter count: the widest proxy that fits (overrides --width)")
+    s.add_argument("--proxy-memory", default=None,
+                   help="budget as retraining memory, e.g. 12MiB: the widest proxy whose step fits")
     s.add_argument("--steps", type=int, default=None, help="retraining steps per domain")
     s.add_argument("--out", type=Path, default=None, help="report directory (default runs/adapt)")
     s.set_defaults(func=cmd_adapt)
+
+    s = sub.add_parser("llm-prune", help="LLM block pruning with recovery training and perplexity evaluation")
+    s.add_argument("--config", type=Path, required=True, help="an llm-prune config (configs/llm-prune-docs.yaml)")
+    s.add_argument("--mode", choices=("train", "test"), default="train",
+                   help="train: prune + recover + save; test: evaluate the saved model and write a report")
+    s.set_defaults(func=cmd_llm_prune)
+
+    s = sub.add_parser("llm-pretrain", help="train the reference LM (tiny-llama-ref) on the built-in corpus")
+    s.add_argument("--out", type=Path, default=Path("runs/ref-llama"), help="artifact directory (cached)")
+    s.add_argument("--epochs", type=int, default=None, help="override the recipe's 12 epochs")
+    s.add_argument("--force", action="store_true", help="retrain even if a valid cached model exists")
+    s.set_defaults(func=cmd_llm_pretrain)
 
     s = sub.add_parser("data", help="datasets and drift streams")
     dsub = s.add_subparsers(dest="data_command", required=True)

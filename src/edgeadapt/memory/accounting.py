@@ -73,6 +73,27 @@ def format_bytes(n: int) -> str:
     return f"{sign}{size:.1f} {unit}"
 
 
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(value: int | str) -> int:
+    """``"16MiB"`` → 16777216, ``"1.5 GB"`` → 1500000000, ``4096`` → 4096; a clear ``ValueError``
+    for anything else."""
+    import re
+
+    if isinstance(value, bool):
+        raise ValueError(f"a size must be bytes or a string like '16MiB', got {value!r}")
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+    unit = match.group(2).lower() if match else ""
+    if not match or (unit and unit not in _UNITS):
+        raise ValueError(f"a size must be bytes or a number with a unit ({', '.join(_UNITS)}), e.g. "
+                         f"'16MiB', got {value!r}")
+    return int(float(match.group(1)) * _UNITS[unit or "b"])
+
+
 def _storage(t: torch.Tensor) -> torch.UntypedStorage | None:
     """The tensor's storage, or ``None`` for tensors without real memory (meta, sparse, subclasses)."""
     if not isinstance(t, torch.Tensor) or t.device.type == "meta":

@@ -12,7 +12,7 @@ import copy
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgeadapt.online.retrain import RetrainBudget
 from edgeadapt.online.runner import METHODS
@@ -36,6 +36,11 @@ class AdaptConfig(BaseModel):
                                            "YAML file, or null for the default 10-domain stream.")
     methods: list[str] = Field(default_factory=lambda: list(METHODS), description="Methods to compare.")
     width: float = Field(0.25, gt=0, le=1, description="Proxy width (and the static baseline's width).")
+    proxy_params: int | None = Field(None, ge=1, description="Budget as a parameter count: the widest "
+                                     "proxy with at most this many parameters (overrides width).")
+    proxy_memory_bytes: int | None = Field(None, ge=1, description="Budget as bytes of retraining memory "
+                                           "(parameters, gradients, AdamW state, activations of one step): "
+                                           "the widest proxy that fits (overrides width).")
     trainable: str = Field("all", description="Parameters retrained: all, norm, norm+head, attention, mlp.")
     budget: RetrainBudget = Field(default_factory=RetrainBudget)
     loss: dict[str, Any] = Field(default_factory=dict, description="AdaptLossConfig fields (our loss).")
@@ -43,6 +48,19 @@ class AdaptConfig(BaseModel):
                                "after pruning.")
     seed: int = Field(0, description="Seed for shuffling and corruption noise.")
     out: Path = Field(Path("runs/adapt"), description="Report directory.")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> AdaptConfig:
+        if self.proxy_params is not None and self.proxy_memory_bytes is not None:
+            raise ValueError("proxy_params and proxy_memory_bytes are alternatives; set one of them")
+        return self
+
+    @field_validator("proxy_memory_bytes", mode="before")
+    @classmethod
+    def _bytes(cls, value: Any) -> Any:
+        from edgeadapt.memory.accounting import parse_bytes
+
+        return None if value is None else parse_bytes(value)
 
     @field_validator("methods")
     @classmethod
@@ -88,6 +106,23 @@ def static_baseline(fm: Any, width: float, epochs: int, seed: int = 0) -> Any:
     return model
 
 
+def proxy_width(cfg: AdaptConfig, kb: Any, stats: Any, loss_cfg: Any, first: Any) -> float:
+    """The proxy width the budget allows: ``cfg.width``, or the widest proxy within
+    ``cfg.proxy_params`` parameters / ``cfg.proxy_memory_bytes`` bytes of retraining memory
+    (measured with our loss on a batch of the first domain)."""
+    from edgeadapt.online.losses import adaptation_loss
+    from edgeadapt.online.proxy import width_for_memory, width_for_params
+    from edgeadapt.online.retrain import unlabeled
+
+    if cfg.proxy_params is not None:
+        return width_for_params(kb, cfg.proxy_params)
+    if cfg.proxy_memory_bytes is not None:
+        batch = next(iter(unlabeled(first.adapt.batches(cfg.budget.batch_size))))
+        return width_for_memory(kb, cfg.proxy_memory_bytes, lambda m: adaptation_loss(m, stats, loss_cfg), batch,
+                                cfg.budget.learning_rate, cfg.budget.device)
+    return cfg.width
+
+
 def run_adapt(cfg: AdaptConfig, progress: bool = True) -> dict[str, Any]:
     """Run the configured methods over the stream and write the report into ``cfg.out``."""
     from edgeadapt.data.registry import build_dataset
@@ -108,17 +143,19 @@ def run_adapt(cfg: AdaptConfig, progress: bool = True) -> dict[str, Any]:
     size = fm.model.config.image_size
     source = build_dataset("digits", size=size)
     stats = source_stats(fm, source.train.batches(64, shuffle=True, seed=cfg.seed), seed=cfg.seed)
-    static = (lambda: static_baseline(fm, cfg.width, cfg.static_epochs, cfg.seed)) if "static" in cfg.methods else None
-    methods = build_methods(cfg.methods, fm, kb, stats, AdaptLossConfig(**cfg.loss), cfg.width, static, cfg.trainable)
     domains = stream_data(parse_stream(cfg.stream), size=size, seed=cfg.seed)
+    loss_cfg = AdaptLossConfig(**cfg.loss)
+    width = proxy_width(cfg, kb, stats, loss_cfg, domains[0])
+    static = (lambda: static_baseline(fm, width, cfg.static_epochs, cfg.seed)) if "static" in cfg.methods else None
+    methods = build_methods(cfg.methods, fm, kb, stats, loss_cfg, width, static, cfg.trainable)
     logger = make_logger(cfg.out / "logs", ["tensorboard", "csv"])
     try:
         results = run_stream(methods, domains, cfg.budget, seed=cfg.seed, logger=logger, progress=progress)
     finally:
         logger.close()
     clean = fm.evaluate(source.test.batches(256))["accuracy"]
-    results.update(config=cfg.model_dump(mode="json"), clean_accuracy=clean)
-    notes = (f"Source model clean accuracy {clean:.3f}. Proxy width {cfg.width:.0%}; {cfg.budget.steps} "
+    results.update(config=cfg.model_dump(mode="json"), clean_accuracy=clean, proxy_width=width)
+    notes = (f"Source model clean accuracy {clean:.3f}. Proxy width {width:.0%}; {cfg.budget.steps} "
              f"retraining steps of {cfg.budget.batch_size} unlabeled images per domain; methods adapt "
              "continually along the stream.")
     write_report(results, cfg.out, notes=notes)

@@ -10,8 +10,9 @@ into the output-projection columns it feeds. The plan doubles as the index map b
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -20,7 +21,7 @@ from edgeadapt.models.tasks import model_inputs
 from edgeadapt.offline.gates import _gate_point, kwta
 from edgeadapt.offline.knowledge_base import KnowledgeBase, units_at
 from edgeadapt.pruning import ops
-from edgeadapt.pruning.apply import apply_plan
+from edgeadapt.pruning.apply import apply_plan, meta_copy, params_under
 from edgeadapt.pruning.plan import BlockPlan, PruningPlan
 
 Batch = dict[str, torch.Tensor]
@@ -109,3 +110,97 @@ def extract_proxy(kb: KnowledgeBase, window: Iterable[Batch], width: float) -> P
                 for local, unit in enumerate(kept):
                     weight[:, point.index[local]] *= raw[unit].to(weight.dtype)
     return Proxy(proxy, plan, sal)
+
+
+# -- budgets -----------------------------------------------------------------------------------
+# A budget is a width, a parameter count or bytes of retraining memory. Parameters and memory are
+# monotone in the width, so the widest proxy that fits is found by bisection over the widths at
+# which some block's unit count changes. An infeasible budget names the smallest feasible one.
+
+
+def candidate_widths(kb: KnowledgeBase) -> list[float]:
+    """Every width at which a block keeps a different number of heads or neurons, ascending."""
+    from edgeadapt.pruning.groups import num_units
+
+    sizes = {num_units(b, k) for b in kb.adapter.blocks() for k in ("heads", "neurons")}
+    return sorted({k / n for n in sizes for k in range(1, n + 1)})
+
+
+def _first_units_plan(kb: KnowledgeBase, width: float) -> PruningPlan:
+    from edgeadapt.pruning.groups import num_units
+
+    arch = kb.adapter.fingerprint()
+    return PruningPlan(arch, [BlockPlan(b.index, list(range(units_at(width, num_units(b, "heads")))),
+                                        list(range(units_at(width, num_units(b, "neurons")))))
+                              for b in kb.adapter.blocks()])
+
+
+def _meta_copy(kb: KnowledgeBase) -> HFAdapter:
+    """A weightless (meta-device) copy of the KB's model, for counting shapes."""
+    kb.gates.detach()
+    try:
+        return meta_copy(kb.adapter)
+    finally:
+        kb.gates.attach(kb.adapter)
+
+
+def proxy_params(kb: KnowledgeBase, width: float, _meta: HFAdapter | None = None) -> int:
+    """Parameters of a proxy at ``width`` (independent of which units are kept)."""
+    return params_under(_meta if _meta is not None else _meta_copy(kb), _first_units_plan(kb, width))
+
+
+def width_for_budget(kb: KnowledgeBase, cost: Callable[[float], int], limit: int, name: str,
+                     unit: str = "parameters") -> float:
+    """The widest candidate width whose ``cost`` is at most ``limit``; a ``ValueError`` naming the
+    smallest feasible budget (the cost at the narrowest width) when none fits."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {limit!r}")
+    widths = candidate_widths(kb)
+    smallest = cost(widths[0])
+    if smallest > limit:
+        raise ValueError(f"{name}={limit:,} is infeasible: the smallest proxy (one head and one FFN neuron "
+                         f"per block) needs {smallest:,} {unit}; set {name} >= {smallest:,}")
+    lo, hi = 0, len(widths) - 1  # invariant: widths[lo] fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if cost(widths[mid]) <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return widths[lo]
+
+
+def width_for_params(kb: KnowledgeBase, params: int, name: str = "proxy_params") -> float:
+    """The widest proxy with at most ``params`` parameters."""
+    meta = _meta_copy(kb)
+    return width_for_budget(kb, lambda w: proxy_params(kb, w, meta), params, name)
+
+
+def proxy_step_memory(kb: KnowledgeBase, width: float, loss: Callable[[HFAdapter], Any], batch: Batch,
+                      lr: float = 3e-4, device: str = "auto") -> int:
+    """Peak bytes of one retraining step of a proxy at ``width`` (parameters, gradients, AdamW state
+    and activations), measured on a proxy with the first units of every block."""
+    from edgeadapt.online.retrain import step_memory
+    from edgeadapt.training.device import resolve_device
+
+    kb.gates.detach()
+    try:
+        probe = copy.deepcopy(kb.adapter)
+    finally:
+        kb.gates.attach(kb.adapter)
+    probe.model.cpu()
+    apply_plan(probe, _first_units_plan(kb, width))
+    return step_memory(probe, loss(probe), batch, lr, resolve_device(device))
+
+
+def width_for_memory(kb: KnowledgeBase, memory_bytes: int, loss: Callable[[HFAdapter], Any], batch: Batch,
+                     lr: float = 3e-4, device: str = "auto", name: str = "proxy_memory_bytes") -> float:
+    """The widest proxy whose retraining step (with ``loss`` on ``batch``) peaks at most ``memory_bytes``."""
+    cache: dict[float, int] = {}
+
+    def cost(w: float) -> int:
+        if w not in cache:
+            cache[w] = proxy_step_memory(kb, w, loss, batch, lr, device)
+        return cache[w]
+
+    return width_for_budget(kb, cost, memory_bytes, name, unit="bytes of retraining memory")

@@ -82,3 +82,26 @@ def _shrink(model: nn.Module, members: list, local_units: torch.Tensor) -> None:
         if index.unique().numel() != index.numel():
             raise PlanError(f"overlapping members on {path}")
         ops.keep(module, axis, index)
+
+
+def meta_copy(adapter: ModelAdapter) -> ModelAdapter:
+    """A weightless copy of ``adapter`` on the meta device, for predicting shapes and parameter
+    counts of plans without touching memory. Its plan is the adapter's current one."""
+    import copy
+
+    plan = current_plan(adapter)
+    probe = copy.deepcopy(adapter)
+    probe.model.to("meta")
+    probe.plan = plan  # set explicitly: the base hash cannot be computed from meta weights
+    return probe
+
+
+def params_under(meta: ModelAdapter, plan: PruningPlan, module: str | None = None) -> int:
+    """Parameters (of ``module``, default the whole model) after applying ``plan`` to a copy of the
+    meta adapter from :func:`meta_copy`."""
+    import copy
+
+    probe = copy.deepcopy(meta)
+    apply_plan(probe, plan)
+    root = probe.model.get_submodule(module) if module else probe.model
+    return sum(p.numel() for p in root.parameters())

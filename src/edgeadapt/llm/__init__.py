@@ -1,0 +1,1 @@
+"""Large language models: evaluation of dense and structurally pruned causal LMs."""

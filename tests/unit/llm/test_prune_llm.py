@@ -1,0 +1,133 @@
+"""LLM block pruning to a parameter sparsity: zero sparsity is the identity, a layer and a head
+removal change parameter counts exactly as predicted, zero-importance units go first (exact),
+pruned models save, reload and generate, and bad input is refused clearly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgeadapt.llm.prune import prune_to_sparsity, random_scores, sensitivity
+from edgeadapt.models.registry import load_adapter
+from edgeadapt.pruning.checkpoint import load_pruned, save_pruned
+from tests.conftest import make_batches, outputs
+
+
+def params(adapter) -> int:
+    return sum(p.numel() for p in adapter.model.parameters())
+
+
+@pytest.fixture
+def llama():
+    adapter = load_adapter("tiny-llama")  # 2 layers, hidden 64, 4 query heads in 2 KV groups, FFN 128
+    return adapter, make_batches(adapter, n=2, size=4, length=16)
+
+
+@pytest.mark.parametrize("granularity", [["heads", "neurons"], ["layers"], ["heads", "neurons", "layers"]])
+def test_zero_sparsity_is_the_identity(llama, granularity):
+    adapter, batches = llama
+    before, n = outputs(adapter, batches[0]), params(adapter)
+    outcome = prune_to_sparsity(adapter, 0.0, granularity, sensitivity(adapter, "taylor", batches))
+    assert outcome.sparsity == 0.0 and params(adapter) == n
+    torch.testing.assert_close(outputs(adapter, batches[0]), before, rtol=0, atol=0)
+
+
+def test_layer_removal_changes_params_exactly(llama):
+    adapter, batches = llama
+    layer = sum(p.numel() for p in adapter.model.model.layers[0].parameters())
+    n = params(adapter)
+    outcome = prune_to_sparsity(adapter, 0.5, ["layers"], sensitivity(adapter, "taylor", batches))
+    assert params(adapter) == n - layer
+    assert len(adapter.model.model.layers) == 1 and adapter.model.config.num_hidden_layers == 1
+    assert outcome.sparsity == pytest.approx(0.5)
+
+
+def test_head_removal_changes_params_exactly(llama):
+    adapter, batches = llama
+    c = adapter.model.config
+    head_dim = c.hidden_size // c.num_attention_heads
+    per_group = c.num_attention_heads // c.num_key_value_heads
+    # one KV group: its query rows, its k and v rows, and the o columns of its query heads (no biases)
+    unit = 2 * per_group * head_dim * c.hidden_size + 2 * head_dim * c.hidden_size
+    block = sum(p.numel() for p in adapter.model.model.layers.parameters())
+    n = params(adapter)
+    target = 2 * unit / block  # one group in each of the 2 layers
+    outcome = prune_to_sparsity(adapter, target, ["heads"], sensitivity(adapter, "taylor", batches),
+                                scope="uniform")
+    assert params(adapter) == n - 2 * unit
+    assert outcome.sparsity == pytest.approx(target)
+    assert [layer.self_attn.k_proj.out_features for layer in adapter.model.model.layers] == [head_dim] * 2
+
+
+def test_sparsity_is_met_and_global_ranking_keeps_floors(llama):
+    adapter, batches = llama
+    outcome = prune_to_sparsity(adapter, 0.5, ["heads", "neurons"], sensitivity(adapter, "fisher", batches),
+                                min_keep=4)
+    assert abs(outcome.sparsity - 0.5) < 0.02
+    for block in outcome.plan.blocks:
+        assert len(outcome.plan.kept_neurons(block)) >= 4 and len(outcome.plan.kept_heads(block)) >= 1
+
+
+def test_zero_importance_neurons_are_pruned_first_and_exactly(llama):
+    adapter, batches = llama
+    with torch.no_grad():
+        for layer in adapter.model.model.layers:
+            mlp = layer.mlp
+            for j in (5, 77):
+                mlp.gate_proj.weight[j] = 0
+                mlp.up_proj.weight[j] = 0
+                mlp.down_proj.weight[:, j] = 0
+    before = outputs(adapter, batches[0])
+    block = sum(p.numel() for p in adapter.model.model.layers.parameters())
+    per_neuron = 3 * adapter.model.config.hidden_size
+    outcome = prune_to_sparsity(adapter, 4 * per_neuron / block, ["neurons"], sensitivity(adapter, "taylor", batches))
+    for b in outcome.plan.blocks:
+        assert 5 not in outcome.plan.kept_neurons(b) and 77 not in outcome.plan.kept_neurons(b)
+    torch.testing.assert_close(outputs(adapter, batches[0]), before, rtol=0, atol=1e-6)
+
+
+def test_pruned_model_saves_reloads_exactly_and_generates(llama, tmp_path):
+    adapter, batches = llama
+    prune_to_sparsity(adapter, 0.4, ["heads", "neurons", "layers"], random_scores(adapter, seed=1))
+    save_pruned(adapter, tmp_path / "m")
+    again = load_pruned(tmp_path / "m")
+    torch.testing.assert_close(outputs(again, batches[0]), outputs(adapter, batches[0]), rtol=0, atol=0)
+    prompt = batches[0]["input_ids"][:1, :5]
+    out = again.model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6,
+                               do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 11)
+
+
+def test_random_scores_are_seeded():
+    a = load_adapter("tiny-llama")
+    s1, s2, s3 = random_scores(a, 0), random_scores(a, 0), random_scores(a, 1)
+    assert all(torch.equal(x, y) for x, y in zip(s1["neurons"], s2["neurons"]))
+    assert not torch.equal(s1["neurons"][0], s3["neurons"][0])
+
+
+def test_bad_input_is_refused(llama):
+    adapter, batches = llama
+    scores = random_scores(adapter)
+    with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\)"):
+        prune_to_sparsity(adapter, 1.0, ["neurons"], scores)
+    with pytest.raises(ValueError, match="granularity: 'filters'"):
+        prune_to_sparsity(adapter, 0.2, ["filters"], scores)
+    with pytest.raises(ValueError, match="most achievable"):
+        prune_to_sparsity(adapter, 0.9, ["heads"], scores)
+    with pytest.raises(ValueError, match="importance must be one of"):
+        sensitivity(adapter, "psychic", batches)
+
+
+def test_granularity_the_architecture_lacks_is_refused():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from edgeadapt.models.registry import wrap
+
+    # multi-query attention: one KV head per layer, so no head unit can go; one layer: no layer can go
+    config = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                         num_key_value_heads=1, intermediate_size=64)
+    adapter = wrap(LlamaForCausalLM(config), None, "mqa-llama")
+    with pytest.raises(ValueError, match="1 KV heads per layer.*no heads to prune"):
+        prune_to_sparsity(adapter, 0.2, ["heads"], random_scores(adapter))
+    with pytest.raises(ValueError, match="'layers' needs at least 2 layers"):
+        prune_to_sparsity(adapter, 0.2, ["layers"], random_scores(adapter))

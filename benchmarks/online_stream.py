@@ -5,7 +5,7 @@ static / edgeadapt through the stream runner with the same step budget, and chec
 edgeadapt ≥ source + 10 points, ≥ static + 3 points (equal proxy size), within 3 points of full
 with ≤ 50% of its peak retraining memory and ≤ 50% of its retraining time.
 
-    python benchmarks/online_stream.py [--steps 30] [--width 0.25] [--stream "fog:3,contrast:4"]
+    python benchmarks/online_stream.py [--steps 30] [--width 0.75] [--stream "fog:3,contrast:4"]
 
 Writes ``benchmarks/results/online_stream.json`` as ``{"rows": [{"method", "mean_accuracy",
 "retrain_seconds", "peak_memory_bytes"}], "domains": [...]}`` (plus per-domain rows) and the
@@ -52,7 +52,7 @@ def targets(results: dict) -> list[tuple[str, bool, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--width", type=float, default=0.25)
+    parser.add_argument("--width", type=float, default=AdaptConfig.model_fields["width"].default)
     parser.add_argument("--stream", default=None)
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="where the source model and KB are cached")
     args = parser.parse_args()

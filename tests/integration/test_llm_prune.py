@@ -65,9 +65,14 @@ def test_recovery_stops_early_on_worsening_perplexity(tmp_path, monkeypatch):
     adapter = pipeline.load_lm(cfg)
     ids = pipeline.token_ids(adapter, pipeline.corpus(cfg, "train"))
     train = pipeline.block_batches(ids, cfg.seq_len, cfg.batch_size, shuffle=True, max_blocks=64)
-    result = pipeline.recover(cfg, adapter, train, ids[:512])
+    before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    result = pipeline.recover(cfg, adapter, train, ids[:512], baseline=50.0)
     assert result["stop_reason"] == "patience"
-    assert len([h for h in result["history"] if "perplexity" in h or "val_perplexity" in h]) == 2
+    assert len([h for h in result["history"] if "val_perplexity" in h]) == 2
+    # even the best epoch (100) is worse than right after pruning (50): the pruned weights come back
+    assert result["kept_pruned_weights"]
+    for k, v in adapter.model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0, msg=k)
 
 
 def test_killed_recovery_resumes_to_the_same_weights(tmp_path):
@@ -103,3 +108,16 @@ def test_killed_recovery_resumes_to_the_same_weights(tmp_path):
     pipeline.recover(cfg, ref_model, train, val, checkpoint_dir=tmp_path / "ref")  # finished: a no-op reload
     for (name, a), (_, b) in zip(ref_model.model.named_parameters(), resumed_model.model.named_parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
+def test_llm_pretrain_learns_and_caches(tmp_path, capsys):
+    out = tmp_path / "ref"
+    assert main(["llm-pretrain", "--out", str(out), "--epochs", "1"]) == 0
+    first = capsys.readouterr().out
+    assert "tiny-llama-ref" in first and (out / "manifest.json").is_file()
+    ppl = float(first.rsplit("test perplexity", 1)[1].split()[0])
+    assert ppl < 2048 / 2  # far better than a uniform guess over the 2048-token vocabulary
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    assert main(["llm-pretrain", "--out", str(out), "--epochs", "1"]) == 0  # cached: no training
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp
+    assert capsys.readouterr().out == first

@@ -93,3 +93,11 @@ LLM = {"kind": "llm-prune", "model": "tiny-llama", "sparsity": 0.2}
 def test_llm_prune_config_errors_name_the_field(changes, message):
     with pytest.raises(ConfigError, match=message):
         parse_config({**LLM, **changes})
+
+
+def test_reference_lm_recipe_matches_its_yaml():
+    import yaml
+
+    from edgeadapt.recipes.reference_lm import REFERENCE_LM_RECIPE
+
+    assert yaml.safe_load((CONFIGS / "train-llama-ref-docs.yaml").read_text()) == REFERENCE_LM_RECIPE

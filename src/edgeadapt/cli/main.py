@@ -239,7 +239,7 @@ def cmd_llm_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_llm_pretrain(args: argparse.Namespace) -> int:
-    """Train the reference LM (tiny-llama-ref, 3.2M parameters) on the built-in docs corpus, cached.
+    """Train the reference LM (tiny-llama-ref, 1.7M parameters) on the built-in docs corpus, cached.
     Python: ``edgeadapt.recipes.reference_lm.train_reference_lm(out)``."""
     from edgeadapt.recipes.reference_lm import train_reference_lm
 
@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("llm-pretrain", help="train the reference LM (tiny-llama-ref) on the built-in corpus")
     s.add_argument("--out", type=Path, default=Path("runs/ref-llama"), help="artifact directory (cached)")
-    s.add_argument("--epochs", type=int, default=None, help="override the recipe's 12 epochs")
+    s.add_argument("--epochs", type=int, default=None, help="override the recipe's 8 epochs")
     s.add_argument("--force", action="store_true", help="retrain even if a valid cached model exists")
     s.set_defaults(func=cmd_llm_pretrain)
 

@@ -55,7 +55,10 @@ class RecoverySection(BaseModel):
 
     method: Literal["lora", "full", "none"] = Field("lora", description="lora: train LoRA adapters (peft) "
                                                     "and merge them; full: fine-tune every weight; none: skip.")
-    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA rank, alpha, targets.")
+    lora: LoraSettings = Field(default_factory=lambda: LoraSettings(train_head=False),
+                               description="LoRA rank, alpha, targets (the LM head stays frozen by default).")
+    keep_if_worse: bool = Field(False, description="Keep the recovered weights even when validation perplexity "
+                                "got worse than right after pruning (default: fall back to the pruned weights).")
     schedule: Literal["cosine", "plateau", "constant"] = Field("cosine", description="Warmup then cosine "
                                                                "decay, or reduce-on-plateau of val perplexity.")
     warmup_fraction: float = Field(0.05, ge=0, lt=1, description="Share of steps with linear warmup.")

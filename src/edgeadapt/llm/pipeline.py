@@ -131,9 +131,13 @@ def _ppl(cfg: LLMPruneConfig, adapter: HFAdapter, ids: torch.Tensor) -> float:
 
 def recover(cfg: LLMPruneConfig, adapter: HFAdapter, train: Callable[[int], Iterable[Batch]],
             val_ids: torch.Tensor, logger: Any = None, checkpoint_dir: Path | None = None,
-            callbacks: Sequence[Callable[[Any], None]] = ()) -> dict[str, Any]:
-    """Recovery training (LoRA merged afterwards, or full) with early stopping on val perplexity."""
-    from edgeadapt.offline.lora import add_lora, merge_lora
+            callbacks: Sequence[Callable[[Any], None]] = (), baseline: float | None = None) -> dict[str, Any]:
+    """Recovery training (LoRA merged afterwards, or full) with early stopping on val perplexity.
+
+    The best epoch's weights are kept; if even they are worse than ``baseline`` (the validation
+    perplexity right after pruning) the pruned weights are restored, unless
+    ``recovery.keep_if_worse`` — recovery never makes the model worse on validation."""
+    from edgeadapt.offline.lora import add_lora, discard_lora, merge_lora
     from edgeadapt.training.config import TrainConfig
     from edgeadapt.training.loop import fit
 
@@ -143,16 +147,23 @@ def recover(cfg: LLMPruneConfig, adapter: HFAdapter, train: Callable[[int], Iter
                      gradient_checkpointing=r.gradient_checkpointing, grad_accum_steps=r.grad_accum_steps,
                      patience=cfg.patience, max_steps=r.max_steps, seed=cfg.seed, device=cfg.device,
                      progress=True, log_every=5, checkpoint_every=r.checkpoint_every)
+    snapshot = None
     if r.method == "lora":
         add_lora(adapter, r.lora, seed=cfg.seed)
+    elif baseline is not None and not r.keep_if_worse:
+        snapshot = {k: v.detach().to("cpu", copy=True) for k, v in adapter.model.state_dict().items()}
     trainable = sum(p.numel() for p in adapter.model.parameters() if p.requires_grad)
     result = fit(adapter, train, tc, monitor="perplexity", evaluate=lambda: {"perplexity": _ppl(cfg, adapter, val_ids)},
                  logger=logger, checkpoint_dir=checkpoint_dir, resume=cfg.resume, callbacks=callbacks)
+    best = result.best.get("perplexity")
+    worse = baseline is not None and best is not None and best > baseline and not r.keep_if_worse
     if r.method == "lora":
-        merge_lora(adapter)
+        (discard_lora if worse else merge_lora)(adapter)
+    elif worse and snapshot is not None:
+        adapter.model.load_state_dict(snapshot)
     adapter.model.cpu()
     return {"trainable_params": trainable, "steps": result.steps, "stop_reason": result.stop_reason,
-            "best": result.best, "history": result.history}
+            "best": result.best, "history": result.history, "kept_pruned_weights": worse}
 
 
 def run_train(cfg: LLMPruneConfig) -> dict[str, Any]:
@@ -194,7 +205,9 @@ def run_train(cfg: LLMPruneConfig) -> dict[str, Any]:
     try:
         recovery = None
         if cfg.recovery.method != "none" and cfg.sparsity > 0:
-            recovery = recover(cfg, adapter, train, val_ids, logger, cfg.save / "checkpoints")
+            recovery = recover(cfg, adapter, train, val_ids, logger, cfg.save / "checkpoints", baseline=pruned_ppl)
+            if recovery["kept_pruned_weights"]:
+                print("recovery did not beat the pruned model's validation perplexity; kept the pruned weights")
         recovered_ppl = _ppl(cfg, adapter, val_ids)
         summary = {"val/dense_ppl": dense_ppl, "val/pruned_ppl": pruned_ppl, "val/recovered_ppl": recovered_ppl,
                    "sparsity": outcome.sparsity, "params": outcome.params_after}

@@ -51,12 +51,12 @@ def _llama() -> Any:
 
 
 def _llama_ref() -> Any:
-    """The reference LM of ``edgeadapt llm-pretrain``: 3.2M parameters, 6 layers, GQA (8 query heads
+    """The reference LM of ``edgeadapt llm-pretrain``: 1.7M parameters, 6 layers, GQA (8 query heads
     in 4 KV groups), big enough that pruning has something to lose, small enough for CPU minutes."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=TEXT_VOCAB, hidden_size=192, num_hidden_layers=6, num_attention_heads=8,
-                       num_key_value_heads=4, intermediate_size=512, max_position_embeddings=512,
+    return LlamaConfig(vocab_size=TEXT_VOCAB, hidden_size=128, num_hidden_layers=6, num_attention_heads=8,
+                       num_key_value_heads=4, intermediate_size=384, max_position_embeddings=512,
                        bos_token_id=5, eos_token_id=6, pad_token_id=0, tie_word_embeddings=False)
 
 

@@ -166,6 +166,18 @@ def merge_lora(adapter: HFAdapter) -> None:
     _unload(adapter)
 
 
+def discard_lora(adapter: HFAdapter) -> None:
+    """Remove every LoRA module *without* merging: the model computes exactly what it did before
+    :func:`add_lora` (apart from a head trained with ``train_head``)."""
+    layers = _lora_layers(adapter.model)
+    if not layers:
+        raise ValueError("discard_lora: the model has no LoRA layers")
+    for _, layer in layers:
+        if layer.merged:
+            layer.unmerge()
+    _unload(adapter)
+
+
 def train_lora(adapter: HFAdapter, train: Callable[[int], Iterable[Batch]], cfg: TrainConfig,
                settings: LoraSettings, val: Callable[[], Iterable[Batch]] | None = None,
                monitor: str = "loss", logger: Any | None = None,

@@ -35,7 +35,8 @@ class AdaptConfig(BaseModel):
     stream: str | list[Any] | None = Field(None, description="'gaussian_noise:5,fog:3', a YAML list, a "
                                            "YAML file, or null for the default 10-domain stream.")
     methods: list[str] = Field(default_factory=lambda: list(METHODS), description="Methods to compare.")
-    width: float = Field(0.25, gt=0, le=1, description="Proxy width (and the static baseline's width).")
+    width: float = Field(0.75, gt=0, le=1, description="Proxy width: the fraction of heads and FFN neurons "
+                         "kept per block (and the static baseline's width).")
     proxy_params: int | None = Field(None, ge=1, description="Budget as a parameter count: the widest "
                                      "proxy with at most this many parameters (overrides width).")
     proxy_memory_bytes: int | None = Field(None, ge=1, description="Budget as bytes of retraining memory "
@@ -119,7 +120,7 @@ def proxy_width(cfg: AdaptConfig, kb: Any, stats: Any, loss_cfg: Any, first: Any
     if cfg.proxy_memory_bytes is not None:
         batch = next(iter(unlabeled(first.adapt.batches(cfg.budget.batch_size))))
         return width_for_memory(kb, cfg.proxy_memory_bytes, lambda m: adaptation_loss(m, stats, loss_cfg), batch,
-                                cfg.budget.learning_rate, cfg.budget.device)
+                                cfg.budget.learning_rate, cfg.budget.device, cfg.budget.gradient_checkpointing)
     return cfg.width
 
 

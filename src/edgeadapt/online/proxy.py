@@ -177,7 +177,7 @@ def width_for_params(kb: KnowledgeBase, params: int, name: str = "proxy_params")
 
 
 def proxy_step_memory(kb: KnowledgeBase, width: float, loss: Callable[[HFAdapter], Any], batch: Batch,
-                      lr: float = 3e-4, device: str = "auto") -> int:
+                      lr: float = 3e-4, device: str = "auto", checkpointing: bool = False) -> int:
     """Peak bytes of one retraining step of a proxy at ``width`` (parameters, gradients, AdamW state
     and activations), measured on a proxy with the first units of every block."""
     from edgeadapt.online.retrain import step_memory
@@ -190,17 +190,18 @@ def proxy_step_memory(kb: KnowledgeBase, width: float, loss: Callable[[HFAdapter
         kb.gates.attach(kb.adapter)
     probe.model.cpu()
     apply_plan(probe, _first_units_plan(kb, width))
-    return step_memory(probe, loss(probe), batch, lr, resolve_device(device))
+    return step_memory(probe, loss(probe), batch, lr, resolve_device(device), checkpointing)
 
 
 def width_for_memory(kb: KnowledgeBase, memory_bytes: int, loss: Callable[[HFAdapter], Any], batch: Batch,
-                     lr: float = 3e-4, device: str = "auto", name: str = "proxy_memory_bytes") -> float:
+                     lr: float = 3e-4, device: str = "auto", checkpointing: bool = False,
+                     name: str = "proxy_memory_bytes") -> float:
     """The widest proxy whose retraining step (with ``loss`` on ``batch``) peaks at most ``memory_bytes``."""
     cache: dict[float, int] = {}
 
     def cost(w: float) -> int:
         if w not in cache:
-            cache[w] = proxy_step_memory(kb, w, loss, batch, lr, device)
+            cache[w] = proxy_step_memory(kb, w, loss, batch, lr, device, checkpointing)
         return cache[w]
 
     return width_for_budget(kb, cost, memory_bytes, name, unit="bytes of retraining memory")

@@ -36,6 +36,9 @@ class RetrainBudget(BaseModel):
     learning_rate: float = Field(3e-4, gt=0, description="AdamW learning rate (constant after warmup).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'.")
+    gradient_checkpointing: bool = Field(True, description="Recompute block activations in backward on "
+                                         "the edge (static and edgeadapt): less memory, more time. The "
+                                         "unconstrained baselines (full, tent) never use it.")
 
 
 @dataclass
@@ -46,15 +49,18 @@ class RetrainResult:
     trainable_params: int
 
 
-def step_memory(adapter: HFAdapter, loss_fn: LossFn, batch: Batch, lr: float, device: torch.device) -> int:
+def step_memory(adapter: HFAdapter, loss_fn: LossFn, batch: Batch, lr: float, device: torch.device,
+                checkpointing: bool = False) -> int:
     """Peak bytes of one retraining step (forward, backward, AdamW update) including parameters,
     gradients and optimizer state, measured on a throwaway copy so training is unaffected."""
     import copy
 
     from edgeadapt.memory.accounting import measure_peak
+    from edgeadapt.training.loop import _set_checkpointing
 
     probe = copy.deepcopy(adapter)
     probe.model.to(device).train()
+    _set_checkpointing(probe.model, checkpointing)
     params = [p for p in probe.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)
     batch = to_device(batch, device)
@@ -68,19 +74,22 @@ def step_memory(adapter: HFAdapter, loss_fn: LossFn, batch: Batch, lr: float, de
 
 
 def retrain(adapter: HFAdapter, batches: Callable[[int], Iterable[Batch]], loss_fn: LossFn,
-            budget: RetrainBudget, seed: int = 0, measure: bool = True) -> RetrainResult:
+            budget: RetrainBudget, seed: int = 0, measure: bool = True, constrained: bool = True) -> RetrainResult:
     """Train ``adapter`` (its ``requires_grad`` parameters) on ``batches(epoch)`` with ``loss_fn``
-    for ``budget.steps`` optimizer steps (or ``budget.seconds``)."""
+    for ``budget.steps`` optimizer steps (or ``budget.seconds``). ``constrained`` methods run under
+    the edge's memory measures (``budget.gradient_checkpointing``)."""
+    checkpointing = budget.gradient_checkpointing and constrained
     device = resolve_device(budget.device)
     trainable = sum(p.numel() for p in adapter.model.parameters() if p.requires_grad)
     if trainable == 0:
         raise ValueError("trainable: no parameter of the model is trainable; choose another 'trainable' set")
-    peak = step_memory(adapter, loss_fn, next(iter(batches(0))), budget.learning_rate, device) if measure else 0
+    peak = step_memory(adapter, loss_fn, next(iter(batches(0))), budget.learning_rate, device,
+                       checkpointing) if measure else 0
     per_epoch = sum(1 for _ in batches(0))
     cfg = TrainConfig(epochs=max(1, -(-budget.steps // per_epoch)), max_steps=budget.steps,
                       max_seconds=budget.seconds, learning_rate=budget.learning_rate,
                       weight_decay=budget.weight_decay, schedule="constant", warmup_fraction=0.0,
-                      seed=seed, device=budget.device, progress=False)
+                      seed=seed, device=budget.device, progress=False, gradient_checkpointing=checkpointing)
     start = time.perf_counter()
     result = fit(adapter, batches, cfg, loss_fn=loss_fn)
     adapter.model.eval()

@@ -48,9 +48,9 @@ def load_lm(cfg: LLMPruneConfig) -> HFAdapter:
     return adapter
 
 
-def _file_split(path: Path, split: str) -> bool:
+def _in_split(position: int, split: str) -> bool:
     """Documents of one local file list are split 90/5/5 by a stable hash of their position."""
-    bucket = zlib.crc32(str(path).encode()) % 20
+    bucket = zlib.crc32(str(position).encode()) % 20
     return {"test": bucket == 0, "val": bucket == 1}.get(split, bucket > 1)
 
 
@@ -69,7 +69,7 @@ def corpus(cfg: LLMPruneConfig, split: str, dataset: str | None = None) -> list[
                 raise ValueError(f"data_paths: no {split!r} files listed; add data_paths.{split}")
             return load_text_files(paths[split])
         texts = load_text_files(paths)
-        chosen = [t for i, t in enumerate(texts) if _file_split(Path(f"{i}"), split)]
+        chosen = [t for i, t in enumerate(texts) if _in_split(i, split)]
         if not chosen:
             raise ValueError(f"data_paths: too few documents ({len(texts)}) for a {split} split; list "
                              "data_paths as {train: [...], val: [...], test: [...]}")

@@ -76,8 +76,7 @@ def sensitivity(adapter: HFAdapter, importance: str, batches: Iterable[Batch] | 
     return score(adapter, _IMPORTANCE[importance], batches, progress=progress)
 
 
-def check_granularity(adapter: HFAdapter, granularity: Sequence[str], min_keep: int = 1,
-                      protect: int = 0) -> None:
+def check_granularity(adapter: HFAdapter, granularity: Sequence[str], protect: int = 0) -> None:
     """Refuse a granularity the architecture cannot prune, naming what it has."""
     blocks = adapter.blocks()
     for kind in granularity:
@@ -148,7 +147,7 @@ def prune_to_sparsity(adapter: HFAdapter, sparsity: float, granularity: Sequence
     beyond what floors and protected layers allow (naming the largest achievable sparsity)."""
     check_sparsity(sparsity)
     granularity = list(dict.fromkeys(granularity))
-    check_granularity(adapter, granularity, min_keep, protect_first + protect_last)
+    check_granularity(adapter, granularity, protect_first + protect_last)
     if getattr(adapter, "plan", None) is not None and not adapter.plan.is_dense():
         raise ValueError("prune_to_sparsity expects a dense model; this one is already pruned")
     layers = adapter.layers_path()

@@ -31,6 +31,8 @@ bench: setup
 	$(BIN)/python benchmarks/prune_fidelity.py
 	$(BIN)/python benchmarks/drift_severity.py
 	$(BIN)/python benchmarks/kb_widths.py --seeds 0,1,2
+	$(BIN)/python benchmarks/online_stream.py
+	$(BIN)/python benchmarks/llm_prune.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

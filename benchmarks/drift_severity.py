@@ -22,10 +22,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from edgeadapt.artifacts import atomic_write_text  # noqa: E402
-from edgeadapt.tracking import save_figure  # noqa: E402
 from edgeadapt.data.corruptions import CORRUPTIONS, SEVERITIES  # noqa: E402
 from edgeadapt.data.registry import build_dataset  # noqa: E402
 from edgeadapt.recipes.source import train_source_vit  # noqa: E402
+from edgeadapt.tracking import save_figure  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -30,12 +30,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from edgeadapt.artifacts import atomic_write_text  # noqa: E402
-from edgeadapt.tracking import save_figure  # noqa: E402
 from edgeadapt.data.registry import build_dataset  # noqa: E402
 from edgeadapt.offline.knowledge_base import KBSettings, build_kb, distill_loss, outputs  # noqa: E402
 from edgeadapt.online.proxy import extract_proxy  # noqa: E402
 from edgeadapt.pruning.prune import prune  # noqa: E402
 from edgeadapt.recipes.source import train_source_vit  # noqa: E402
+from edgeadapt.tracking import save_figure  # noqa: E402
 from edgeadapt.training.config import TrainConfig  # noqa: E402
 from edgeadapt.training.loop import fit  # noqa: E402
 

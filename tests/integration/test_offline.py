@@ -9,15 +9,14 @@ import pytest
 import yaml
 
 from edgeadapt.artifacts import ArtifactError
-from edgeadapt.cli.main import main
 from edgeadapt.config import parse_config
+from edgeadapt.data.registry import build_dataset
 from edgeadapt.offline.artifacts import load_kb
 from edgeadapt.offline.lora import load_lora_artifact
 from edgeadapt.offline.neuron_index import load_index
 from edgeadapt.offline.pipeline import run_offline
 from edgeadapt.online.proxy import extract_proxy
 from edgeadapt.recipes.common import load_model
-from edgeadapt.data.registry import build_dataset
 
 
 def test_offline_all_on_the_source_vit(offline_vit_dir, source_vit_dir):

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 from edgeadapt.data.calibration import calibration_batches
 from edgeadapt.data.text import builtin_paragraphs, text_batches
-from edgeadapt.pruning.plan import PruningPlan
 from edgeadapt.pruning.apply import apply_plan
 from edgeadapt.pruning.checkpoint import load_pruned, save_pruned
+from edgeadapt.pruning.plan import PruningPlan
 from edgeadapt.pruning.prune import prune
 
 

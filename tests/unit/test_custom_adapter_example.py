@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from edgeadapt.models.adapter import ModelAdapter
-from edgeadapt.pruning.plan import PruningPlan
 from edgeadapt.pruning.apply import apply_plan
+from edgeadapt.pruning.plan import PruningPlan
 from edgeadapt.pruning.prune import prune
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom_adapter.py"

@@ -317,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("llm-pretrain", help="train the reference LM (tiny-llama-ref) on the built-in corpus")
     s.add_argument("--out", type=Path, default=Path("runs/ref-llama"), help="artifact directory (cached)")
-    s.add_argument("--epochs", type=int, default=None, help="override the recipe's 8 epochs")
+    s.add_argument("--epochs", type=int, default=None,
+                   help="override the recipe's 20 epochs (early stopping ends it sooner)")
     s.add_argument("--force", action="store_true", help="retrain even if a valid cached model exists")
     s.set_defaults(func=cmd_llm_pretrain)
 

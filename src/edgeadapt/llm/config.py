@@ -45,7 +45,8 @@ class PruningSection(BaseModel):
     min_keep: int = Field(1, ge=1, description="Per-layer floor of heads and of FFN neurons (global scope).")
     protect_first: int = Field(0, ge=0, description="Leave the first N layers untouched.")
     protect_last: int = Field(0, ge=0, description="Leave the last N layers untouched.")
-    calibration_batches: int = Field(8, ge=1, description="Training batches the importance is accumulated over.")
+    calibration_batches: int = Field(8, ge=1, description="Training batches the importance is "
+                                     "accumulated over.")
 
 
 class RecoverySection(BaseModel):
@@ -53,14 +54,16 @@ class RecoverySection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["lora", "full", "none"] = Field("lora", description="lora: train LoRA adapters (peft) "
-                                                    "and merge them; full: fine-tune every weight; none: skip.")
+    method: Literal["lora", "full", "none"] = Field(
+        "lora", description="lora: train LoRA adapters (peft) and merge them; full: fine-tune every "
+        "weight; none: skip.")
     lora: LoraSettings = Field(default_factory=lambda: LoraSettings(train_head=False),
                                description="LoRA rank, alpha, targets (the LM head stays frozen by default).")
-    keep_if_worse: bool = Field(False, description="Keep the recovered weights even when validation perplexity "
-                                "got worse than right after pruning (default: fall back to the pruned weights).")
-    schedule: Literal["cosine", "plateau", "constant"] = Field("cosine", description="Warmup then cosine "
-                                                               "decay, or reduce-on-plateau of val perplexity.")
+    keep_if_worse: bool = Field(False, description="Keep the recovered weights even when validation "
+                                "perplexity got worse than right after pruning (default: fall back to "
+                                "the pruned weights).")
+    schedule: Literal["cosine", "plateau", "constant"] = Field(
+        "cosine", description="Warmup then cosine decay, or reduce-on-plateau of val perplexity.")
     warmup_fraction: float = Field(0.05, ge=0, lt=1, description="Share of steps with linear warmup.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field("auto", description="auto: bf16/fp16 "
@@ -97,12 +100,14 @@ class LLMPruneConfig(BaseModel):
 
     kind: Literal["llm-prune"] = "llm-prune"
     model: str = Field(description="Built-in name (tiny-llama, tiny-gpt2), Hugging Face id, local HF "
-                       "model directory, or an edgeadapt model artifact (e.g. from `edgeadapt llm-pretrain`).")
+                       "model directory, or an edgeadapt model artifact (e.g. from "
+                       "`edgeadapt llm-pretrain`).")
     tokenizer: str | None = Field(None, description="Tokenizer name or directory; default: the model's own.")
     use_gpu: bool | Literal["auto"] = Field("auto", description="auto: CUDA when present; true: require it; "
                                             "false: CPU.")
-    gpu_ids: list[int] = Field(default_factory=list, description="CUDA devices to use (CUDA_VISIBLE_DEVICES); "
-                               "more than one runs data-parallel under `accelerate launch`.")
+    gpu_ids: list[int] = Field(default_factory=list, description="CUDA devices to use "
+                               "(CUDA_VISIBLE_DEVICES); more than one runs data-parallel under "
+                               "`accelerate launch`.")
     dataset: Literal["builtin-docs", "wikitext2", "c4", "text-files"] = Field(
         "builtin-docs", description="Training/calibration/evaluation corpus.")
     data_paths: dict[str, list[Path]] | list[Path] = Field(
@@ -122,7 +127,8 @@ class LLMPruneConfig(BaseModel):
     pruning: PruningSection = Field(default_factory=PruningSection)
     recovery: RecoverySection = Field(default_factory=RecoverySection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
-    save: Path = Field(Path("runs/llm-prune/model"), description="Directory the pruned model artifact is written to.")
+    save: Path = Field(Path("runs/llm-prune/model"), description="Directory the pruned model artifact "
+                       "is written to.")
     log_dir: Path = Field(Path("runs/llm-prune/logs"), description="Logs, metrics and the report.")
     tracker: Literal["tensorboard", "wandb", "mlflow", "none"] = Field(
         "tensorboard", description="Where metrics go besides logs/metrics.csv.")
@@ -169,7 +175,8 @@ class LLMPruneConfig(BaseModel):
         if self.dataset == "text-files" and not self.data_paths:
             raise ValueError("data_paths: dataset text-files needs local files; list them in data_paths")
         if self.dataset == "builtin-docs" and self.data_paths:
-            raise ValueError("data_paths: builtin-docs ships with Python and reads no files; remove data_paths")
+            raise ValueError("data_paths: builtin-docs ships with Python and reads no files; "
+                             "remove data_paths")
         if self.gpu_ids and self.use_gpu is False:
             raise ValueError("gpu_ids: set but use_gpu is false; remove gpu_ids or set use_gpu: true")
         for name in self.evaluation.datasets:

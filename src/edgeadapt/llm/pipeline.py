@@ -44,7 +44,8 @@ def load_lm(cfg: LLMPruneConfig) -> HFAdapter:
 
         adapter.tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
     if adapter.tokenizer is None:
-        raise ValueError(f"tokenizer: model {cfg.model!r} has no tokenizer; set tokenizer: to a name or directory")
+        raise ValueError(f"tokenizer: model {cfg.model!r} has no tokenizer; set tokenizer: to a name or "
+                         "directory")
     return adapter
 
 
@@ -76,7 +77,8 @@ def corpus(cfg: LLMPruneConfig, split: str, dataset: str | None = None) -> list[
         return chosen
     files: Any = None
     if paths:
-        files = {k: [str(p) for p in v] for k, v in paths.items()} if isinstance(paths, dict) else [str(p) for p in paths]
+        files = {k: [str(p) for p in v] for k, v in paths.items()} if isinstance(paths, dict) \
+            else [str(p) for p in paths]
     return load_hf_text(name, split, data_files=files)
 
 
@@ -91,12 +93,13 @@ def block_batches(ids: torch.Tensor, seq_len: int, batch_size: int, shuffle: boo
                   max_blocks: int | None = None) -> Callable[[int], Iterable[Batch]]:
     """Per-epoch batches of disjoint ``seq_len`` blocks of ``ids`` (seeded shuffle per epoch)."""
     if len(ids) < seq_len:
-        raise ValueError(f"seq_len: the corpus has {len(ids)} tokens, fewer than seq_len={seq_len}; lower seq_len")
+        raise ValueError(f"seq_len: the corpus has {len(ids)} tokens, fewer than seq_len={seq_len}; "
+                         "lower seq_len")
     blocks = ids[: len(ids) // seq_len * seq_len].view(-1, seq_len)[:max_blocks]
 
     def batches(epoch: int) -> Iterable[Batch]:
-        order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed + epoch)) if shuffle \
-            else torch.arange(len(blocks))
+        g = torch.Generator().manual_seed(seed + epoch)
+        order = torch.randperm(len(blocks), generator=g) if shuffle else torch.arange(len(blocks))
         for start in range(0, len(blocks), batch_size):
             x = blocks[order[start:start + batch_size]]
             yield {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone()}
@@ -107,8 +110,9 @@ def _select_gpus(cfg: LLMPruneConfig) -> None:
     if cfg.gpu_ids:
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", ",".join(map(str, cfg.gpu_ids)))
         if len(cfg.gpu_ids) > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-            raise ValueError(f"gpu_ids: {len(cfg.gpu_ids)} GPUs run data-parallel through accelerate; launch with "
-                             f"`accelerate launch --num_processes {len(cfg.gpu_ids)} -m edgeadapt llm-prune "
+            raise ValueError(f"gpu_ids: {len(cfg.gpu_ids)} GPUs run data-parallel through accelerate; "
+                             f"launch with `accelerate launch --num_processes {len(cfg.gpu_ids)} "
+                             "-m edgeadapt llm-prune "
                              "--config ...` (or list one GPU)")
 
 
@@ -153,8 +157,9 @@ def recover(cfg: LLMPruneConfig, adapter: HFAdapter, train: Callable[[int], Iter
     elif baseline is not None and not r.keep_if_worse:
         snapshot = {k: v.detach().to("cpu", copy=True) for k, v in adapter.model.state_dict().items()}
     trainable = sum(p.numel() for p in adapter.model.parameters() if p.requires_grad)
-    result = fit(adapter, train, tc, monitor="perplexity", evaluate=lambda: {"perplexity": _ppl(cfg, adapter, val_ids)},
-                 logger=logger, checkpoint_dir=checkpoint_dir, resume=cfg.resume, callbacks=callbacks)
+    result = fit(adapter, train, tc, monitor="perplexity",
+                 evaluate=lambda: {"perplexity": _ppl(cfg, adapter, val_ids)}, logger=logger,
+                 checkpoint_dir=checkpoint_dir, resume=cfg.resume, callbacks=callbacks)
     best = result.best.get("perplexity")
     worse = baseline is not None and best is not None and best > baseline and not r.keep_if_worse
     if r.method == "lora":
@@ -182,10 +187,12 @@ def run_train(cfg: LLMPruneConfig) -> dict[str, Any]:
     calibration = [b for _, b in zip(range(p.calibration_batches), block_batches(
         train_ids, cfg.seq_len, cfg.batch_size, shuffle=True, seed=cfg.seed + 10_000)(0))]
     dense_ppl = _ppl(cfg, adapter, val_ids)
-    print(f"dense: validation perplexity {dense_ppl:.2f}, {sum(q.numel() for q in adapter.model.parameters()):,} params")
+    n_params = sum(q.numel() for q in adapter.model.parameters())
+    print(f"dense: validation perplexity {dense_ppl:.2f}, {n_params:,} params")
     scores = sensitivity(adapter, p.importance, calibration, seed=cfg.seed, progress=True)
     adapter.model.cpu()
-    kw = {"scope": p.scope, "min_keep": p.min_keep, "protect_first": p.protect_first, "protect_last": p.protect_last}
+    kw = {"scope": p.scope, "min_keep": p.min_keep, "protect_first": p.protect_first,
+          "protect_last": p.protect_last}
     # the perplexity-vs-sparsity curve without recovery, from the same scores
     sweep = []
     for s in sorted(set(cfg.evaluation.sweep) - {0.0}):
@@ -205,21 +212,25 @@ def run_train(cfg: LLMPruneConfig) -> dict[str, Any]:
     try:
         recovery = None
         if cfg.recovery.method != "none" and cfg.sparsity > 0:
-            recovery = recover(cfg, adapter, train, val_ids, logger, cfg.save / "checkpoints", baseline=pruned_ppl)
+            recovery = recover(cfg, adapter, train, val_ids, logger, cfg.save / "checkpoints",
+                               baseline=pruned_ppl)
             if recovery["kept_pruned_weights"]:
-                print("recovery did not beat the pruned model's validation perplexity; kept the pruned weights")
+                print("recovery did not beat the pruned model's validation perplexity; "
+                      "kept the pruned weights")
         recovered_ppl = _ppl(cfg, adapter, val_ids)
-        summary = {"val/dense_ppl": dense_ppl, "val/pruned_ppl": pruned_ppl, "val/recovered_ppl": recovered_ppl,
-                   "sparsity": outcome.sparsity, "params": outcome.params_after}
+        summary = {"val/dense_ppl": dense_ppl, "val/pruned_ppl": pruned_ppl,
+                   "val/recovered_ppl": recovered_ppl, "sparsity": outcome.sparsity,
+                   "params": outcome.params_after}
         logger.log_metrics(summary, recovery["steps"] if recovery else 0)
     finally:
         logger.close()
     adapter.model.cpu()
-    save_pruned(adapter, cfg.save, config=cfg.model_dump(mode="json"))
     metrics = {"dense_ppl": dense_ppl, "pruned_ppl": pruned_ppl, "recovered_ppl": recovered_ppl,
                "prune": outcome.to_dict(), "sweep": sweep, "recovery": recovery,
                "importance": p.importance, "granularity": cfg.granularity}
-    atomic_write_text(cfg.save / METRICS, json.dumps(metrics, indent=1))
+    if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch every rank holds the same model
+        save_pruned(adapter, cfg.save, config=cfg.model_dump(mode="json"))
+        atomic_write_text(cfg.save / METRICS, json.dumps(metrics, indent=1))
     print(f"recovered: validation perplexity {recovered_ppl:.2f} (dense {dense_ppl:.2f}); saved {cfg.save}")
     return metrics
 
@@ -257,9 +268,10 @@ def run_test(cfg: LLMPruneConfig) -> dict[str, Any]:
     batch = lm_batch(probe_ids, cfg.evaluation.speed_batch_size, cfg.seq_len)
     e = cfg.evaluation
     for mode in ("inference", "train"):
-        speed = compare_speed({"dense": dense.model, "pruned": pruned.model}, batch, mode, repeats=e.speed_repeats,
+        pair = {"dense": dense, "pruned": pruned}
+        speed = compare_speed({k: m.model for k, m in pair.items()}, batch, mode, repeats=e.speed_repeats,
                               device=cfg.device)
-        memory = {k: peak_memory(m, batch, mode, device=cfg.device) for k, m in (("dense", dense), ("pruned", pruned))}
+        memory = {k: peak_memory(m, batch, mode, device=cfg.device) for k, m in pair.items()}
         results[mode] = {"tokens_per_s": {k: v["tokens_per_s"] for k, v in speed.items()},
                          "speedup": speed["pruned"]["ratio"], "peak_memory_bytes": memory,
                          "memory_ratio": memory["pruned"] / memory["dense"]}

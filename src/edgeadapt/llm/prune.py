@@ -52,7 +52,8 @@ class PruneOutcome:
         return 1.0 - self.block_params_after / self.block_params_before
 
     def to_dict(self) -> dict[str, float | int | str]:
-        return {"fraction": self.fraction, "sparsity": self.sparsity, "block_params_before": self.block_params_before,
+        return {"fraction": self.fraction, "sparsity": self.sparsity,
+                "block_params_before": self.block_params_before,
                 "block_params_after": self.block_params_after, "params_before": self.params_before,
                 "params_after": self.params_after, "plan": self.plan.summary()}
 
@@ -88,8 +89,8 @@ def check_granularity(adapter: HFAdapter, granularity: Sequence[str], protect: i
             most = max(num_units(b, kind) for b in blocks)
             if most <= 1:
                 what = "KV heads" if kind == "heads" else "FFN neurons"
-                raise ValueError(f"granularity: {adapter.name} has {most} {what} per layer and every layer keeps "
-                                 f"at least one, so there are no {kind} to prune; use "
+                raise ValueError(f"granularity: {adapter.name} has {most} {what} per layer and every "
+                                 f"layer keeps at least one, so there are no {kind} to prune; use "
                                  f"{' or '.join(k for k in ('heads', 'neurons', 'layers') if k != kind)}")
         else:
             raise ValueError(f"granularity: {kind!r} is not one of heads, neurons, layers")
@@ -183,4 +184,5 @@ def prune_to_sparsity(adapter: HFAdapter, sparsity: float, granularity: Sequence
         best_f, plan = (lo, p_lo) if abs(s_lo - sparsity) <= abs(s_hi - sparsity) else (hi, p_hi)
     apply_plan(adapter, plan)
     after = sum(p.numel() for p in adapter.model.get_submodule(layers).parameters())
-    return PruneOutcome(plan, best_f, before, after, total_before, sum(p.numel() for p in adapter.model.parameters()))
+    total_after = sum(p.numel() for p in adapter.model.parameters())
+    return PruneOutcome(plan, best_f, before, after, total_before, total_after)

@@ -47,7 +47,8 @@ def plot_sparsity(results: dict[str, Any], path: Path) -> Path | None:
 
 
 def write_report(results: dict[str, Any], cfg: Any) -> Path:
-    """Write ``report.md``, ``test_results.json`` and the plots into ``cfg.log_dir``; returns the report path."""
+    """Write ``report.md``, ``test_results.json`` and the plots into ``cfg.log_dir``; returns the
+    report path."""
     from edgeadapt.artifacts import atomic_write_text
     from edgeadapt.tracking import plot_curves
 
@@ -74,9 +75,11 @@ def write_report(results: dict[str, Any], cfg: Any) -> Path:
                   f"| pruned, after recovery | {m['recovered_ppl']:.2f} |", ""]
     lines += ["| test set | dense ppl | pruned ppl | ratio |", "|---|---|---|---|"]
     for name, row in results["perplexity"].items():
-        lines.append(f"| {name} | {row['dense']:.2f} | {row['pruned']:.2f} | {row['pruned'] / row['dense']:.3f} |")
+        ratio = row["pruned"] / row["dense"]
+        lines.append(f"| {name} | {row['dense']:.2f} | {row['pruned']:.2f} | {ratio:.3f} |")
     p = results["params"]
-    lines += ["", f"Parameters: dense {p['dense']:,}, pruned {p['pruned']:,} ({p['pruned'] / p['dense']:.1%}).", "",
+    share = p["pruned"] / p["dense"]
+    lines += ["", f"Parameters: dense {p['dense']:,}, pruned {p['pruned']:,} ({share:.1%}).", "",
               "| | dense tokens/s | pruned tokens/s | speed-up | dense peak memory | pruned peak memory | "
               "memory ratio |", "|---|---|---|---|---|---|---|"]
     for mode in ("inference", "train"):

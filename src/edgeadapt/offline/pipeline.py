@@ -22,8 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from edgeadapt.artifacts import ArtifactError, atomic_write_text
 from edgeadapt.offline.knowledge_base import KBSettings
 from edgeadapt.offline.lora import LoraSettings
-from edgeadapt.recipes.train import (DataSection, ModelDataConfig, TrackingSection, TrainSection,
-                                     make_run_logger)
+from edgeadapt.recipes.train import (
+    DataSection,
+    ModelDataConfig,
+    TrackingSection,
+    TrainSection,
+    make_run_logger,
+)
 
 STEPS = ("lora", "kb", "index")
 

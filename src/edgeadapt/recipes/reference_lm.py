@@ -19,7 +19,7 @@ REFERENCE_LM_RECIPE: dict[str, Any] = {
     "model": "tiny-llama-ref",
     "seed": 0,
     "data": {"name": "builtin-docs", "max_length": 128},
-    "train": {"epochs": 8, "batch_size": 16, "learning_rate": 3.0e-3, "warmup_fraction": 0.05,
+    "train": {"epochs": 20, "batch_size": 16, "learning_rate": 3.0e-3, "warmup_fraction": 0.05,
               "schedule": "cosine", "patience": 2, "checkpoint_every": 100},
     "tracking": {"backends": ["tensorboard", "csv"]},
     "out": "runs/ref-llama",

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgeadapt.data.registry import build_dataset, dataset_info, list_datasets, register_dataset, unregister_dataset
+from edgeadapt.data.registry import (
+    build_dataset,
+    dataset_info,
+    list_datasets,
+    register_dataset,
+    unregister_dataset,
+)
 from edgeadapt.data.splits import ImageSplit, TextSplit
 
 

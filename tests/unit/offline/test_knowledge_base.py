@@ -11,11 +11,16 @@ from pydantic import ValidationError
 from edgeadapt.models.registry import load_adapter
 from edgeadapt.offline.gates import GateSet, _gate_point, kwta
 from edgeadapt.offline.knowledge_base import (
-    KBSettings, build_kb, check_width, distill_loss, init_kb, units_at)
+    KBSettings,
+    build_kb,
+    check_width,
+    distill_loss,
+    init_kb,
+    units_at,
+)
 from edgeadapt.offline.knowledge_base import outputs as kb_outputs
 from edgeadapt.online.proxy import extract_proxy
 from edgeadapt.training.config import TrainConfig
-from edgeadapt.training.loop import fit
 from tests.conftest import ALL, TINY, at_width, make_batches, outputs
 
 CHEAP = KBSettings(importance="magnitude")  # no calibration backward: for tests not about importance

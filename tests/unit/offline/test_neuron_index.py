@@ -10,7 +10,15 @@ import torch
 from edgeadapt.artifacts import ArtifactError, write_manifest
 from edgeadapt.models.registry import load_adapter
 from edgeadapt.offline.neuron_index import (
-    NeuronIndex, build_index, check_index_matches, kb_state_to_fm, load_index, save_index, to_fm, to_kb)
+    NeuronIndex,
+    build_index,
+    check_index_matches,
+    kb_state_to_fm,
+    load_index,
+    save_index,
+    to_fm,
+    to_kb,
+)
 from edgeadapt.pruning.apply import apply_plan
 from edgeadapt.pruning.groups import block_members
 from edgeadapt.pruning.importance import score

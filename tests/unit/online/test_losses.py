@@ -16,8 +16,18 @@ from pydantic import ValidationError
 
 from edgeadapt.models.registry import load_adapter
 from edgeadapt.online.losses import (
-    AdaptLossConfig, SourceStats, adaptation_loss, diversity, entropy, mmd, norm_parameters,
-    pseudo_label_loss, set_trainable, source_stats, tent_loss)
+    AdaptLossConfig,
+    SourceStats,
+    adaptation_loss,
+    diversity,
+    entropy,
+    mmd,
+    norm_parameters,
+    pseudo_label_loss,
+    set_trainable,
+    source_stats,
+    tent_loss,
+)
 from tests.conftest import make_batches
 
 CACHED_SOURCE = Path(__file__).resolve().parents[3] / "runs" / "source-vit"

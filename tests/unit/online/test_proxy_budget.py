@@ -8,8 +8,14 @@ import torch
 
 from edgeadapt.models.registry import load_adapter
 from edgeadapt.offline.knowledge_base import KBSettings, init_kb
-from edgeadapt.online.proxy import (candidate_widths, extract_proxy, proxy_params, proxy_step_memory,
-                                    width_for_memory, width_for_params)
+from edgeadapt.online.proxy import (
+    candidate_widths,
+    extract_proxy,
+    proxy_params,
+    proxy_step_memory,
+    width_for_memory,
+    width_for_params,
+)
 from tests.conftest import make_batches
 
 

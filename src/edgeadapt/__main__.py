@@ -1,0 +1,7 @@
+"""``python -m edgeadapt ...`` (also ``accelerate launch -m edgeadapt ...``): the ``edgeadapt`` CLI."""
+
+import sys
+
+from edgeadapt.cli.main import main
+
+sys.exit(main())

@@ -131,3 +131,13 @@ def test_granularity_the_architecture_lacks_is_refused():
         prune_to_sparsity(adapter, 0.2, ["heads"], random_scores(adapter))
     with pytest.raises(ValueError, match="'layers' needs at least 2 layers"):
         prune_to_sparsity(adapter, 0.2, ["layers"], random_scores(adapter))
+
+
+def test_protected_layers_keep_every_unit(llama):
+    adapter, batches = llama
+    outcome = prune_to_sparsity(adapter, 0.3, ["heads", "neurons"], sensitivity(adapter, "taylor", batches),
+                                protect_first=1)
+    first, second = outcome.plan.blocks
+    assert first.heads is None and first.neurons is None  # untouched
+    assert len(outcome.plan.kept_neurons(second)) < adapter.base_config.intermediate_size
+    assert abs(outcome.sparsity - 0.3) < 0.02

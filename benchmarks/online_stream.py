@@ -54,7 +54,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--width", type=float, default=AdaptConfig.model_fields["width"].default)
     parser.add_argument("--stream", default=None)
-    parser.add_argument("--runs", type=Path, default=Path("runs"), help="where the source model and KB are cached")
+    parser.add_argument("--runs", type=Path, default=Path("runs"),
+                        help="where the source model and KB are cached")
     args = parser.parse_args()
     train_source_vit(args.runs / "source-vit")
     run_offline_cached(args.runs / "source-vit", args.runs / "offline-vit")

@@ -13,8 +13,9 @@ import yaml
 from edgeadapt.cli.main import main
 from edgeadapt.config import parse_config
 
-BASE = {"kind": "llm-prune", "model": "tiny-llama", "dataset": "builtin-docs", "seq_len": 32, "batch_size": 16,
-        "learning_rate": 1e-2, "epochs": 1, "patience": None, "sparsity": 0.3, "granularity": ["heads", "neurons"],
+BASE = {"kind": "llm-prune", "model": "tiny-llama", "dataset": "builtin-docs", "seq_len": 32,
+        "batch_size": 16, "learning_rate": 1e-2, "epochs": 1, "patience": None, "sparsity": 0.3,
+        "granularity": ["heads", "neurons"],
         "pruning": {"importance": "taylor", "calibration_batches": 2},
         "recovery": {"method": "lora", "max_train_blocks": 320, "lora": {"rank": 8, "alpha": 16}},
         "evaluation": {"max_eval_tokens": 2048, "sweep": [0.5], "speed_repeats": 2, "speed_batch_size": 4},
@@ -28,7 +29,8 @@ def config(tmp_path, **changes):
 
 def test_train_then_test_mode_from_one_yaml(tmp_path, capsys):
     path = tmp_path / "prune.yaml"
-    path.write_text(yaml.safe_dump({**BASE, "save": str(tmp_path / "model"), "log_dir": str(tmp_path / "logs")}))
+    where = {"save": str(tmp_path / "model"), "log_dir": str(tmp_path / "logs")}
+    path.write_text(yaml.safe_dump({**BASE, **where}))
     assert main(["llm-prune", "--config", str(path), "--mode", "train"]) == 0
     m = json.loads((tmp_path / "model" / "prune_metrics.json").read_text())
     assert abs(m["prune"]["sparsity"] - 0.3) < 0.03
@@ -79,7 +81,8 @@ def test_killed_recovery_resumes_to_the_same_weights(tmp_path):
     from edgeadapt.llm import pipeline
     from edgeadapt.llm.prune import prune_to_sparsity, random_scores
 
-    cfg = config(tmp_path, epochs=2, recovery={"method": "lora", "max_train_blocks": 96, "checkpoint_every": 2})
+    cfg = config(tmp_path, epochs=2,
+                 recovery={"method": "lora", "max_train_blocks": 96, "checkpoint_every": 2})
 
     def fresh():
         adapter = pipeline.load_lm(cfg)

@@ -119,8 +119,10 @@ def proxy_width(cfg: AdaptConfig, kb: Any, stats: Any, loss_cfg: Any, first: Any
         return width_for_params(kb, cfg.proxy_params)
     if cfg.proxy_memory_bytes is not None:
         batch = next(iter(unlabeled(first.adapt.batches(cfg.budget.batch_size))))
-        return width_for_memory(kb, cfg.proxy_memory_bytes, lambda m: adaptation_loss(m, stats, loss_cfg), batch,
-                                cfg.budget.learning_rate, cfg.budget.device, cfg.budget.gradient_checkpointing)
+        b = cfg.budget
+        loss = lambda m: adaptation_loss(m, stats, loss_cfg)  # noqa: E731
+        return width_for_memory(kb, cfg.proxy_memory_bytes, loss, batch, b.learning_rate, b.device,
+                                b.gradient_checkpointing)
     return cfg.width
 
 
@@ -147,7 +149,8 @@ def run_adapt(cfg: AdaptConfig, progress: bool = True) -> dict[str, Any]:
     domains = stream_data(parse_stream(cfg.stream), size=size, seed=cfg.seed)
     loss_cfg = AdaptLossConfig(**cfg.loss)
     width = proxy_width(cfg, kb, stats, loss_cfg, domains[0])
-    static = (lambda: static_baseline(fm, width, cfg.static_epochs, cfg.seed)) if "static" in cfg.methods else None
+    static = (lambda: static_baseline(fm, width, cfg.static_epochs, cfg.seed)) \
+        if "static" in cfg.methods else None
     methods = build_methods(cfg.methods, fm, kb, stats, loss_cfg, width, static, cfg.trainable)
     logger = make_logger(cfg.out / "logs", ["tensorboard", "csv"])
     try:

@@ -80,8 +80,9 @@ def write_report(results: dict[str, Any], out: str | Path, title: str = "edgeada
                       "## Accuracy per domain (after adaptation)", domain_table(results),
                       *[f"![{name}]({name})" for name in images]])
     atomic_write_text(out / "report.md", md + "\n")
-    body = "".join(f"<pre>{html.escape(block)}</pre>" for block in (summary_table(results), domain_table(results)))
+    tables = (summary_table(results), domain_table(results))
+    body = "".join(f"<pre>{html.escape(block)}</pre>" for block in tables)
     pictures = "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in images)
-    atomic_write_text(out / "report.html", f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                      f"<h1>{html.escape(title)}</h1><p>{html.escape(notes)}</p>{body}{pictures}\n")
+    atomic_write_text(out / "report.html", "<!doctype html><meta charset='utf-8'>"
+                      f"<title>{html.escape(title)}</title><h1>{html.escape(title)}</h1><p>{html.escape(notes)}</p>{body}{pictures}\n")
     return out

@@ -74,7 +74,8 @@ def step_memory(adapter: HFAdapter, loss_fn: LossFn, batch: Batch, lr: float, de
 
 
 def retrain(adapter: HFAdapter, batches: Callable[[int], Iterable[Batch]], loss_fn: LossFn,
-            budget: RetrainBudget, seed: int = 0, measure: bool = True, constrained: bool = True) -> RetrainResult:
+            budget: RetrainBudget, seed: int = 0, measure: bool = True, constrained: bool = True
+            ) -> RetrainResult:
     """Train ``adapter`` (its ``requires_grad`` parameters) on ``batches(epoch)`` with ``loss_fn``
     for ``budget.steps`` optimizer steps (or ``budget.seconds``). ``constrained`` methods run under
     the edge's memory measures (``budget.gradient_checkpointing``)."""
@@ -103,5 +104,6 @@ def unlabeled(batches: Iterable[Batch]) -> Iterable[Batch]:
 
 
 def describe(result: RetrainResult) -> dict[str, Any]:
-    return {"retrain_seconds": result.seconds, "steps": result.steps, "peak_memory_bytes": result.peak_memory_bytes,
+    return {"retrain_seconds": result.seconds, "steps": result.steps,
+            "peak_memory_bytes": result.peak_memory_bytes,
             "trainable_params": result.trainable_params}

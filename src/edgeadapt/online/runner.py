@@ -72,7 +72,8 @@ def run_stream(methods: list[MethodState], domains: list[DomainData], budget: Re
                                    "params": sum(p.numel() for p in model.model.parameters())}
             if m.loss is not None:
                 set_trainable(model, m.trainable)
-                result = retrain(model, adapt, m.loss(model), budget, seed=seed + i, constrained=m.constrained)
+                result = retrain(model, adapt, m.loss(model), budget, seed=seed + i,
+                                 constrained=m.constrained)
                 row.update(retrain_seconds=result.seconds, peak_memory_bytes=result.peak_memory_bytes,
                            steps=result.steps, trainable_params=result.trainable_params)
             row["accuracy"] = accuracy(model, test)

@@ -25,7 +25,7 @@ def test_wikitext2_from_local_parquet_mirror(tmp_path: Path, monkeypatch) -> Non
                         ("test", ["", " delta epsilon . \n", " zeta . \n"])):
         pq.write_table(pa.table({"text": rows}), tmp_path / f"{split}.parquet")
         files[split if split != "validation" else "val"] = [tmp_path / f"{split}.parquet"]
-    c = cfg(dataset="wikitext2", data_paths={"train": files["train"], "val": files["val"], "test": files["test"]})
+    c = cfg(dataset="wikitext2", data_paths=files)
     assert corpus(c, "test") == [" delta epsilon . \n", " zeta . \n"]
     assert corpus(c, "train") == [" = A = \n", " alpha beta . \n"]
 
@@ -33,7 +33,8 @@ def test_wikitext2_from_local_parquet_mirror(tmp_path: Path, monkeypatch) -> Non
 def test_text_files_split_lists_and_automatic_split(tmp_path: Path) -> None:
     (tmp_path / "train.txt").write_text("first training document\n")
     (tmp_path / "test.txt").write_text("the held out document\n")
-    c = cfg(dataset="text-files", data_paths={"train": [tmp_path / "train.txt"], "test": [tmp_path / "test.txt"]})
+    c = cfg(dataset="text-files",
+            data_paths={"train": [tmp_path / "train.txt"], "test": [tmp_path / "test.txt"]})
     assert corpus(c, "test") == ["the held out document"]
     with pytest.raises(ValueError, match="no 'val' files listed"):
         corpus(c, "val")

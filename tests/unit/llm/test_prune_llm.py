@@ -80,7 +80,8 @@ def test_zero_importance_neurons_are_pruned_first_and_exactly(llama):
     before = outputs(adapter, batches[0])
     block = sum(p.numel() for p in adapter.model.model.layers.parameters())
     per_neuron = 3 * adapter.model.config.hidden_size
-    outcome = prune_to_sparsity(adapter, 4 * per_neuron / block, ["neurons"], sensitivity(adapter, "taylor", batches))
+    scores = sensitivity(adapter, "taylor", batches)
+    outcome = prune_to_sparsity(adapter, 4 * per_neuron / block, ["neurons"], scores)
     for b in outcome.plan.blocks:
         assert 5 not in outcome.plan.kept_neurons(b) and 77 not in outcome.plan.kept_neurons(b)
     torch.testing.assert_close(outputs(adapter, batches[0]), before, rtol=0, atol=1e-6)

@@ -15,11 +15,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from edgeadapt.errors import ArtifactError
+
 MANIFEST = "manifest.json"
 
 
-class ArtifactError(ValueError):
-    """An artifact directory that is missing, of another kind or version, or corrupted."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from edgeadapt.errors import ConfigError
+
 # kind -> "module:Class"; stages add their config models here.
 CONFIG_KINDS: dict[str, str] = {
     "train": "edgeadapt.recipes.train:TrainRecipe",
@@ -21,8 +23,6 @@ CONFIG_KINDS: dict[str, str] = {
 }
 
 
-class ConfigError(ValueError):
-    """A config that failed validation; the message lists each bad field."""
 
 
 def config_model(kind: str) -> type[BaseModel]:

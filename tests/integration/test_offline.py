@@ -16,7 +16,7 @@ from edgeadapt.offline.lora import load_lora_artifact
 from edgeadapt.offline.neuron_index import load_index
 from edgeadapt.offline.pipeline import run_offline
 from edgeadapt.online.proxy import extract_proxy
-from edgeadapt.recipes.common import load_model
+from edgeadapt.pruning.checkpoint import load_model
 
 
 def test_offline_all_on_the_source_vit(offline_vit_dir, source_vit_dir):

@@ -12,26 +12,16 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the CLI never downloads: models must be local
-
-
-def _load(model: str):  # -> ModelAdapter
-    """A built-in name, a local HF directory, or an edgeadapt pruned-model artifact."""
-    if (Path(model) / "manifest.json").is_file():
-        from edgeadapt.pruning.checkpoint import load_pruned
-
-        return load_pruned(model)
-    from edgeadapt.models.registry import load_adapter
-
-    return load_adapter(model)
+from edgeadapt.errors import ConfigError, EdgeAdaptError
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Per-block table of heads, KV heads, FFN width, parameters and FLOPs.
     Python: ``edgeadapt.models.inspect.inspect_model(load_adapter(MODEL))``."""
     from edgeadapt.models.inspect import format_inspection, inspect_model
+    from edgeadapt.pruning.checkpoint import load_model
 
-    info = inspect_model(_load(args.model), context=args.context)
+    info = inspect_model(load_model(args.model), context=args.context)
     print(json.dumps(info.to_dict(), indent=1) if args.json else format_inspection(info))
     return 0
 
@@ -42,17 +32,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from edgeadapt.data.calibration import calibration_batches
     from edgeadapt.models.inspect import inspect_model
     from edgeadapt.pruning.apply import apply_plan
-    from edgeadapt.pruning.checkpoint import save_pruned
+    from edgeadapt.pruning.checkpoint import load_model, save_pruned
     from edgeadapt.pruning.plan import PruningPlan
     from edgeadapt.pruning.prune import prune
     from edgeadapt.pruning.select import check_sparsity
 
     if (args.plan is None) == (args.sparsity is None):
-        raise ValueError("give exactly one of --plan PLAN.json or --sparsity S")
+        raise ConfigError("give exactly one of --plan PLAN.json or --sparsity S")
     targets = [t.strip() for t in args.target.split(",") if t.strip()]
     if args.sparsity is not None:
         check_sparsity(args.sparsity, "--sparsity")
-    adapter = _load(args.model)
+    adapter = load_model(args.model)
     before = inspect_model(adapter)
     if args.plan is not None:
         apply_plan(adapter, PruningPlan.load(args.plan))
@@ -118,7 +108,7 @@ def _options(pairs: list[str]) -> dict[str, object]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--option {pair!r} must look like key=value, e.g. size=32")
+            raise ConfigError(f"--option {pair!r} must look like key=value, e.g. size=32")
         out[key] = yaml.safe_load(value)
     return out
 
@@ -256,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgeadapt", description="Keep foundation models accurate on edge "
                                 "devices under drift: adapt, compress, fit in memory, offload.")
     p.add_argument("--version", action="version", version=f"edgeadapt {__version__}")
+    p.add_argument("--debug", action="store_true",
+                   help="show the full traceback of a user error too (bugs always show theirs)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("inspect", help="per-block structure, parameters and FLOPs of a model")
@@ -346,16 +338,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; user errors print one clear line and exit with status 2."""
+    """Entry point. edgeadapt's own user errors (:class:`~edgeadapt.errors.EdgeAdaptError`) print
+    one paragraph and exit with status 2; any other exception is a bug and keeps its traceback.
+
+    The CLI never downloads: it sets ``HF_HUB_OFFLINE=1`` for this process unless the caller
+    set it, so models and data must be local (the library itself leaves the environment alone).
+    """
     args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
         return handler(args)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"edgeadapt {args.command}: error: {message}", file=sys.stderr)
+    except EdgeAdaptError as exc:
+        if args.debug:
+            raise
+        print(f"edgeadapt {args.command}: error: {exc}", file=sys.stderr)
         return 2
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edgeadapt.data.registry import register_dataset
 from edgeadapt.data.splits import ImageSplit, TextSplit
+from edgeadapt.errors import ConfigError
 
 DIGITS = tuple(str(i) for i in range(10))
 _NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -22,7 +23,7 @@ _SPLIT_SEED = {"train": 0, "val": 1, "test": 2}
 
 def _no_root(name: str, root: Path | None) -> None:
     if root is not None:
-        raise ValueError(f"dataset {name!r} is built in and takes no root; remove 'root' ({root})")
+        raise ConfigError(f"dataset {name!r} is built in and takes no root; remove 'root' ({root})")
 
 
 @register_dataset(name="digits", task="image-classification", classes=DIGITS, class_aliases=dict(zip(_NAMES, DIGITS)))
@@ -91,7 +92,7 @@ class TextFiles:
         from edgeadapt.data.external import load_text_files
 
         if root is None:
-            raise ValueError("dataset 'text-files' needs root: a text file or a folder of them")
+            raise ConfigError("dataset 'text-files' needs root: a text file or a folder of them")
         parts = _split_paths(root, split)
         if parts is not None:
             return TextSplit(tuple(load_text_files(parts)))
@@ -126,7 +127,7 @@ class _HubText:
         if root is not None:
             files = _split_paths(root, split)
             if files is None:
-                raise ValueError(f"dataset {self.hub_name!r}: no local files for split {split!r} under {root} "
+                raise ConfigError(f"dataset {self.hub_name!r}: no local files for split {split!r} under {root} "
                                  "(expected a train/val/test subfolder or files named train*, validation*, test*)")
         return TextSplit(tuple(load_hf_text(self.hub_name, split, data_files=[str(f) for f in files] if files else None,
                                             max_docs=self.max_docs)))
@@ -159,7 +160,7 @@ class ImageFolder:
         from edgeadapt.data.image_folder import load_image_folder
 
         if root is None:
-            raise ValueError("dataset 'image-folder' needs root: a folder of <class>/<image> subfolders")
+            raise ConfigError("dataset 'image-folder' needs root: a folder of <class>/<image> subfolders")
         if (root / "train").is_dir() and (root / "test").is_dir():
             x, y, classes = load_image_folder(root / split, self.size)
             return ImageSplit(x, y, tuple(classes))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import ModelAdapter
 
 Batch = dict
@@ -18,7 +19,7 @@ def calibration_batches(adapter: ModelAdapter, num_batches: int = 8, batch_size:
                         max_length: int = 128, seed: int = 0, split: str = "train") -> list[Batch]:
     """``num_batches`` batches of built-in data suited to ``adapter`` (seeded sample)."""
     if num_batches < 1 or batch_size < 1:
-        raise ValueError("num_batches and batch_size must be >= 1")
+        raise ConfigError("num_batches and batch_size must be >= 1")
     rng = random.Random(seed)
     if adapter.modality == "image":
         from edgeadapt.data.digits import digits_tensors, image_batches
@@ -30,7 +31,7 @@ def calibration_batches(adapter: ModelAdapter, num_batches: int = 8, batch_size:
     from edgeadapt.data.text import builtin_paragraphs, text_batches
 
     if getattr(adapter, "tokenizer", None) is None:
-        raise ValueError(f"model {getattr(adapter, 'name', '?')!r} has no tokenizer; text calibration needs one")
+        raise ConfigError(f"model {getattr(adapter, 'name', '?')!r} has no tokenizer; text calibration needs one")
     texts = builtin_paragraphs(split)
     texts = rng.sample(texts, min(len(texts), num_batches * batch_size))
     pairs = adapter.task.name == "sentence-embedding"

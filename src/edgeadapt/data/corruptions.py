@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from edgeadapt.errors import ConfigError
+
 SEVERITIES = (1, 2, 3, 4, 5)
 
 Corruption = Callable[[Tensor, int, torch.Generator], Tensor]
@@ -267,20 +269,20 @@ assets or ImageMagick — then the extras; ``saturate`` is skipped because it is
 def check_corruption(name: str, severity: int) -> None:
     """Raise ``ValueError`` (naming the field and the valid values) unless the pair is usable."""
     if not isinstance(name, str) or name not in _CORRUPTIONS:
-        raise ValueError(f"corruption {name!r} is unknown; choose one of: {', '.join(CORRUPTIONS)}")
+        raise ConfigError(f"corruption {name!r} is unknown; choose one of: {', '.join(CORRUPTIONS)}")
     if isinstance(severity, bool) or not isinstance(severity, numbers.Integral) or severity not in SEVERITIES:
-        raise ValueError(f"severity must be an integer in 1..5 (one of {SEVERITIES}), got {severity!r}")
+        raise ConfigError(f"severity must be an integer in 1..5 (one of {SEVERITIES}), got {severity!r}")
 
 
 def _check_images(images: Tensor) -> None:
     if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"images must be a floating-point tensor [N, C, H, W] in [-1, 1], got {shape}")
+        raise ConfigError(f"images must be a floating-point tensor [N, C, H, W] in [-1, 1], got {shape}")
 
 
 def _generator(seed: int, name: str, severity: int) -> torch.Generator:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     # crc32, not hash(): Python salts str hashes per process, which would break reproducibility.
     state = np.random.SeedSequence([seed, zlib.crc32(name.encode()), severity]).generate_state(1, np.uint64)
     return torch.Generator().manual_seed(int(state[0]) & (2**63 - 1))

@@ -11,15 +11,17 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from edgeadapt.errors import ConfigError
+
 SPLITS = ("train", "val", "test")
 
 
 def digits_tensors(split: str = "train", size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Images ``[N, 3, size, size]`` in [-1, 1] and labels ``[N]`` for one split (70/10/20%)."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
     if size < 8:
-        raise ValueError(f"size must be >= 8 (the source images are 8x8), got {size}")
+        raise ConfigError(f"size must be >= 8 (the source images are 8x8), got {size}")
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

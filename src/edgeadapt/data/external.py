@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from edgeadapt.errors import ConfigError, PathError
+
 
 @dataclass(frozen=True)
 class HFTextSource:
@@ -48,10 +50,10 @@ _BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".txt": "
 def _resolve(name: str, split: str) -> tuple[HFTextSource, str]:
     """The table entry and the source's split name; the source's own name is accepted too."""
     if name not in HF_TEXT_DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(HF_TEXT_DATASETS)}")
+        raise ConfigError(f"unknown dataset {name!r}; choose one of {sorted(HF_TEXT_DATASETS)}")
     src = HF_TEXT_DATASETS[name]
     if split not in src.splits and split not in src.splits.values():
-        raise ValueError(f"unknown split {split!r} for {name!r}; choose one of {sorted(src.splits)}")
+        raise ConfigError(f"unknown split {split!r} for {name!r}; choose one of {sorted(src.splits)}")
     return src, src.splits.get(split, split)
 
 
@@ -66,16 +68,16 @@ def _load_local(data_files: str | Path | Sequence[str | Path] | Mapping[str, Any
     if isinstance(data_files, Mapping):
         key = split if split in data_files else source_split
         if key not in data_files:
-            raise ValueError(f"data_files has no entry for split {split!r}; keys: {sorted(data_files)}")
+            raise ConfigError(f"data_files has no entry for split {split!r}; keys: {sorted(data_files)}")
         data_files = data_files[key]
     items = [data_files] if isinstance(data_files, (str, Path)) else list(data_files)
     paths = [Path(p).expanduser() for p in items]
     for p in paths:
         if not p.is_file():
-            raise FileNotFoundError(f"data file not found: {p}")
+            raise PathError(f"data file not found: {p}")
     builders = {_BUILDERS.get(_suffix(p)) for p in paths}
     if None in builders or len(builders) != 1:
-        raise ValueError(f"data_files must all be one of {sorted(_BUILDERS)} (optionally .gz); got {items}")
+        raise ConfigError(f"data_files must all be one of {sorted(_BUILDERS)} (optionally .gz); got {items}")
     from datasets import load_dataset
 
     return load_dataset(builders.pop(), data_files=list(map(str, paths)), split="train", cache_dir=cache_dir)
@@ -114,18 +116,18 @@ def load_hf_text(name: str, split: str,
     """
     src, source_split = _resolve(name, split)
     if max_docs is not None and max_docs < 1:
-        raise ValueError(f"max_docs must be >= 1, got {max_docs}")
+        raise ConfigError(f"max_docs must be >= 1, got {max_docs}")
     ds = _load_hub(name, src, source_split, cache_dir) if data_files is None \
         else _load_local(data_files, split, source_split, cache_dir)
     if src.field not in ds.column_names:
-        raise ValueError(f"dataset {name!r} has no column {src.field!r}; columns: {ds.column_names}")
+        raise ConfigError(f"dataset {name!r} has no column {src.field!r}; columns: {ds.column_names}")
     return list(islice((t for t in ds[src.field] if t and t.strip()), max_docs))
 
 
 def _record_text(item: Any, path: Path) -> str:
     text = item.get("text") if isinstance(item, Mapping) else item
     if not isinstance(text, str):
-        raise ValueError(f"{path}: each record must be a string or an object with a 'text' string")
+        raise ConfigError(f"{path}: each record must be a string or an object with a 'text' string")
     return text
 
 
@@ -135,7 +137,7 @@ def _read_texts(path: Path) -> list[str]:
         import pyarrow.parquet as pq
 
         if "text" not in pq.read_schema(path).names:
-            raise ValueError(f"{path}: parquet file has no 'text' column")
+            raise ConfigError(f"{path}: parquet file has no 'text' column")
         return [t for t in pq.read_table(path, columns=["text"]).column("text").to_pylist() if t]
     with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
         content = f.read()
@@ -155,10 +157,10 @@ def _expand(paths: str | Path | Sequence[str | Path]) -> list[Path]:
             files += sorted(f for f in p.rglob("*") if f.is_file() and _suffix(f) in _BUILDERS)
         elif p.is_file():
             if _suffix(p) not in _BUILDERS:
-                raise ValueError(f"unsupported text file {p}; expected one of {sorted(_BUILDERS)}")
+                raise ConfigError(f"unsupported text file {p}; expected one of {sorted(_BUILDERS)}")
             files.append(p)
         else:
-            raise FileNotFoundError(f"text path not found: {p}")
+            raise PathError(f"text path not found: {p}")
     return files
 
 
@@ -170,7 +172,7 @@ def load_text_files(paths: str | Path | Sequence[str | Path], min_chars: int = 1
     texts = [t for f in files for t in _read_texts(f) if len(t.strip()) >= max(min_chars, 1)]
     if not texts:
         where = [str(f) for f in files] or paths
-        raise ValueError(f"no text of at least {min_chars} characters found in {where}")
+        raise ConfigError(f"no text of at least {min_chars} characters found in {where}")
     return texts
 
 
@@ -187,13 +189,13 @@ def lm_blocks(tokenizer: Any, texts: Sequence[str], seq_len: int, stride: int | 
     if isinstance(texts, str):  # joining a bare string would interleave its characters
         raise TypeError("texts must be a sequence of strings, not a single string")
     if min(seq_len, stride, 1 if max_blocks is None else max_blocks) < 1:
-        raise ValueError(f"seq_len, stride, max_blocks must be >= 1; got {seq_len}, {stride}, {max_blocks}")
+        raise ConfigError(f"seq_len, stride, max_blocks must be >= 1; got {seq_len}, {stride}, {max_blocks}")
     from tokenizers import Tokenizer
 
     joined = separator.join(texts)
     ids = tokenizer.encode(joined).ids if isinstance(tokenizer, Tokenizer) \
         else tokenizer(joined, verbose=False)["input_ids"]
     if len(ids) < seq_len + 1:  # one block plus its next-token target
-        raise ValueError(f"corpus has {len(ids)} tokens; need at least seq_len + 1 = {seq_len + 1}")
+        raise ConfigError(f"corpus has {len(ids)} tokens; need at least seq_len + 1 = {seq_len + 1}")
     blocks = torch.tensor(ids, dtype=torch.long).unfold(0, seq_len, stride)
     return blocks[:max_blocks].clone()

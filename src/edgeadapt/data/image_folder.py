@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeadapt.errors import ConfigError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
@@ -28,17 +30,17 @@ def scan_image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise ValueError(f"image folder not found: {root}")
+        raise ConfigError(f"image folder not found: {root}")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and _visible(d))
     if not classes:
-        raise ValueError(f"no class directories in {root} (expected root/<class>/<image>)")
+        raise ConfigError(f"no class directories in {root} (expected root/<class>/<image>)")
     files: list[Path] = []
     labels: list[int] = []
     for index, name in enumerate(classes):
         found = sorted(f for f in (root / name).rglob("*")
                        if f.is_file() and _visible(f) and f.suffix.lower() in IMAGE_EXTENSIONS)
         if not found:
-            raise ValueError(f"class {name!r} in {root} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise ConfigError(f"class {name!r} in {root} has no images ({', '.join(IMAGE_EXTENSIONS)})")
         files += found
         labels += [index] * len(found)
     return files, labels, classes
@@ -50,8 +52,8 @@ def _check_classes(found: list[str], expected: Sequence[str]) -> None:
     missing = [c for c in expected if c not in found]
     unexpected = [c for c in found if c not in expected]
     if missing or unexpected:
-        raise ValueError(f"folder classes differ from `classes`: missing {missing}, unexpected {unexpected}")
-    raise ValueError(f"folder class order {found} differs from `classes` {list(expected)}")
+        raise ConfigError(f"folder classes differ from `classes`: missing {missing}, unexpected {unexpected}")
+    raise ConfigError(f"folder class order {found} differs from `classes` {list(expected)}")
 
 
 def _class_mapping(names: list[str], ignore: Sequence[str],
@@ -64,20 +66,20 @@ def _class_mapping(names: list[str], ignore: Sequence[str],
     """
     unknown = [c for c in ignore if c not in names]
     if unknown:
-        raise ValueError(f"ignore_classes {unknown} are not folder classes {names}")
+        raise ConfigError(f"ignore_classes {unknown} are not folder classes {names}")
     kept = [i for i, name in enumerate(names) if name not in ignore]
     if not kept:
-        raise ValueError("ignore_classes removes every class")
+        raise ConfigError("ignore_classes removes every class")
     if remap is None:
         return {old: new for new, old in enumerate(kept)}, [names[i] for i in kept]
     bad_keys = sorted(set(remap) - set(kept))
     unmapped = [names[i] for i in kept if i not in remap]
     if bad_keys or unmapped:
-        raise ValueError(f"remap keys must be the kept class indices {kept}: "
+        raise ConfigError(f"remap keys must be the kept class indices {kept}: "
                          f"invalid or ignored {bad_keys}, unmapped classes {unmapped}")
     values = sorted(set(remap.values()))
     if values != list(range(len(values))):  # a gap would be a class with no name and no samples
-        raise ValueError(f"remap values must be 0..M-1 without gaps (M <= {len(kept)}); "
+        raise ConfigError(f"remap values must be 0..M-1 without gaps (M <= {len(kept)}); "
                          f"got {sorted(remap.values())}")
     final = ["|".join(names[old] for old in kept if remap[old] == new) for new in values]
     return {old: remap[old] for old in kept}, final
@@ -91,7 +93,7 @@ def _load_image(path: Path, size: int) -> np.ndarray:
             img = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
     except OSError as err:  # includes PIL's UnidentifiedImageError
-        raise ValueError(f"cannot read image {path}: {err}") from err
+        raise ConfigError(f"cannot read image {path}: {err}") from err
 
 
 def load_image_folder(root: str | Path, size: int, classes: Sequence[str] | None = None,
@@ -106,7 +108,7 @@ def load_image_folder(root: str | Path, size: int, classes: Sequence[str] | None
     >>> x, y, names = load_image_folder("shots/", 32, classes=["bird", "cat", "dog"])  # doctest: +SKIP
     """
     if size < 1:
-        raise ValueError(f"size must be >= 1, got {size}")
+        raise ConfigError(f"size must be >= 1, got {size}")
     files, labels, names = scan_image_folder(root)
     if classes is not None:
         _check_classes(names, classes)

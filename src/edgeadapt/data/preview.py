@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from edgeadapt.data.corruptions import CORRUPTIONS, SEVERITIES, check_corruption, corrupt
+from edgeadapt.errors import ConfigError
 
 
 def _to_display(images: torch.Tensor) -> np.ndarray:
@@ -39,9 +40,9 @@ def corruption_grid(images: torch.Tensor, path: str | Path, corruptions: Sequenc
         for severity in severities:
             check_corruption(name, severity)
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or len(images) == 0:
-        raise ValueError("images must be a non-empty tensor [N, C, H, W] in [-1, 1]")
+        raise ConfigError("images must be a non-empty tensor [N, C, H, W] in [-1, 1]")
     if n_images < 1:
-        raise ValueError(f"n_images must be >= 1, got {n_images}")
+        raise ConfigError(f"n_images must be >= 1, got {n_images}")
     batch = images[:n_images]
 
     rows, cols = len(names) + 1, len(severities)

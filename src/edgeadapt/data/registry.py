@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from edgeadapt.data.splits import ImageSplit, Splits, TextSplit
+from edgeadapt.errors import ConfigError
 
 TASKS = ("image-classification", "language-modeling", "text")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -58,24 +59,24 @@ def register_dataset(name: str, task: str, classes: Sequence[str] = (),
     the data defines it, e.g. an image folder); ``class_aliases`` maps other names to classes.
     Duplicate or malformed names, unknown tasks and inconsistent classes raise ``ValueError``."""
     if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(f"dataset name {name!r} is malformed: use lowercase letters, digits, '.', '_', '-'")
+        raise ConfigError(f"dataset name {name!r} is malformed: use lowercase letters, digits, '.', '_', '-'")
     if name in _REGISTRY:
-        raise ValueError(f"dataset {name!r} is already registered (by {_REGISTRY[name].factory.__qualname__})")
+        raise ConfigError(f"dataset {name!r} is already registered (by {_REGISTRY[name].factory.__qualname__})")
     if task not in TASKS:
-        raise ValueError(f"task for dataset {name!r} must be one of {TASKS}, got {task!r}")
+        raise ConfigError(f"task for dataset {name!r} must be one of {TASKS}, got {task!r}")
     classes = tuple(classes)
     if len(set(classes)) != len(classes) or not all(isinstance(c, str) and c for c in classes):
-        raise ValueError(f"classes of dataset {name!r} must be distinct non-empty strings, got {list(classes)}")
+        raise ConfigError(f"classes of dataset {name!r} must be distinct non-empty strings, got {list(classes)}")
     aliases = dict(class_aliases or {})
     for alias, target in aliases.items():
         if target not in classes:
-            raise ValueError(f"class alias {alias!r} of dataset {name!r} points to unknown class {target!r}")
+            raise ConfigError(f"class alias {alias!r} of dataset {name!r} points to unknown class {target!r}")
         if alias in classes:
-            raise ValueError(f"class alias {alias!r} of dataset {name!r} shadows a class name")
+            raise ConfigError(f"class alias {alias!r} of dataset {name!r} shadows a class name")
 
     def decorate(cls: type) -> type:
         if not callable(getattr(cls, "load", None)):
-            raise ValueError(f"dataset class {cls.__qualname__} needs a load(root, split) method")
+            raise ConfigError(f"dataset class {cls.__qualname__} needs a load(root, split) method")
         import inspect
 
         options = tuple(p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs"))
@@ -107,7 +108,7 @@ def dataset_info(name: str) -> DatasetInfo:
     """The registry entry for ``name``, or a ``ValueError`` listing the choices."""
     _ensure_builtins()
     if name not in _REGISTRY:
-        raise ValueError(f"dataset {name!r} is unknown; choose one of: {', '.join(sorted(_REGISTRY))}")
+        raise ConfigError(f"dataset {name!r} is unknown; choose one of: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 
@@ -115,11 +116,11 @@ def resolve_class(info: DatasetInfo, classes: Sequence[str], label: str | int) -
     """Index of a class given by name, alias or index."""
     if isinstance(label, int) and not isinstance(label, bool):
         if not 0 <= label < len(classes):
-            raise ValueError(f"class index {label} is out of range for dataset {info.name!r} ({len(classes)} classes)")
+            raise ConfigError(f"class index {label} is out of range for dataset {info.name!r} ({len(classes)} classes)")
         return label
     name = info.class_aliases.get(str(label), str(label))
     if name not in classes:
-        raise ValueError(f"class {label!r} is not in dataset {info.name!r}; classes: {list(classes)}")
+        raise ConfigError(f"class {label!r} is not in dataset {info.name!r}; classes: {list(classes)}")
     return list(classes).index(name)
 
 
@@ -135,9 +136,9 @@ def build_dataset(name: str, root: str | Path | None = None, transform: Callable
     info = dataset_info(name)
     unknown = sorted(set(options) - set(info.options))
     if unknown:
-        raise ValueError(f"dataset {name!r} has no option(s) {unknown}; it takes {list(info.options)}")
+        raise ConfigError(f"dataset {name!r} has no option(s) {unknown}; it takes {list(info.options)}")
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
     key = (name, str(root), tuple(sorted(options.items())), val_fraction, seed)
     if key not in _CACHE:
         _CACHE[key] = _load_raw(info, root, val_fraction, seed, options)
@@ -154,7 +155,7 @@ def _load_raw(info: DatasetInfo, root: str | Path | None, val_fraction: float, s
     source = info.factory(**options)
     have = tuple(getattr(source, "splits", ("train", "val", "test")))
     if "train" not in have or "test" not in have:
-        raise ValueError(f"dataset {info.name!r} must provide train and test splits, has {have}")
+        raise ConfigError(f"dataset {info.name!r} must provide train and test splits, has {have}")
     root = Path(root) if root is not None else None
     train, test = source.load(root, "train"), source.load(root, "test")
     val = source.load(root, "val") if "val" in have else None
@@ -170,16 +171,16 @@ def _validate_classes(info: DatasetInfo, split: ImageSplit | TextSplit, split_na
     if not isinstance(split, ImageSplit) or split.labels is None:
         return
     if info.classes and tuple(split.classes) != info.classes:
-        raise ValueError(f"dataset {info.name!r} {split_name} split has classes {list(split.classes)}, but "
+        raise ConfigError(f"dataset {info.name!r} {split_name} split has classes {list(split.classes)}, but "
                          f"registered order is {list(info.classes)}; fix the registration or the data")
     if len(split.labels) and (split.labels.min() < 0 or split.labels.max() >= len(split.classes)):
-        raise ValueError(f"dataset {info.name!r} {split_name} split has labels outside 0..{len(split.classes) - 1}")
+        raise ConfigError(f"dataset {info.name!r} {split_name} split has labels outside 0..{len(split.classes) - 1}")
 
 
 def _relabel(info: DatasetInfo, split: ImageSplit | TextSplit, ignore: Sequence[str | int],
              remap: Mapping[int, int] | None) -> ImageSplit | TextSplit:
     if not isinstance(split, ImageSplit) or split.labels is None:
-        raise ValueError(f"ignore_classes/remap need a labeled dataset; {info.name!r} has no classes")
+        raise ConfigError(f"ignore_classes/remap need a labeled dataset; {info.name!r} has no classes")
     classes = list(split.classes)
     dropped = {resolve_class(info, classes, c) for c in ignore}
     kept = [i for i in range(len(classes)) if i not in dropped]
@@ -188,11 +189,11 @@ def _relabel(info: DatasetInfo, split: ImageSplit | TextSplit, ignore: Sequence[
     remap = {int(k): int(v) for k, v in remap.items()}
     missing, extra = sorted(set(kept) - set(remap)), sorted(set(remap) - set(kept))
     if missing or extra:
-        raise ValueError(f"remap must map exactly the kept class indices {kept}: missing {missing}, "
+        raise ConfigError(f"remap must map exactly the kept class indices {kept}: missing {missing}, "
                          f"unexpected {extra} (ignored classes need no entry)")
     targets = sorted(set(remap.values()))
     if targets != list(range(len(targets))):
-        raise ValueError(f"remap targets must be 0..{len(targets) - 1} without gaps, got {targets}")
+        raise ConfigError(f"remap targets must be 0..{len(targets) - 1} without gaps, got {targets}")
     names = ["+".join(classes[o] for o in kept if remap[o] == t) for t in targets]
     keep = torch.tensor([int(label) not in dropped for label in split.labels], dtype=torch.bool)
     table = torch.full((len(classes),), -1, dtype=torch.long)

@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import torch
 
+from edgeadapt.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class ImageSplit:
@@ -34,7 +36,7 @@ class ImageSplit:
         """The same samples with ``transform`` applied to the image tensor."""
         out = transform(self.images)
         if not isinstance(out, torch.Tensor) or out.shape[0] != len(self):
-            raise ValueError("transform must return an image tensor with the same number of samples")
+            raise ConfigError("transform must return an image tensor with the same number of samples")
         return replace(self, images=out)
 
     def unlabeled(self) -> ImageSplit:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeadapt.data.splits import ImageSplit
+from edgeadapt.errors import ConfigError
 
 # Mixes easy and hard domains and revisits corruption families, so methods that only help on
 # noise, or that collapse on low-contrast images, show it (DESIGN.md §5).
@@ -50,25 +51,25 @@ def _domain(item: Any, where: str) -> Domain:
     if isinstance(item, str):
         name, sep, sev = item.strip().partition(":")
         if not sep:
-            raise ValueError(f"{where}: {item!r} needs a severity, e.g. '{name.strip()}:3'")
+            raise ConfigError(f"{where}: {item!r} needs a severity, e.g. '{name.strip()}:3'")
         try:
             severity = int(sev)
         except ValueError:
-            raise ValueError(f"{where}: severity {sev!r} of {name.strip()!r} must be an integer in 1..5") from None
+            raise ConfigError(f"{where}: severity {sev!r} of {name.strip()!r} must be an integer in 1..5") from None
         name = name.strip()
     elif isinstance(item, dict):
         extra = set(item) - {"corruption", "severity"}
         if extra or "corruption" not in item or "severity" not in item:
-            raise ValueError(f"{where}: a domain mapping needs exactly 'corruption' and 'severity', got {sorted(item)}")
+            raise ConfigError(f"{where}: a domain mapping needs exactly 'corruption' and 'severity', got {sorted(item)}")
         name, severity = item["corruption"], item["severity"]
         if not isinstance(severity, int) or isinstance(severity, bool):
-            raise ValueError(f"{where}: severity of {name!r} must be an integer in 1..5, got {severity!r}")
+            raise ConfigError(f"{where}: severity of {name!r} must be an integer in 1..5, got {severity!r}")
     else:
-        raise ValueError(f"{where}: expected 'name:severity' or {{corruption, severity}}, got {item!r}")
+        raise ConfigError(f"{where}: expected 'name:severity' or {{corruption, severity}}, got {item!r}")
     try:
         check_corruption(name, severity)
     except ValueError as exc:
-        raise ValueError(f"{where}: {exc}") from None
+        raise ConfigError(f"{where}: {exc}") from None
     return Domain(name, severity)
 
 
@@ -81,15 +82,15 @@ def parse_stream(spec: str | Path | Sequence[Any] | None = None) -> list[Domain]
 
         path = Path(spec)
         if not path.is_file():
-            raise ValueError(f"stream: file {path} does not exist")
+            raise ConfigError(f"stream: file {path} does not exist")
         loaded = yaml.safe_load(path.read_text())
         items = loaded.get("stream") if isinstance(loaded, dict) else loaded
         if not isinstance(items, list):
-            raise ValueError(f"stream: {path} must hold a list of domains (or a mapping with a 'stream' list)")
+            raise ConfigError(f"stream: {path} must hold a list of domains (or a mapping with a 'stream' list)")
         return parse_stream(items)
     items = [s for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec)
     if not items:
-        raise ValueError("stream is empty; give at least one domain such as 'fog:3'")
+        raise ConfigError("stream is empty; give at least one domain such as 'fog:3'")
     return [_domain(item, f"stream[{i}]") for i, item in enumerate(items)]
 
 

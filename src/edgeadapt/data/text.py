@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.paths import cache_dir
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>"]
@@ -27,7 +28,7 @@ def _split_of(topic: str) -> str:
 def builtin_paragraphs(split: str = "train", min_chars: int = 80) -> list[str]:
     """Paragraphs of the bundled Python documentation for ``split`` (train/val/test/all)."""
     if split not in ("train", "val", "test", "all"):
-        raise ValueError(f"split must be one of train/val/test/all, got {split!r}")
+        raise ConfigError(f"split must be one of train/val/test/all, got {split!r}")
     from pydoc_data.topics import topics
 
     paragraphs: list[str] = []

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.offline.lora import LoraSettings
 
 DATASETS = ("builtin-docs", "wikitext2", "c4", "text-files")
@@ -154,10 +155,10 @@ class LLMPruneConfig(BaseModel):
         groups = value.items() if isinstance(value, dict) else [("", value)]
         for split, paths in groups:
             if isinstance(value, dict) and split not in ("train", "val", "test"):
-                raise ValueError(f"split {split!r} is not one of train, val, test")
+                raise ConfigError(f"split {split!r} is not one of train, val, test")
             for path in paths:
                 if not Path(path).exists():
-                    raise ValueError(f"{str(path)!r} does not exist; point data_paths at your local text "
+                    raise ConfigError(f"{str(path)!r} does not exist; point data_paths at your local text "
                                      "files (relative paths are relative to the current directory)")
         return value
 
@@ -173,15 +174,15 @@ class LLMPruneConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> LLMPruneConfig:
         if self.dataset == "text-files" and not self.data_paths:
-            raise ValueError("data_paths: dataset text-files needs local files; list them in data_paths")
+            raise ConfigError("data_paths: dataset text-files needs local files; list them in data_paths")
         if self.dataset == "builtin-docs" and self.data_paths:
-            raise ValueError("data_paths: builtin-docs ships with Python and reads no files; "
+            raise ConfigError("data_paths: builtin-docs ships with Python and reads no files; "
                              "remove data_paths")
         if self.gpu_ids and self.use_gpu is False:
-            raise ValueError("gpu_ids: set but use_gpu is false; remove gpu_ids or set use_gpu: true")
+            raise ConfigError("gpu_ids: set but use_gpu is false; remove gpu_ids or set use_gpu: true")
         for name in self.evaluation.datasets:
             if name not in ("builtin-docs", "wikitext2", "c4"):
-                raise ValueError(f"evaluation.datasets: {name!r} is not one of builtin-docs, wikitext2, c4")
+                raise ConfigError(f"evaluation.datasets: {name!r} is not one of builtin-docs, wikitext2, c4")
         return self
 
     @property
@@ -193,6 +194,6 @@ class LLMPruneConfig(BaseModel):
             import torch
 
             if not torch.cuda.is_available():
-                raise ValueError("use_gpu: true but no CUDA device is visible; set use_gpu: auto or false")
+                raise ConfigError("use_gpu: true but no CUDA device is visible; set use_gpu: auto or false")
             return "cuda"
         return "auto"

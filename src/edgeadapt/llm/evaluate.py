@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.tasks import model_inputs
 from edgeadapt.training.device import resolve_device, to_device
 
@@ -110,13 +111,13 @@ def perplexity(model_or_adapter: Any, token_ids: torch.Tensor, max_length: int, 
     """
     stride = max_length if stride is None else stride
     if max_length < 2:
-        raise ValueError(f"max_length must be >= 2 (a context token and a target), got {max_length}")
+        raise ConfigError(f"max_length must be >= 2 (a context token and a target), got {max_length}")
     if not 1 <= stride <= max_length:
-        raise ValueError(f"stride must be in [1, max_length={max_length}], got {stride}")
+        raise ConfigError(f"stride must be in [1, max_length={max_length}], got {stride}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if token_ids.dim() != 1 or token_ids.numel() < 2:
-        raise ValueError(f"token_ids must be a 1-D corpus of at least 2 tokens, "
+        raise ConfigError(f"token_ids must be a 1-D corpus of at least 2 tokens, "
                          f"got shape {tuple(token_ids.shape)}")
     from tqdm.auto import tqdm
 
@@ -153,9 +154,9 @@ def lm_batch(token_ids: torch.Tensor, batch_size: int, seq_len: int) -> Batch:
     """``{"input_ids", "attention_mask", "labels"}`` of the first ``batch_size`` disjoint blocks of
     ``seq_len`` tokens of the corpus: a fixed batch for speed and memory probes."""
     if batch_size < 1 or seq_len < 2:
-        raise ValueError(f"batch_size must be >= 1 and seq_len >= 2, got {batch_size} and {seq_len}")
+        raise ConfigError(f"batch_size must be >= 1 and seq_len >= 2, got {batch_size} and {seq_len}")
     if token_ids.dim() != 1 or token_ids.numel() < batch_size * seq_len:
-        raise ValueError(f"token_ids must be a 1-D corpus of at least batch_size * seq_len = "
+        raise ConfigError(f"token_ids must be a 1-D corpus of at least batch_size * seq_len = "
                          f"{batch_size * seq_len} tokens, got shape {tuple(token_ids.shape)}")
     ids = token_ids[:batch_size * seq_len].reshape(batch_size, seq_len).clone()
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
@@ -176,9 +177,9 @@ def _probe(model_or_adapter: Any, batch: Batch, mode: Mode,
     """``(step, module, optimizer)``: one inference forward (no grad, eval mode, on the model
     itself, whose mode is restored after) or one AdamW training step (on a deep copy)."""
     if mode not in ("inference", "train"):
-        raise ValueError(f"mode must be 'inference' or 'train', got {mode!r}")
+        raise ConfigError(f"mode must be 'inference' or 'train', got {mode!r}")
     if "input_ids" not in batch:
-        raise ValueError(f"batch needs 'input_ids', got keys {sorted(batch)}")
+        raise ConfigError(f"batch needs 'input_ids', got keys {sorted(batch)}")
     model = _module(model_or_adapter)
     batch = to_device(batch, dev)
     if mode == "inference":
@@ -197,7 +198,7 @@ def _probe(model_or_adapter: Any, batch: Batch, mode: Mode,
     probe = copy.deepcopy(model).to(dev).train()
     params = [p for p in probe.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("mode='train' needs a model with trainable parameters (requires_grad)")
+        raise ConfigError("mode='train' needs a model with trainable parameters (requires_grad)")
     opt = torch.optim.AdamW(params, lr=_PROBE_LR)
 
     def step() -> None:
@@ -220,7 +221,7 @@ def _timed(step: Callable[[], None], dev: torch.device) -> float:
 
 def _check_counts(repeats: int, warmup: int) -> None:
     if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+        raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
 
 
 def throughput(model_or_adapter: Any, batch: Batch, mode: Mode = "inference", repeats: int = 5,
@@ -247,7 +248,7 @@ def compare_speed(models: Mapping[str, Any], batch: Batch, mode: Mode = "inferen
     reference). In ``mode="train"`` every model is deep-copied, so all copies are held at once.
     """
     if not models:
-        raise ValueError("models must name at least one model")
+        raise ConfigError("models must name at least one model")
     _check_counts(repeats, warmup)
     dev = resolve_device(device)
     names = list(models)

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.llm.config import LLMPruneConfig
 from edgeadapt.models.adapter import HFAdapter
 
@@ -34,17 +35,17 @@ METRICS = "prune_metrics.json"
 
 def load_lm(cfg: LLMPruneConfig) -> HFAdapter:
     """The configured causal LM, with the configured tokenizer when one is given."""
-    from edgeadapt.recipes.common import load_model
+    from edgeadapt.pruning.checkpoint import load_model
 
     adapter = load_model(cfg.model)
     if adapter.task.name != "causal-lm":
-        raise ValueError(f"model: {cfg.model!r} is a {adapter.task.name} model; llm-prune needs a causal LM")
+        raise ConfigError(f"model: {cfg.model!r} is a {adapter.task.name} model; llm-prune needs a causal LM")
     if cfg.tokenizer is not None:
         from transformers import AutoTokenizer
 
         adapter.tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
     if adapter.tokenizer is None:
-        raise ValueError(f"tokenizer: model {cfg.model!r} has no tokenizer; set tokenizer: to a name or "
+        raise ConfigError(f"tokenizer: model {cfg.model!r} has no tokenizer; set tokenizer: to a name or "
                          "directory")
     return adapter
 
@@ -67,12 +68,12 @@ def corpus(cfg: LLMPruneConfig, split: str, dataset: str | None = None) -> list[
     if name == "text-files":
         if isinstance(paths, dict):
             if split not in paths:
-                raise ValueError(f"data_paths: no {split!r} files listed; add data_paths.{split}")
+                raise ConfigError(f"data_paths: no {split!r} files listed; add data_paths.{split}")
             return load_text_files(paths[split])
         texts = load_text_files(paths)
         chosen = [t for i, t in enumerate(texts) if _in_split(i, split)]
         if not chosen:
-            raise ValueError(f"data_paths: too few documents ({len(texts)}) for a {split} split; list "
+            raise ConfigError(f"data_paths: too few documents ({len(texts)}) for a {split} split; list "
                              "data_paths as {train: [...], val: [...], test: [...]}")
         return chosen
     files: Any = None
@@ -93,7 +94,7 @@ def block_batches(ids: torch.Tensor, seq_len: int, batch_size: int, shuffle: boo
                   max_blocks: int | None = None) -> Callable[[int], Iterable[Batch]]:
     """Per-epoch batches of disjoint ``seq_len`` blocks of ``ids`` (seeded shuffle per epoch)."""
     if len(ids) < seq_len:
-        raise ValueError(f"seq_len: the corpus has {len(ids)} tokens, fewer than seq_len={seq_len}; "
+        raise ConfigError(f"seq_len: the corpus has {len(ids)} tokens, fewer than seq_len={seq_len}; "
                          "lower seq_len")
     blocks = ids[: len(ids) // seq_len * seq_len].view(-1, seq_len)[:max_blocks]
 
@@ -110,7 +111,7 @@ def _select_gpus(cfg: LLMPruneConfig) -> None:
     if cfg.gpu_ids:
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", ",".join(map(str, cfg.gpu_ids)))
         if len(cfg.gpu_ids) > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-            raise ValueError(f"gpu_ids: {len(cfg.gpu_ids)} GPUs run data-parallel through accelerate; "
+            raise ConfigError(f"gpu_ids: {len(cfg.gpu_ids)} GPUs run data-parallel through accelerate; "
                              f"launch with `accelerate launch --num_processes {len(cfg.gpu_ids)} "
                              "-m edgeadapt llm-prune "
                              "--config ...` (or list one GPU)")
@@ -251,7 +252,7 @@ def run_test(cfg: LLMPruneConfig) -> dict[str, Any]:
 
     _select_gpus(cfg)
     if not (cfg.save / "manifest.json").is_file():
-        raise ValueError(f"save: {cfg.save} holds no pruned model; run `edgeadapt llm-prune --config ... "
+        raise ConfigError(f"save: {cfg.save} holds no pruned model; run `edgeadapt llm-prune --config ... "
                          "--mode train` first")
     pruned = load_pruned(cfg.save)
     dense = load_lm(cfg)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.pruning.apply import apply_plan, current_plan, meta_copy, params_under
 from edgeadapt.pruning.groups import num_units
@@ -73,7 +74,7 @@ def sensitivity(adapter: HFAdapter, importance: str, batches: Iterable[Batch] | 
     if importance == "random":
         return random_scores(adapter, seed)
     if importance not in _IMPORTANCE:
-        raise ValueError(f"importance must be one of taylor, fisher, magnitude, random; got {importance!r}")
+        raise ConfigError(f"importance must be one of taylor, fisher, magnitude, random; got {importance!r}")
     return score(adapter, _IMPORTANCE[importance], batches, progress=progress)
 
 
@@ -83,17 +84,17 @@ def check_granularity(adapter: HFAdapter, granularity: Sequence[str], protect: i
     for kind in granularity:
         if kind == "layers":
             if len(blocks) - protect < 1 or len(blocks) < 2:
-                raise ValueError(f"granularity: 'layers' needs at least 2 layers with one unprotected; "
+                raise ConfigError(f"granularity: 'layers' needs at least 2 layers with one unprotected; "
                                  f"{adapter.name} has {len(blocks)} (protected {protect})")
         elif kind in ("heads", "neurons"):
             most = max(num_units(b, kind) for b in blocks)
             if most <= 1:
                 what = "KV heads" if kind == "heads" else "FFN neurons"
-                raise ValueError(f"granularity: {adapter.name} has {most} {what} per layer and every "
+                raise ConfigError(f"granularity: {adapter.name} has {most} {what} per layer and every "
                                  f"layer keeps at least one, so there are no {kind} to prune; use "
                                  f"{' or '.join(k for k in ('heads', 'neurons', 'layers') if k != kind)}")
         else:
-            raise ValueError(f"granularity: {kind!r} is not one of heads, neurons, layers")
+            raise ConfigError(f"granularity: {kind!r} is not one of heads, neurons, layers")
 
 
 def _by_position(scores: Scores, plan: PruningPlan) -> Scores:
@@ -150,7 +151,7 @@ def prune_to_sparsity(adapter: HFAdapter, sparsity: float, granularity: Sequence
     granularity = list(dict.fromkeys(granularity))
     check_granularity(adapter, granularity, protect_first + protect_last)
     if getattr(adapter, "plan", None) is not None and not adapter.plan.is_dense():
-        raise ValueError("prune_to_sparsity expects a dense model; this one is already pruned")
+        raise ConfigError("prune_to_sparsity expects a dense model; this one is already pruned")
     layers = adapter.layers_path()
     meta = meta_copy(adapter)
     dense = current_plan(meta)
@@ -169,7 +170,7 @@ def prune_to_sparsity(adapter: HFAdapter, sparsity: float, granularity: Sequence
         top = 1.0 - 1e-9
         cap, _ = removed(top)
         if cap < sparsity:
-            raise ValueError(f"sparsity: {sparsity:.3f} of the block parameters cannot be removed with "
+            raise ConfigError(f"sparsity: {sparsity:.3f} of the block parameters cannot be removed with "
                              f"granularity {granularity}, min_keep={min_keep} and "
                              f"{protect_first + protect_last} protected layers; the most achievable is "
                              f"{cap:.3f}. Lower the sparsity or add a granularity (e.g. layers)")

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.training.device import resolve_device
 
 Method = Literal["auto", "dispatch", "cuda"]
@@ -83,13 +84,13 @@ def parse_bytes(value: int | str) -> int:
     import re
 
     if isinstance(value, bool):
-        raise ValueError(f"a size must be bytes or a string like '16MiB', got {value!r}")
+        raise ConfigError(f"a size must be bytes or a string like '16MiB', got {value!r}")
     if isinstance(value, int):
         return value
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
     unit = match.group(2).lower() if match else ""
     if not match or (unit and unit not in _UNITS):
-        raise ValueError(f"a size must be bytes or a number with a unit ({', '.join(_UNITS)}), e.g. "
+        raise ConfigError(f"a size must be bytes or a number with a unit ({', '.join(_UNITS)}), e.g. "
                          f"'16MiB', got {value!r}")
     return int(float(match.group(1)) * _UNITS[unit or "b"])
 
@@ -229,9 +230,9 @@ def measure_peak(fn: Callable[[], Any], *, device: torch.device | str = "cpu",
     if method == "auto":
         method = "cuda" if dev.type == "cuda" else "dispatch"
     if method not in ("dispatch", "cuda"):
-        raise ValueError(f"method must be 'auto', 'dispatch' or 'cuda', got {method!r}")
+        raise ConfigError(f"method must be 'auto', 'dispatch' or 'cuda', got {method!r}")
     if method == "cuda" and dev.type != "cuda":
-        raise ValueError(f"method 'cuda' needs a CUDA device, got {str(dev)!r}")
+        raise ConfigError(f"method 'cuda' needs a CUDA device, got {str(dev)!r}")
     baseline = bytes_of(modules, optimizer)
     was_enabled = gc.isenabled()
     gc.disable()

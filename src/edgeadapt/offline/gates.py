@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.pruning.groups import block_members
 
@@ -63,7 +64,7 @@ def _gate_point(adapter: HFAdapter, block, kind: str) -> _Point:
     for m in block_members(block, kind):
         if m.slice.module == path and m.slice.axis == "in":
             return _Point(path, m.index)
-    raise ValueError(f"block {block.index}: no input member on {path} for {kind}")
+    raise ConfigError(f"block {block.index}: no input member on {path} for {kind}")
 
 
 class GateSet(nn.Module):
@@ -88,7 +89,7 @@ class GateSet(nn.Module):
             self.gates = nn.ModuleList(BlockGate(hidden, b.attention.num_units, b.mlp.width, bottleneck)
                                        for b in blocks)
         if pooling not in ("batch", "sample"):
-            raise ValueError(f"pooling must be 'batch' or 'sample', got {pooling!r}")
+            raise ConfigError(f"pooling must be 'batch' or 'sample', got {pooling!r}")
         self.pooling = pooling
         self.width = 1.0
         self.last: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(blocks)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.models.tasks import model_inputs
 from edgeadapt.offline.gates import GateSet
@@ -60,7 +61,7 @@ class KBSettings(BaseModel):
 def check_width(width: float) -> float:
     """A width must be a fraction in (0, 1]."""
     if not isinstance(width, (int, float)) or isinstance(width, bool) or not 0 < width <= 1:
-        raise ValueError(f"width must be a fraction in (0, 1], got {width!r}")
+        raise ConfigError(f"width must be a fraction in (0, 1], got {width!r}")
     return float(width)
 
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from edgeadapt.artifacts import ArtifactError, atomic_write_text, read_manifest, write_manifest
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.models.spec import BlockSpec
 from edgeadapt.models.tasks import model_inputs
@@ -72,13 +73,13 @@ def lora_target_modules(adapter: HFAdapter, targets: Iterable[str]) -> list[str]
     """
     targets = list(dict.fromkeys(targets))
     if not targets:
-        raise ValueError("targets: empty; name at least one of q, k, v, o, mlp_in, mlp_out")
+        raise ConfigError("targets: empty; name at least one of q, k, v, o, mlp_in, mlp_out")
     out: dict[str, None] = {}
     for block in adapter.blocks():
         roles = _roles(block)
         unknown = [t for t in targets if t not in roles]
         if unknown:
-            raise ValueError(f"targets: unknown {unknown}; choose from {', '.join(roles)}")
+            raise ConfigError(f"targets: unknown {unknown}; choose from {', '.join(roles)}")
         owners: dict[str, set[str]] = {}
         for role, paths in roles.items():
             for path in paths:
@@ -88,7 +89,7 @@ def lora_target_modules(adapter: HFAdapter, targets: Iterable[str]) -> list[str]
                 missing = owners[path] - set(targets)
                 # LoRA on a fused module adapts every role in it; selecting a part would be a lie.
                 if missing:
-                    raise ValueError(f"targets: {path} holds {sorted(owners[path])} fused together; "
+                    raise ConfigError(f"targets: {path} holds {sorted(owners[path])} fused together; "
                                      f"add {sorted(missing)} or drop {role!r}")
                 out[path] = None
     return list(out)
@@ -113,7 +114,7 @@ def add_lora(adapter: HFAdapter, settings: LoraSettings, seed: int = 0) -> list[
     from peft.tuners.lora import LoraLayer, LoraModel
 
     if any(isinstance(m, LoraLayer) for m in adapter.model.modules()):
-        raise ValueError("this model already has LoRA layers; merge_lora() it first")
+        raise ConfigError("this model already has LoRA layers; merge_lora() it first")
     if adapter.plan is None:
         adapter.base_hash()  # the artifact's base identity is the weights *before* LoRA
     modules = lora_target_modules(adapter, settings.targets)
@@ -159,7 +160,7 @@ def merge_lora(adapter: HFAdapter) -> None:
     (all parameters trainable again)."""
     layers = _lora_layers(adapter.model)
     if not layers:
-        raise ValueError("merge_lora: the model has no LoRA layers (call add_lora first)")
+        raise ConfigError("merge_lora: the model has no LoRA layers (call add_lora first)")
     for _, layer in layers:
         if not layer.merged:
             layer.merge(safe_merge=True)  # safe_merge refuses NaN/inf instead of corrupting weights
@@ -171,7 +172,7 @@ def discard_lora(adapter: HFAdapter) -> None:
     :func:`add_lora` (apart from a head trained with ``train_head``)."""
     layers = _lora_layers(adapter.model)
     if not layers:
-        raise ValueError("discard_lora: the model has no LoRA layers")
+        raise ConfigError("discard_lora: the model has no LoRA layers")
     for _, layer in layers:
         if layer.merged:
             layer.unmerge()
@@ -241,7 +242,7 @@ def save_lora_artifact(adapter: HFAdapter, out: str | Path, settings: LoraSettin
     from edgeadapt.pruning.checkpoint import KIND, VERSION, save_pruned
 
     if _lora_layers(adapter.model):
-        raise ValueError("save_lora_artifact: merge_lora() the model first (it still has LoRA layers)")
+        raise ConfigError("save_lora_artifact: merge_lora() the model first (it still has LoRA layers)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / LORA_JSON, json.dumps({"settings": settings.model_dump(), "report": report},

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from edgeadapt.artifacts import ArtifactError, atomic_write_text, read_manifest, write_manifest
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import ModelAdapter
 from edgeadapt.pruning.reorder import inverse as invert
 from edgeadapt.pruning.reorder import permuted_state, reorder_units
@@ -49,27 +50,27 @@ class NeuronIndex:
     def __post_init__(self) -> None:
         a, counts = self.architecture, ("num_layers", *_SIZE.values())
         if not isinstance(a, dict) or not all(isinstance(a.get(k), int) for k in counts):
-            raise ValueError(f"neuron index architecture must be an adapter fingerprint with {counts}")
+            raise ConfigError(f"neuron index architecture must be an adapter fingerprint with {counts}")
         if not isinstance(self.base_hash, str) or not self.base_hash:
-            raise ValueError("neuron index needs the FM's base_hash (a non-empty string)")
+            raise ConfigError("neuron index needs the FM's base_hash (a non-empty string)")
         if [b.index for b in self.blocks] != list(range(a["num_layers"])):
-            raise ValueError(f"neuron index must cover FM blocks 0..{a['num_layers'] - 1} in order")
+            raise ConfigError(f"neuron index must cover FM blocks 0..{a['num_layers'] - 1} in order")
         for b in self.blocks:
             for kind, key in _SIZE.items():
                 if sorted(getattr(b, kind)) != list(range(a[key])):
-                    raise ValueError(f"neuron index block {b.index}: {kind} must be a permutation of range("
+                    raise ConfigError(f"neuron index block {b.index}: {kind} must be a permutation of range("
                                      f"{a[key]}) (KB position -> FM unit), got {list(getattr(b, kind))[:12]}")
 
     def _units(self, block_pos: int, kind: str) -> tuple[int, ...]:
         if kind not in _SIZE or not 0 <= block_pos < len(self.blocks):
-            raise ValueError(f"no {kind!r} units in block {block_pos} (0..{len(self.blocks) - 1})")
+            raise ConfigError(f"no {kind!r} units in block {block_pos} (0..{len(self.blocks) - 1})")
         return getattr(self.blocks[block_pos], kind)
 
     def fm_units(self, block_pos: int, kind: str, kb_positions: Iterable[int]) -> list[int]:
         """KB positions -> FM unit ids (a proxy keeping KB positions ``0..k-1`` holds these FM units)."""
         order, pos = self._units(block_pos, kind), [int(p) for p in kb_positions]
         if any(not 0 <= p < len(order) for p in pos):
-            raise ValueError(f"block {block_pos} has KB {kind} positions 0..{len(order) - 1}, got {pos}")
+            raise ConfigError(f"block {block_pos} has KB {kind} positions 0..{len(order) - 1}, got {pos}")
         return [order[p] for p in pos]
 
     def kb_units(self, block_pos: int, kind: str, fm_units: Iterable[int]) -> list[int]:
@@ -78,7 +79,7 @@ class NeuronIndex:
         try:
             return [where[int(u)] for u in fm_units]
         except KeyError as exc:
-            raise ValueError(f"block {block_pos} has no FM {kind} unit {exc.args[0]}") from None
+            raise ConfigError(f"block {block_pos} has no FM {kind} unit {exc.args[0]}") from None
 
     def orders(self, inverse: bool = False) -> dict[int, dict[str, list[int]]]:
         """FM -> KB (``inverse``: KB -> FM) as :func:`reorder_units` orders (new -> old)."""
@@ -94,15 +95,15 @@ class NeuronIndex:
     def from_dict(cls, d: Mapping[str, Any]) -> NeuronIndex:
         """Parse and validate; ``ValueError`` naming what is wrong."""
         if not isinstance(d, Mapping) or d.get("format") != FORMAT:
-            raise ValueError(f"not an edgeadapt neuron index (expected format {FORMAT!r})")
+            raise ConfigError(f"not an edgeadapt neuron index (expected format {FORMAT!r})")
         if d.get("version") != VERSION:
-            raise ValueError(f"neuron index version {d.get('version')} is not supported (expected {VERSION})")
+            raise ConfigError(f"neuron index version {d.get('version')} is not supported (expected {VERSION})")
         try:
             blocks = [BlockIndex(int(b["index"]), tuple(int(u) for u in b["heads"]),
                                  tuple(int(u) for u in b["neurons"])) for b in d["blocks"]]
             return cls(dict(d["architecture"]), d["base_hash"], blocks)
         except (KeyError, TypeError) as exc:
-            raise ValueError(f"malformed neuron index: missing or wrong field ({exc})") from None
+            raise ConfigError(f"malformed neuron index: missing or wrong field ({exc})") from None
 
 
 def build_index(adapter: ModelAdapter, scores: Mapping[str, list[torch.Tensor]]) -> NeuronIndex:
@@ -115,7 +116,7 @@ def build_index(adapter: ModelAdapter, scores: Mapping[str, list[torch.Tensor]])
         tables = [torch.as_tensor(t).detach().float().cpu() for t in scores.get(kind) or []]
         bad = [p for p, s in enumerate(tables) if s.shape != (fp[key],) or not torch.isfinite(s).all()]
         if len(tables) != n_blocks or bad:
-            raise ValueError(f"scores[{kind!r}] must hold, for each of the {n_blocks} blocks, one tensor of "
+            raise ConfigError(f"scores[{kind!r}] must hold, for each of the {n_blocks} blocks, one tensor of "
                              f"{fp[key]} finite values (got {len(tables)} tensors; bad blocks {bad})")
         orders[kind] = [tuple(torch.sort(s, descending=True, stable=True).indices.tolist()) for s in tables]
     blocks = [BlockIndex(b, orders["heads"][b], orders["neurons"][b]) for b in range(n_blocks)]
@@ -128,11 +129,11 @@ def check_index_matches(index: NeuronIndex, adapter: ModelAdapter) -> None:
     diff = {k: (a.get(k), fp.get(k)) for k in sorted({*fp, *a}) if a.get(k) != fp.get(k)}
     fix = "Use the FM the index was built for (or a KB made from it), or build a new index from this model."
     if diff:
-        raise ValueError(f"index was built for another base model: architecture differs (index, model): "
+        raise ConfigError(f"index was built for another base model: architecture differs (index, model): "
                          f"{diff}. {fix}")
     h = adapter.base_hash()
     if h != index.base_hash:
-        raise ValueError("index was built for another base model: same architecture but different weights "
+        raise ConfigError("index was built for another base model: same architecture but different weights "
                          f"(index base hash {index.base_hash[:12]}, model {h[:12]}). {fix}")
 
 
@@ -140,7 +141,7 @@ def to_kb(fm_adapter: ModelAdapter, index: NeuronIndex) -> ModelAdapter:
     """A deep copy of the FM with every block reordered into KB order (same outputs)."""
     _check(fm_adapter, index, "to_kb")  # also caches the FM hash, so the copy reports it
     if getattr(fm_adapter, MARK, None) is not None:
-        raise ValueError("this adapter is already a knowledge base (made by to_kb); pass the FM")
+        raise ConfigError("this adapter is already a knowledge base (made by to_kb); pass the FM")
     kb = copy.deepcopy(fm_adapter)
     reorder_units(kb, index.orders())
     setattr(kb, MARK, index)
@@ -187,11 +188,11 @@ def _check(adapter: ModelAdapter, index: NeuronIndex, what: str) -> None:
     _require_full_width(adapter, what)
     mark = getattr(adapter, MARK, None)
     if mark is not None and mark.to_dict() != index.to_dict():
-        raise ValueError(f"{what}: this KB was made with another neuron index")
+        raise ConfigError(f"{what}: this KB was made with another neuron index")
 
 
 def _require_full_width(adapter: ModelAdapter, what: str) -> None:
     plan = getattr(adapter, "plan", None)
     if plan is not None and not plan.is_dense():
-        raise ValueError(f"{what} needs the full-width model, this one is pruned ({plan.summary()}); "
+        raise ConfigError(f"{what} needs the full-width model, this one is pruned ({plan.summary()}); "
                          "map a pruned proxy's positions with NeuronIndex.fm_units instead")

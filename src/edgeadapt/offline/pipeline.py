@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgeadapt.artifacts import ArtifactError, atomic_write_text
+from edgeadapt.errors import ConfigError
 from edgeadapt.offline.knowledge_base import KBSettings
 from edgeadapt.offline.lora import LoraSettings
 from edgeadapt.recipes.train import (
@@ -113,7 +114,7 @@ def _logger(cfg: OfflineConfig, step: str) -> Any:
 def run_lora(cfg: OfflineConfig) -> dict[str, Any]:
     """Tune the FM with LoRA on the source data, merge (checked exact) and save ``out/lora``."""
     from edgeadapt.offline.lora import lora_tune, save_lora_artifact
-    from edgeadapt.recipes.common import load_model
+    from edgeadapt.pruning.checkpoint import load_model
 
     fm = load_model(cfg.model)
     train, val, test, monitor = _data(cfg, fm, cfg.lora.train)
@@ -187,5 +188,5 @@ def run_offline(cfg: OfflineConfig, steps: list[str] | tuple[str, ...] = STEPS) 
     """Run ``steps`` in order; returns each step's report."""
     unknown = [s for s in steps if s not in RUNNERS]
     if unknown:
-        raise ValueError(f"unknown offline step(s) {unknown}; choose from {list(STEPS)} or 'all'")
+        raise ConfigError(f"unknown offline step(s) {unknown}; choose from {list(STEPS)} or 'all'")
     return {step: RUNNERS[step](cfg) for step in steps}

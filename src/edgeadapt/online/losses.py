@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.models.tasks import model_inputs
 from edgeadapt.offline.knowledge_base import outputs
@@ -61,7 +62,7 @@ class SourceStats:
     def from_dict(cls, tensors: dict[str, torch.Tensor]) -> SourceStats:
         missing = {"features", "mean", "var", "class_prior"} - set(tensors)
         if missing:
-            raise ValueError(f"source stats lack {sorted(missing)}")
+            raise ConfigError(f"source stats lack {sorted(missing)}")
         replay = {k.removeprefix("replay."): v for k, v in tensors.items() if k.startswith("replay.")}
         return cls(tensors["features"], tensors["mean"], tensors["var"], tensors["class_prior"],
                    replay or None)
@@ -84,7 +85,7 @@ class SourceStats:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("kind") != KIND or meta.get("version") != str(VERSION):
-                raise ValueError(f"{path}: not {KIND} version {VERSION} (found {meta.get('kind')!r} "
+                raise ConfigError(f"{path}: not {KIND} version {VERSION} (found {meta.get('kind')!r} "
                                  f"version {meta.get('version')!r})")
             return cls.from_dict({k: f.get_tensor(k) for k in f.keys()})
 
@@ -132,7 +133,7 @@ def source_stats(adapter: HFAdapter, batches: Iterable[Batch], bank_size: int = 
     finally:
         adapter.model.train(was_training)
     if not feats:
-        raise ValueError("source_stats got no batches")
+        raise ConfigError("source_stats got no batches")
     features = torch.cat(feats)
     g = torch.Generator().manual_seed(seed)
     bank = features[torch.randperm(len(features), generator=g)[:bank_size]]
@@ -140,7 +141,7 @@ def source_stats(adapter: HFAdapter, batches: Iterable[Batch], bank_size: int = 
     replay = None
     if replay_size > 0:
         if any("labels" not in b for b in kept):
-            raise ValueError("replay_size: a replay buffer needs labeled source batches; pass replay_size=0")
+            raise ConfigError("replay_size: a replay buffer needs labeled source batches; pass replay_size=0")
         pick = torch.randperm(len(features), generator=g)[:replay_size]
         replay = {k: _stack([b[k] for b in kept])[pick] for k in kept[0]}
     return SourceStats(bank, features.mean(0), features.var(0, unbiased=False), prior, replay)
@@ -160,7 +161,7 @@ def mmd(x: torch.Tensor, y: torch.Tensor, bandwidths: Sequence[float] | None = N
     x, y = x.float().flatten(1), y.float().flatten(1)
     n, m = len(x), len(y)
     if n < 2 or m < 2:
-        raise ValueError(f"mmd needs at least 2 samples on each side, got {n} and {m}")
+        raise ConfigError(f"mmd needs at least 2 samples on each side, got {n} and {m}")
     z = torch.cat([x, y])
     d2 = torch.cdist(z, z).pow(2)
     if bandwidths is None:
@@ -229,7 +230,7 @@ class AdaptLossConfig(BaseModel):
     def _check(self) -> AdaptLossConfig:
         weights = (self.mmd, self.entropy, self.diversity, self.pseudo_label, self.replay)
         if not self.supervised and sum(weights) == 0:
-            raise ValueError("adaptation loss: every weight is 0; set at least one of mmd, entropy, "
+            raise ConfigError("adaptation loss: every weight is 0; set at least one of mmd, entropy, "
                              "diversity, pseudo_label, replay, or supervised: true")
         return self
 
@@ -311,7 +312,7 @@ def _select(adapter: HFAdapter, which: Trainable | list[str]) -> list[str]:
             elif entry in modules and entry:
                 out += _params_under(model, [entry])
             else:
-                raise ValueError(f"trainable: {entry!r} is neither a parameter nor a module of the model")
+                raise ConfigError(f"trainable: {entry!r} is neither a parameter nor a module of the model")
         return out
     if which == "all":
         return [n for n, _ in model.named_parameters()]
@@ -322,7 +323,7 @@ def _select(adapter: HFAdapter, which: Trainable | list[str]) -> list[str]:
         return _params_under(model, [b.attention.module for b in blocks])
     if which == "mlp":
         return _params_under(model, [s.module for b in blocks for s in (*b.mlp.inputs, b.mlp.output)])
-    raise ValueError(f"trainable: {which!r} is not one of all, norm, norm+head, attention, mlp "
+    raise ConfigError(f"trainable: {which!r} is not one of all, norm, norm+head, attention, mlp "
                      "or a list of parameter/module names")
 
 
@@ -330,7 +331,7 @@ def set_trainable(adapter: HFAdapter, which: Trainable | list[str]) -> int:
     """Make only the chosen parameters require gradients; returns how many scalars are trainable."""
     chosen = set(_select(adapter, which))
     if not chosen:
-        raise ValueError(f"trainable: {which!r} selects no parameters of this model")
+        raise ConfigError(f"trainable: {which!r} selects no parameters of this model")
     total = 0
     for name, p in adapter.model.named_parameters():
         p.requires_grad_(name in chosen)

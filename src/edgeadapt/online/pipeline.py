@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.online.retrain import RetrainBudget
 from edgeadapt.online.runner import METHODS
 
@@ -53,7 +54,7 @@ class AdaptConfig(BaseModel):
     @model_validator(mode="after")
     def _one_budget(self) -> AdaptConfig:
         if self.proxy_params is not None and self.proxy_memory_bytes is not None:
-            raise ValueError("proxy_params and proxy_memory_bytes are alternatives; set one of them")
+            raise ConfigError("proxy_params and proxy_memory_bytes are alternatives; set one of them")
         return self
 
     @field_validator("proxy_memory_bytes", mode="before")
@@ -68,7 +69,7 @@ class AdaptConfig(BaseModel):
     def _methods(cls, names: list[str]) -> list[str]:
         unknown = [n for n in names if n not in METHODS]
         if unknown or not names:
-            raise ValueError(f"methods: unknown {unknown}; choose from {', '.join(METHODS)}")
+            raise ConfigError(f"methods: unknown {unknown}; choose from {', '.join(METHODS)}")
         return names
 
     @field_validator("stream")
@@ -139,7 +140,7 @@ def run_adapt(cfg: AdaptConfig, progress: bool = True) -> dict[str, Any]:
 
     for step in ("lora", "kb"):
         if not (cfg.offline / step / "manifest.json").is_file():
-            raise ValueError(f"offline: {cfg.offline / step} has no artifact; run `edgeadapt offline all "
+            raise ConfigError(f"offline: {cfg.offline / step} has no artifact; run `edgeadapt offline all "
                              "--config configs/offline-vit-digits.yaml` first (or `edgeadapt demo`)")
     fm = load_lora_artifact(cfg.offline / "lora")
     kb = load_kb(cfg.offline / "kb", expect_base_hash=fm.base_hash())

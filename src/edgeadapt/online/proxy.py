@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.models.tasks import model_inputs
 from edgeadapt.offline.gates import _gate_point, kwta
@@ -59,7 +60,7 @@ def window_saliency(kb: KnowledgeBase, window: Iterable[Batch], width: float = 1
         count += len(next(iter(batch.values())))
     kb.set_width(1.0)
     if count == 0:
-        raise ValueError("window is empty: proxy extraction needs at least one current sample")
+        raise ConfigError("window is empty: proxy extraction needs at least one current sample")
     mean = {k: [torch.as_tensor(v).cpu() / count for v in vals] for k, vals in sums.items()}
     return WindowSaliency(mean["h"], mean["n"], mean["hr"], mean["nr"], count)
 
@@ -154,11 +155,11 @@ def width_for_budget(kb: KnowledgeBase, cost: Callable[[float], int], limit: int
     """The widest candidate width whose ``cost`` is at most ``limit``; a ``ValueError`` naming the
     smallest feasible budget (the cost at the narrowest width) when none fits."""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {limit!r}")
+        raise ConfigError(f"{name} must be a positive integer, got {limit!r}")
     widths = candidate_widths(kb)
     smallest = cost(widths[0])
     if smallest > limit:
-        raise ValueError(f"{name}={limit:,} is infeasible: the smallest proxy (one head and one FFN neuron "
+        raise ConfigError(f"{name}={limit:,} is infeasible: the smallest proxy (one head and one FFN neuron "
                          f"per block) needs {smallest:,} {unit}; set {name} >= {smallest:,}")
     lo, hi = 0, len(widths) - 1  # invariant: widths[lo] fits
     while lo < hi:

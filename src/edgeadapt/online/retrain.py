@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.training.config import TrainConfig
 from edgeadapt.training.device import resolve_device, to_device
@@ -83,7 +84,7 @@ def retrain(adapter: HFAdapter, batches: Callable[[int], Iterable[Batch]], loss_
     device = resolve_device(budget.device)
     trainable = sum(p.numel() for p in adapter.model.parameters() if p.requires_grad)
     if trainable == 0:
-        raise ValueError("trainable: no parameter of the model is trainable; choose another 'trainable' set")
+        raise ConfigError("trainable: no parameter of the model is trainable; choose another 'trainable' set")
     peak = step_memory(adapter, loss_fn, next(iter(batches(0))), budget.learning_rate, device,
                        checkpointing) if measure else 0
     per_epoch = sum(1 for _ in batches(0))

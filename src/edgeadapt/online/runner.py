@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from edgeadapt.data.stream import DomainData
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.online.retrain import RetrainBudget, retrain, unlabeled
 from edgeadapt.training.device import to_device
@@ -114,7 +115,7 @@ def build_methods(names: list[str], fm: HFAdapter, kb: Any, stats: Any, loss_cfg
 
     unknown = [n for n in names if n not in METHODS]
     if unknown or not names:
-        raise ValueError(f"methods: unknown {unknown}; choose from {', '.join(METHODS)}")
+        raise ConfigError(f"methods: unknown {unknown}; choose from {', '.join(METHODS)}")
     ours = lambda model: adaptation_loss(model, stats, loss_cfg)  # noqa: E731
     out = []
     for name in names:
@@ -128,7 +129,7 @@ def build_methods(names: list[str], fm: HFAdapter, kb: Any, stats: Any, loss_cfg
             out.append(MethodState(name, lambda d, m=model: m, ours, trainable=trainable))
         elif name == "static":
             if static_model is None:
-                raise ValueError("methods: 'static' needs a statically pruned model")
+                raise ConfigError("methods: 'static' needs a statically pruned model")
             model = static_model()
             out.append(MethodState(name, lambda d, m=model: m, ours, trainable=trainable, constrained=True))
         else:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.offline.gates import _gate_point
 from edgeadapt.offline.knowledge_base import KnowledgeBase
@@ -46,7 +47,7 @@ class _AxisMap:
 def check_blend(blend: float, name: str = "blend") -> float:
     """A blend weight must be a fraction in (0, 1]: 1 overwrites, 0.5 moves halfway."""
     if isinstance(blend, bool) or not isinstance(blend, (int, float)) or not 0 < blend <= 1:
-        raise ValueError(f"{name} must be a fraction in (0, 1], got {blend!r}")
+        raise ConfigError(f"{name} must be a fraction in (0, 1], got {blend!r}")
     return float(blend)
 
 
@@ -76,7 +77,7 @@ def proxy_to_kb(kb: KnowledgeBase, proxy: Proxy, blend: float = 1.0) -> dict[str
     names = {n: _proxy_name(n, lp, where) for n in kb_params}
     if {p for p in names.values() if p is not None} != set(px_params):
         odd = sorted(set(px_params) ^ {p for p in names.values() if p is not None})
-        raise ValueError(f"the proxy's parameters are not the KB's (merge any adapters first): {odd[:4]}")
+        raise ConfigError(f"the proxy's parameters are not the KB's (merge any adapters first): {odd[:4]}")
 
     writes = []  # every check runs before the first write, so a refused call changes nothing
     for name, param in kb_params.items():
@@ -110,7 +111,7 @@ def kb_to_fm(kb: KnowledgeBase, fm: HFAdapter, blend: float = 1.0) -> int:
     bad = sorted(k for k in {*state, *target} if k not in state or k not in target
                  or state[k].shape != target[k].shape)
     if bad:
-        raise ValueError(f"the KB's state does not fit the FM: {bad[:4]}")
+        raise ConfigError(f"the KB's state does not fit the FM: {bad[:4]}")
     changed, seen = 0, set()
     with torch.no_grad():
         for key, old in target.items():
@@ -151,45 +152,45 @@ def _check_proxy(kb: KnowledgeBase, proxy: Proxy) -> PruningPlan:
     if px.fingerprint() != arch:
         diff = {k: (arch.get(k), px.fingerprint().get(k)) for k in {*arch, *px.fingerprint()}
                 if arch.get(k) != px.fingerprint().get(k)}
-        raise ValueError(f"the proxy comes from another architecture (KB, proxy): {diff}")
+        raise ConfigError(f"the proxy comes from another architecture (KB, proxy): {diff}")
     try:
         px_hash = px.base_hash()
     except RuntimeError:  # pruned before its base hash was taken: its origin is unknown
         px_hash = None
     if px_hash != kb.index.base_hash:
-        raise ValueError("the proxy comes from another base model: its base hash "
+        raise ConfigError("the proxy comes from another base model: its base hash "
                          f"{(px_hash or 'unknown')[:12]} is not the KB's {kb.index.base_hash[:12]}")
     mark = getattr(px, MARK, None)
     if mark is not None and mark.to_dict() != kb.index.to_dict():
-        raise ValueError("the proxy was cut from a KB with another neuron index (another unit order)")
+        raise ConfigError("the proxy was cut from a KB with another neuron index (another unit order)")
     plan = current_plan(px)
     try:
         plan.validate(arch)
         plan.check_subset_of(current_plan(kb.adapter))
     except PlanError as exc:
-        raise ValueError(f"the proxy's plan does not fit this KB: {exc}") from None
+        raise ConfigError(f"the proxy's plan does not fit this KB: {exc}") from None
     try:
         plan.check_subset_of(proxy.plan)
     except PlanError as exc:
-        raise ValueError(f"the proxy's model keeps units its extraction plan does not: {exc}") from None
+        raise ConfigError(f"the proxy's model keeps units its extraction plan does not: {exc}") from None
     sal, blocks = proxy.saliency, kb.adapter.blocks()
     for kind, tables in (("heads", sal.heads_raw), ("neurons", sal.neurons_raw)):
         sizes = [tuple(getattr(t, "shape", ())) for t in tables]
         if sizes != [(num_units(b, kind),) for b in blocks]:
-            raise ValueError(f"the proxy's {kind} saliency does not fit this KB's blocks")
+            raise ConfigError(f"the proxy's {kind} saliency does not fit this KB's blocks")
     for b, spec in zip(plan.blocks, px.blocks()):
         kept = (len(plan.kept_heads(b)), len(plan.kept_neurons(b)))
         if (spec.attention.num_units, spec.mlp.width) != kept:
-            raise ValueError(f"the proxy's block {b.index} does not have the units its plan keeps")
+            raise ConfigError(f"the proxy's block {b.index} does not have the units its plan keeps")
     return plan
 
 
 def _check_fm(kb: KnowledgeBase, fm: HFAdapter) -> None:
     if getattr(fm, MARK, None) is not None:
-        raise ValueError("kb_to_fm needs the foundation model, got a knowledge base")
+        raise ConfigError("kb_to_fm needs the foundation model, got a knowledge base")
     plan = getattr(fm, "plan", None)
     if plan is not None and not plan.is_dense():
-        raise ValueError(f"kb_to_fm needs the full-width FM, this one is pruned ({plan.summary()})")
+        raise ConfigError(f"kb_to_fm needs the full-width FM, this one is pruned ({plan.summary()})")
     check_index_matches(kb.index, fm)
 
 
@@ -253,7 +254,7 @@ def _gather(name: str, param: torch.Tensor, src: torch.Tensor, dims: dict[int, _
     src = src.detach().to(param.device, work)
     if not dims:
         if src.shape != param.shape:
-            raise ValueError(f"proxy parameter for {name} has shape {tuple(src.shape)}, the KB's is "
+            raise ConfigError(f"proxy parameter for {name} has shape {tuple(src.shape)}, the KB's is "
                              f"{tuple(param.shape)}")
         return src, None
     index = []
@@ -261,11 +262,11 @@ def _gather(name: str, param: torch.Tensor, src: torch.Tensor, dims: dict[int, _
         m = dims.get(d)
         if m is None:
             if src.shape[d] != param.shape[d]:
-                raise ValueError(f"proxy parameter for {name} does not fit the KB along dim {d}")
+                raise ConfigError(f"proxy parameter for {name} does not fit the KB along dim {d}")
             index.append(torch.arange(param.shape[d]))
             continue
         if src.shape[d] != m.ids.numel():
-            raise ValueError(f"proxy parameter for {name} has {src.shape[d]} features along dim {d}, "
+            raise ConfigError(f"proxy parameter for {name} has {src.shape[d]} features along dim {d}, "
                              f"its plan keeps {m.ids.numel()}")
         view = [1] * param.dim()
         view[d] = -1

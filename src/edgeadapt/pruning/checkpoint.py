@@ -12,10 +12,12 @@ import json
 import tempfile
 from pathlib import Path
 
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model as load_safetensors_into
+from safetensors.torch import save_model
 
 from edgeadapt.artifacts import ArtifactError, atomic_write_text, read_manifest, write_manifest
 from edgeadapt.models.adapter import HFAdapter
+from edgeadapt.models.registry import load_adapter
 from edgeadapt.pruning.apply import apply_plan, current_plan
 from edgeadapt.pruning.plan import PlanError, PruningPlan
 
@@ -74,7 +76,7 @@ def load_pruned(directory: str | Path) -> HFAdapter:
     except PlanError as exc:
         raise ArtifactError(f"{directory}: plan.json does not fit its base model: {exc}") from None
     try:
-        missing, unexpected = load_model(adapter.model, str(directory / WEIGHTS), strict=False)
+        missing, unexpected = load_safetensors_into(adapter.model, str(directory / WEIGHTS), strict=False)
     except RuntimeError as exc:  # shape mismatches
         raise ArtifactError(f"{directory}: weights do not match the pruned architecture "
                             f"({str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc})") from None
@@ -83,3 +85,15 @@ def load_pruned(directory: str | Path) -> HFAdapter:
                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     adapter.model.eval()
     return adapter
+
+
+def load_model(model: str | Path) -> HFAdapter:
+    """Any model a command accepts: an edgeadapt model artifact directory (has ``manifest.json``;
+    verified and rebuilt by :func:`load_pruned`), a local Hugging Face directory, or a built-in
+    name (:func:`~edgeadapt.models.registry.load_adapter`).
+
+    Raises :class:`~edgeadapt.errors.ArtifactError` for a broken artifact and
+    :class:`~edgeadapt.errors.ConfigError` for an unknown name."""
+    if (Path(model) / "manifest.json").is_file():
+        return load_pruned(model)
+    return load_adapter(str(model))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.spec import AttentionSpec, BlockSpec, MLPSpec, Slice
 
 KINDS = ("heads", "neurons", "layers")
@@ -51,7 +52,7 @@ def block_members(block: BlockSpec, kind: str) -> list[Member]:
         return head_members(block.attention)
     if kind == "neurons":
         return neuron_members(block.mlp)
-    raise ValueError(f"kind must be 'heads' or 'neurons' here, got {kind!r}")
+    raise ConfigError(f"kind must be 'heads' or 'neurons' here, got {kind!r}")
 
 
 def num_units(block: BlockSpec, kind: str) -> int:

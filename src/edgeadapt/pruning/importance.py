@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import ModelAdapter
 from edgeadapt.pruning.groups import Member, block_members
 from edgeadapt.pruning.ops import is_transposed, weight_matrix
@@ -127,7 +128,7 @@ def taylor(adapter: ModelAdapter, batches: Iterable[Batch], squared: bool = True
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     if n_batches == 0:
-        raise ValueError("taylor importance needs at least one calibration batch")
+        raise ConfigError("taylor importance needs at least one calibration batch")
     denom = samples if squared else n_batches
     scores = {k: [t / max(denom, 1) for t in v] for k, v in totals.items()}
     scores["layers"] = [layer_total / n_batches]
@@ -239,7 +240,7 @@ def activation(adapter: ModelAdapter, batches: Iterable[Batch]) -> Scores:
             h.remove()
         model.train(was_training)
     if count["n"] == 0:
-        raise ValueError("activation importance needs at least one calibration batch")
+        raise ConfigError("activation importance needs at least one calibration batch")
     scores = {k: [t / count["n"] for t in v] for k, v in sums.items()}
     scores["layers"] = [layer_sum / count["n"]]
     return scores
@@ -253,9 +254,9 @@ def score(adapter: ModelAdapter, method: str, batches: Iterable[Batch] | None = 
     if method == "magnitude-l2":
         return magnitude(adapter, p=2)
     if method not in METHODS:
-        raise ValueError(f"unknown importance {method!r}; choose one of {', '.join(METHODS)}")
+        raise ConfigError(f"unknown importance {method!r}; choose one of {', '.join(METHODS)}")
     if batches is None:
-        raise ValueError(f"importance {method!r} needs calibration batches")
+        raise ConfigError(f"importance {method!r} needs calibration batches")
     if method in ("taylor", "taylor-abs"):
         return taylor(adapter, batches, squared=method == "taylor", progress=progress)
     return activation(adapter, batches)

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeadapt.errors import PlanError
+
 FORMAT = "edgeadapt.pruning-plan"
 VERSION = 1
 
 
-class PlanError(ValueError):
-    """A plan that does not fit the model or is malformed."""
 
 
 @dataclass

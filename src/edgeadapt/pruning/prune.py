@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import ModelAdapter
 from edgeadapt.pruning.apply import apply_plan
 from edgeadapt.pruning.groups import KINDS
@@ -28,7 +29,7 @@ def prune(adapter: ModelAdapter, sparsity: float, targets: Sequence[str] = ("neu
     check_sparsity(sparsity)
     unknown = [t for t in targets if t not in KINDS]
     if unknown or not targets:
-        raise ValueError(f"targets must be a non-empty subset of {', '.join(KINDS)}, got {list(targets)}")
+        raise ConfigError(f"targets must be a non-empty subset of {', '.join(KINDS)}, got {list(targets)}")
     dev = resolve_device(device)
     adapter.model.to(dev)
     batches = [to_device(b, dev) for b in batches] if batches is not None else None

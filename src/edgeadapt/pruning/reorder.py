@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import ModelAdapter
 from edgeadapt.models.spec import Axis
 from edgeadapt.pruning import ops
@@ -42,7 +43,7 @@ def as_order(order: Order, n: int, where: str) -> torch.Tensor:
           and torch.equal(t.long().sort().values, torch.arange(n)))
     if not ok:
         shown = list(order)[:12] if isinstance(order, Sequence) else order
-        raise ValueError(f"{where}: order must be a permutation of range({n}) (new -> old unit ids), "
+        raise ConfigError(f"{where}: order must be a permutation of range({n}) (new -> old unit ids), "
                          f"got {shown!r}")
     return t.long()
 
@@ -59,11 +60,11 @@ def feature_permutations(adapter: ModelAdapter, orders: Orders) -> FeaturePerms:
     perms: FeaturePerms = {}
     for pos, kinds in orders.items():
         if not 0 <= int(pos) < len(blocks):
-            raise ValueError(f"block position {pos} is out of range; the model has {len(blocks)} blocks")
+            raise ConfigError(f"block position {pos} is out of range; the model has {len(blocks)} blocks")
         block = blocks[int(pos)]
         for kind, order in kinds.items():
             if kind not in ("heads", "neurons"):
-                raise ValueError(f"block {pos}: kind must be 'heads' or 'neurons', got {kind!r}")
+                raise ConfigError(f"block {pos}: kind must be 'heads' or 'neurons', got {kind!r}")
             new_to_old = as_order(order, num_units(block, kind), f"block {pos} {kind}")
             for m in block_members(block, kind):
                 key = (m.slice.module, m.slice.axis)

@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import ModelAdapter
 from edgeadapt.pruning.apply import current_plan
 from edgeadapt.pruning.groups import KINDS
@@ -23,9 +24,9 @@ SCOPES = ("uniform", "global")
 def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
     """Sparsity is the fraction removed: it must lie in [0, 1)."""
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or math.isnan(sparsity):
-        raise ValueError(f"{name} must be a number in [0, 1), got {sparsity!r}")
+        raise ConfigError(f"{name} must be a number in [0, 1), got {sparsity!r}")
     if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"{name} must be in [0, 1) (the fraction of units removed), got {sparsity}")
+        raise ConfigError(f"{name} must be in [0, 1) (the fraction of units removed), got {sparsity}")
     return float(sparsity)
 
 
@@ -34,9 +35,9 @@ def select(adapter: ModelAdapter, scores: Scores, kind: str, sparsity: float, sc
     """A new plan removing ``sparsity`` of ``kind`` units (of the current model) by lowest score."""
     check_sparsity(sparsity)
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        raise ConfigError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+        raise ConfigError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
     plan = current_plan(adapter)
     n_blocks = len(plan.blocks)
     protected = set(range(min(protect_first, n_blocks))) | set(range(max(0, n_blocks - protect_last), n_blocks))

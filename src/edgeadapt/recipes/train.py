@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.training.config import TrainConfig
 
 
@@ -58,7 +59,7 @@ class DataSection(BaseModel):
     @classmethod
     def _root_exists(cls, root: Path | None) -> Path | None:
         if root is not None and not root.exists():
-            raise ValueError(f"data.root {str(root)!r} does not exist; point it at your local data "
+            raise ConfigError(f"data.root {str(root)!r} does not exist; point it at your local data "
                              "(relative paths are relative to the current directory)")
         return root
 
@@ -69,7 +70,7 @@ class DataSection(BaseModel):
         info = dataset_info(self.name)
         unknown = sorted(set(self.options) - set(info.options))
         if unknown:
-            raise ValueError(f"data.options: {unknown} are not options of dataset {self.name!r}; "
+            raise ConfigError(f"data.options: {unknown} are not options of dataset {self.name!r}; "
                              f"it takes {list(info.options) or 'none'}")
         if self.name == "digits-c":
             from edgeadapt.data.corruptions import check_corruption
@@ -141,7 +142,7 @@ class TrainRecipe(ModelDataConfig):
     @model_validator(mode="after")
     def _tokenizer(self) -> TrainRecipe:
         if self.data.tokenizer == "bpe" and not self.model.startswith("tiny-"):
-            raise ValueError(f"data.tokenizer: 'bpe' replaces the vocabulary, which only suits random-init "
+            raise ConfigError(f"data.tokenizer: 'bpe' replaces the vocabulary, which only suits random-init "
                              f"tiny-* models, not {self.model!r}; use tokenizer: model")
         return self
 
@@ -152,7 +153,7 @@ def check_model_data(model: str, dataset: str) -> None:
 
     modality, task = model_modality(model), dataset_info(dataset).task
     if (modality == "image") != (task == "image-classification"):
-        raise ValueError(f"data.name: dataset {dataset!r} is {task} data but model {model!r} "
+        raise ConfigError(f"data.name: dataset {dataset!r} is {task} data but model {model!r} "
                          f"is {'an image' if modality == 'image' else 'a text'} model; "
                          "pick a matching dataset or model")
 
@@ -179,7 +180,7 @@ def model_config(model: str) -> dict[str, Any] | None:
             return json.loads((path / name).read_text())
     hint = "" if path.exists() else (" (it does not exist yet: if an earlier step writes it, such as "
                                       "`edgeadapt train`, run that step first)")
-    raise ValueError(f"model {model!r} is neither a built-in name ({', '.join(BUILTIN)}) nor a local "
+    raise ConfigError(f"model {model!r} is neither a built-in name ({', '.join(BUILTIN)}) nor a local "
                      f"Hugging Face model directory (config.json) or edgeadapt model artifact{hint}")
 
 
@@ -245,7 +246,7 @@ def load_splits(data: DataSection, model: str, seed: int = 0) -> Any:
     if info.task == "image-classification" and "size" in info.options:
         size = _image_size(model)
         if options.setdefault("size", size) != size:
-            raise ValueError(f"data.options.size is {options['size']} but model {model!r} takes "
+            raise ConfigError(f"data.options.size is {options['size']} but model {model!r} takes "
                              f"{size}x{size} images; remove the option or set it to {size}")
     return build_dataset(data.name, root=data.root, ignore_classes=data.ignore_classes, remap=data.remap,
                          val_fraction=data.val_fraction, seed=seed, **options)

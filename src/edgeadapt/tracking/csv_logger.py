@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeadapt.artifacts import atomic_write_text
+from edgeadapt.errors import ConfigError
 from edgeadapt.tracking.base import flatten_params, scalar_metrics
 
 METRICS_FILE = "metrics.csv"
@@ -89,12 +90,12 @@ def read_metrics(path: str | Path) -> dict[str, list[tuple[int, float]]]:
     rows = csv.reader(io.StringIO(text, newline=""))
     header = next(rows, None)
     if header is not None and header != _HEADER:
-        raise ValueError(f"{path} is not an edgeadapt metrics file (header {header}, expected {_HEADER})")
+        raise ConfigError(f"{path} is not an edgeadapt metrics file (header {header}, expected {_HEADER})")
     out: dict[str, list[tuple[int, float]]] = {}
     for row in rows:
         try:
             step, name, value = row
             out.setdefault(name, []).append((int(step), float(value)))
         except ValueError:
-            raise ValueError(f"{path}:{rows.line_num}: malformed metrics row {row!r}") from None
+            raise ConfigError(f"{path}:{rows.line_num}: malformed metrics row {row!r}") from None
     return out

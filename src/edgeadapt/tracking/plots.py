@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeadapt.artifacts import atomic_write_bytes
+from edgeadapt.errors import ConfigError
 
 Curves = Mapping[str, Sequence[tuple[int, float]]]
 
@@ -61,9 +62,9 @@ def plot_curves(
     names = list(keys) if keys is not None else list(metrics)
     missing = [k for k in names if k not in metrics]
     if missing:
-        raise ValueError(f"no metric(s) {missing} to plot; available: {sorted(metrics)}")
+        raise ConfigError(f"no metric(s) {missing} to plot; available: {sorted(metrics)}")
     if not names:
-        raise ValueError("no metrics to plot")
+        raise ConfigError("no metrics to plot")
     groups = _group(names)
     ncols = 1 if len(groups) == 1 else 2
     nrows = math.ceil(len(groups) / ncols)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.tracking.base import MetricLogger, MultiLogger, NullLogger
 
 BACKENDS = ("tensorboard", "csv", "wandb", "mlflow", "none")
@@ -51,14 +52,14 @@ def make_logger(
     names = list(backends)
     unknown = [b for b in names if b not in BACKENDS]
     if unknown:
-        raise ValueError(f"tracker: unknown backend(s) {unknown}; choose from {list(BACKENDS)}")
+        raise ConfigError(f"tracker: unknown backend(s) {unknown}; choose from {list(BACKENDS)}")
     if len(set(names)) != len(names):
-        raise ValueError(f"tracker: backend listed twice in {names}")
+        raise ConfigError(f"tracker: backend listed twice in {names}")
     if "none" in names and len(names) > 1:
-        raise ValueError(f"tracker: 'none' cannot be combined with other backends, got {names}")
+        raise ConfigError(f"tracker: 'none' cannot be combined with other backends, got {names}")
     stray = sorted(set(options) - set(names))
     if stray:
-        raise ValueError(f"tracker: options given for backend(s) {stray} that are not selected ({names})")
+        raise ConfigError(f"tracker: options given for backend(s) {stray} that are not selected ({names})")
     if not names or names == ["none"]:
         return NullLogger()
     loggers: list[MetricLogger] = []
@@ -97,7 +98,7 @@ def new_run_dir(root: str | Path, name: str | None = None, exist_ok: bool = Fals
                 continue
         raise FileExistsError(f"could not find a free run directory name under {root} for {stem}")
     if not name or Path(name).name != name or name in (".", ".."):
-        raise ValueError(f"run name must be a single directory name, got {name!r}")
+        raise ConfigError(f"run name must be a single directory name, got {name!r}")
     path = root / name
     path.mkdir(exist_ok=True)
     if not exist_ok and any(path.iterdir()):

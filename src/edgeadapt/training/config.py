@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from edgeadapt.errors import ConfigError
+
 
 class TrainConfig(BaseModel):
     """Hyperparameters of one training run (optimizer, schedule, precision, budget, checkpoints)."""
@@ -48,5 +50,5 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.precision == "fp16" and self.device == "cpu":
-            raise ValueError("precision: fp16 autocast needs CUDA; use 'bf16' on CPU")
+            raise ConfigError("precision: fp16 autocast needs CUDA; use 'bf16' on CPU")
         return self

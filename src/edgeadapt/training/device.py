@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from edgeadapt.errors import ConfigError
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``"auto"`` → ``cuda`` if available else ``cpu``; anything else is passed to ``torch.device``."""
@@ -12,9 +14,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
+        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='auto' or 'cpu'")
+        raise ConfigError(f"device {device!r} requested but CUDA is not available; use device='auto' or 'cpu'")
     return dev
 
 

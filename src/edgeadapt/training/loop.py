@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import ModelAdapter
 from edgeadapt.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from edgeadapt.training.config import TrainConfig
@@ -68,7 +69,7 @@ def _optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.opti
 def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if cfg.precision == "fp16":
         if device.type != "cuda":
-            raise ValueError("precision: fp16 autocast needs CUDA; use 'bf16' on CPU")
+            raise ConfigError("precision: fp16 autocast needs CUDA; use 'bf16' on CPU")
         return torch.float16
     if cfg.precision == "bf16":
         return torch.bfloat16
@@ -82,7 +83,7 @@ def _set_checkpointing(model: torch.nn.Module, on: bool) -> None:
     enable = getattr(model, "activation_checkpointing_enable", None) or getattr(model, "gradient_checkpointing_enable", None)
     if enable is None:
         if on:
-            raise ValueError("gradient_checkpointing: this model is not a Hugging Face model with "
+            raise ConfigError("gradient_checkpointing: this model is not a Hugging Face model with "
                              "activation checkpointing; set gradient_checkpointing: false")
         return
     if on:
@@ -137,7 +138,7 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
     """
     loss_fn = loss_fn or (lambda a, b: a.task_loss(b))
     if cfg.patience is not None and val is None and evaluate is None:
-        raise ValueError("patience: early stopping needs validation data; pass val= or set patience: null")
+        raise ConfigError("patience: early stopping needs validation data; pass val= or set patience: null")
     dist = Distributed.from_env(cfg.device)
     device = dist.device if dist else resolve_device(cfg.device)
     model = adapter.model.to(device)
@@ -153,12 +154,12 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
 
     n_micro = sum(1 for _ in batches(0))
     if n_micro == 0:
-        raise ValueError("train data is empty: the first epoch yielded no batches")
+        raise ConfigError("train data is empty: the first epoch yielded no batches")
     steps_per_epoch = math.ceil(n_micro / cfg.grad_accum_steps)
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
     params = [p for p in trained.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("the model has no trainable parameters (all requires_grad=False)")
+        raise ConfigError("the model has no trainable parameters (all requires_grad=False)")
     opt = _optimizer(cfg, params)
     lower = monitor in LOWER_IS_BETTER
     sched = LRSchedule(opt, cfg.schedule, total, int(cfg.warmup_fraction * total), cfg.plateau_factor,

@@ -21,11 +21,13 @@ from torch import nn
 
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter
+from edgeadapt.models.spec import BlockSpec
 from edgeadapt.pruning.groups import block_members
 
 
 class BlockGate(nn.Module):
-    """Pooled block input ``[B, hidden]`` → non-negative saliency for heads ``[B, U]`` and neurons ``[B, N]``."""
+    """Pooled block input ``[B, hidden]`` → non-negative saliency for heads ``[B, U]`` and neurons
+    ``[B, N]``."""
 
     def __init__(self, hidden: int, num_units: int, num_neurons: int, bottleneck: int = 16):
         super().__init__()
@@ -52,18 +54,24 @@ def kwta(saliency: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @dataclass
-class _Point:
+class GatePoint:
     """Where one gate acts: the input features of ``module`` owned by each unit (``[units, k]``)."""
 
     module: str
     index: torch.Tensor
 
 
-def _gate_point(adapter: HFAdapter, block, kind: str) -> _Point:
+def gate_point(block: BlockSpec, kind: str) -> GatePoint:
+    """Where a ``kind`` ("heads" or "neurons") gate of ``block`` acts: the input of the attention
+    output projection (heads) or of the MLP output projection (neurons), with the input-feature
+    indices each unit owns. The knowledge base gates there, and proxy extraction and syncing read
+    the same points, so all three agree on which channels a unit is.
+
+    Raises :class:`~edgeadapt.errors.ConfigError` when the block has no such input member."""
     path = block.attention.o.module if kind == "heads" else block.mlp.output.module
     for m in block_members(block, kind):
         if m.slice.module == path and m.slice.axis == "in":
-            return _Point(path, m.index)
+            return GatePoint(path, m.index)
     raise ConfigError(f"block {block.index}: no input member on {path} for {kind}")
 
 
@@ -103,7 +111,7 @@ class GateSet(nn.Module):
             self._handles.append(model.get_submodule(block.module).register_forward_pre_hook(
                 self._reader(pos), with_kwargs=True))
             for kind in ("heads", "neurons"):
-                point = _gate_point(adapter, block, kind)
+                point = gate_point(block, kind)
                 self._handles.append(model.get_submodule(point.module).register_forward_pre_hook(
                     self._scaler(pos, kind, point)))
         return self
@@ -119,7 +127,7 @@ class GateSet(nn.Module):
             self.last[pos] = self.gates[pos](hidden.mean(dim=1).float())
         return hook
 
-    def _scaler(self, pos: int, kind: str, point: _Point):
+    def _scaler(self, pos: int, kind: str, point: GatePoint):
         def hook(_module, args):
             x = args[0]
             saliency = self.last[pos][0 if kind == "heads" else 1]
@@ -139,5 +147,6 @@ class GateSet(nn.Module):
 
     def l1(self) -> torch.Tensor:
         """Mean saliency of the latest forward (the sparsity penalty)."""
-        terms = [torch.cat([h.mean().view(1), n.mean().view(1)]) for h, n in (t for t in self.last if t is not None)]
+        terms = [torch.cat([h.mean().view(1), n.mean().view(1)])
+                 for h, n in (t for t in self.last if t is not None)]
         return torch.cat(terms).mean()

@@ -19,7 +19,7 @@ import torch
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.models.tasks import model_inputs
-from edgeadapt.offline.gates import _gate_point, kwta
+from edgeadapt.offline.gates import gate_point, kwta
 from edgeadapt.offline.knowledge_base import KnowledgeBase, units_at
 from edgeadapt.pruning import ops
 from edgeadapt.pruning.apply import apply_plan, meta_copy, params_under
@@ -106,7 +106,7 @@ def extract_proxy(kb: KnowledgeBase, window: Iterable[Batch], width: float) -> P
         for pos, (block, bplan) in enumerate(zip(proxy.blocks(), plan.blocks)):
             for kind, kept, raw in (("heads", bplan.heads, sal.heads_raw[pos]),
                                     ("neurons", bplan.neurons, sal.neurons_raw[pos])):
-                point = _gate_point(proxy, block, kind)
+                point = gate_point(block, kind)
                 weight = ops.weight_matrix(proxy.model.get_submodule(point.module))
                 for local, unit in enumerate(kept):
                     weight[:, point.index[local]] *= raw[unit].to(weight.dtype)

@@ -57,11 +57,11 @@ def step_memory(adapter: HFAdapter, loss_fn: LossFn, batch: Batch, lr: float, de
     import copy
 
     from edgeadapt.memory.accounting import measure_peak
-    from edgeadapt.training.loop import _set_checkpointing
+    from edgeadapt.training.loop import set_checkpointing
 
     probe = copy.deepcopy(adapter)
     probe.model.to(device).train()
-    _set_checkpointing(probe.model, checkpointing)
+    set_checkpointing(probe.model, checkpointing)
     params = [p for p in probe.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)
     batch = to_device(batch, device)

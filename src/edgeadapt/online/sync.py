@@ -22,7 +22,7 @@ import torch
 
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter
-from edgeadapt.offline.gates import _gate_point
+from edgeadapt.offline.gates import gate_point
 from edgeadapt.offline.knowledge_base import KnowledgeBase
 from edgeadapt.offline.neuron_index import MARK, check_index_matches, kb_state_to_fm
 from edgeadapt.online.proxy import Proxy
@@ -211,7 +211,7 @@ def _feature_maps(kb: KnowledgeBase, proxy: Proxy, plan: PruningPlan) -> dict[Ke
             kept_t = torch.tensor(kept, dtype=torch.long)
             sal = torch.as_tensor(raw[kind][bplan.index]).detach().cpu().double()[kept_t]
             zero = kept_t[~((sal > 0) & torch.isfinite(sal))]
-            gate = _gate_point(kb.adapter, block, kind)
+            gate = gate_point(block, kind)
             for m in block_members(block, kind):
                 key = (m.slice.module, m.slice.axis)
                 parts[key].append(m.index[kept_t].reshape(-1))

@@ -15,6 +15,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ from edgeadapt.training.device import resolve_device, to_device
 from edgeadapt.training.distributed import Distributed
 from edgeadapt.training.schedule import LRSchedule
 
-__all__ = ["TrainConfig", "TrainResult", "fit", "LOWER_IS_BETTER"]
+__all__ = ["TrainConfig", "TrainResult", "fit", "own_rng", "seed_everything", "set_checkpointing",
+           "LOWER_IS_BETTER"]
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[ModelAdapter, Batch], torch.Tensor]
@@ -78,9 +80,16 @@ def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | Non
     return None
 
 
-def _set_checkpointing(model: torch.nn.Module, on: bool) -> None:
+def set_checkpointing(model: torch.nn.Module, on: bool) -> None:
+    """Turn activation (gradient) checkpointing of a Hugging Face model on or off.
+
+    With it on, block activations are recomputed in backward instead of stored, trading compute
+    for memory; ``fit`` uses it for ``cfg.gradient_checkpointing`` and memory probes use it to
+    measure the same step. Turning it off on a model without the feature is a no-op; turning it
+    on raises :class:`~edgeadapt.errors.ConfigError`."""
     # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_*.
-    enable = getattr(model, "activation_checkpointing_enable", None) or getattr(model, "gradient_checkpointing_enable", None)
+    enable = getattr(model, "activation_checkpointing_enable", None) \
+        or getattr(model, "gradient_checkpointing_enable", None)
     if enable is None:
         if on:
             raise ConfigError("gradient_checkpointing: this model is not a Hugging Face model with "
@@ -109,6 +118,32 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+@contextmanager
+def own_rng(device: torch.device) -> Iterator[None]:
+    """Run a block on private copies of the process-wide RNG streams (torch CPU, the CUDA device's,
+    Python's ``random``): whatever the block seeds or draws, the caller's streams are exactly as
+    they were when it returns. ``fit`` trains inside it, so seeding the loop with ``cfg.seed``
+    (dropout, random widths, anything a loss draws) is reproducible without reseeding the caller.
+    Seed the whole process explicitly with :func:`seed_everything` when you want that."""
+    python_state = random.getstate()
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and every CUDA device) and Python's ``random`` process-wide.
+
+    The explicit, opt-in step for scripts that want one seed to govern everything they do;
+    library functions never call it (``fit`` seeds only its own private streams)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def _improved(value: float, best: float | None, lower: bool) -> bool:
     return best is None or (value < best if lower else value > best)
 
@@ -130,6 +165,10 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
     are extra trainable modules outside the model (e.g. the knowledge base's gates); they are
     optimized, checkpointed and best-restored together with it.
 
+    Randomness: the loop seeds torch and ``random`` with ``cfg.seed`` (a resumed run restores the
+    checkpoint's streams instead) on private copies of the RNGs (:func:`own_rng`), so a run is
+    reproducible and the caller's RNG state is the same after ``fit`` as before it.
+
     Example::
 
         fit(adapter, lambda e: image_batches(x, y, 64, shuffle=True, seed=e),
@@ -141,6 +180,16 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
         raise ConfigError("patience: early stopping needs validation data; pass val= or set patience: null")
     dist = Distributed.from_env(cfg.device)
     device = dist.device if dist else resolve_device(cfg.device)
+    with own_rng(device):  # the loop's randomness never leaks into the caller's streams
+        return _fit(adapter, train, cfg, val, monitor, loss_fn, evaluate, logger, checkpoint_dir, resume,
+                    callbacks, modules, dist, device)
+
+
+def _fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: TrainConfig,
+         val: Callable[[], Iterable[Batch]] | None, monitor: str, loss_fn: LossFn,
+         evaluate: Callable[[], dict[str, float]] | None, logger: Any | None,
+         checkpoint_dir: str | Path | None, resume: bool, callbacks: Sequence[Callable[[StepInfo], None]],
+         modules: Sequence[torch.nn.Module], dist: Distributed | None, device: torch.device) -> TrainResult:
     model = adapter.model.to(device)
     for extra in modules:
         extra.to(device)
@@ -156,7 +205,9 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
     if n_micro == 0:
         raise ConfigError("train data is empty: the first epoch yielded no batches")
     steps_per_epoch = math.ceil(n_micro / cfg.grad_accum_steps)
-    total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total = min(cfg.max_steps, total)
     params = [p for p in trained.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model has no trainable parameters (all requires_grad=False)")
@@ -195,8 +246,9 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
 
     main = dist is None or dist.is_main
     log = logger if (logger is not None and main) else None
-    _set_checkpointing(model, cfg.gradient_checkpointing)
-    bar = tqdm(total=total, initial=st["step"], desc="train", disable=not (cfg.progress and main), leave=False)
+    set_checkpointing(model, cfg.gradient_checkpointing)
+    bar = tqdm(total=total, initial=st["step"], desc="train", disable=not (cfg.progress and main),
+               leave=False)
     start = time.perf_counter() - st["elapsed"]
     try:
         for epoch in range(st["epoch"], cfg.epochs):
@@ -207,8 +259,8 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                     loss = loss_fn(adapter, to_device(batch, device))
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {st['step']} (epoch {epoch}); "
-                                             "lower learning_rate or use precision: fp32")
+                    raise FloatingPointError(f"loss is {loss.item()} at step {st['step']} (epoch {epoch});"
+                                             " lower learning_rate or use precision: fp32")
                 scaled = loss / cfg.grad_accum_steps
                 (scaler.scale(scaled) if scaler else scaled).backward()
                 st["micro"], st["loss_sum"] = i + 1, st["loss_sum"] + loss.item()
@@ -238,7 +290,8 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
                     st["stop_reason"] = "max_steps"
                 elif cfg.max_seconds is not None and st["elapsed"] >= cfg.max_seconds:
                     st["stop_reason"] = "max_seconds"
-                if cfg.checkpoint_every and st["step"] % cfg.checkpoint_every == 0 and st["stop_reason"] == "epochs":
+                periodic = cfg.checkpoint_every and st["step"] % cfg.checkpoint_every == 0
+                if periodic and st["stop_reason"] == "epochs":
                     checkpoint()
                 for callback in callbacks:
                     callback(StepInfo(st["step"], epoch, loss.item(), sched.lr))
@@ -247,21 +300,27 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
             row: dict[str, float] = {"epoch": epoch, "step": st["step"],
                                      "train_loss": st["loss_sum"] / max(1, st["micro"]), "lr": sched.lr}
             if val is not None or evaluate is not None:
-                metrics = evaluate() if evaluate is not None else adapter.evaluate(to_device(b, device) for b in val())
+                metrics = evaluate() if evaluate is not None \
+                    else adapter.evaluate(to_device(b, device) for b in val())
                 if monitor not in metrics:
-                    raise KeyError(f"monitor: validation produced {sorted(metrics)}, not {monitor!r}")
+                    raise ConfigError(f"monitor: validation produced {sorted(metrics)}, not {monitor!r}; "
+                                      f"set monitor to one of them")
                 row.update({f"val_{k}": v for k, v in metrics.items()})
-                bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.4f}", **{f"val_{monitor}": f"{metrics[monitor]:.4f}"})
+                bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.4f}",
+                                **{f"val_{monitor}": f"{metrics[monitor]:.4f}"})
                 if _improved(metrics[monitor], st["best"].get(monitor), lower):
                     st["best"], st["bad_epochs"] = dict(metrics), 0
-                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in trained.state_dict().items()}
+                    best_state = {k: v.detach().to("cpu", copy=True)
+                                  for k, v in trained.state_dict().items()}
                 else:
                     st["bad_epochs"] += 1
                 sched.observe(metrics[monitor])
-                if cfg.patience is not None and st["bad_epochs"] >= cfg.patience and st["stop_reason"] == "epochs":
+                patience_out = cfg.patience is not None and st["bad_epochs"] >= cfg.patience
+                if patience_out and st["stop_reason"] == "epochs":
                     st["stop_reason"] = "patience"
             if log is not None:
-                log.log_metrics({f"epoch/{k}": v for k, v in row.items() if k not in ("epoch", "step")}, st["step"])
+                log.log_metrics({f"epoch/{k}": v for k, v in row.items() if k not in ("epoch", "step")},
+                                st["step"])
             st["history"].append(row)
             st["epoch"], st["micro"], st["loss_sum"] = epoch + 1, 0, 0.0
             checkpoint()
@@ -269,7 +328,7 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
                 break
     finally:
         bar.close()
-        _set_checkpointing(model, False)
+        set_checkpointing(model, False)
     return _finish(trained, st, best_state, result)
 
 

@@ -113,3 +113,10 @@ def test_registering_a_malformed_family_fails():
                     o="o", mlp_inputs=("i",), mlp_output="o2", norms=(), embeddings=())
     with pytest.raises(ValueError, match="alphanumeric"):
         register_family(spec)
+
+
+def test_building_a_seeded_tiny_model_leaves_the_global_rng_untouched():
+    torch.manual_seed(11)
+    before = torch.random.get_rng_state()
+    load_adapter("tiny-llama", seed=3)
+    assert torch.equal(torch.random.get_rng_state(), before)

@@ -9,7 +9,7 @@ import torch
 from pydantic import ValidationError
 
 from edgeadapt.models.registry import load_adapter
-from edgeadapt.offline.gates import GateSet, _gate_point, kwta
+from edgeadapt.offline.gates import GateSet, gate_point, kwta
 from edgeadapt.offline.knowledge_base import (
     KBSettings,
     build_kb,
@@ -98,7 +98,7 @@ def _gate_values(kb, batch) -> dict[tuple[int, str], torch.Tensor]:
     forward. An all-ones input is injected before the gate hooks and the result read after them,
     so natural zeros (ReLU) cannot pass for dropped units."""
     model, size = kb.adapter.model, len(next(iter(batch.values())))
-    points = {(pos, kind): _gate_point(kb.adapter, block, kind)
+    points = {(pos, kind): gate_point(block, kind)
               for pos, block in enumerate(kb.adapter.blocks()) for kind in ("heads", "neurons")}
     seen: dict[tuple[int, str], torch.Tensor] = {}
     kb.gates.detach()
@@ -206,6 +206,7 @@ def test_distillation_is_zero_for_the_untrained_kb_at_full_width_only(name, load
     assert abs(full) < 1e-6 and small > 1e-4, (full, small)  # float noise vs a real gap (BERT's is small)
 
 
+@pytest.mark.slow
 def test_build_kb_improves_the_smallest_width(source_vit_dir):
     from edgeadapt.data.digits import image_batches
     from edgeadapt.data.registry import build_dataset
@@ -315,3 +316,13 @@ def test_unknown_pooling_is_refused(tiny_kb):
     kb, _ = tiny_kb
     with pytest.raises(ValueError, match="pooling"):
         GateSet(kb.adapter, pooling="foo")
+
+
+def test_gates_are_seeded_and_leave_the_global_rng_untouched(load):
+    fm = load("tiny-vit")
+    torch.manual_seed(11)
+    before = torch.random.get_rng_state()
+    a, b = GateSet(fm, seed=3), GateSet(fm, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)

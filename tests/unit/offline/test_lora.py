@@ -172,3 +172,14 @@ def test_bad_use_is_refused(load, tmp_path):
     save_pruned(load("tiny-bert"), tmp_path / "plain")
     with pytest.raises(ArtifactError, match="not a LoRA artifact"):
         load_lora_artifact(tmp_path / "plain")
+
+
+def test_add_lora_is_seeded_and_leaves_the_global_rng_untouched(load):
+    torch.manual_seed(11)
+    before = torch.random.get_rng_state()
+    a, b = load("tiny-llama"), load("tiny-llama")
+    add_lora(a, LoraSettings(), seed=5)
+    add_lora(b, LoraSettings(), seed=5)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    for (name, pa), (_, pb) in zip(a.model.named_parameters(), b.model.named_parameters()):
+        assert torch.equal(pa, pb), name

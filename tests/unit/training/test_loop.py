@@ -134,9 +134,9 @@ def test_bf16_autocast_trains_on_cpu():
 def test_gradient_checkpointing_saves_fewer_activations_and_same_gradients():
     def saved_bytes_and_grads(on: bool):
         adapter = load_adapter("tiny-vit", seed=0)
-        from edgeadapt.training.loop import _set_checkpointing
+        from edgeadapt.training.loop import set_checkpointing
 
-        _set_checkpointing(adapter.model, on)
+        set_checkpointing(adapter.model, on)
         adapter.model.train()
         total = [0]
 

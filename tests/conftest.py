@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -17,6 +20,39 @@ torch.set_num_threads(1)
 
 TINY = ["tiny-vit", "tiny-bert", "tiny-gpt2", "tiny-opt", "tiny-llama"]
 ALL = [*TINY, "minilm"]
+
+
+# Session artifacts that take about a minute each to build. Only tests marked `slow` may use them, so
+# `make test-fast` (pytest -m "not slow") never trains the source ViT.
+TRAINED_FIXTURES = ("source_vit_dir", "offline_vit_dir")
+running: list[pytest.Item] = []  # the test being set up, for fixtures requested by name at run time
+
+
+def unmarked_trained_users(items: list[pytest.Item]) -> list[str]:
+    """Node ids of the tests in ``items`` that use a trained session fixture but are not marked slow."""
+    return [item.nodeid for item in items
+            if set(TRAINED_FIXTURES) & set(getattr(item, "fixturenames", ()))
+            and item.get_closest_marker("slow") is None]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a run in which a test uses a trained session fixture without `@pytest.mark.slow`."""
+    bad = unmarked_trained_users(items)
+    if bad:
+        raise pytest.UsageError(f"tests using {' or '.join(TRAINED_FIXTURES)} train for about a minute; "
+                                f"mark them @pytest.mark.slow: {', '.join(bad)}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    running[:] = [item]
+
+
+def require_slow(name: str) -> None:
+    """Fail the test being set up if it reaches ``name`` (e.g. via getfixturevalue) and is not slow."""
+    if running and running[0].get_closest_marker("slow") is None:
+        pytest.fail(f"{running[0].nodeid} uses {name}, which trains for about a minute: "
+                    "mark it @pytest.mark.slow", pytrace=False)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -91,27 +127,38 @@ def load(minilm_adapter):
     return _load
 
 
-@pytest.fixture(scope="session")
-def source_vit_dir(tmp_path_factory: pytest.TempPathFactory):
-    """The source tiny ViT trained once per session by the shipped recipe (an artifact directory)."""
-    from edgeadapt.recipes.source import train_source_vit
+REPO = Path(__file__).resolve().parents[1]
+SOURCE_RECIPE_YAML = REPO / "configs" / "train-vit-digits.yaml"
 
-    out = tmp_path_factory.mktemp("source") / "source-vit"
-    train_source_vit(out, progress=False)
+
+@pytest.fixture(scope="session")
+def source_vit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The source tiny ViT, trained ONCE per session by `edgeadapt train` on the shipped recipe
+    (an artifact directory; ~1 min on 2 cores, so only `slow` tests may use it). What the command
+    printed is kept beside it in ``train.stdout`` for the test of the CLI itself."""
+    from edgeadapt.cli.main import main
+
+    require_slow("source_vit_dir")
+    root = tmp_path_factory.mktemp("source")
+    out = root / "source-vit"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["train", "--config", str(SOURCE_RECIPE_YAML), "--out", str(out)])
+    (root / "train.stdout").write_text(printed.getvalue())
+    assert code == 0, printed.getvalue()
     return out
 
 
 @pytest.fixture(scope="session")
 def offline_vit_dir(source_vit_dir, tmp_path_factory: pytest.TempPathFactory):
     """`edgeadapt offline all` on the source ViT (short training), once per session."""
-    from pathlib import Path
-
     import yaml
 
     from edgeadapt.cli.main import main
 
+    require_slow("offline_vit_dir")
     root = tmp_path_factory.mktemp("offline")
-    recipe = Path(__file__).resolve().parents[1] / "configs" / "offline-vit-digits.yaml"
+    recipe = REPO / "configs" / "offline-vit-digits.yaml"
     cfg = yaml.safe_load(recipe.read_text())
     cfg.update(model=str(source_vit_dir), out=str(root / "offline"), tracking={"backends": ["csv"]})
     cfg["lora"]["train"].update(epochs=2, progress=False)

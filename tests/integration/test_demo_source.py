@@ -1,32 +1,33 @@
-"""The source model end to end: `edgeadapt train` on the shipped recipe learns digits (≥ 90%),
-writes a complete artifact directory, is reused as the demo's cached source, and prunes sensibly."""
+"""The source model end to end: `edgeadapt train` on the shipped recipe (the session's `source_vit_dir`)
+learns digits (≥ 90%), writes a complete artifact directory, is reused as the demo's cached source,
+and prunes sensibly."""
 
 from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
+import pytest
 import yaml
 
-from edgeadapt.cli.main import main
 from edgeadapt.data.calibration import calibration_batches
 from edgeadapt.data.digits import digits_tensors, image_batches
 from edgeadapt.pruning.checkpoint import load_pruned
 from edgeadapt.recipes.demo import pruning_table
 from edgeadapt.recipes.source import SOURCE_RECIPE, train_source_vit
-
-RECIPE = Path(__file__).resolve().parents[2] / "configs" / "train-vit-digits.yaml"
+from tests.conftest import SOURCE_RECIPE_YAML as RECIPE
 
 
 def test_shipped_recipe_is_the_source_recipe():
     assert yaml.safe_load(RECIPE.read_text()) == SOURCE_RECIPE
 
 
-def test_train_cli_learns_digits_and_the_demo_reuses_it(tmp_path, capsys):
-    out = tmp_path / "source"
-    assert main(["train", "--config", str(RECIPE), "--out", str(out)]) == 0
-    assert "test accuracy" in capsys.readouterr().out
+@pytest.mark.slow
+def test_train_cli_learns_digits_and_the_demo_reuses_it(source_vit_dir):
+    # The session's source ViT is the output of `edgeadapt train --config RECIPE` (see conftest):
+    # trained once, checked here, reused by the offline and online tests.
+    out = source_vit_dir
+    assert "test accuracy" in (out.parent / "train.stdout").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] >= 0.90
     history = metrics["history"]
@@ -41,7 +42,8 @@ def test_train_cli_learns_digits_and_the_demo_reuses_it(tmp_path, capsys):
 
     adapter, again = train_source_vit(out)  # reuses the artifact, no training
     assert again["accuracy"] == metrics["test"]["accuracy"]
-    assert load_pruned(out).evaluate(image_batches(*digits_tensors("test"), 256))["accuracy"] == again["accuracy"]
+    reloaded = load_pruned(out).evaluate(image_batches(*digits_tensors("test"), 256))
+    assert reloaded["accuracy"] == again["accuracy"]
 
     x, y = digits_tensors("test")
     test = list(image_batches(x, y, 256))

@@ -27,6 +27,7 @@ def config(tmp_path, **changes):
     return parse_config(data)
 
 
+@pytest.mark.slow
 def test_train_then_test_mode_from_one_yaml(tmp_path, capsys):
     path = tmp_path / "prune.yaml"
     where = {"save": str(tmp_path / "model"), "log_dir": str(tmp_path / "logs")}
@@ -113,6 +114,7 @@ def test_killed_recovery_resumes_to_the_same_weights(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 def test_llm_pretrain_learns_and_caches(tmp_path, capsys):
     out = tmp_path / "ref"
     assert main(["llm-pretrain", "--out", str(out), "--epochs", "1"]) == 0

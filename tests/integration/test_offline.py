@@ -17,8 +17,10 @@ from edgeadapt.offline.neuron_index import load_index
 from edgeadapt.offline.pipeline import run_offline
 from edgeadapt.online.proxy import extract_proxy
 from edgeadapt.pruning.checkpoint import load_model
+from tests.conftest import REPO
 
 
+@pytest.mark.slow
 def test_offline_all_on_the_source_vit(offline_vit_dir, source_vit_dir):
     root = offline_vit_dir
     fm = load_lora_artifact(root / "lora")
@@ -43,9 +45,10 @@ def test_offline_all_on_the_source_vit(offline_vit_dir, source_vit_dir):
         load_kb(root / "kb", expect_base_hash=load_model(source_vit_dir).base_hash())
 
 
-@pytest.mark.parametrize("config", ["configs/offline-minilm-docs.yaml", "configs/offline-llama-docs.yaml"])
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["offline-minilm-docs.yaml", "offline-llama-docs.yaml"])
 def test_offline_all_on_text_models(config, tmp_path):
-    data = yaml.safe_load(open(config))
+    data = yaml.safe_load((REPO / "configs" / config).read_text())  # not relative to the cwd
     data["out"] = str(tmp_path / "offline")
     data["tracking"] = {"backends": ["csv"]}
     for step in ("lora", "kb"):

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from edgeadapt.cli.main import main
 from edgeadapt.online.pipeline import AdaptConfig, run_adapt
 
 
+@pytest.mark.slow
 def test_adapt_beats_source_on_a_severe_stream(offline_vit_dir, tmp_path):
     out = tmp_path / "adapt"
     cfg = AdaptConfig(offline=offline_vit_dir, stream="gaussian_noise:5,contrast:3", static_epochs=2,
@@ -29,27 +32,28 @@ def test_adapt_beats_source_on_a_severe_stream(offline_vit_dir, tmp_path):
         assert (out / name).is_file(), name
 
 
+@pytest.mark.slow
 def test_bad_adapt_input_is_refused(offline_vit_dir, tmp_path, capsys):
-    assert main(["adapt", "--offline", str(offline_vit_dir), "--stream", "fogg:3", "--out", str(tmp_path)]) == 2
+    def adapt(*args: str, offline=offline_vit_dir) -> int:
+        return main(["adapt", "--offline", str(offline), *args, "--out", str(tmp_path)])
+
+    assert adapt("--stream", "fogg:3") == 2
     assert "fogg" in capsys.readouterr().err
-    assert main(["adapt", "--offline", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
+    assert adapt(offline=tmp_path / "none") == 2
     assert "edgeadapt offline all" in capsys.readouterr().err
-    assert main(["adapt", "--offline", str(offline_vit_dir), "--width", "0", "--out", str(tmp_path)]) == 2
+    assert adapt("--width", "0") == 2
     assert "width" in capsys.readouterr().err
-    assert main(["adapt", "--offline", str(offline_vit_dir), "--steps", "0", "--out", str(tmp_path)]) == 2
+    assert adapt("--steps", "0") == 2
     assert "steps" in capsys.readouterr().err
-    assert main(["adapt", "--offline", str(offline_vit_dir), "--proxy-params", "0", "--out", str(tmp_path)]) == 2
+    assert adapt("--proxy-params", "0") == 2
     assert "proxy_params" in capsys.readouterr().err
-    assert main(["adapt", "--offline", str(offline_vit_dir), "--proxy-params", "100", "--methods", "edgeadapt",
-                 "--out", str(tmp_path)]) == 2
+    assert adapt("--proxy-params", "100", "--methods", "edgeadapt") == 2
     assert "smallest proxy" in capsys.readouterr().err
-    assert main(["adapt", "--offline", str(offline_vit_dir), "--proxy-memory", "12 parsecs",
-                 "--out", str(tmp_path)]) == 2
+    assert adapt("--proxy-memory", "12 parsecs") == 2
     assert "16MiB" in capsys.readouterr().err
 
 
 def test_budget_fields_validate() -> None:
-    import pytest
     from pydantic import ValidationError
 
     assert AdaptConfig(proxy_memory_bytes="2MiB").proxy_memory_bytes == 2 * 2**20

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -13,6 +14,8 @@ from edgeadapt.pruning.apply import apply_plan
 from edgeadapt.pruning.checkpoint import load_pruned, save_pruned
 from edgeadapt.pruning.plan import PruningPlan
 from edgeadapt.pruning.prune import prune
+
+pytestmark = pytest.mark.slow
 
 
 def _embed(adapter, batches):

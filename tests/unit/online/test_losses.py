@@ -163,6 +163,7 @@ def test_source_stats_round_trip(vit, tmp_path):
         SourceStats.load(tmp_path / "other.safetensors")
 
 
+@pytest.mark.slow
 def test_short_adaptation_on_low_contrast_helps_without_collapse(source_dir):
     from edgeadapt.data.registry import build_dataset
     from edgeadapt.data.stream import stream_data

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -33,6 +34,7 @@ WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # two torchrun processes: ~10 s
 def test_two_ranks_match_one_process_on_the_combined_batches(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest tests
+
+# The inner loop: everything but the whole-stage tests marked `slow` (under 2 minutes on 2 cores).
+test-fast: setup
+	$(BIN)/python -m pytest tests -m "not slow"
 
 bench: setup
 	$(BIN)/python benchmarks/prune_fidelity.py

@@ -1,19 +1,28 @@
-"""Importance scores per group member: magnitude, first-order Taylor, activation.
+"""Importance scores per group member, under one vocabulary shared by every command and config.
 
 A score table maps each kind to one tensor per *current* block: ``scores["heads"][b][u]`` is
 head unit ``u`` of block ``b``; ``scores["neurons"][b][n]`` is FFN neuron ``n``;
 ``scores["layers"][b]`` is block ``b`` as a whole. Scores are always joint over a group: a
 head's q/k/v rows and o columns, a neuron's row in every input projection and its output column.
 
-Taylor importance estimates the loss change from removing a group, ``(sum over the group of
-w * dL/dw)``. The default ``taylor`` squares that per calibration *sample* and averages
-(Molchanov et al., 2019), which keeps the sign-cancelling first-order term informative;
-``taylor-abs`` sums ``|w * g|`` element-wise over batch gradients (the torch-pruning convention).
+The names (:data:`IMPORTANCES`, the one table ``edgeadapt prune``, ``edgeadapt llm-prune``, the
+Python API and every config use) follow the field's:
+
+- ``magnitude`` / ``magnitude-l2``: L1 / L2 norm of the group's weights;
+- ``taylor``: first-order Taylor, ``sum over the group of |w * dL/dw|`` element-wise from batch
+  gradients, accumulated over calibration batches (Molchanov et al., 2019, eq. 7; torch-pruning's
+  ``TaylorImportance``);
+- ``fisher``: second-order Taylor / diagonal Fisher of the group's mask variable: per calibration
+  *sample* the group's first-order loss change ``t = sum over the group of w * dL/dw`` is squared
+  and averaged over samples (Molchanov et al., 2019, eq. 8; Kwon et al., 2022), which keeps the
+  sign-cancelling first-order term informative;
+- ``activation``: mean activation norm per unit; ``random``: seeded uniform scores (a baseline).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -22,12 +31,55 @@ from tqdm.auto import tqdm
 
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import ModelAdapter
-from edgeadapt.pruning.groups import Member, block_members
+from edgeadapt.pruning.groups import Member, block_members, num_units
 from edgeadapt.pruning.ops import is_transposed, weight_matrix
 
 Scores = dict[str, list[torch.Tensor]]
 Batch = dict[str, torch.Tensor]
-METHODS = ("magnitude", "magnitude-l2", "taylor", "taylor-abs", "activation")
+
+
+@dataclass(frozen=True)
+class ImportanceInfo:
+    """One row of the importance table: what the score computes and whether it needs data."""
+
+    description: str
+    needs_batches: bool
+
+
+# The one table of importance names. Both CLIs, the Python API and every config validate against it.
+IMPORTANCES: dict[str, ImportanceInfo] = {
+    "magnitude": ImportanceInfo("L1 norm of the group's weights", False),
+    "magnitude-l2": ImportanceInfo("L2 norm of the group's weights", False),
+    "taylor": ImportanceInfo("first-order Taylor |w·dL/dw| summed element-wise over the group and the "
+                             "calibration batches (Molchanov et al., 2019)", True),
+    "fisher": ImportanceInfo("second-order Taylor / diagonal Fisher of the group's mask: the per-sample "
+                             "squared group term (Σ w·dL/dw)², averaged over samples (Molchanov et al., "
+                             "2019; Kwon et al., 2022)", True),
+    "activation": ImportanceInfo("mean activation norm of each unit over the calibration batches", True),
+    "random": ImportanceInfo("seeded uniform random scores (a baseline that knows nothing)", False),
+}
+METHODS = tuple(IMPORTANCES)
+# Retired spellings -> (new name, what it computes); refused with the new name in the message.
+RENAMED: dict[str, tuple[str, str]] = {
+    "taylor-abs": ("taylor", "first-order |w·g|"),
+}
+DEFAULT_IMPORTANCE = "taylor"
+
+
+def describe_importances() -> str:
+    """``name: description`` for every importance, one per line (for help texts and docs)."""
+    return "\n".join(f"{name}: {info.description}" for name, info in IMPORTANCES.items())
+
+
+def check_importance(method: str, field: str = "importance") -> str:
+    """``method`` if it is a current importance name; a :class:`ConfigError` naming the new name
+    for a retired spelling, or the choices for an unknown one."""
+    if method in RENAMED:
+        new, what = RENAMED[method]
+        raise ConfigError(f"{field}: importance {method!r} was renamed: use {new!r} ({what})")
+    if method not in IMPORTANCES:
+        raise ConfigError(f"{field}: unknown importance {method!r}; choose one of {', '.join(METHODS)}")
+    return method
 
 
 class Importance(Protocol):
@@ -79,18 +131,30 @@ def magnitude(adapter: ModelAdapter, batches: Iterable[Batch] | None = None, p: 
     return scores
 
 
-def taylor(adapter: ModelAdapter, batches: Iterable[Batch], squared: bool = True,
-           progress: bool = False) -> Scores:
-    """First-order Taylor importance accumulated over calibration ``batches``.
+def taylor(adapter: ModelAdapter, batches: Iterable[Batch], progress: bool = False) -> Scores:
+    """First-order Taylor importance: ``sum |w * dL/dw|`` element-wise over each group, from the
+    batch gradients of every calibration batch, averaged over batches (Molchanov et al., 2019).
+    Per layer: ``|sum over the block of w * dL/dw|`` per batch, averaged."""
+    return _gradient_scores(adapter, batches, squared=False, progress=progress)
 
-    ``squared=True`` (``taylor``): per *sample*, the group's first-order loss change
-    ``t = sum over the group of w * dL/dw`` is squared and averaged over samples. The per-sample
-    terms come from activation hooks, using ``sum(w * dL/dw) = sum over tokens of a * dL/da``
-    for a unit's output ``a`` (rows of q/k/v and MLP inputs, bias included) or input (columns of
-    o and the MLP output), so one backward per batch suffices. Every forward pass inside the
-    task loss counts as its own samples (e.g. both views of a contrastive pair).
-    ``squared=False`` (``taylor-abs``): ``sum |w * g|`` element-wise from batch gradients.
+
+def fisher(adapter: ModelAdapter, batches: Iterable[Batch], progress: bool = False) -> Scores:
+    """Second-order Taylor / diagonal Fisher importance of each group's mask variable.
+
+    Per *sample*, the group's first-order loss change ``t = sum over the group of w * dL/dw`` is
+    squared and averaged over samples (Molchanov et al., 2019; Kwon et al., 2022). The per-sample
+    terms come from activation hooks, using ``sum(w * dL/dw) = sum over tokens of a * dL/da`` for a
+    unit's output ``a`` (rows of q/k/v and MLP inputs, bias included) or input (columns of o and
+    the MLP output), so one backward per batch suffices. Every forward pass inside the task loss
+    counts as its own samples (e.g. both views of a contrastive pair). Per layer: the squared
+    block term per batch, averaged.
     """
+    return _gradient_scores(adapter, batches, squared=True, progress=progress)
+
+
+def _gradient_scores(adapter: ModelAdapter, batches: Iterable[Batch], squared: bool,
+                     progress: bool = False) -> Scores:
+    """:func:`fisher` (``squared=True``) or :func:`taylor` (``squared=False``)."""
     model = adapter.model
     layers = model.get_submodule(adapter.layers_path())
     was_training = model.training
@@ -102,7 +166,8 @@ def taylor(adapter: ModelAdapter, batches: Iterable[Batch], squared: bool = True
     samples = 0
     n_batches = 0
     try:
-        for batch in tqdm(list(batches), desc="taylor", disable=not progress, leave=False):
+        name = "fisher" if squared else "taylor"
+        for batch in tqdm(list(batches), desc=name, disable=not progress, leave=False):
             model.zero_grad(set_to_none=True)
             collector = _PerSampleTerms(model, blocks) if squared else None
             try:
@@ -116,7 +181,8 @@ def taylor(adapter: ModelAdapter, batches: Iterable[Batch], squared: bool = True
                     samples += n
                 else:
                     batch_scores = _per_block(adapter, lambda ms: sum(
-                        (member_values(model, m) * member_values(model, m, grad=True)).abs().sum(1) for m in ms))
+                        (member_values(model, m) * member_values(model, m, grad=True)).abs().sum(1)
+                        for m in ms))
                     for kind in totals:
                         totals[kind] = [a + b for a, b in zip(totals[kind], batch_scores[kind])]
                 per_layer = torch.tensor([
@@ -128,7 +194,8 @@ def taylor(adapter: ModelAdapter, batches: Iterable[Batch], squared: bool = True
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     if n_batches == 0:
-        raise ConfigError("taylor importance needs at least one calibration batch")
+        raise ConfigError(f"{'fisher' if squared else 'taylor'} importance needs at least one "
+                          "calibration batch")
     denom = samples if squared else n_batches
     scores = {k: [t / max(denom, 1) for t in v] for k, v in totals.items()}
     scores["layers"] = [layer_total / n_batches]
@@ -246,17 +313,31 @@ def activation(adapter: ModelAdapter, batches: Iterable[Batch]) -> Scores:
     return scores
 
 
+def random_scores(adapter: ModelAdapter, seed: int = 0) -> Scores:
+    """Seeded uniform scores per head, neuron and layer (a baseline that knows nothing)."""
+    g = torch.Generator().manual_seed(seed)
+    blocks = adapter.blocks()
+    return {"heads": [torch.rand(num_units(b, "heads"), generator=g) for b in blocks],
+            "neurons": [torch.rand(num_units(b, "neurons"), generator=g) for b in blocks],
+            "layers": [torch.rand(len(blocks), generator=g)]}
+
+
 def score(adapter: ModelAdapter, method: str, batches: Iterable[Batch] | None = None,
-          progress: bool = False) -> Scores:
-    """Dispatch by name: one of :data:`METHODS`."""
+          progress: bool = False, seed: int = 0) -> Scores:
+    """Scores of every group of ``adapter`` by ``method``, one of :data:`IMPORTANCES` (``seed`` is
+    used by ``random`` only). Retired or unknown names and missing calibration batches raise a
+    :class:`ConfigError`."""
+    check_importance(method)
     if method == "magnitude":
         return magnitude(adapter, p=1)
     if method == "magnitude-l2":
         return magnitude(adapter, p=2)
-    if method not in METHODS:
-        raise ConfigError(f"unknown importance {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "random":
+        return random_scores(adapter, seed)
     if batches is None:
         raise ConfigError(f"importance {method!r} needs calibration batches")
-    if method in ("taylor", "taylor-abs"):
-        return taylor(adapter, batches, squared=method == "taylor", progress=progress)
+    if method == "taylor":
+        return taylor(adapter, batches, progress=progress)
+    if method == "fisher":
+        return fisher(adapter, batches, progress=progress)
     return activation(adapter, batches)

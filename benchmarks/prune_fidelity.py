@@ -1,16 +1,22 @@
-"""Pruning fidelity on the real pretrained MiniLM: edgeadapt vs torch-pruning, one run, same data.
+"""Pruning fidelity on the real pretrained MiniLM: edgeadapt vs torch-pruning, same data, over seeds.
 
 For FFN neurons and attention heads at 10/25/50% sparsity (uniform per layer), prune with
 edgeadapt's magnitude (L2) and Taylor importance and with torch-pruning 1.6.1's group magnitude
 and group Taylor importance. Taylor calibration for both: in-batch contrastive loss (InfoNCE)
 between the two halves of paragraphs of Python's bundled documentation (train split). Metric:
 mean cosine similarity between pruned and dense sentence embeddings of held-out paragraphs (test
-split); also parameters and CPU latency relative to dense (interleaved rounds, medians).
+split); also parameters and CPU latency relative to dense (interleaved rounds, medians; measured
+on the first seed's models: the architecture, hence the latency, does not depend on the seed).
 
-    python benchmarks/prune_fidelity.py [--quick]
+Seeds: each seed draws its own calibration paragraphs (a seeded sample of the train split), the
+same for every method; magnitude pruning ignores calibration, so its std is 0.
 
-Writes ``benchmarks/results/prune_fidelity.json`` as
-``{"rows": [{"method", "target", "sparsity", "cosine", "params", "latency_ratio"}], ...}``.
+    python benchmarks/prune_fidelity.py [--seeds 0,1,2] [--quick | --smoke]
+
+Writes ``benchmarks/results/prune_fidelity.json`` as ``{"seeds", "rows": [{"method", "target",
+"sparsity", "cosine", "params", "latency_ratio"}], "targets", ...}`` (``cosine`` is the mean over
+seeds, with ``cosine_std`` and ``cosine_seeds``; see ``benchlib.py``). ``--smoke`` (one sparsity,
+2 calibration batches, 1 latency round) writes to ``runs/bench-smoke/`` instead.
 """
 
 from __future__ import annotations
@@ -18,8 +24,8 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import json
 import os
+import random
 import resource
 import statistics
 import sys
@@ -32,15 +38,15 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import RESULTS, SMOKE, aggregate_rows, best, judge, parse_seeds, seeds_of, write_json  # noqa: E402
 from peer_torch_pruning import prune_with_torch_pruning  # noqa: E402
+from readme_tables import prune_fidelity as readme_table  # noqa: E402
 
-from edgeadapt.artifacts import atomic_write_text  # noqa: E402
 from edgeadapt.data.text import builtin_paragraphs, text_batches  # noqa: E402
 from edgeadapt.models.registry import load_adapter  # noqa: E402
 from edgeadapt.models.tasks import model_inputs  # noqa: E402
 from edgeadapt.pruning.prune import prune  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "prune_fidelity.json"
 TARGETS = {"ffn": "neurons", "heads": "heads"}
 METHODS = ("magnitude", "taylor", "tp-magnitude", "tp-taylor")
 
@@ -74,7 +80,7 @@ def build(dense, method: str, target: str, sparsity: float, calibration: list):
                                  lambda m, b: adapter.task.loss(m, b))
     else:
         importance = "magnitude-l2" if method == "magnitude" else "taylor"
-        prune(adapter, sparsity, [TARGETS[target]], importance, calibration)
+        prune(adapter, [TARGETS[target]], importance, calibration, unit_sparsity=sparsity)
     adapter.model.zero_grad(set_to_none=True)
     # torch-pruning's pruner/DependencyGraph is a reference cycle that pins the traced autograd
     # graph (its nodes keep grad_fns); collect it now rather than whenever gc next runs.
@@ -82,68 +88,98 @@ def build(dense, method: str, target: str, sparsity: float, calibration: list):
     return adapter
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer calibration batches and latency rounds")
-    ap.add_argument("--sparsities", default="0.1,0.25,0.5")
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    args = ap.parse_args()
-    torch.manual_seed(0)
-    n_cal, rounds = (8, 3) if args.quick else (16, 5)
+def calibration_set(tok, n_batches: int, seed: int) -> list:
+    """``n_batches`` batches of 16 paragraph pairs, a sample of the train split drawn with ``seed``."""
+    paragraphs = random.Random(seed).sample(builtin_paragraphs("train"), n_batches * 16)
+    return list(text_batches(tok, paragraphs, 16, 128, pairs=True))
 
-    dense = load_adapter("minilm")
-    tok = dense.tokenizer
-    calibration = list(text_batches(tok, builtin_paragraphs("train")[: n_cal * 16], 16, 128, pairs=True))
-    held_out = list(text_batches(tok, builtin_paragraphs("test"), 32, 128))
-    reference = embed(dense, held_out)
 
-    models = {("dense", "-", 0.0): dense}
-    sparsities = [float(s) for s in args.sparsities.split(",")]
-    for target in TARGETS:
-        for s in sparsities:
-            for method in METHODS:
-                models[(method, target, s)] = build(dense, method, target, s, calibration)
-                print(f"built {method:>12} {target:>5} {s:.2f} (peak RSS {peak_rss_mb():,.0f} MB)",
-                      file=sys.stderr)
+def measure(dense, settings: list[tuple[str, str, float]], calibration: list, reference: torch.Tensor,
+            held_out: list, keep: bool) -> tuple[list[dict], dict]:
+    """Cosine to the dense embeddings for every (method, target, sparsity); the pruned models are
+    returned only when ``keep`` (for the latency rounds), otherwise freed one by one."""
+    rows, models = [], {}
+    for method, target, s in settings:
+        adapter = build(dense, method, target, s, calibration)
+        cos = F.cosine_similarity(embed(adapter, held_out), reference, dim=-1).mean().item()
+        rows.append({"method": method, "target": target, "sparsity": s, "cosine": cos,
+                     "params": params(adapter.model)})
+        if keep:
+            models[(method, target, s)] = adapter
+        print(f"built {method:>12} {target:>5} {s:.2f}: cosine {cos:.4f} (peak RSS {peak_rss_mb():,.0f} MB)",
+              file=sys.stderr)
+    return rows, models
 
+
+def latency(dense, models: dict, held_out: list, rounds: int) -> dict:
+    """Median forward time of every model over ``held_out`` relative to dense, in interleaved rounds."""
+    models = {("dense", "-", 0.0): dense, **models}
     times: dict[tuple, list[float]] = {k: [] for k in models}
     for _ in range(rounds):  # interleaved so machine noise hits every model alike
         for key, adapter in models.items():
             times[key].append(forward_seconds(adapter.model, held_out))
     dense_time = statistics.median(times[("dense", "-", 0.0)])
+    return {k: round(statistics.median(t) / dense_time, 3) for k, t in times.items()}
 
-    rows = []
-    for (method, target, s), adapter in models.items():
-        if method == "dense":
-            continue
-        cos = F.cosine_similarity(embed(adapter, held_out), reference, dim=-1).mean().item()
-        rows.append({"method": method, "target": target, "sparsity": s, "cosine": round(cos, 4),
-                     "params": params(adapter.model),
-                     "latency_ratio": round(statistics.median(times[(method, target, s)]) / dense_time, 3)})
+
+def targets(result: dict) -> list[dict]:
+    """Per (target, sparsity): our best importance at least as faithful as torch-pruning's best
+    (the methods chosen by mean cosine; the difference is paired per seed)."""
+    out = []
+    for unit in dict.fromkeys(r["target"] for r in result["rows"]):
+        for s in dict.fromkeys(r["sparsity"] for r in result["rows"] if r["target"] == unit):
+            here = [r for r in result["rows"] if r["target"] == unit and r["sparsity"] == s]
+            ours = best(here, "cosine", lambda r: not r["method"].startswith("tp-"))
+            peer = best(here, "cosine", lambda r: r["method"].startswith("tp-"))
+            diff = [a - b for a, b in zip(seeds_of(ours, "cosine"), seeds_of(peer, "cosine"))]
+            out.append(judge(f"ours ({ours['method']}) >= {peer['method']} at {unit}@{s:.2f}", diff, 0.0,
+                              fmt="{:+.4f}"))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", default="0,1,2", help="calibration samples; cosine: mean ± std over seeds")
+    ap.add_argument("--quick", action="store_true", help="fewer calibration batches and latency rounds")
+    ap.add_argument("--smoke", action="store_true", help="sparsity 0.5 only, 2 calibration batches, "
+                    "1 latency round; results to runs/bench-smoke/")
+    ap.add_argument("--sparsities", default="0.1,0.25,0.5")
+    ap.add_argument("--out", type=Path, default=None, help="result JSON (default benchmarks/results/...)")
+    args = ap.parse_args()
+    n_cal, rounds = (2, 1) if args.smoke else (8, 3) if args.quick else (16, 5)
+    sparsities = [0.5] if args.smoke else [float(s) for s in args.sparsities.split(",")]
+    out = args.out or (SMOKE if args.smoke else RESULTS) / "prune_fidelity.json"
+    start = time.perf_counter()
+
+    dense = load_adapter("minilm")
+    tok = dense.tokenizer
+    held_out = list(text_batches(tok, builtin_paragraphs("test"), 32, 128))
+    reference = embed(dense, held_out)
+    settings = [(m, t, s) for t in TARGETS for s in sparsities for m in METHODS]
+    seeds = parse_seeds(args.seeds)
+    runs, ratios = [], {}
+    for i, seed in enumerate(seeds):
+        torch.manual_seed(seed)
+        rows, models = measure(dense, settings, calibration_set(tok, n_cal, seed), reference, held_out,
+                               keep=i == 0)
+        if i == 0:
+            ratios = latency(dense, models, held_out, rounds)
+            del models
+        runs.append(rows)
+    rows = aggregate_rows(runs, key=("method", "target", "sparsity"), metrics=("cosine",), digits=4)
+    for r in rows:
+        r["latency_ratio"] = ratios[(r["method"], r["target"], r["sparsity"])]
+    result = {"model": "minilm (all-MiniLM-L6-v2)", "dense_params": params(dense.model), "seeds": seeds,
+              "calibration_batches": n_cal, "held_out_paragraphs": int(reference.shape[0]), "rows": rows}
+    result["targets"] = targets(result)
+    result["wall_seconds"] = round(time.perf_counter() - start, 1)
 
     print(f"\nMiniLM ({params(dense.model):,} params), {len(held_out)} held-out batches of "
-          f"{held_out[0]['input_ids'].shape[0]} paragraphs, {len(calibration)} calibration batches\n")
-    print(f"| {'target':6} | {'sparsity':8} | " + " | ".join(f"{m:>12}" for m in METHODS) +
-          " | params | latency |")
-    print("|" + "---|" * (len(METHODS) + 4))
-    verdicts = []
-    for target in TARGETS:
-        for s in sparsities:
-            sel = {r["method"]: r for r in rows if r["target"] == target and r["sparsity"] == s}
-            print(f"| {target:6} | {s:8.2f} | " + " | ".join(f"{sel[m]['cosine']:12.4f}" for m in METHODS)
-                  + f" | {sel['taylor']['params'] / params(dense.model):.1%} | "
-                  f"{sel['taylor']['latency_ratio']:.2f}x |")
-            best_peer = max(sel["tp-taylor"]["cosine"], sel["tp-magnitude"]["cosine"])
-            verdicts.append((target, s, sel["taylor"]["cosine"] >= best_peer - 1e-4))
-    print("\nours (taylor) >= best torch-pruning importance: " +
-          ", ".join(f"{t}@{s:.2f}: {'yes' if ok else 'NO'}" for t, s, ok in verdicts))
-    payload = {"model": "minilm (all-MiniLM-L6-v2)", "dense_params": params(dense.model),
-               "calibration_batches": len(calibration), "held_out_paragraphs": int(reference.shape[0]),
-               "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(payload, indent=1))
-    plot(rows, args.out.with_suffix(".png"))
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+          f"{held_out[0]['input_ids'].shape[0]} paragraphs, {n_cal} calibration batches\n")
+    print("\n".join(readme_table(result)))
+    write_json(out, result)
+    plot(rows, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')} ({result['wall_seconds']:.0f} s)")
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -154,12 +190,15 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(TARGETS), figsize=(10, 4), sharey=True)
-    for ax, target in zip(axes, TARGETS):
+    for ax, unit in zip(axes, TARGETS):
         for method in METHODS:
-            pts = sorted((r["sparsity"], r["cosine"]) for r in rows if r["target"] == target and r["method"] == method)
-            ax.plot(*zip(*pts), marker="o", linestyle="--" if method.startswith("tp-") else "-",
-                    label=method if method.startswith("tp-") else f"edgeadapt {method}")
-        ax.set_title(f"MiniLM, pruning {target}")
+            pts = sorted((r["sparsity"], r["cosine"], r.get("cosine_std") or 0.0) for r in rows
+                         if r["target"] == unit and r["method"] == method)
+            x, y, err = zip(*pts)
+            peer = method.startswith("tp-")
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, linestyle="--" if peer else "-",
+                        label=method if peer else f"edgeadapt {method}")
+        ax.set_title(f"MiniLM, pruning {unit}")
         ax.set_xlabel("sparsity (fraction removed per layer)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("cosine to dense embedding (held-out)")

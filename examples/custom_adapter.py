@@ -135,6 +135,6 @@ if __name__ == "__main__":
     adapter = MyAdapter(MyClassifier())
     batches = [{"input_ids": torch.randint(0, 100, (8, 12)), "labels": torch.randint(0, 3, (8,))} for _ in range(4)]
     print(format_inspection(inspect_model(adapter)))
-    plan = prune(adapter, 0.5, ["heads", "neurons"], "taylor", batches)
+    plan = prune(adapter, ["heads", "neurons"], "taylor", batches, unit_sparsity=0.5)
     print(plan.summary())
     print(format_inspection(inspect_model(adapter)))

@@ -29,7 +29,7 @@ def test_taylor_ffn_pruning_keeps_embeddings_closer_than_random(minilm_adapter, 
     reference = _embed(dense, held_out)
 
     taylor = copy.deepcopy(dense)
-    prune(taylor, 0.25, ["neurons"], "taylor", calibration_batches(taylor, 4, 8, max_length=96))
+    prune(taylor, ["neurons"], "fisher", calibration_batches(taylor, 4, 8, max_length=96), unit_sparsity=0.25)
     rand = copy.deepcopy(dense)
     plan = PruningPlan.dense(rand.fingerprint())
     g = torch.Generator().manual_seed(0)

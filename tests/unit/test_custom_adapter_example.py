@@ -31,6 +31,6 @@ def test_custom_adapter_satisfies_the_protocol_and_prunes():
     before = adapter.features(batch)
     apply_plan(adapter, PruningPlan.dense(adapter.fingerprint()))
     assert torch.equal(adapter.features(batch), before)
-    prune(adapter, 0.5, ["heads", "neurons"], "taylor", [batch])
+    prune(adapter, ["heads", "neurons"], "taylor", [batch], unit_sparsity=0.5)
     assert [b.attention.num_heads for b in adapter.blocks()] == [2, 2]
     assert adapter.features(batch).shape == before.shape

@@ -98,7 +98,7 @@ def static_baseline(fm: Any, width: float, epochs: int, seed: int = 0) -> Any:
 
     model = copy.deepcopy(fm)
     if width < 1:
-        prune(model, 1.0 - width, ["heads", "neurons"], "magnitude", device="cpu")
+        prune(model, ["heads", "neurons"], "magnitude", unit_sparsity=1.0 - width, device="cpu")
     if epochs > 0:
         data = build_dataset("digits", size=fm.model.config.image_size)
         fit(model, lambda e: data.train.batches(64, shuffle=True, seed=seed + e),

@@ -1,8 +1,11 @@
-"""Turn importance scores into a :class:`PruningPlan` at a target sparsity.
+"""Turn importance scores into a :class:`PruningPlan` removing a fraction of one kind's units.
 
-``scope="uniform"`` removes the same fraction in every block; ``scope="global"`` ranks units of
-a kind across all blocks (Taylor scores estimate loss change, so they are comparable across
-layers), keeping at least ``min_keep`` per block. Protected first/last blocks are never touched.
+``scope="uniform"`` (the default of every command) removes the same fraction in every block;
+``scope="global"`` ranks units of a kind across all blocks, keeping at least ``min_keep`` per
+block. Uniform is the default because it is meaningful for every importance (magnitude and
+activation scores are not comparable across layers; Taylor and Fisher scores estimate a loss change
+and are), it leaves equal widths, so a pruned model exports to a plain Hugging Face checkpoint, and
+it is torch-pruning's default too. Protected first/last blocks are never touched.
 """
 
 from __future__ import annotations
@@ -19,28 +22,32 @@ from edgeadapt.pruning.importance import Scores
 from edgeadapt.pruning.plan import BlockPlan, PlanError, PruningPlan
 
 SCOPES = ("uniform", "global")
+DEFAULT_SCOPE = "uniform"
 
 
 def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
-    """Sparsity is the fraction removed: it must lie in [0, 1)."""
+    """A sparsity (unit or parameter) is the fraction removed: it must lie in [0, 1). ``name`` is
+    the field or flag the error names."""
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or math.isnan(sparsity):
         raise ConfigError(f"{name} must be a number in [0, 1), got {sparsity!r}")
     if not 0.0 <= sparsity < 1.0:
-        raise ConfigError(f"{name} must be in [0, 1) (the fraction of units removed), got {sparsity}")
+        raise ConfigError(f"{name} must be in [0, 1) (the fraction removed), got {sparsity}")
     return float(sparsity)
 
 
-def select(adapter: ModelAdapter, scores: Scores, kind: str, sparsity: float, scope: str = "uniform",
+def select(adapter: ModelAdapter, scores: Scores, kind: str, sparsity: float, scope: str = DEFAULT_SCOPE,
            min_keep: int = 1, protect_first: int = 0, protect_last: int = 0) -> PruningPlan:
-    """A new plan removing ``sparsity`` of ``kind`` units (of the current model) by lowest score."""
-    check_sparsity(sparsity)
+    """A new plan removing the unit sparsity ``sparsity`` of ``kind`` units (of the current model)
+    by lowest score."""
+    check_sparsity(sparsity, "unit_sparsity")
     if kind not in KINDS:
         raise ConfigError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if scope not in SCOPES:
         raise ConfigError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
     plan = current_plan(adapter)
     n_blocks = len(plan.blocks)
-    protected = set(range(min(protect_first, n_blocks))) | set(range(max(0, n_blocks - protect_last), n_blocks))
+    protected = set(range(min(protect_first, n_blocks))) | \
+        set(range(max(0, n_blocks - protect_last), n_blocks))
     open_blocks = [i for i in range(n_blocks) if i not in protected]
     new_blocks = [BlockPlan(b.index, b.heads, b.neurons) for b in plan.blocks]
 

@@ -40,7 +40,7 @@ def pruning_table(adapter: Any, calibration: list, test: list, dense_acc: float)
         for sparsity in SPARSITIES:
             for method in METHODS:
                 pruned = copy.deepcopy(adapter)
-                prune(pruned, sparsity, [target], method, calibration)
+                prune(pruned, [target], method, calibration, unit_sparsity=sparsity)
                 info = inspect_model(pruned)
                 rows.append({"target": target, "sparsity": sparsity, "method": method,
                              "accuracy": pruned.evaluate(test)["accuracy"], "dense_accuracy": dense_acc,

@@ -33,7 +33,7 @@ def test_flops_follow_the_formula_for_one_llama_block(load):
 def test_pruning_halves_ffn_width_and_reduces_flops(load):
     adapter = load("tiny-vit")
     before = inspect_model(adapter)
-    prune(adapter, 0.5, ["neurons"], "magnitude")
+    prune(adapter, ["neurons"], "magnitude", unit_sparsity=0.5)
     after = inspect_model(adapter)
     assert [r.ffn_width for r in after.blocks] == [r.ffn_width // 2 for r in before.blocks]
     assert after.total_flops < before.total_flops and after.total_params < before.total_params

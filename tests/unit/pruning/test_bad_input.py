@@ -27,20 +27,20 @@ def test_plan_for_another_architecture_is_refused(llama):
 
 @pytest.mark.parametrize("sparsity", [1.0, 1.5, -0.1, float("nan")])
 def test_sparsity_outside_unit_interval_is_refused(llama, sparsity):
-    with pytest.raises(ValueError, match=r"sparsity must be"):
-        prune(llama, sparsity, ["neurons"], "magnitude")
+    with pytest.raises(ValueError, match=r"unit_sparsity must be"):
+        prune(llama, ["neurons"], "magnitude", unit_sparsity=sparsity)
 
 
 def test_unknown_target_and_importance_are_refused(llama):
     with pytest.raises(ValueError, match="targets must be"):
-        prune(llama, 0.5, ["filters"], "magnitude")
+        prune(llama, ["filters"], "magnitude", unit_sparsity=0.5)
     with pytest.raises(ValueError, match="unknown importance 'vibes'"):
-        prune(llama, 0.5, ["neurons"], "vibes", batches=[])
+        prune(llama, ["neurons"], "vibes", batches=[], unit_sparsity=0.5)
 
 
 def test_taylor_without_calibration_is_refused(llama):
     with pytest.raises(ValueError, match="needs calibration batches"):
-        prune(llama, 0.5, ["neurons"], "taylor")
+        prune(llama, ["neurons"], "taylor", unit_sparsity=0.5)
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -57,7 +57,7 @@ def test_malformed_plans_are_refused(llama, edit, message):
 
 
 def test_plan_cannot_resurrect_pruned_units(llama):
-    prune(llama, 0.5, ["neurons"], "magnitude")
+    prune(llama, ["neurons"], "magnitude", unit_sparsity=0.5)
     with pytest.raises(PlanError, match="already pruned"):
         apply_plan(llama, PruningPlan.dense(llama.fingerprint()))
 
@@ -79,7 +79,7 @@ def test_plan_json_round_trip_and_bad_files(llama, tmp_path):
 
 @pytest.fixture
 def artifact(llama, tmp_path):
-    prune(llama, 0.5, ["neurons"], "magnitude")
+    prune(llama, ["neurons"], "magnitude", unit_sparsity=0.5)
     return save_pruned(llama, tmp_path / "art")
 
 

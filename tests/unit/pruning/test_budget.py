@@ -1,15 +1,17 @@
-"""LLM block pruning to a parameter sparsity: zero sparsity is the identity, a layer and a head
+"""Pruning to a budget (unit or parameter sparsity): zero sparsity is the identity, a layer and a head
 removal change parameter counts exactly as predicted, zero-importance units go first (exact),
-pruned models save, reload and generate, and bad input is refused clearly."""
+pruned models save, reload and generate, each budget removes what its name says, and bad input is
+refused clearly."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from edgeadapt.llm.prune import prune_to_sparsity, random_scores, sensitivity
 from edgeadapt.models.registry import load_adapter
+from edgeadapt.pruning.budget import prune_to_param_sparsity, prune_to_unit_sparsity
 from edgeadapt.pruning.checkpoint import load_pruned, save_pruned
+from edgeadapt.pruning.importance import random_scores, score
 from tests.conftest import make_batches, outputs
 
 
@@ -27,8 +29,8 @@ def llama():
 def test_zero_sparsity_is_the_identity(llama, granularity):
     adapter, batches = llama
     before, n = outputs(adapter, batches[0]), params(adapter)
-    outcome = prune_to_sparsity(adapter, 0.0, granularity, sensitivity(adapter, "taylor", batches))
-    assert outcome.sparsity == 0.0 and params(adapter) == n
+    outcome = prune_to_param_sparsity(adapter, 0.0, granularity, score(adapter, "taylor", batches))
+    assert outcome.param_sparsity == 0.0 and params(adapter) == n
     torch.testing.assert_close(outputs(adapter, batches[0]), before, rtol=0, atol=0)
 
 
@@ -36,10 +38,10 @@ def test_layer_removal_changes_params_exactly(llama):
     adapter, batches = llama
     layer = sum(p.numel() for p in adapter.model.model.layers[0].parameters())
     n = params(adapter)
-    outcome = prune_to_sparsity(adapter, 0.5, ["layers"], sensitivity(adapter, "taylor", batches))
+    outcome = prune_to_param_sparsity(adapter, 0.5, ["layers"], score(adapter, "taylor", batches))
     assert params(adapter) == n - layer
     assert len(adapter.model.model.layers) == 1 and adapter.model.config.num_hidden_layers == 1
-    assert outcome.sparsity == pytest.approx(0.5)
+    assert outcome.param_sparsity == pytest.approx(0.5)
 
 
 def test_head_removal_changes_params_exactly(llama):
@@ -52,18 +54,18 @@ def test_head_removal_changes_params_exactly(llama):
     block = sum(p.numel() for p in adapter.model.model.layers.parameters())
     n = params(adapter)
     target = 2 * unit / block  # one group in each of the 2 layers
-    outcome = prune_to_sparsity(adapter, target, ["heads"], sensitivity(adapter, "taylor", batches),
-                                scope="uniform")
+    outcome = prune_to_param_sparsity(adapter, target, ["heads"], score(adapter, "taylor", batches),
+                                      scope="uniform")
     assert params(adapter) == n - 2 * unit
-    assert outcome.sparsity == pytest.approx(target)
+    assert outcome.param_sparsity == pytest.approx(target)
     assert [layer.self_attn.k_proj.out_features for layer in adapter.model.model.layers] == [head_dim] * 2
 
 
 def test_sparsity_is_met_and_global_ranking_keeps_floors(llama):
     adapter, batches = llama
-    outcome = prune_to_sparsity(adapter, 0.5, ["heads", "neurons"], sensitivity(adapter, "fisher", batches),
-                                min_keep=4)
-    assert abs(outcome.sparsity - 0.5) < 0.02
+    outcome = prune_to_param_sparsity(adapter, 0.5, ["heads", "neurons"], score(adapter, "fisher", batches),
+                                      scope="global", min_keep=4)
+    assert abs(outcome.param_sparsity - 0.5) < 0.02
     for block in outcome.plan.blocks:
         assert len(outcome.plan.kept_neurons(block)) >= 4 and len(outcome.plan.kept_heads(block)) >= 1
 
@@ -80,8 +82,8 @@ def test_zero_importance_neurons_are_pruned_first_and_exactly(llama):
     before = outputs(adapter, batches[0])
     block = sum(p.numel() for p in adapter.model.model.layers.parameters())
     per_neuron = 3 * adapter.model.config.hidden_size
-    scores = sensitivity(adapter, "taylor", batches)
-    outcome = prune_to_sparsity(adapter, 4 * per_neuron / block, ["neurons"], scores)
+    scores = score(adapter, "taylor", batches)
+    outcome = prune_to_param_sparsity(adapter, 4 * per_neuron / block, ["neurons"], scores)
     for b in outcome.plan.blocks:
         assert 5 not in outcome.plan.kept_neurons(b) and 77 not in outcome.plan.kept_neurons(b)
     torch.testing.assert_close(outputs(adapter, batches[0]), before, rtol=0, atol=1e-6)
@@ -89,7 +91,7 @@ def test_zero_importance_neurons_are_pruned_first_and_exactly(llama):
 
 def test_pruned_model_saves_reloads_exactly_and_generates(llama, tmp_path):
     adapter, batches = llama
-    prune_to_sparsity(adapter, 0.4, ["heads", "neurons", "layers"], random_scores(adapter, seed=1))
+    prune_to_param_sparsity(adapter, 0.4, ["heads", "neurons", "layers"], random_scores(adapter, seed=1))
     save_pruned(adapter, tmp_path / "m")
     again = load_pruned(tmp_path / "m")
     torch.testing.assert_close(outputs(again, batches[0]), outputs(adapter, batches[0]), rtol=0, atol=0)
@@ -109,14 +111,14 @@ def test_random_scores_are_seeded():
 def test_bad_input_is_refused(llama):
     adapter, batches = llama
     scores = random_scores(adapter)
-    with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\)"):
-        prune_to_sparsity(adapter, 1.0, ["neurons"], scores)
+    with pytest.raises(ValueError, match=r"param_sparsity must be in \[0, 1\)"):
+        prune_to_param_sparsity(adapter, 1.0, ["neurons"], scores)
     with pytest.raises(ValueError, match="granularity: 'filters'"):
-        prune_to_sparsity(adapter, 0.2, ["filters"], scores)
+        prune_to_param_sparsity(adapter, 0.2, ["filters"], scores)
     with pytest.raises(ValueError, match="most achievable"):
-        prune_to_sparsity(adapter, 0.9, ["heads"], scores)
-    with pytest.raises(ValueError, match="importance must be one of"):
-        sensitivity(adapter, "psychic", batches)
+        prune_to_param_sparsity(adapter, 0.9, ["heads"], scores)
+    with pytest.raises(ValueError, match="unknown importance 'psychic'"):
+        score(adapter, "psychic", batches)
 
 
 def test_granularity_the_architecture_lacks_is_refused():
@@ -129,16 +131,64 @@ def test_granularity_the_architecture_lacks_is_refused():
                          num_key_value_heads=1, intermediate_size=64)
     adapter = wrap(LlamaForCausalLM(config), None, "mqa-llama")
     with pytest.raises(ValueError, match="1 KV heads per layer.*no heads to prune"):
-        prune_to_sparsity(adapter, 0.2, ["heads"], random_scores(adapter))
+        prune_to_param_sparsity(adapter, 0.2, ["heads"], random_scores(adapter))
     with pytest.raises(ValueError, match="'layers' needs at least 2 layers"):
-        prune_to_sparsity(adapter, 0.2, ["layers"], random_scores(adapter))
+        prune_to_param_sparsity(adapter, 0.2, ["layers"], random_scores(adapter))
 
 
 def test_protected_layers_keep_every_unit(llama):
     adapter, batches = llama
-    outcome = prune_to_sparsity(adapter, 0.3, ["heads", "neurons"], sensitivity(adapter, "taylor", batches),
-                                protect_first=1)
+    outcome = prune_to_param_sparsity(adapter, 0.3, ["heads", "neurons"], score(adapter, "taylor", batches),
+                                      protect_first=1)
     first, second = outcome.plan.blocks
     assert first.heads is None and first.neurons is None  # untouched
     assert len(outcome.plan.kept_neurons(second)) < adapter.base_config.intermediate_size
-    assert abs(outcome.sparsity - 0.3) < 0.02
+    assert abs(outcome.param_sparsity - 0.3) < 0.02
+
+
+def block_params(adapter) -> int:
+    return sum(p.numel() for p in adapter.model.model.layers.parameters())
+
+
+def test_unit_budget_removes_that_fraction_of_every_kind(llama):
+    adapter, batches = llama
+    dense = [(layer.self_attn.k_proj.out_features, layer.mlp.gate_proj.out_features)
+             for layer in adapter.model.model.layers]
+    outcome = prune_to_unit_sparsity(adapter, 0.5, ["heads", "neurons"], score(adapter, "taylor", batches))
+    got = [(layer.self_attn.k_proj.out_features, layer.mlp.gate_proj.out_features)
+           for layer in adapter.model.model.layers]
+    assert got == [(k // 2, n // 2) for k, n in dense]
+    assert outcome.unit_sparsity == 0.5 and outcome.layers_dropped == 0
+    assert 0.45 < outcome.param_sparsity < 0.55  # a by-product here, not the target
+
+
+def test_unit_budget_on_layers_drops_round_s_times_l(llama):
+    adapter, batches = llama
+    outcome = prune_to_unit_sparsity(adapter, 0.5, ["layers"], random_scores(adapter))
+    assert outcome.layers_dropped == 1 and len(adapter.model.model.layers) == 1
+
+
+def test_param_budget_hits_the_parameter_share_not_the_unit_share(llama):
+    adapter, batches = llama
+    before = block_params(adapter)
+    outcome = prune_to_param_sparsity(adapter, 0.3, ["neurons"], score(adapter, "taylor", batches))
+    assert abs(1 - block_params(adapter) / before - 0.3) < 0.01
+    assert outcome.unit_sparsity > 0.4  # FFN neurons hold ~2/3 of the block: more than 30% of them go
+    assert outcome.param_sparsity == pytest.approx(1 - block_params(adapter) / before)
+
+
+def test_prune_takes_either_budget_by_name(llama):
+    from edgeadapt.pruning.prune import prune
+
+    adapter, batches = llama
+    unit = prune(load_adapter("tiny-llama"), ["neurons"], "taylor", batches, unit_sparsity=0.25)
+    assert all(len(unit.kept_neurons(b)) == 96 for b in unit.blocks)  # 128 -> 96 in every layer
+    before = block_params(adapter)
+    prune(adapter, ["neurons"], "taylor", batches, param_sparsity=0.3)
+    assert abs(1 - block_params(adapter) / before - 0.3) < 0.01
+    with pytest.raises(ValueError, match="exactly one budget: unit_sparsity .* or param_sparsity"):
+        prune(adapter, ["neurons"], "magnitude", unit_sparsity=0.2, param_sparsity=0.2)
+    with pytest.raises(ValueError, match="exactly one budget"):
+        prune(adapter, ["neurons"], "magnitude")
+    with pytest.raises(TypeError, match="budget by name"):
+        prune(adapter, 0.5, ["neurons"], "magnitude")

@@ -1,4 +1,4 @@
-"""Elastic knowledge base vs static pruning at equal width, tiny ViT on digits, one run.
+"""Elastic knowledge base vs static pruning at equal width, tiny ViT on digits, over seeds.
 
 - **FM**: the source tiny ViT (``configs/train-vit-digits.yaml``; trained here if missing).
 - **kb**: one knowledge base built from the FM (Taylor-ordered units, gates, sandwich training
@@ -12,24 +12,32 @@
 Budget: the KB runs 4 widths per step, so it costs about as much as the three static
 fine-tunes together — and it serves every width from one set of weights.
 
-    python benchmarks/kb_widths.py [--epochs 8] [--seeds 0,1,2] [--quick]
+Each seed trains the KB and the static models anew (data order, random widths, initialisation of
+the fine-tuning); the FM is the same model in every seed, like a downloaded foundation model.
 
-Writes ``benchmarks/results/kb_widths.json`` as ``{"fm": acc, "rows": [{"width", "kb", "static"}]}``
-(plus ``kb_dynamic``, ``static_kd``, ``params_ratio``) and a PNG.
+    python benchmarks/kb_widths.py [--epochs 8] [--seeds 0,1,2] [--quick | --smoke]
+
+Writes ``benchmarks/results/kb_widths.json`` as ``{"fm": acc, "seeds": [...], "rows": [{"width",
+"params_ratio", "kb", "kb_dynamic", "static", "static_kd"}], "targets": [...], "per_seed": [...]}``
+(each accuracy ``x`` is the mean over seeds, with ``x_std`` and ``x_seeds``; see ``benchlib.py``)
+and a PNG. ``--smoke`` (1 epoch) writes to ``runs/bench-smoke/`` instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
+import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from edgeadapt.artifacts import atomic_write_text  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import RESULTS, SMOKE, aggregate_rows, judge, parse_seeds, seeds_of, write_json  # noqa: E402
+from readme_tables import kb_widths as readme_table  # noqa: E402
+
 from edgeadapt.data.registry import build_dataset  # noqa: E402
 from edgeadapt.offline.knowledge_base import KBSettings, build_kb, distill_loss, outputs  # noqa: E402
 from edgeadapt.online.proxy import extract_proxy  # noqa: E402
@@ -39,8 +47,8 @@ from edgeadapt.tracking import save_figure  # noqa: E402
 from edgeadapt.training.config import TrainConfig  # noqa: E402
 from edgeadapt.training.loop import fit  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
+ACCURACIES = ("kb", "kb_dynamic", "static", "static_kd")
 
 
 def params(adapter) -> int:
@@ -51,7 +59,7 @@ def static_model(fm, width: float, train, val, cfg: TrainConfig, kd: bool):
     """The FM pruned by magnitude to ``width`` and fine-tuned (optionally with distillation)."""
     model = copy.deepcopy(fm)
     if width < 1.0:
-        prune(model, 1.0 - width, ["heads", "neurons"], "magnitude", device="cpu")
+        prune(model, ["heads", "neurons"], "magnitude", unit_sparsity=1.0 - width, device="cpu")
     loss_fn = None
     if kd:
         teacher, settings = copy.deepcopy(fm), KBSettings()
@@ -64,13 +72,16 @@ def static_model(fm, width: float, train, val, cfg: TrainConfig, kd: bool):
             with torch.no_grad():
                 target = outputs(teacher, batch)
             student = outputs(adapter, batch)
-            return distill_loss(student, target, batch, settings) + F.cross_entropy(student[0], batch["labels"])
+            task = F.cross_entropy(student[0], batch["labels"])
+            return distill_loss(student, target, batch, settings) + task
     fit(model, train, cfg, val=val, monitor="accuracy", loss_fn=loss_fn)
     model.model.cpu()
     return model
 
 
 def run(epochs: int, seed: int) -> dict:
+    """One seed: build the KB, then at every width extract a proxy and train both static baselines."""
+    start = time.perf_counter()
     fm, clean = train_source_vit("runs/source-vit")
     data = build_dataset("digits", size=fm.model.config.image_size)
     train = lambda e: data.train.batches(64, shuffle=True, seed=seed + e)  # noqa: E731
@@ -94,33 +105,35 @@ def run(epochs: int, seed: int) -> dict:
                      "params_ratio": round(params(proxy) / params(fm), 4)})
         print(f"width {width:.2f}: {rows[-1]}", flush=True)
     return {"fm": round(clean["accuracy"], 4), "rows": rows, "epochs": epochs, "seed": seed,
-            "kb_train_seconds": round(kb_seconds, 1), "static_train_seconds_3_widths": round(static_seconds, 1),
-            "test_images": len(data.test)}
+            "kb_train_seconds": round(kb_seconds, 1),
+            "static_train_seconds_3_widths": round(static_seconds, 1),
+            "test_images": len(data.test), "seconds": round(time.perf_counter() - start, 1)}
 
 
-def average(runs: list[dict]) -> dict:
-    """Mean over seeds of every accuracy column (the source FM is the same model in every run)."""
-    import statistics
-
-    if len(runs) == 1:
-        return runs[0]
-    rows = []
-    for i, row in enumerate(runs[0]["rows"]):
-        mean = {k: round(statistics.mean(r["rows"][i][k] for r in runs), 4) for k in row}
-        mean["kb_minus_static_per_seed"] = [round(r["rows"][i]["kb"] - r["rows"][i]["static"], 4) for r in runs]
-        rows.append(mean)
-    return {**runs[0], "rows": rows, "seed": [r["seed"] for r in runs], "per_seed": runs}
+def aggregate(runs: list[dict]) -> dict:
+    """One result from the seeds' runs: accuracies as mean, std and per-seed values, plus targets.
+    The source FM is the same model in every run, so its accuracy is taken from the first."""
+    rows = aggregate_rows([r["rows"] for r in runs], key=("width",), metrics=ACCURACIES, digits=4)
+    shared = ("rows", "fm", "epochs", "test_images")
+    per_seed = [{k: v for k, v in r.items() if k not in shared} for r in runs]
+    result = {"fm": runs[0]["fm"], "epochs": runs[0]["epochs"], "test_images": runs[0]["test_images"],
+              "seeds": [r["seed"] for r in runs], "rows": rows, "per_seed": per_seed}
+    result["targets"] = targets(result)
+    return result
 
 
-def table(result: dict) -> str:
-    lines = [f"FM (dense) test accuracy {result['fm']:.3f}; {result['epochs']} epochs for the KB and for "
-             f"each static model; seed(s) {result['seed']}", "",
-             "| width | params | kb (extracted) | kb (gated) | static | static + KD | kb - static |",
-             "|---|---|---|---|---|---|---|"]
+def targets(result: dict) -> list[dict]:
+    """The KB's extracted proxy at least as accurate as static pruning + fine-tuning at every width
+    below 100% (paired per seed), and the full-width KB within 1 point of the FM."""
+    out = []
     for r in result["rows"]:
-        lines.append(f"| {r['width']:.0%} | {r['params_ratio']:.1%} | {r['kb']:.3f} | {r['kb_dynamic']:.3f} | "
-                     f"{r['static']:.3f} | {r['static_kd']:.3f} | {r['kb'] - r['static']:+.3f} |")
-    return "\n".join(lines)
+        if r["width"] < 1.0:
+            diff = [k - s for k, s in zip(seeds_of(r, "kb"), seeds_of(r, "static"))]
+            out.append(judge(f"kb >= static at {r['width']:.0%} width", diff, 0.0))
+        else:
+            out.append(judge("kb within 1 pt of the FM at 100% width",
+                              [k - result["fm"] for k in seeds_of(r, "kb")], -0.01))
+    return out
 
 
 def plot(result: dict, path: Path) -> None:
@@ -131,7 +144,8 @@ def plot(result: dict, path: Path) -> None:
     widths = [r["width"] for r in result["rows"]]
     for key, label in (("kb", "KB (extracted proxy)"), ("static", "static prune + fine-tune"),
                        ("static_kd", "static + KD")):
-        ax.plot(widths, [r[key] for r in result["rows"]], marker="o", label=label)
+        ax.errorbar(widths, [r[key] for r in result["rows"]], yerr=[r.get(f"{key}_std") or 0.0 for r in
+                    result["rows"]], marker="o", capsize=3, label=label)
     ax.axhline(result["fm"], color="gray", linestyle="--", label="FM (dense)")
     ax.set_xlabel("width (fraction of heads and FFN neurons kept)")
     ax.set_ylabel("test accuracy")
@@ -143,16 +157,20 @@ def plot(result: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--seeds", default="0", help="comma list; rows are means over seeds (e.g. 0,1,2)")
-    parser.add_argument("--quick", action="store_true", help="3 epochs (a smoke run)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--seeds", default="0,1,2", help="comma list; rows are means ± std over seeds")
+    parser.add_argument("--quick", action="store_true", help="3 epochs")
+    parser.add_argument("--smoke", action="store_true", help="1 epoch, results to runs/bench-smoke/")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args()
-    seeds = [int(x) for x in args.seeds.split(",")]
-    result = average([run(3 if args.quick else args.epochs, seed) for seed in seeds])
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "kb_widths.json", json.dumps(result, indent=1))
-    plot(result, args.out / "kb_widths.png")
-    print(table(result))
+    epochs = 1 if args.smoke else 3 if args.quick else args.epochs
+    out = args.out or (SMOKE if args.smoke else RESULTS)
+    start = time.perf_counter()
+    result = aggregate([run(epochs, seed) for seed in parse_seeds(args.seeds)])
+    result["wall_seconds"] = round(time.perf_counter() - start, 1)
+    write_json(out / "kb_widths.json", result)
+    plot(result, out / "kb_widths.png")
+    print("\n".join(readme_table(result)))
+    print(f"wrote {out / 'kb_widths.json'} ({result['wall_seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,209 @@
+"""README benchmark tables, generated from the committed result JSON (never copied by hand).
+
+Each table in README.md sits between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` and is
+rendered from ``benchmarks/results/NAME.json`` by the renderer of that name below: the table,
+then the seeds and the targets stored in the JSON (judged on the means over seeds).
+
+    python benchmarks/readme_tables.py            # rewrite the blocks in README.md
+    python benchmarks/readme_tables.py --check    # exit 1 when a block differs from its JSON
+
+Only the standard library: the unit suite runs ``--check`` on the committed README and JSON, so
+a hand-edited table (or a rerun without regenerating) fails the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+RESULTS = REPO / "benchmarks" / "results"
+BLOCK = re.compile(r"(<!-- bench:(?P<name>[a-z0-9_]+) -->\n)(?P<body>.*?)(<!-- /bench:(?P=name) -->)", re.S)
+# drift_severity: the README shows these corruptions (those present) plus the mean of all of them
+DRIFT_SHOWN = ("gaussian_noise", "impulse_noise", "defocus_blur", "fog", "contrast", "pixelate")
+
+Result = dict[str, Any]
+
+
+def pm(row: dict[str, Any], key: str, fmt: str = "{:.3f}") -> str:
+    """``row[key]`` formatted, with `` ± std`` when the row holds a standard deviation over seeds."""
+    std = row.get(f"{key}_std")
+    return fmt.format(row[key]) + ("" if std is None else " ± " + fmt.format(std))
+
+
+def bold(text: str, on: bool) -> str:
+    return f"**{text}**" if on else text
+
+
+def percent(x: float) -> str:
+    """A fraction as a percentage with one decimal (``100%`` for exactly 1)."""
+    return "100%" if x == 1 else f"{x:.1%}"
+
+
+def seeds_line(result: Result) -> list[str]:
+    """``["", "Seeds 0, 1, 2: mean ± std over seeds."]``; empty when the JSON names no seed."""
+    seeds = result.get("seeds", result.get("recovery_seeds", result.get("seed")))
+    if seeds is None:
+        return []
+    seeds = seeds if isinstance(seeds, list) else [seeds]
+    if len(seeds) > 1:
+        return ["", f"Seeds {', '.join(map(str, seeds))}: mean ± std over seeds."]
+    return ["", f"Seed {seeds[0]}: a single run."]
+
+
+def targets_lines(result: Result) -> list[str]:
+    """The JSON's targets as a list: verdict on the mean, flagged when it holds only within one std."""
+    targets = result.get("targets") or []
+    if not targets:
+        return []
+    lines = ["Targets (on the means):"]
+    for t in targets:
+        verdict = "met" if t["met"] else "**missed**"
+        if t.get("within_std"):
+            verdict += " (within one std)"
+        lines.append(f"- {t['target']}: {t['value']}, {verdict}")
+    return lines
+
+
+def footer(result: Result) -> list[str]:
+    """Seeds and targets under a table."""
+    targets = targets_lines(result)
+    return seeds_line(result) + ([""] + targets if targets else [])
+
+
+def kb_widths(result: Result) -> list[str]:
+    lines = ["| width | params | kb (extracted) | static | static + KD |", "|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['width']:.0%} | {percent(r['params_ratio'])} | {pm(r, 'kb')} | "
+                     f"{pm(r, 'static')} | {pm(r, 'static_kd')} |")
+    return lines + footer(result)
+
+
+def online_stream(result: Result) -> list[str]:
+    rows = {r["method"]: r for r in result["rows"]}
+    full = rows.get("full")
+    top = max(r["mean_accuracy"] for r in result["rows"])
+    lines = ["| method | mean accuracy | retrain s / domain (ratio to full) | peak retrain memory | params |",
+             "|---|---|---|---|---|"]
+    for r in result["rows"]:
+        seconds, memory = r["retrain_seconds"], r["peak_memory_bytes"]
+        time_cell = "–" if not seconds else (f"{seconds / full['retrain_seconds']:.2f}x" if full
+                                             else f"{seconds:.2f} s")
+        mem_cell = "–" if not memory else f"{memory / 2**20:.1f} MiB"
+        if memory and full and r["method"] == "edgeadapt":
+            mem_cell += f" ({memory / full['peak_memory_bytes']:.2f}x)"
+        lines.append(f"| {r['method']} | {bold(pm(r, 'mean_accuracy'), r['mean_accuracy'] == top)} | "
+                     f"{time_cell} | {mem_cell} | {r['params']:,} |")
+    return lines + footer(result)
+
+
+def prune_fidelity(result: Result) -> list[str]:
+    methods = list(dict.fromkeys(r["method"] for r in result["rows"]))
+    settings = list(dict.fromkeys((r["target"], r["sparsity"]) for r in result["rows"]))
+    cos = {(r["method"], r["target"], r["sparsity"]): r for r in result["rows"]}
+    names = [m if m.startswith("tp-") else f"ours {m}" for m in methods]
+    lines = ["| target | sparsity | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(methods)]
+    for target, s in settings:
+        cells = [pm(cos[(m, target, s)], "cosine", "{:.4f}") for m in methods]
+        lines.append(f"| {target} | {s:.2f} | " + " | ".join(cells) + " |")
+    return lines + footer(result)
+
+
+def llm_prune(result: Result) -> list[str]:
+    dense = result["dense_ppl"]
+    rows = result["rows"]
+    pairs = list(zip(rows[0::2], rows[1::2]))
+    lowest = {}
+    for before, after in pairs:
+        s = before["sparsity"]
+        lowest[(s, False)] = min(lowest.get((s, False), float("inf")), before["ppl"])
+        lowest[(s, True)] = min(lowest.get((s, True), float("inf")), after["ppl"])
+    lines = ["| method | sparsity | ppl before | ppl after recovery | after / dense | params | inference | "
+             "training | train memory |", "|---|---|---|---|---|---|---|---|---|"]
+    for before, after in pairs:
+        s = before["sparsity"]
+        ppl_before = bold(f"{before['ppl']:.2f}", before["ppl"] == lowest[(s, False)])
+        ppl_after = bold(pm(after, "ppl", "{:.2f}"), after["ppl"] == lowest[(s, True)])
+        lines.append(
+            f"| {before['method']} | {s:.0%} | {ppl_before} | {ppl_after} | {after['ppl'] / dense:.3f} | "
+            f"{before['params']:,} | {after['tokens_per_s_ratio']:.2f}x | "
+            f"{after['train_tokens_per_s_ratio']:.2f}x | {after['train_memory_ratio']:.2f} |")
+    return lines + footer(result)
+
+
+def drift_severity(result: Result) -> list[str]:
+    severities = sorted({r["severity"] for r in result["rows"]})
+    names = list(dict.fromkeys(r["corruption"] for r in result["rows"]))
+    acc = {(r["corruption"], r["severity"]): r["accuracy"] for r in result["rows"]}
+    lines = ["| corruption | " + " | ".join(f"sev {s}" for s in severities) + " |",
+             "|---|" + "---|" * len(severities)]
+    for name in [n for n in DRIFT_SHOWN if n in names] or names:
+        lines.append(f"| {name} | " + " | ".join(f"{acc[(name, s)]:.3f}" for s in severities) + " |")
+    means = [statistics.fmean(acc[(n, s)] for n in names) for s in severities]
+    lines.append(f"| mean of all {len(names)} | " + " | ".join(f"{m:.3f}" for m in means) + " |")
+    return lines
+
+
+RENDERERS: dict[str, Callable[[Result], list[str]]] = {
+    "kb_widths": kb_widths, "online_stream": online_stream, "prune_fidelity": prune_fidelity,
+    "llm_prune": llm_prune, "drift_severity": drift_severity}
+
+
+def render(name: str, results: Path = RESULTS) -> str:
+    """The README block for benchmark ``name`` from ``results/NAME.json``.
+
+    Raises:
+        KeyError: no renderer of that name. FileNotFoundError: the JSON is missing.
+    """
+    if name not in RENDERERS:
+        raise KeyError(f"README marks a table 'bench:{name}' but readme_tables.py has no renderer for it "
+                       f"(known: {', '.join(RENDERERS)})")
+    result = json.loads((results / f"{name}.json").read_text())
+    return "\n".join(RENDERERS[name](result)) + "\n"
+
+
+def regenerate(text: str, results: Path = RESULTS) -> tuple[str, list[str]]:
+    """``text`` with every bench block re-rendered, and the names of the blocks that changed."""
+    stale: list[str] = []
+
+    def sub(m: re.Match) -> str:
+        body = render(m["name"], results)
+        if body != m["body"]:
+            stale.append(m["name"])
+        return m[1] + body + m[4]
+
+    return BLOCK.sub(sub, text), stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 when README.md is stale; write nothing")
+    ap.add_argument("--readme", type=Path, default=README)
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    text = args.readme.read_text()
+    if not BLOCK.search(text):
+        print(f"{args.readme}: no <!-- bench:NAME --> blocks", file=sys.stderr)
+        return 1
+    new, stale = regenerate(text, args.results)
+    if args.check:
+        if stale:
+            print(f"{args.readme}: stale benchmark tables {', '.join(stale)}; regenerate them with "
+                  "`python benchmarks/readme_tables.py` (never edit them by hand)", file=sys.stderr)
+            return 1
+        return 0
+    if new != text:
+        args.readme.write_text(new)
+    print(f"{args.readme}: regenerated {', '.join(stale) or 'nothing (up to date)'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

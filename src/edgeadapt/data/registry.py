@@ -16,6 +16,10 @@ Example::
         def load(self, root, split): return ImageSplit(images, labels, classes)
 
     splits = build_dataset("my-parts", root="data/parts", ignore_classes=["dent"])
+
+This module knows nothing of the built-in datasets: ``edgeadapt.data.builtin`` registers them
+into it, and the ``edgeadapt.data`` package imports that module, so they are present however the
+registry is reached (dependencies point one way: builtin -> registry, never back).
 """
 
 from __future__ import annotations
@@ -94,19 +98,13 @@ def unregister_dataset(name: str) -> None:
         del _CACHE[key]
 
 
-def _ensure_builtins() -> None:
-    import edgeadapt.data.builtin  # noqa: F401  (registers the built-in datasets on first use)
-
-
 def list_datasets() -> list[DatasetInfo]:
     """Every registered dataset, sorted by name."""
-    _ensure_builtins()
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
 def dataset_info(name: str) -> DatasetInfo:
     """The registry entry for ``name``, or a ``ValueError`` listing the choices."""
-    _ensure_builtins()
     if name not in _REGISTRY:
         raise ConfigError(f"dataset {name!r} is unknown; choose one of: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]

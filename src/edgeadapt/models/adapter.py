@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.spec import AttentionSpec, BlockSpec, MLPSpec, Slice
 from edgeadapt.models.tasks import Task
 
@@ -66,8 +67,13 @@ class ArchSpec:
     (``model.base_model``) and, for per-block parts, to the block.
 
     ``head_attributes`` lists attention-module attributes that the family's forward reads and that
-    must follow the number of heads, as ``attr -> expression`` over ``heads``, ``kv_heads`` and
-    ``head_dim`` (e.g. ``{"split_size": "heads * head_dim"}``).
+    must follow the number of heads, as ``attr -> quantity``, a quantity being one of
+    :data:`HEAD_QUANTITIES` (``"heads"``, ``"kv_heads"``, ``"head_dim"``, ``"heads*head_dim"``,
+    ``"kv_heads*head_dim"``), e.g. ``{"split_size": "heads*head_dim"}``. The table is data: it
+    is checked when the spec is built and never evaluated as code.
+
+    ``modality`` ("image" or "text") is what the family's models take as input; it is the one
+    place edgeadapt decides modality (data loaders, config checks and calibration all ask it).
     """
 
     family: str
@@ -91,6 +97,30 @@ class ArchSpec:
     hidden_key: str = "hidden_size"
     ffn_key: str = "intermediate_size"
     classes: Mapping[str, str] = field(default_factory=dict)  # task name -> transformers class
+    modality: Literal["image", "text"] = "text"
+
+    def __post_init__(self) -> None:
+        if self.modality not in MODALITIES:
+            raise ConfigError(f"family {self.family!r}: modality must be one of {MODALITIES}, "
+                              f"got {self.modality!r}")
+        normalised = {attr: str(q).replace(" ", "") for attr, q in self.head_attributes.items()}
+        unknown = {attr: q for attr, q in normalised.items() if q not in HEAD_QUANTITIES}
+        if unknown:
+            raise ConfigError(f"family {self.family!r}: head_attributes {unknown} are not quantities; "
+                              f"use one of {sorted(HEAD_QUANTITIES)}")
+        object.__setattr__(self, "head_attributes", normalised)
+
+
+MODALITIES = ("image", "text")
+
+# quantity name -> value from (query heads, key/value heads, head dim) of one attention layer
+HEAD_QUANTITIES: dict[str, Callable[[int, int, int], int]] = {
+    "heads": lambda heads, kv_heads, head_dim: heads,
+    "kv_heads": lambda heads, kv_heads, head_dim: kv_heads,
+    "head_dim": lambda heads, kv_heads, head_dim: head_dim,
+    "heads*head_dim": lambda heads, kv_heads, head_dim: heads * head_dim,
+    "kv_heads*head_dim": lambda heads, kv_heads, head_dim: kv_heads * head_dim,
+}
 
 
 def out_features(module: nn.Module, transposed: bool) -> int:
@@ -103,14 +133,27 @@ class HFAdapter:
 
     >>> adapter = load_adapter("tiny-llama")   # doctest: +SKIP
     >>> [b.mlp.width for b in adapter.blocks()]  # doctest: +SKIP
+
+    Identity and tags are explicit fields, set through the constructor or the methods below,
+    never by stages writing private attributes:
+
+    * ``plan`` – the ``PruningPlan`` the model currently realises (``None`` = dense); set by
+      ``pruning.apply_plan``.
+    * ``base_hash()`` – SHA-256 of the base weights; pass ``base_hash=`` when rebuilding a model
+      whose base weights are gone (an artifact records it), and call :meth:`rebase` when the
+      current weights become a new base (LoRA merged into a dense model).
+    * ``parent_hash`` – the base hash of the model this base was tuned from (``None`` if untuned).
+    * ``neuron_index`` – for a knowledge base, the ``NeuronIndex`` its units are ordered by (so it
+      is never mistaken for its foundation model); ``None`` for an ordinary model.
     """
 
-    def __init__(self, model: nn.Module, spec: ArchSpec, task: Task, modality: str,
-                 tokenizer: Any = None, name: str | None = None) -> None:
+    def __init__(self, model: nn.Module, spec: ArchSpec, task: Task, tokenizer: Any = None,
+                 name: str | None = None, base_hash: str | None = None,
+                 parent_hash: str | None = None) -> None:
         self.model = model
         self.spec = spec
         self.task = task
-        self.modality = modality
+        self.modality: str = spec.modality
         self.tokenizer = tokenizer
         self.family = spec.family
         self.name = name or getattr(model.config, "_name_or_path", "") or spec.family
@@ -119,7 +162,9 @@ class HFAdapter:
         self._base = self._fingerprint_from_config()
         self.plan: Any = None  # the PruningPlan the model currently realises (None = dense)
         self.base_config = copy.deepcopy(model.config)  # what a pruned model is rebuilt from
-        self._base_hash: str | None = None
+        self._base_hash: str | None = base_hash
+        self.parent_hash: str | None = parent_hash
+        self.neuron_index: Any = None
 
     # -- structure --------------------------------------------------------------------------
     @property
@@ -183,10 +228,10 @@ class HFAdapter:
     def set_attention_units(self, block: int, num_units: int) -> None:
         b = self.blocks()[block]
         ratio = self._base["num_heads"] // self._base["num_kv_heads"]
-        env = {"heads": num_units * ratio, "kv_heads": num_units, "head_dim": b.attention.head_dim}
         module = self.model.get_submodule(b.attention.module)
-        for attr, expr in self.spec.head_attributes.items():
-            setattr(module, attr, int(eval(expr, {"__builtins__": {}}, env)))  # noqa: S307 - table-defined
+        for attr, quantity in self.spec.head_attributes.items():
+            value = HEAD_QUANTITIES[quantity](num_units * ratio, num_units, b.attention.head_dim)
+            setattr(module, attr, value)
 
     def set_layers(self, kept: list[int]) -> None:
         layers = self.model.get_submodule(self.layers_path())
@@ -230,6 +275,17 @@ class HFAdapter:
                 h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
             self._base_hash = h.hexdigest()
         return self._base_hash
+
+    def rebase(self) -> None:
+        """Declare the current (dense) weights a new base model: the old base hash becomes
+        ``parent_hash`` and ``base_hash()`` is taken afresh from the weights on its next call.
+        Used after LoRA is merged, so artifacts built from the merged model name *its* weights.
+
+        Raises :class:`~edgeadapt.errors.ConfigError` for a pruned model (its plan is relative to
+        the old base)."""
+        if self.plan is not None and not self.plan.is_dense():
+            raise ConfigError("rebase: a pruned model keeps its base identity (its plan is relative to it)")
+        self.parent_hash, self._base_hash, self.plan = self._base_hash, None, None
 
     # -- task ---------------------------------------------------------------------------------
     def task_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -95,7 +95,8 @@ def format_inspection(info: Inspection) -> str:
     for r in info.blocks:
         lines.append(f"{r.index:>5} {r.heads:>5} {r.kv_heads:>4} {r.ffn_width:>6} "
                      f"{_human(r.params):>10} {_human(r.flops):>10}")
-    lines.append(f"{'total':>5} {sum(r.heads for r in info.blocks):>5} {sum(r.kv_heads for r in info.blocks):>4} "
+    lines.append(f"{'total':>5} {sum(r.heads for r in info.blocks):>5} "
+                 f"{sum(r.kv_heads for r in info.blocks):>4} "
                  f"{sum(r.ffn_width for r in info.blocks):>6} {_human(info.total_params):>10} "
                  f"{_human(info.total_flops):>10}")
     lines.append(f"(total params include embeddings and head: {info.total_params:,})")

@@ -45,12 +45,14 @@ def task_of(class_name: str) -> str:
     return "encoder"
 
 
-def wrap(model: nn.Module, tokenizer: Any = None, name: str | None = None) -> HFAdapter:
-    """Adapter for an already-built transformers model (family from ``config.model_type``)."""
+def wrap(model: nn.Module, tokenizer: Any = None, name: str | None = None,
+         base_hash: str | None = None) -> HFAdapter:
+    """Adapter for an already-built transformers model (family and modality from
+    ``config.model_type``'s family table). ``base_hash`` declares the base weights' hash when
+    they are no longer the model's (a pruned model rebuilt from an artifact)."""
     spec = family_for(model.config.model_type)
-    modality = "image" if spec.family == "vit" else "text"
-    return HFAdapter(model, spec, make_task(task_of(type(model).__name__)), modality,
-                     tokenizer=tokenizer, name=name)
+    return HFAdapter(model, spec, make_task(task_of(type(model).__name__)), tokenizer=tokenizer, name=name,
+                     base_hash=base_hash)
 
 
 def minilm_path() -> Path:
@@ -94,13 +96,13 @@ def load_adapter(name_or_path: str | Path, task: str | None = None, seed: int = 
     if task is not None and task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     if name in TINY:
-        factory, default_task, modality = TINY[name]
+        factory, default_task = TINY[name]
         config = factory()
         if num_labels is not None:
             config.num_labels = num_labels
         model = build_from_config(config, task or default_task, seed)
         tokenizer = None
-        if modality == "text":
+        if family_for(config.model_type).modality == "text":
             from edgeadapt.data.text import bpe_tokenizer
 
             tokenizer = bpe_tokenizer(config.vocab_size)
@@ -115,6 +117,51 @@ def load_adapter(name_or_path: str | Path, task: str | None = None, seed: int = 
         "directory. edgeadapt never downloads at run time; download the model first "
         "(e.g. `huggingface-cli download ID --local-dir DIR`) and pass DIR."
     )
+
+
+def model_config_dict(model: str | Path) -> dict[str, Any] | None:
+    """The Hugging Face config (as a dict) of a local model directory (``config.json``) or an
+    edgeadapt model artifact (``base_config.json``), read without loading weights; ``None`` for a
+    built-in name. Raises :class:`~edgeadapt.errors.ConfigError` for anything else."""
+    import json
+
+    if str(model) in BUILTIN:
+        return None
+    path = Path(model).expanduser()
+    for name in ("config.json", "base_config.json"):
+        if (path / name).is_file():
+            return json.loads((path / name).read_text())
+    hint = "" if path.exists() else (" (it does not exist yet: if an earlier step writes it, such as "
+                                      "`edgeadapt train`, run that step first)")
+    raise ConfigError(f"model {str(model)!r} is neither a built-in name ({', '.join(BUILTIN)}) nor a local "
+                      f"Hugging Face model directory (config.json) or edgeadapt model artifact{hint}")
+
+
+def model_modality(model: str | Path) -> str:
+    """'image' or 'text' for a built-in name, local HF directory or artifact, from its family table
+    (:attr:`ArchSpec.modality`), without loading weights."""
+    return family_for(_model_type(model)).modality
+
+
+def model_image_size(model: str | Path) -> int:
+    """The input image side (pixels) of an image model, without loading weights."""
+    if str(model) in TINY:
+        return int(TINY[str(model)][0]().image_size)
+    config = model_config_dict(model) or {}
+    if "image_size" not in config:
+        raise ConfigError(f"model {str(model)!r} has no image_size in its config; is it an image model?")
+    return int(config["image_size"])
+
+
+def _model_type(model: str | Path) -> str:
+    if str(model) in TINY:
+        return TINY[str(model)][0]().model_type
+    if str(model) == "minilm":
+        return "bert"
+    config = model_config_dict(model) or {}
+    if "model_type" not in config:
+        raise ConfigError(f"model {str(model)!r}: its config names no model_type")
+    return config["model_type"]
 
 
 def _load_local(path: Path, task: str | None, num_labels: int | None, name: str) -> HFAdapter:

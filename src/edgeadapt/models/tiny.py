@@ -60,12 +60,12 @@ def _llama_ref() -> Any:
                        bos_token_id=5, eos_token_id=6, pad_token_id=0, tie_word_embeddings=False)
 
 
-TINY: dict[str, tuple[Callable[[], Any], str, str]] = {
-    # name: (config factory, task, modality)
-    "tiny-vit": (_vit, "image-classification", "image"),
-    "tiny-bert": (_bert, "sequence-classification", "text"),
-    "tiny-gpt2": (_gpt2, "causal-lm", "text"),
-    "tiny-opt": (_opt, "causal-lm", "text"),
-    "tiny-llama": (_llama, "causal-lm", "text"),
-    "tiny-llama-ref": (_llama_ref, "causal-lm", "text"),
+TINY: dict[str, tuple[Callable[[], Any], str]] = {
+    # name: (config factory, task); modality comes from the family table, like any model's
+    "tiny-vit": (_vit, "image-classification"),
+    "tiny-bert": (_bert, "sequence-classification"),
+    "tiny-gpt2": (_gpt2, "causal-lm"),
+    "tiny-opt": (_opt, "causal-lm"),
+    "tiny-llama": (_llama, "causal-lm"),
+    "tiny-llama-ref": (_llama_ref, "causal-lm"),
 }

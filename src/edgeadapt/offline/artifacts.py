@@ -24,7 +24,7 @@ from safetensors.torch import load_model, save_model
 from edgeadapt.artifacts import ArtifactError, atomic_write_text, read_manifest, write_manifest
 from edgeadapt.offline.gates import GateSet
 from edgeadapt.offline.knowledge_base import KBSettings, KnowledgeBase
-from edgeadapt.offline.neuron_index import MARK, NeuronIndex
+from edgeadapt.offline.neuron_index import NeuronIndex
 from edgeadapt.pruning.checkpoint import load_pruned, save_pruned
 
 KIND, VERSION = "knowledge-base", 1
@@ -68,7 +68,7 @@ def load_kb(directory: str | Path, expect_base_hash: str | None = None) -> Knowl
         raise ArtifactError(f"{directory}: invalid index.json or kb.json: {exc}") from None
     if index.base_hash != base_hash or adapter.fingerprint() != index.architecture:
         raise ArtifactError(f"{directory}: the index and the model do not belong to the same base model")
-    setattr(adapter, MARK, index)
+    adapter.neuron_index = index  # a KB, never to be mistaken for its FM
     gates = GateSet(adapter, settings.bottleneck, settings.pooling)
     missing, unexpected = load_model(gates, str(directory / "gates.safetensors"), strict=False)
     if missing or unexpected:

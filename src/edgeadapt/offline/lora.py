@@ -149,9 +149,8 @@ def _unload(adapter: HFAdapter) -> None:
     # The merged weights of a full-width model are a new foundation model: everything built from
     # it (knowledge base, neuron index) must name *these* weights, not the ones LoRA started from.
     # A pruned model keeps its base identity, because its plan is relative to that base.
-    plan = getattr(adapter, "plan", None)
-    if plan is None or plan.is_dense():
-        adapter.parent_hash, adapter._base_hash, adapter.plan = adapter._base_hash, None, None
+    if adapter.plan is None or adapter.plan.is_dense():
+        adapter.rebase()
 
 
 def merge_lora(adapter: HFAdapter) -> None:
@@ -250,7 +249,7 @@ def save_lora_artifact(adapter: HFAdapter, out: str | Path, settings: LoraSettin
     summary = {k: report[k] for k in ("trainable_params", "total_params", "merge_max_abs_diff", "best")
                if k in report}
     save_pruned(adapter, out, config={"stage": STAGE, "lora": settings.model_dump(),
-                                      "tuned_from_hash": getattr(adapter, "parent_hash", None), **summary, **config})
+                                      "tuned_from_hash": adapter.parent_hash, **summary, **config})
     # save_pruned lists only its own files; rewrite the manifest (still last) so lora.json is hashed too.
     manifest = read_manifest(out, KIND, VERSION, verify=False)
     own = ("kind", "format_version", "edgeadapt_version", "files")  # write_manifest sets these

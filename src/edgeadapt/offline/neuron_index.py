@@ -5,7 +5,9 @@ important first, so that every prefix width is a valid sub-model. The index reco
 per block (``heads[i]`` / ``neurons[i]`` = the FM unit at KB position ``i``): all sync needs to map
 learned KB weights back onto the FM exactly. It is structured (permuted/kept unit indices per
 layer), never a dense matrix per layer; the design's optional low-rank correction is not built.
-A KB made by :func:`to_kb` keeps reporting its FM's ``fingerprint()`` and ``base_hash()``.
+A KB made by :func:`to_kb` keeps reporting its FM's ``fingerprint()`` and ``base_hash()``, and
+carries its index in the adapter's ``neuron_index`` field (:func:`index_of`), so it is never
+mistaken for its FM.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from edgeadapt.pruning.reorder import inverse as invert
 from edgeadapt.pruning.reorder import permuted_state, reorder_units
 
 KIND, VERSION, FORMAT, FILE = "neuron-index", 1, "edgeadapt.neuron-index", "index.json"
-MARK = "neuron_index"  # attribute a KB adapter carries, so it is not mistaken for its FM
 _SIZE = {"heads": "num_kv_heads", "neurons": "ffn_width"}  # kind -> fingerprint key of its unit count
 
 
@@ -137,14 +138,20 @@ def check_index_matches(index: NeuronIndex, adapter: ModelAdapter) -> None:
                          f"(index base hash {index.base_hash[:12]}, model {h[:12]}). {fix}")
 
 
+def index_of(adapter: ModelAdapter) -> NeuronIndex | None:
+    """The neuron index a KB adapter (or a proxy extracted from it) is ordered by; ``None`` for a
+    foundation model, including a custom adapter that has no ``neuron_index`` field."""
+    return getattr(adapter, "neuron_index", None)
+
+
 def to_kb(fm_adapter: ModelAdapter, index: NeuronIndex) -> ModelAdapter:
     """A deep copy of the FM with every block reordered into KB order (same outputs)."""
     _check(fm_adapter, index, "to_kb")  # also caches the FM hash, so the copy reports it
-    if getattr(fm_adapter, MARK, None) is not None:
+    if index_of(fm_adapter) is not None:
         raise ConfigError("this adapter is already a knowledge base (made by to_kb); pass the FM")
     kb = copy.deepcopy(fm_adapter)
     reorder_units(kb, index.orders())
-    setattr(kb, MARK, index)
+    kb.neuron_index = index  # the adapter's declared KB tag (HFAdapter.neuron_index)
     return kb
 
 
@@ -153,7 +160,7 @@ def to_fm(kb_adapter: ModelAdapter, index: NeuronIndex) -> ModelAdapter:
     _check(kb_adapter, index, "to_fm")
     fm = copy.deepcopy(kb_adapter)
     reorder_units(fm, index.orders(inverse=True))
-    fm.__dict__.pop(MARK, None)
+    fm.neuron_index = None
     return fm
 
 
@@ -186,7 +193,7 @@ def load_index(directory: str | Path) -> NeuronIndex:
 def _check(adapter: ModelAdapter, index: NeuronIndex, what: str) -> None:
     check_index_matches(index, adapter)
     _require_full_width(adapter, what)
-    mark = getattr(adapter, MARK, None)
+    mark = index_of(adapter)
     if mark is not None and mark.to_dict() != index.to_dict():
         raise ConfigError(f"{what}: this KB was made with another neuron index")
 

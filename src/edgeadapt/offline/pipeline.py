@@ -20,16 +20,21 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgeadapt.artifacts import ArtifactError, atomic_write_text
+from edgeadapt.data.config import DataSection, load_splits
+from edgeadapt.data.registry import dataset_info
 from edgeadapt.errors import ConfigError
-from edgeadapt.offline.knowledge_base import KBSettings
-from edgeadapt.offline.lora import LoraSettings
-from edgeadapt.recipes.train import (
-    DataSection,
-    ModelDataConfig,
-    TrackingSection,
-    TrainSection,
-    make_run_logger,
-)
+from edgeadapt.models.adapter import ModelAdapter
+from edgeadapt.models.registry import model_image_size
+from edgeadapt.offline.artifacts import load_kb, save_kb
+from edgeadapt.offline.knowledge_base import KBSettings, build_kb, check_width
+from edgeadapt.offline.lora import LoraSettings, load_lora_artifact, lora_tune, save_lora_artifact
+from edgeadapt.offline.neuron_index import kb_state_to_fm, save_index, to_kb
+from edgeadapt.pruning.checkpoint import load_model
+from edgeadapt.tracking.base import MetricLogger
+from edgeadapt.tracking.config import TrackingSection, make_run_logger
+from edgeadapt.training.batches import batch_factory
+from edgeadapt.training.config import TrainConfig
+from edgeadapt.training.sections import ModelDataConfig, TrainSection
 
 STEPS = ("lora", "kb", "index")
 
@@ -57,8 +62,6 @@ class KBStep(BaseModel):
     @field_validator("widths")
     @classmethod
     def _widths(cls, widths: list[float]) -> list[float]:
-        from edgeadapt.offline.knowledge_base import check_width
-
         return [check_width(w) for w in widths]
 
 
@@ -90,32 +93,27 @@ def _require(cfg: OfflineConfig, step: str) -> Path:
     return path
 
 
-def _loop(section: TrainSection) -> Any:
-    from edgeadapt.training.config import TrainConfig
-
-    return TrainConfig(**section.model_dump(exclude={"batch_size", "eval_batch_size", "monitor"}))
+def _loop(section: TrainSection) -> TrainConfig:
+    return section.loop_config()
 
 
-def _data(cfg: OfflineConfig, adapter: Any, section: TrainSection) -> tuple[Any, Any, Any, str]:
-    from edgeadapt.recipes.train import batch_factory, load_splits
+def _data(cfg: OfflineConfig, adapter: ModelAdapter, section: TrainSection) -> tuple[Any, Any, Any, str]:
+    """Train factory, val and test thunks, and the monitored metric, for one step's section."""
+    image = dataset_info(cfg.data.name).task == "image-classification"
+    splits = load_splits(cfg.data, model_image_size(cfg.model) if image else None, cfg.seed)
+    length = cfg.data.max_length
+    train = batch_factory(adapter, splits.train, section.batch_size, True, cfg.seed, length)
+    val = batch_factory(adapter, splits.val, section.eval_batch_size, False, max_length=length)
+    test = batch_factory(adapter, splits.test, section.eval_batch_size, False, max_length=length)
+    return train, (lambda: val(0)), (lambda: test(0)), section.monitor_for(adapter.task.name)
 
-    splits = load_splits(cfg.data, cfg.model, cfg.seed)
-    train = batch_factory(cfg.data, adapter, splits.train, section.batch_size, True, cfg.seed)
-    val = batch_factory(cfg.data, adapter, splits.val, section.eval_batch_size, False)
-    test = batch_factory(cfg.data, adapter, splits.test, section.eval_batch_size, False)
-    monitor = section.monitor or ("accuracy" if adapter.task.name == "classification" else "loss")
-    return train, (lambda: val(0)), (lambda: test(0)), monitor
 
-
-def _logger(cfg: OfflineConfig, step: str) -> Any:
+def _logger(cfg: OfflineConfig, step: str) -> MetricLogger:
     return make_run_logger(cfg.tracking, step_dir(cfg, step) / "logs")
 
 
 def run_lora(cfg: OfflineConfig) -> dict[str, Any]:
     """Tune the FM with LoRA on the source data, merge (checked exact) and save ``out/lora``."""
-    from edgeadapt.offline.lora import lora_tune, save_lora_artifact
-    from edgeadapt.pruning.checkpoint import load_model
-
     fm = load_model(cfg.model)
     train, val, test, monitor = _data(cfg, fm, cfg.lora.train)
     before = fm.evaluate(test())
@@ -137,10 +135,6 @@ def run_lora(cfg: OfflineConfig) -> dict[str, Any]:
 
 def run_kb(cfg: OfflineConfig) -> dict[str, Any]:
     """Build the knowledge base from ``out/lora`` and save ``out/kb`` with per-width test metrics."""
-    from edgeadapt.offline.artifacts import save_kb
-    from edgeadapt.offline.knowledge_base import build_kb
-    from edgeadapt.offline.lora import load_lora_artifact
-
     fm = load_lora_artifact(_require(cfg, "lora"))
     section = cfg.kb.train
     train, val, test, monitor = _data(cfg, fm, section)
@@ -163,10 +157,6 @@ def run_kb(cfg: OfflineConfig) -> dict[str, Any]:
 def run_index(cfg: OfflineConfig) -> dict[str, Any]:
     """Write ``out/index`` after checking that the KB belongs to ``out/lora`` and that FM -> KB -> FM
     is exact with the index."""
-    from edgeadapt.offline.artifacts import load_kb
-    from edgeadapt.offline.lora import load_lora_artifact
-    from edgeadapt.offline.neuron_index import kb_state_to_fm, save_index, to_kb
-
     fm = load_lora_artifact(_require(cfg, "lora"))
     kb = load_kb(_require(cfg, "kb"), expect_base_hash=fm.base_hash())
     fm_state = fm.model.state_dict()

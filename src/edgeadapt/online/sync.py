@@ -24,7 +24,7 @@ from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.offline.gates import gate_point
 from edgeadapt.offline.knowledge_base import KnowledgeBase
-from edgeadapt.offline.neuron_index import MARK, check_index_matches, kb_state_to_fm
+from edgeadapt.offline.neuron_index import check_index_matches, index_of, kb_state_to_fm
 from edgeadapt.online.proxy import Proxy
 from edgeadapt.pruning import ops
 from edgeadapt.pruning.apply import current_plan
@@ -160,7 +160,7 @@ def _check_proxy(kb: KnowledgeBase, proxy: Proxy) -> PruningPlan:
     if px_hash != kb.index.base_hash:
         raise ConfigError("the proxy comes from another base model: its base hash "
                          f"{(px_hash or 'unknown')[:12]} is not the KB's {kb.index.base_hash[:12]}")
-    mark = getattr(px, MARK, None)
+    mark = index_of(px)
     if mark is not None and mark.to_dict() != kb.index.to_dict():
         raise ConfigError("the proxy was cut from a KB with another neuron index (another unit order)")
     plan = current_plan(px)
@@ -186,7 +186,7 @@ def _check_proxy(kb: KnowledgeBase, proxy: Proxy) -> PruningPlan:
 
 
 def _check_fm(kb: KnowledgeBase, fm: HFAdapter) -> None:
-    if getattr(fm, MARK, None) is not None:
+    if index_of(fm) is not None:
         raise ConfigError("kb_to_fm needs the foundation model, got a knowledge base")
     plan = getattr(fm, "plan", None)
     if plan is not None and not plan.is_dense():

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -188,3 +192,20 @@ def test_bpe_tokenizer_trained_on_a_corpus_is_cached_and_distinct():
     assert tok.get_vocab() == again.get_vocab()
     # a corpus-specific vocabulary encodes its own words in fewer tokens than the docs BPE does
     assert len(tok("knowledge base proxy")["input_ids"]) < len(bpe_tokenizer(300)("knowledge base proxy")["input_ids"])
+
+
+BUILTIN = ["builtin-docs", "c4", "digits", "digits-c", "image-folder", "text-files", "wikitext2"]
+
+
+@pytest.mark.parametrize("first,second", [("edgeadapt.data.registry", "edgeadapt.data.builtin"),
+                                          ("edgeadapt.data.builtin", "edgeadapt.data.registry"),
+                                          ("edgeadapt.data.builtin", None),
+                                          ("edgeadapt.data.registry", None)])
+def test_the_builtin_datasets_are_registered_whatever_is_imported_first(first, second):
+    # A fresh interpreter: the import order is the one under test, not this session's.
+    lines = [f"import {first}"] + ([f"import {second}"] if second else []) + [
+        "from edgeadapt.data.registry import list_datasets",
+        "import json; print(json.dumps(sorted(d.name for d in list_datasets())))"]
+    proc = subprocess.run([sys.executable, "-c", "\n".join(lines)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert set(BUILTIN) <= set(json.loads(proc.stdout))

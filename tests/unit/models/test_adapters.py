@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
@@ -101,7 +105,6 @@ def test_tiny_models_are_seeded():
 
 
 def test_registering_a_duplicate_model_type_fails():
-    load_adapter("tiny-bert")  # make sure built-ins are registered
     spec = ArchSpec(family="bert2", model_types=("bert",), layers="x", attention="a", q="q", k="k", v="v",
                     o="o", mlp_inputs=("i",), mlp_output="o2", norms=(), embeddings=())
     with pytest.raises(ValueError, match="already registered"):
@@ -120,3 +123,66 @@ def test_building_a_seeded_tiny_model_leaves_the_global_rng_untouched():
     before = torch.random.get_rng_state()
     load_adapter("tiny-llama", seed=3)
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_a_custom_family_registered_before_any_lookup_does_not_hide_the_builtins():
+    # A fresh interpreter, so nothing has looked a family up yet.
+    script = textwrap.dedent("""
+        from edgeadapt.models.adapter import ArchSpec
+        from edgeadapt.models.families import family_for, register_family
+        register_family(ArchSpec(family="mine", model_types=("my-arch",), layers="blocks", attention="a",
+                                 q="a.q", k="a.k", v="a.v", o="a.o", mlp_inputs=("fc1",), mlp_output="fc2",
+                                 norms=(), embeddings=("embed",)))
+        assert family_for("my-arch").family == "mine"
+        assert family_for("llama").family == "llama" and family_for("vit").modality == "image"
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_head_attributes_are_data_checked_when_the_spec_is_built():
+    fields = dict(family="x", model_types=("x",), layers="x", attention="a", q="q", k="k", v="v", o="o",
+                  mlp_inputs=("i",), mlp_output="o2", norms=(), embeddings=())
+    assert ArchSpec(**fields, head_attributes={"split": "heads * head_dim"}).head_attributes == \
+        {"split": "heads*head_dim"}
+    with pytest.raises(ValueError, match="not quantities"):
+        ArchSpec(**fields, head_attributes={"split": "__import__('os').getcwd()"})
+    with pytest.raises(ValueError, match="modality"):
+        ArchSpec(**fields, modality="audio")
+
+
+@pytest.mark.parametrize("name,attrs", [("tiny-gpt2", {"num_heads": 2, "split_size": 32}),
+                                        ("tiny-bert", {"num_attention_heads": 2, "all_head_size": 32})])
+def test_set_attention_units_sets_the_table_quantities(name, attrs):
+    adapter = load_adapter(name)
+    adapter.set_attention_units(0, 2)
+    module = adapter.model.get_submodule(adapter.blocks()[0].attention.module)
+    assert {a: getattr(module, a) for a in attrs} == attrs
+
+
+@pytest.mark.parametrize("name,modality", [("tiny-vit", "image"), ("tiny-bert", "text"), ("tiny-llama", "text")])
+def test_modality_comes_from_the_family_table(name, modality, tmp_path):
+    from edgeadapt.models.registry import model_modality
+
+    adapter = load_adapter(name)
+    assert adapter.modality == adapter.spec.modality == modality == model_modality(name)
+    adapter.model.save_pretrained(tmp_path)
+    assert model_modality(tmp_path) == modality
+
+
+def test_identity_is_set_through_the_constructor_and_rebase():
+    from edgeadapt.models.registry import wrap
+    from edgeadapt.pruning.apply import apply_plan
+    from edgeadapt.pruning.plan import PruningPlan
+
+    adapter = load_adapter("tiny-bert")
+    declared = wrap(adapter.model, base_hash="ab" * 32)
+    assert declared.base_hash() == "ab" * 32 and declared.parent_hash is None
+    declared.rebase()
+    assert declared.parent_hash == "ab" * 32 and declared.base_hash() == adapter.base_hash()
+    pruned = load_adapter("tiny-bert")
+    plan = PruningPlan.dense(pruned.fingerprint())
+    plan.blocks[0].neurons = list(range(64))
+    apply_plan(pruned, plan)
+    with pytest.raises(ValueError, match="pruned"):
+        pruned.rebase()

@@ -183,3 +183,17 @@ def test_add_lora_is_seeded_and_leaves_the_global_rng_untouched(load):
     assert torch.equal(torch.random.get_rng_state(), before)
     for (name, pa), (_, pb) in zip(a.model.named_parameters(), b.model.named_parameters()):
         assert torch.equal(pa, pb), name
+
+
+def test_merging_into_a_dense_model_rebases_its_identity(load):
+    adapter = load("tiny-llama")
+    before = adapter.base_hash()
+    attributes = set(vars(adapter))
+    add_lora(adapter, LoraSettings(), seed=0)
+    with torch.no_grad():  # make the merge change the weights
+        for name, p in adapter.model.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.01)
+    merge_lora(adapter)
+    assert adapter.parent_hash == before and adapter.base_hash() != before
+    assert set(vars(adapter)) == attributes

@@ -182,3 +182,15 @@ def test_malformed_index_dicts_are_refused(path, value, match, load):
     d = build_index(fm, random_scores(fm)).to_dict()
     with pytest.raises(ValueError, match=match):
         NeuronIndex.from_dict(_mutate(d, path, value))
+
+
+def test_a_kb_is_tagged_through_the_adapters_declared_field_only():
+    from edgeadapt.offline.neuron_index import index_of
+
+    fm = load_adapter("tiny-llama")
+    index = build_index(fm, random_scores(fm))
+    kb = to_kb(fm, index)
+    assert set(vars(kb)) == set(vars(fm))  # no ad-hoc attribute appears on the KB
+    assert index_of(kb) is kb.neuron_index is index and index_of(fm) is None
+    back = to_fm(kb, index)
+    assert index_of(back) is None and set(vars(back)) == set(vars(fm))

@@ -30,7 +30,7 @@ def test_inspect_prints_a_table_and_json(capsys):
 
 def test_prune_by_sparsity_writes_an_artifact_that_inspect_reads(tmp_path, capsys):
     out = tmp_path / "pruned"
-    assert main(["prune", "tiny-gpt2", "--sparsity", "0.5", "--target", "heads,neurons",
+    assert main(["prune", "tiny-gpt2", "--unit-sparsity", "0.5", "--target", "heads,neurons",
                  "--importance", "taylor", "--calibration-batches", "2", "--out", str(out)]) == 0
     assert (out / "manifest.json").is_file() and (out / "plan.json").is_file()
     capsys.readouterr()
@@ -43,19 +43,71 @@ def test_prune_by_plan_file(tmp_path, capsys):
     plan = PruningPlan.dense(load_adapter("tiny-bert").fingerprint())
     plan.blocks[0].neurons = [0, 1, 2, 3]
     plan.save(tmp_path / "plan.json")
-    assert main(["prune", "tiny-bert", "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "o")]) == 0
+    argv = ["prune", "tiny-bert", "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
     assert "FFN neurons 132/256" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [
     (["inspect", "no-such-model"], "unknown model 'no-such-model'"),
-    (["prune", "tiny-llama", "--sparsity", "1.0", "--out", "x"], "--sparsity must be in [0, 1)"),
+    (["prune", "tiny-llama", "--unit-sparsity", "1.0", "--out", "x"], "--unit-sparsity must be in [0, 1)"),
+    (["prune", "tiny-llama", "--sparsity", "0.5", "--out", "x"], "use --unit-sparsity S"),
     (["prune", "tiny-llama", "--out", "x"], "exactly one of --plan"),
     (["prune", "tiny-llama", "--plan", "missing.json", "--out", "x"], "does not exist"),
-    (["prune", "tiny-llama", "--sparsity", "0.5", "--target", "filters", "--out", "x",
+    (["prune", "tiny-llama", "--unit-sparsity", "0.5", "--target", "filters", "--out", "x",
       "--importance", "magnitude"], "targets must be"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+# -- error handling: only edgeadapt's own errors become one-paragraph messages -------------------------
+
+def _raising(exc: BaseException):
+    def handler(args):
+        raise exc
+    return handler
+
+
+def test_a_user_error_prints_one_paragraph_and_exits_2(monkeypatch, capsys):
+    from edgeadapt.cli import main as cli
+    from edgeadapt.errors import ConfigError
+
+    monkeypatch.setattr(cli, "cmd_inspect", _raising(ConfigError("model: 'x' is unknown; pick one of a, b")))
+    assert main(["inspect", "tiny-llama"]) == 2
+    err = capsys.readouterr().err
+    assert err == "edgeadapt inspect: error: model: 'x' is unknown; pick one of a, b\n"
+    assert "Traceback" not in err
+
+
+def test_a_bug_propagates_with_its_traceback(monkeypatch):
+    from edgeadapt.cli import main as cli
+
+    monkeypatch.setattr(cli, "cmd_inspect", _raising(KeyError("not a user error")))
+    with pytest.raises(KeyError, match="not a user error"):
+        main(["inspect", "tiny-llama"])
+
+
+def test_debug_reraises_a_user_error(monkeypatch):
+    from edgeadapt.cli import main as cli
+    from edgeadapt.errors import ArtifactError
+
+    monkeypatch.setattr(cli, "cmd_inspect", _raising(ArtifactError("broken artifact")))
+    with pytest.raises(ArtifactError, match="broken artifact"):
+        main(["--debug", "inspect", "tiny-llama"])
+
+
+def test_importing_the_cli_leaves_hf_hub_offline_alone_and_main_sets_it():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    script = ("import os, edgeadapt, edgeadapt.cli.main as m; print(os.environ.get('HF_HUB_OFFLINE')); "
+              "m.main(['data', 'list']); print(os.environ.get('HF_HUB_OFFLINE'))")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0] == "None" and lines[-1] == "1"

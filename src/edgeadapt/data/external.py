@@ -96,7 +96,7 @@ def _load_hub(name: str, src: HFTextSource, source_split: str, cache_dir: str | 
         offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
         if not (offline or getattr(datasets.config, "HF_HUB_OFFLINE", False)):
             raise
-        raise RuntimeError(
+        raise PathError(
             f"dataset {name!r} ({src.path}, split {source_split!r}) is not cached"
             f"{f' in {cache_dir}' if cache_dir else ''} and offline mode is on (HF_HUB_OFFLINE=1). "
             "Pass data_files= pointing at local .parquet/.json/.txt copies, or unset HF_HUB_OFFLINE "

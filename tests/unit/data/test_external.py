@@ -19,6 +19,7 @@ import torch
 
 from edgeadapt.data.external import HF_TEXT_DATASETS, lm_blocks, load_hf_text, load_text_files
 from edgeadapt.data.image_folder import load_image_folder, scan_image_folder
+from edgeadapt.errors import PathError
 
 # WikiText's raw rows: headings, paragraphs with trailing newlines, and empty separator rows.
 WIKI_TEST = ["", " = Valkyria = \n", "", " The game began development in 2010 . \n", "  ",
@@ -89,7 +90,7 @@ def test_missing_or_unsupported_local_file_is_named(tmp_path: Path) -> None:
 def test_offline_and_not_cached_fails_fast_with_a_fix(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
-    with pytest.raises(RuntimeError, match=r"not cached.*offline mode is on.*data_files=.*HF_HUB_OFFLINE"):
+    with pytest.raises(PathError, match=r"not cached.*offline mode is on.*data_files=.*HF_HUB_OFFLINE"):
         load_hf_text("wikitext2", "test", cache_dir=tmp_path / "empty")
     assert time.perf_counter() - start < 10
 

@@ -1,7 +1,7 @@
 """The datasets edgeadapt knows by name: built-in offline data and real loaders for local and hub data.
 
 - ``digits``: scikit-learn's handwritten digits as 3-channel images (offline).
-- ``digits-c``: digits under one CIFAR-10-C-style corruption at one severity (offline).
+- ``digits-c``: digits under one of CIFAR-10-C's 19 corruptions, its parameters at 32×32 (offline).
 - ``builtin-docs``: Python's bundled documentation text (offline).
 - ``text-files``: local .txt/.jsonl/.json/.parquet files (``root`` = a file or folder).
 - ``wikitext2``, ``c4``: Hugging Face datasets by name (``root`` = a folder of local files).
@@ -46,7 +46,10 @@ class Digits:
 @register_dataset(name="digits-c", task="image-classification", classes=DIGITS,
                   class_aliases=dict(zip(_NAMES, DIGITS)))
 class DigitsC:
-    """Digits under one CIFAR-10-C-style corruption at a severity 1-5 (seeded)."""
+    """Digits under one of CIFAR-10-C's 19 corruptions at a severity 1-5, with CIFAR-10-C's
+    parameters (seeded). The images are corrupted at 32×32 — the size those parameters are for —
+    then box-averaged to ``size`` (bilinear if larger); clean 16×16 digits are exactly the box
+    average of clean 32×32 ones, so at 16 only the corruption differs from ``digits``."""
 
     splits = ("train", "val", "test")
 
@@ -55,14 +58,17 @@ class DigitsC:
         from edgeadapt.data.corruptions import check_corruption
 
         check_corruption(corruption, severity)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+            raise ConfigError(f"digits-c: size must be an integer >= 8, got {size!r}")
         self.corruption, self.severity, self.size, self.seed = corruption, severity, size, corruption_seed
 
     def load(self, root: Path | None, split: str) -> ImageSplit:
-        from edgeadapt.data.corruptions import corrupt
+        from edgeadapt.data.corruptions import REFERENCE_SIZE, corrupt
 
-        clean = Digits(self.size).load(root, split)
+        clean = Digits(REFERENCE_SIZE).load(root, split)
         # Each split gets its own noise so a model cannot memorise the corruption pattern.
-        images = corrupt(clean.images, self.corruption, self.severity, seed=self.seed * 10 + _SPLIT_SEED[split])
+        seed = self.seed * 10 + _SPLIT_SEED[split]
+        images = corrupt(clean.images, self.corruption, self.severity, seed=seed, size=self.size)
         return ImageSplit(images, clean.labels, DIGITS)
 
 

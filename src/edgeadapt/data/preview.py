@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgeadapt.data.corruptions import CORRUPTIONS, SEVERITIES, check_corruption, corrupt
+from edgeadapt.data.corruptions import CORRUPTIONS, SEVERITIES, check_corruption, corrupt, resize_images
 from edgeadapt.errors import ConfigError
 
 
@@ -25,12 +25,15 @@ def _to_display(images: torch.Tensor) -> np.ndarray:
 
 
 def corruption_grid(images: torch.Tensor, path: str | Path, corruptions: Sequence[str] | None = None,
-                    severities: Sequence[int] = SEVERITIES, seed: int = 0, n_images: int = 1) -> Path:
+                    severities: Sequence[int] = SEVERITIES, seed: int = 0, n_images: int = 1,
+                    size: int | None = None) -> Path:
     """Write a PNG grid: a 'clean' row, then one row per corruption, one column per severity.
 
-    Each cell shows the first ``n_images`` images side by side. The file is written atomically
-    (temporary file + ``os.replace``) so a reader never sees half a PNG. Returns ``path``.
-    Example: ``corruption_grid(digits_tensors("test")[0], "runs/preview/corruptions.png")``.
+    Each cell shows the first ``n_images`` images side by side. CIFAR-10-C's parameters are for
+    32×32 images, so pass 32×32 images; with ``size`` every cell (clean too) is shown resized to
+    ``size``×``size`` after corrupting — what ``digits-c`` at that size holds. The file is written
+    atomically (temporary file + ``os.replace``) so a reader never sees half a PNG. Returns ``path``.
+    Example: ``corruption_grid(digits_tensors("test", size=32)[0], "runs/preview/c.png", size=16)``.
     """
     # The Figure API draws with Agg without touching pyplot's global backend or figure registry.
     from matplotlib.figure import Figure
@@ -52,14 +55,15 @@ def corruption_grid(images: torch.Tensor, path: str | Path, corruptions: Sequenc
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_frame_on(False)
-    axes[0][0].imshow(_to_display(batch), cmap="gray", vmin=0, vmax=1)
+    clean = batch if size is None else resize_images(batch, size)
+    axes[0][0].imshow(_to_display(clean), cmap="gray", vmin=0, vmax=1)
     axes[0][0].set_ylabel("clean", rotation=0, ha="right", va="center", fontsize=8)
     for c, severity in enumerate(severities):
         axes[0][c].set_title(f"severity {severity}", fontsize=8)
     for r, name in enumerate(names, start=1):
         axes[r][0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
         for c, severity in enumerate(severities):
-            shown = _to_display(corrupt(batch, name, severity, seed=seed))
+            shown = _to_display(corrupt(batch, name, severity, seed=seed, size=size))
             axes[r][c].imshow(shown, cmap="gray", vmin=0, vmax=1)
 
     path = Path(path)

@@ -438,5 +438,9 @@ def test_corruption_grid_writes_a_png(tmp_path) -> None:
     assert path == tmp_path / "sub" / "grid.png"
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
     assert [p.name for p in path.parent.iterdir()] == ["grid.png"], "no temporary file may be left behind"
+
+    small = corruption_grid(x, tmp_path / "small.png", corruptions=["fog"], severities=[5], size=16)
+    assert small.read_bytes() != corruption_grid(x, tmp_path / "big.png", corruptions=["fog"],
+                                                 severities=[5]).read_bytes()
     with pytest.raises(ValueError, match="corruption"):
         corruption_grid(x, tmp_path / "bad.png", corruptions=["fogg"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -53,3 +55,9 @@ def test_domain_data_adapt_is_unlabeled_and_disjoint_from_test():
     assert torch.cdist(flat_a, flat_t).min() > 0
     again = stream_data("contrast:3")[0]
     assert torch.equal(again.test.images, d.test.images)
+
+
+def test_shipped_default_stream_yaml_is_the_default_stream():
+    # configs/adapt-vit-digits.yaml points at this file; it must not drift from DEFAULT_STREAM
+    path = Path(__file__).resolve().parents[3] / "configs" / "streams" / "default.yaml"
+    assert parse_stream(path) == parse_stream(None)

@@ -26,8 +26,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from safetensors import safe_open
+from safetensors.torch import save
 from torch import nn
 
+from edgeadapt.artifacts import atomic_write_bytes
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.models.tasks import model_inputs
@@ -69,10 +72,6 @@ class SourceStats:
 
     def save(self, path: str | Path) -> Path:
         """One safetensors file (no pickle), written atomically."""
-        from safetensors.torch import save
-
-        from edgeadapt.artifacts import atomic_write_bytes
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, save(self.to_dict(), metadata={"kind": KIND, "version": str(VERSION)}))
@@ -80,8 +79,6 @@ class SourceStats:
 
     @classmethod
     def load(cls, path: str | Path) -> SourceStats:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("kind") != KIND or meta.get("version") != str(VERSION):

@@ -14,14 +14,24 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edgeadapt.data.registry import build_dataset
+from edgeadapt.data.stream import parse_stream, stream_data
 from edgeadapt.errors import ConfigError
-from edgeadapt.online.retrain import RetrainBudget
-from edgeadapt.online.runner import METHODS
+from edgeadapt.memory.accounting import parse_bytes
+from edgeadapt.offline.artifacts import load_kb
+from edgeadapt.offline.lora import load_lora_artifact
+from edgeadapt.online.losses import AdaptLossConfig, adaptation_loss, source_stats
+from edgeadapt.online.proxy import width_for_memory, width_for_params
+from edgeadapt.online.report import write_report
+from edgeadapt.online.retrain import RetrainBudget, unlabeled
+from edgeadapt.online.runner import METHODS, build_methods, run_stream
+from edgeadapt.pruning.prune import prune
+from edgeadapt.tracking.run import make_logger
+from edgeadapt.training.config import TrainConfig
+from edgeadapt.training.loop import fit
 
 
 def _loss_config() -> Any:
-    from edgeadapt.online.losses import AdaptLossConfig
-
     return AdaptLossConfig()
 
 
@@ -60,8 +70,6 @@ class AdaptConfig(BaseModel):
     @field_validator("proxy_memory_bytes", mode="before")
     @classmethod
     def _bytes(cls, value: Any) -> Any:
-        from edgeadapt.memory.accounting import parse_bytes
-
         return None if value is None else parse_bytes(value)
 
     @field_validator("methods")
@@ -75,27 +83,18 @@ class AdaptConfig(BaseModel):
     @field_validator("stream")
     @classmethod
     def _stream(cls, spec: Any) -> Any:
-        from edgeadapt.data.stream import parse_stream
-
         parse_stream(spec)
         return spec
 
     @field_validator("loss")
     @classmethod
     def _loss(cls, fields: dict[str, Any]) -> dict[str, Any]:
-        from edgeadapt.online.losses import AdaptLossConfig
-
         AdaptLossConfig(**fields)
         return fields
 
 
 def static_baseline(fm: Any, width: float, epochs: int, seed: int = 0) -> Any:
     """The FM magnitude-pruned once to ``width`` and fine-tuned on the labeled source data."""
-    from edgeadapt.data.registry import build_dataset
-    from edgeadapt.pruning.prune import prune
-    from edgeadapt.training.config import TrainConfig
-    from edgeadapt.training.loop import fit
-
     model = copy.deepcopy(fm)
     if width < 1:
         prune(model, ["heads", "neurons"], "magnitude", unit_sparsity=1.0 - width, device="cpu")
@@ -112,10 +111,6 @@ def proxy_width(cfg: AdaptConfig, kb: Any, stats: Any, loss_cfg: Any, first: Any
     """The proxy width the budget allows: ``cfg.width``, or the widest proxy within
     ``cfg.proxy_params`` parameters / ``cfg.proxy_memory_bytes`` bytes of retraining memory
     (measured with our loss on a batch of the first domain)."""
-    from edgeadapt.online.losses import adaptation_loss
-    from edgeadapt.online.proxy import width_for_memory, width_for_params
-    from edgeadapt.online.retrain import unlabeled
-
     if cfg.proxy_params is not None:
         return width_for_params(kb, cfg.proxy_params)
     if cfg.proxy_memory_bytes is not None:
@@ -129,15 +124,6 @@ def proxy_width(cfg: AdaptConfig, kb: Any, stats: Any, loss_cfg: Any, first: Any
 
 def run_adapt(cfg: AdaptConfig, progress: bool = True) -> dict[str, Any]:
     """Run the configured methods over the stream and write the report into ``cfg.out``."""
-    from edgeadapt.data.registry import build_dataset
-    from edgeadapt.data.stream import parse_stream, stream_data
-    from edgeadapt.offline.artifacts import load_kb
-    from edgeadapt.offline.lora import load_lora_artifact
-    from edgeadapt.online.losses import AdaptLossConfig, source_stats
-    from edgeadapt.online.report import write_report
-    from edgeadapt.online.runner import build_methods, run_stream
-    from edgeadapt.tracking import make_logger
-
     for step in ("lora", "kb"):
         if not (cfg.offline / step / "manifest.json").is_file():
             raise ConfigError(f"offline: {cfg.offline / step} has no artifact; run `edgeadapt offline all "

@@ -21,9 +21,12 @@ from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.models.tasks import model_inputs
 from edgeadapt.offline.gates import gate_point, kwta
 from edgeadapt.offline.knowledge_base import KnowledgeBase, units_at
+from edgeadapt.online.retrain import step_memory
 from edgeadapt.pruning import ops
 from edgeadapt.pruning.apply import apply_plan, meta_copy, params_under
+from edgeadapt.pruning.groups import num_units
 from edgeadapt.pruning.plan import BlockPlan, PruningPlan
+from edgeadapt.training.device import resolve_device
 
 Batch = dict[str, torch.Tensor]
 
@@ -121,15 +124,11 @@ def extract_proxy(kb: KnowledgeBase, window: Iterable[Batch], width: float) -> P
 
 def candidate_widths(kb: KnowledgeBase) -> list[float]:
     """Every width at which a block keeps a different number of heads or neurons, ascending."""
-    from edgeadapt.pruning.groups import num_units
-
     sizes = {num_units(b, k) for b in kb.adapter.blocks() for k in ("heads", "neurons")}
     return sorted({k / n for n in sizes for k in range(1, n + 1)})
 
 
 def _first_units_plan(kb: KnowledgeBase, width: float) -> PruningPlan:
-    from edgeadapt.pruning.groups import num_units
-
     arch = kb.adapter.fingerprint()
     return PruningPlan(arch, [BlockPlan(b.index, list(range(units_at(width, num_units(b, "heads")))),
                                         list(range(units_at(width, num_units(b, "neurons")))))
@@ -181,9 +180,6 @@ def proxy_step_memory(kb: KnowledgeBase, width: float, loss: Callable[[HFAdapter
                       lr: float = 3e-4, device: str = "auto", checkpointing: bool = False) -> int:
     """Peak bytes of one retraining step of a proxy at ``width`` (parameters, gradients, AdamW state
     and activations), measured on a proxy with the first units of every block."""
-    from edgeadapt.online.retrain import step_memory
-    from edgeadapt.training.device import resolve_device
-
     kb.gates.detach()
     try:
         probe = copy.deepcopy(kb.adapter)

@@ -17,10 +17,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgeadapt.errors import ConfigError
+from edgeadapt.memory.accounting import measure_peak
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.training.config import TrainConfig
 from edgeadapt.training.device import resolve_device, to_device
-from edgeadapt.training.loop import fit
+from edgeadapt.training.loop import fit, set_checkpointing
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[HFAdapter, Batch], torch.Tensor]
@@ -55,9 +56,6 @@ def step_memory(adapter: HFAdapter, loss_fn: LossFn, batch: Batch, lr: float, de
     """Peak bytes of one retraining step (forward, backward, AdamW update) including parameters,
     gradients and optimizer state, measured on a throwaway copy so training is unaffected."""
     import copy
-
-    from edgeadapt.memory.accounting import measure_peak
-    from edgeadapt.training.loop import set_checkpointing
 
     probe = copy.deepcopy(adapter)
     probe.model.to(device).train()

@@ -29,7 +29,10 @@ from tqdm.auto import tqdm
 from edgeadapt.data.stream import DomainData
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter
+from edgeadapt.online.losses import adaptation_loss, set_trainable, tent_loss
+from edgeadapt.online.proxy import extract_proxy
 from edgeadapt.online.retrain import RetrainBudget, retrain, unlabeled
+from edgeadapt.online.sync import sync
 from edgeadapt.training.device import to_device
 
 METHODS = ("source", "tent", "full", "static", "edgeadapt")
@@ -56,8 +59,6 @@ class MethodState:
 def run_stream(methods: list[MethodState], domains: list[DomainData], budget: RetrainBudget, seed: int = 0,
                logger: Any = None, progress: bool = True) -> dict[str, Any]:
     """Run every method over ``domains``; returns per-domain rows and per-method summaries."""
-    from edgeadapt.online.losses import set_trainable
-
     bar = tqdm(total=len(domains) * len(methods), desc="stream", disable=not progress, leave=False)
     for i, domain in enumerate(domains):
         test = list(domain.test.batches(256))
@@ -109,10 +110,6 @@ def summarize(methods: list[MethodState], domains: list[DomainData]) -> dict[str
 def build_methods(names: list[str], fm: HFAdapter, kb: Any, stats: Any, loss_cfg: Any, width: float,
                   static_model: Callable[[], HFAdapter] | None, trainable: str = "all") -> list[MethodState]:
     """The method table: each entry knows how to get its model for a domain and how to adapt it."""
-    from edgeadapt.online.losses import adaptation_loss, tent_loss
-    from edgeadapt.online.proxy import extract_proxy
-    from edgeadapt.online.sync import sync
-
     unknown = [n for n in names if n not in METHODS]
     if unknown or not names:
         raise ConfigError(f"methods: unknown {unknown}; choose from {', '.join(METHODS)}")

@@ -12,12 +12,15 @@ import yaml
 
 from edgeadapt.cli.main import main
 from edgeadapt.config import parse_config
+from edgeadapt.data.tokens import token_blocks
+from edgeadapt.pruning.budget import prune_to_param_sparsity
+from edgeadapt.pruning.importance import random_scores
 
 BASE = {"kind": "llm-prune", "model": "tiny-llama", "dataset": "builtin-docs", "seq_len": 32,
-        "batch_size": 16, "learning_rate": 1e-2, "epochs": 1, "patience": None, "sparsity": 0.3,
-        "granularity": ["heads", "neurons"],
-        "pruning": {"importance": "taylor", "calibration_batches": 2},
-        "recovery": {"method": "lora", "max_train_blocks": 320, "lora": {"rank": 8, "alpha": 16}},
+        "batch_size": 16, "param_sparsity": 0.3, "granularity": ["heads", "neurons"],
+        "pruning": {"importance": "taylor", "scope": "global", "calibration_batches": 2},
+        "recovery": {"method": "lora", "max_train_blocks": 320, "lora": {"rank": 8, "alpha": 16},
+                     "learning_rate": 1e-2, "epochs": 1, "patience": None},
         "evaluation": {"max_eval_tokens": 2048, "sweep": [0.5], "speed_repeats": 2, "speed_batch_size": 4},
         "tracker": "tensorboard"}
 
@@ -34,7 +37,7 @@ def test_train_then_test_mode_from_one_yaml(tmp_path, capsys):
     path.write_text(yaml.safe_dump({**BASE, **where}))
     assert main(["llm-prune", "--config", str(path), "--mode", "train"]) == 0
     m = json.loads((tmp_path / "model" / "prune_metrics.json").read_text())
-    assert abs(m["prune"]["sparsity"] - 0.3) < 0.03
+    assert abs(m["prune"]["param_sparsity"] - 0.3) < 0.03 and m["budget"] == {"param_sparsity": 0.3}
     assert m["recovered_ppl"] < m["pruned_ppl"]  # recovery helps
     assert (tmp_path / "model" / "manifest.json").is_file()
     assert [r["target"] for r in m["sweep"]] == [0.5]
@@ -63,11 +66,12 @@ def test_recovery_stops_early_on_worsening_perplexity(tmp_path, monkeypatch):
     from edgeadapt.llm import pipeline
 
     seen = iter(range(100, 1000))  # validation perplexity gets worse after every epoch
-    monkeypatch.setattr(pipeline, "_ppl", lambda cfg, a, ids: float(next(seen)))
-    cfg = config(tmp_path, epochs=5, patience=1, recovery={"method": "full", "max_train_blocks": 64})
+    monkeypatch.setattr(pipeline, "_ppl", lambda cfg, a, ids, device: float(next(seen)))
+    cfg = config(tmp_path, recovery={"method": "full", "max_train_blocks": 64, "learning_rate": 1e-2,
+                                     "epochs": 5, "patience": 1})
     adapter = pipeline.load_lm(cfg)
     ids = pipeline.token_ids(adapter, pipeline.corpus(cfg, "train"))
-    train = pipeline.block_batches(ids, cfg.seq_len, cfg.batch_size, shuffle=True, max_blocks=64)
+    train = token_blocks(ids, cfg.seq_len, cfg.batch_size, shuffle=True, max_blocks=64)
     before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
     result = pipeline.recover(cfg, adapter, train, ids[:512], baseline=50.0)
     assert result["stop_reason"] == "patience"
@@ -80,19 +84,17 @@ def test_recovery_stops_early_on_worsening_perplexity(tmp_path, monkeypatch):
 
 def test_killed_recovery_resumes_to_the_same_weights(tmp_path):
     from edgeadapt.llm import pipeline
-    from edgeadapt.llm.prune import prune_to_sparsity, random_scores
-
-    cfg = config(tmp_path, epochs=2,
-                 recovery={"method": "lora", "max_train_blocks": 96, "checkpoint_every": 2})
+    cfg = config(tmp_path, recovery={"method": "lora", "max_train_blocks": 96, "checkpoint_every": 2,
+                                     "learning_rate": 1e-2, "epochs": 2, "patience": None})
 
     def fresh():
         adapter = pipeline.load_lm(cfg)
-        prune_to_sparsity(adapter, 0.3, ["neurons"], random_scores(adapter))
+        prune_to_param_sparsity(adapter, 0.3, ["neurons"], random_scores(adapter))
         return adapter
 
     adapter = fresh()
     ids = pipeline.token_ids(adapter, pipeline.corpus(cfg, "train"))
-    train = pipeline.block_batches(ids, cfg.seq_len, cfg.batch_size, shuffle=True, max_blocks=96)
+    train = token_blocks(ids, cfg.seq_len, cfg.batch_size, shuffle=True, max_blocks=96)
     val = ids[:256]
     reference = pipeline.recover(cfg, fresh(), train, val, checkpoint_dir=tmp_path / "ref")
 

@@ -77,15 +77,15 @@ def test_non_mapping_and_missing_files(tmp_path):
         load_config(tmp_path / "broken.yaml")
 
 
-LLM = {"kind": "llm-prune", "model": "tiny-llama", "sparsity": 0.2}
+LLM = {"kind": "llm-prune", "model": "tiny-llama", "param_sparsity": 0.2}
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"sparsity": 1.0}, r"sparsity: .*must be in \[0, 1\)"),
-    ({"sparsity": -0.1}, r"sparsity: .*must be in \[0, 1\)"),
+    ({"param_sparsity": 1.0}, r"param_sparsity: .*must be in \[0, 1\)"),
+    ({"param_sparsity": -0.1}, r"param_sparsity: .*must be in \[0, 1\)"),
     ({"granularity": ["filters"]}, r"granularity\.0: .*'heads', 'neurons' or 'layers'"),
-    ({"dataset": "text-files", "data_paths": ["/no/such/file.txt"]}, r"data_paths: .*does not exist"),
-    ({"dataset": "text-files"}, r"data_paths: dataset text-files needs local files"),
+    ({"dataset": "text-files", "data_root": "/no/such/folder"}, r"data_root: .*does not exist"),
+    ({"dataset": "text-files"}, r"data_root: dataset text-files needs local text"),
     ({"tracker": "neptune"}, r"tracker: "),
     ({"recovery": {"method": "qlora"}}, r"recovery\.method: "),
     ({"evaluation": {"sweep": [1.5]}}, r"evaluation\.sweep must be in \[0, 1\)"),

@@ -27,32 +27,40 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    """Prune by a plan file or by sparsity + importance, then save an artifact directory.
+    """Prune by a plan file or by a budget (--unit-sparsity or --param-sparsity) + importance, then
+    save an artifact directory.
     Python: ``edgeadapt.pruning.prune.prune(...)`` / ``apply_plan(...)`` + ``save_pruned(...)``."""
     from edgeadapt.data.calibration import calibration_batches
     from edgeadapt.models.inspect import inspect_model
     from edgeadapt.pruning.apply import apply_plan
+    from edgeadapt.pruning.budget import BUDGETS, check_budget
     from edgeadapt.pruning.checkpoint import load_model, save_pruned
+    from edgeadapt.pruning.importance import IMPORTANCES, check_importance
     from edgeadapt.pruning.plan import PruningPlan
     from edgeadapt.pruning.prune import prune
-    from edgeadapt.pruning.select import check_sparsity
 
-    if (args.plan is None) == (args.sparsity is None):
-        raise ConfigError("give exactly one of --plan PLAN.json or --sparsity S")
-    targets = [t.strip() for t in args.target.split(",") if t.strip()]
     if args.sparsity is not None:
-        check_sparsity(args.sparsity, "--sparsity")
+        raise ConfigError(f"--sparsity was split in two budgets: use --unit-sparsity S "
+                          f"({BUDGETS['unit_sparsity']}; what prune's --sparsity meant) or "
+                          f"--param-sparsity S ({BUDGETS['param_sparsity']})")
+    budgets = (args.unit_sparsity, args.param_sparsity)
+    if (args.plan is None) == all(b is None for b in budgets):
+        raise ConfigError("give exactly one of --plan PLAN.json, --unit-sparsity S or --param-sparsity S")
+    targets = [t.strip() for t in args.target.split(",") if t.strip()]
+    if args.plan is None:
+        check_budget(*budgets, names=("--unit-sparsity", "--param-sparsity"))
+    check_importance(args.importance, "--importance")
     adapter = load_model(args.model)
     before = inspect_model(adapter)
     if args.plan is not None:
         apply_plan(adapter, PruningPlan.load(args.plan))
     else:
         batches = None
-        if args.importance not in ("magnitude", "magnitude-l2"):
+        if IMPORTANCES[args.importance].needs_batches:
             batches = calibration_batches(adapter, args.calibration_batches, args.batch_size, seed=args.seed)
-        prune(adapter, args.sparsity, targets, args.importance, batches, scope=args.scope,
-              protect_first=args.protect_first, protect_last=args.protect_last, progress=True,
-              device=args.device)
+        prune(adapter, targets, args.importance, batches, unit_sparsity=args.unit_sparsity,
+              param_sparsity=args.param_sparsity, scope=args.scope, protect_first=args.protect_first,
+              protect_last=args.protect_last, seed=args.seed, progress=True, device=args.device)
         adapter.model.cpu()
     after = inspect_model(adapter)
     save_pruned(adapter, args.out, config={k: v for k, v in vars(args).items() if k != "func"})
@@ -212,7 +220,8 @@ def cmd_llm_prune(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, kind="llm-prune")
     if args.mode == "train":
         m = run_train(cfg)
-        print(f"dense ppl {m['dense_ppl']:.2f} | pruned {m['prune']['sparsity']:.1%}: ppl {m['pruned_ppl']:.2f} "
+        print(f"dense ppl {m['dense_ppl']:.2f} | pruned {m['prune']['param_sparsity']:.1%} of block params: "
+              f"ppl {m['pruned_ppl']:.2f} "
               f"before recovery, {m['recovered_ppl']:.2f} after | model: {cfg.save}")
     else:
         from edgeadapt.memory.accounting import format_bytes
@@ -241,7 +250,8 @@ def cmd_llm_pretrain(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from edgeadapt import __version__
-    from edgeadapt.pruning.importance import METHODS
+    from edgeadapt.pruning.importance import DEFAULT_IMPORTANCE, IMPORTANCES
+    from edgeadapt.pruning.select import DEFAULT_SCOPE, SCOPES
 
     p = argparse.ArgumentParser(prog="edgeadapt", description="Keep foundation models accurate on edge "
                                 "devices under drift: adapt, compress, fit in memory, offload.")
@@ -260,16 +270,25 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("prune", help="structured pruning of heads / FFN neurons / layers")
     s.add_argument("model", help="as for inspect")
     s.add_argument("--plan", type=Path, help="a PruningPlan JSON to apply")
-    s.add_argument("--sparsity", type=float, help="fraction of each target kind to remove, in [0, 1)")
+    s.add_argument("--unit-sparsity", type=float, metavar="S", help="budget: the fraction of the units "
+                   "of each --target kind removed, in [0, 1)")
+    s.add_argument("--param-sparsity", type=float, metavar="S", help="budget: the fraction of the block "
+                   "parameters removed, in [0, 1) (one unit fraction for every --target kind, by bisection)")
+    s.add_argument("--sparsity", type=float, help=argparse.SUPPRESS)  # retired: refused with the new names
     s.add_argument("--target", default="neurons", help="comma list of heads,neurons,layers (default neurons)")
-    s.add_argument("--importance", default="taylor", choices=METHODS)
-    s.add_argument("--scope", default="uniform", choices=("uniform", "global"))
+    s.add_argument("--importance", default=DEFAULT_IMPORTANCE, metavar="NAME",
+                   help="how groups are scored (default %(default)s): " + "; ".join(
+                       f"{k}: {v.description}" for k, v in IMPORTANCES.items()))
+    s.add_argument("--scope", default=DEFAULT_SCOPE, choices=SCOPES,
+                   help="uniform: the same fraction in every block (default, as in llm-prune); global: "
+                   "rank a kind's units across blocks")
     s.add_argument("--protect-first", type=int, default=0, help="leave the first N blocks untouched")
     s.add_argument("--protect-last", type=int, default=0, help="leave the last N blocks untouched")
     s.add_argument("--calibration-batches", type=int, default=8)
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto", help="where importance is computed: auto (CUDA if present), cpu, cuda[:N]")
+    s.add_argument("--device", default="auto",
+                   help="where importance is computed: auto (CUDA if present), cpu, cuda[:N]")
     s.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     s.set_defaults(func=cmd_prune)
 
@@ -302,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_adapt)
 
     s = sub.add_parser("llm-prune", help="LLM block pruning with recovery training and perplexity evaluation")
-    s.add_argument("--config", type=Path, required=True, help="an llm-prune config (configs/llm-prune-docs.yaml)")
+    s.add_argument("--config", type=Path, required=True,
+                   help="an llm-prune config (configs/llm-prune-docs.yaml)")
     s.add_argument("--mode", choices=("train", "test"), default="train",
                    help="train: prune + recover + save; test: evaluate the saved model and write a report")
     s.set_defaults(func=cmd_llm_prune)

@@ -1,18 +1,22 @@
 """The ``edgeadapt llm-prune`` configuration: one YAML file from model to pruned, recovered, evaluated LM.
 
-The fields users change most sit at the top level (model, data, sparsity, granularity, training
-budget, where things go); the rest is grouped into ``pruning``, ``recovery`` and ``evaluation``
-sections with defaults. Everything is validated before any model is loaded, and every error
-names its field and the fix (:func:`edgeadapt.config.load_config`).
+The fields users change most sit at the top level (model, data, budget, granularity, where things
+go); the rest is grouped into ``pruning``, ``recovery`` and ``evaluation`` sections with defaults.
+Everything is validated before any model is loaded, and every error names its field and the fix
+(:func:`edgeadapt.config.load_config`). The vocabulary is the one ``edgeadapt prune`` uses:
+importance names from :data:`edgeadapt.pruning.importance.IMPORTANCES`, and exactly one budget,
+``unit_sparsity`` or ``param_sparsity`` (:mod:`edgeadapt.pruning.budget`). ``recovery`` is a
+:class:`~edgeadapt.training.config.TrainConfig` (the shared loop's schema) plus what only recovery
+has; the defaults it changes are listed once, in :data:`RECOVERY_DEFAULTS`.
 
 Example (``configs/llm-prune-docs.yaml``)::
 
     kind: llm-prune
     model: runs/ref-llama            # built-in name, HF id, local HF directory or edgeadapt artifact
-    dataset: builtin-docs            # wikitext2 | c4 | builtin-docs | text-files
-    sparsity: 0.2                    # fraction of prunable parameters removed
+    dataset: builtin-docs            # builtin-docs | wikitext2 | c4 | text-files (via the data registry)
+    param_sparsity: 0.2              # fraction of the block parameters removed (or unit_sparsity)
     granularity: [heads, neurons]
-    epochs: 2
+    recovery: {epochs: 2}
     save: runs/llm-prune/model
 """
 
@@ -25,10 +29,34 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from edgeadapt.errors import ConfigError
 from edgeadapt.offline.lora import LoraSettings
+from edgeadapt.pruning.budget import check_budget
+from edgeadapt.pruning.importance import DEFAULT_IMPORTANCE, IMPORTANCES, check_importance
+from edgeadapt.pruning.select import DEFAULT_SCOPE, check_sparsity
+from edgeadapt.training.config import TrainConfig
 
 DATASETS = ("builtin-docs", "wikitext2", "c4", "text-files")
 GRANULARITIES = ("heads", "neurons", "layers")
-IMPORTANCES = ("taylor", "fisher", "magnitude", "random")
+# The TrainConfig defaults recovery changes — the only place they differ, and why:
+RECOVERY_DEFAULTS: dict[str, Any] = {
+    "epochs": 1,              # a pruned model starts close to a good one: recovery is short
+    "weight_decay": 0.0,      # no pull toward zero on weights pruning just selected (and on LoRA factors)
+    "precision": "auto",      # bf16 autocast on CUDA when supported (LLM-sized models), fp32 on CPU
+    "patience": 1,            # stop at the first epoch that does not improve validation perplexity
+    "checkpoint_every": 50,   # a killed recovery resumes within 50 optimizer steps
+    "log_every": 5,
+}
+# Fields retired from llm-prune configs -> what to write instead.
+RETIRED_FIELDS: dict[str, str] = {
+    "sparsity": "'sparsity' was split in two budgets: use param_sparsity (the fraction of the block "
+                "parameters removed, found by bisection; what llm-prune's sparsity meant) or unit_sparsity "
+                "(the fraction of the units of each granularity kind removed)",
+    "epochs": "moved to recovery.epochs (recovery is the shared TrainConfig)",
+    "learning_rate": "moved to recovery.learning_rate (recovery is the shared TrainConfig)",
+    "patience": "moved to recovery.patience (recovery is the shared TrainConfig)",
+    "data_paths": "replaced by data_root: one file or folder, read by the dataset registry exactly like "
+                  "`edgeadapt train`'s data.root (text-files: train/val/test subfolders or files, or an "
+                  "80/10/10 split by document; wikitext2/c4: local files named by split)",
+}
 
 
 class PruningSection(BaseModel):
@@ -36,24 +64,29 @@ class PruningSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    importance: Literal["taylor", "fisher", "magnitude", "random"] = Field(
-        "taylor", description="taylor: first-order |w·dL/dw| per group over the calibration batches; "
-        "fisher: diagonal Fisher of the group masks (per-sample squared first-order terms); "
-        "magnitude: L1 weight norm; random: seeded random scores (a baseline).")
-    scope: Literal["global", "uniform"] = Field("global", description="global: rank a kind's units across "
-                                                "all layers (with per-layer floors); uniform: the same "
-                                                "fraction in every layer.")
+    importance: str = Field(DEFAULT_IMPORTANCE, description="How groups are scored, one of the shared "
+                            "importance table (edgeadapt.pruning.importance.IMPORTANCES): "
+                            + "; ".join(f"{k}: {v.description}" for k, v in IMPORTANCES.items()) + ".")
+    scope: Literal["global", "uniform"] = Field(DEFAULT_SCOPE, description="uniform (default, as in "
+                                                "`edgeadapt prune`): the same fraction in every layer; "
+                                                "global: rank a kind's units across all layers (with "
+                                                "per-layer floors).")
     min_keep: int = Field(1, ge=1, description="Per-layer floor of heads and of FFN neurons (global scope).")
     protect_first: int = Field(0, ge=0, description="Leave the first N layers untouched.")
     protect_last: int = Field(0, ge=0, description="Leave the last N layers untouched.")
     calibration_batches: int = Field(8, ge=1, description="Training batches the importance is "
                                      "accumulated over.")
 
+    @field_validator("importance")
+    @classmethod
+    def _importance(cls, value: str) -> str:
+        return check_importance(value, "pruning.importance")
 
-class RecoverySection(BaseModel):
-    """Recovery training after pruning (the shared training loop)."""
 
-    model_config = ConfigDict(extra="forbid")
+class RecoverySection(TrainConfig):
+    """Recovery training after pruning: the shared loop's :class:`TrainConfig` (every field, with the
+    overrides of :data:`RECOVERY_DEFAULTS`) plus the fields only recovery has. ``seed`` and
+    ``device`` come from the top-level ``seed`` and ``use_gpu``/``gpu_ids``."""
 
     method: Literal["lora", "full", "none"] = Field(
         "lora", description="lora: train LoRA adapters (peft) and merge them; full: fine-tune every "
@@ -63,18 +96,19 @@ class RecoverySection(BaseModel):
     keep_if_worse: bool = Field(False, description="Keep the recovered weights even when validation "
                                 "perplexity got worse than right after pruning (default: fall back to "
                                 "the pruned weights).")
-    schedule: Literal["cosine", "plateau", "constant"] = Field(
-        "cosine", description="Warmup then cosine decay, or reduce-on-plateau of val perplexity.")
-    warmup_fraction: float = Field(0.05, ge=0, lt=1, description="Share of steps with linear warmup.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field("auto", description="auto: bf16/fp16 "
-                                                               "autocast on CUDA, fp32 on CPU.")
-    gradient_checkpointing: bool = Field(False, description="Recompute block activations in backward.")
-    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     max_train_blocks: int | None = Field(None, ge=1, description="Use at most this many training blocks.")
-    checkpoint_every: int | None = Field(50, ge=1, description="Also checkpoint every N optimizer steps "
-                                         "(every epoch always), so a killed run resumes.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recovery_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return {**RECOVERY_DEFAULTS, **data}
+
+    def train_config(self, seed: int, device: str) -> TrainConfig:
+        """The :class:`TrainConfig` the shared loop runs, with the run's ``seed`` and ``device``."""
+        fields = self.model_dump(include=set(TrainConfig.model_fields))
+        return TrainConfig.model_validate({**fields, "seed": seed, "device": device})
 
 
 class EvaluationSection(BaseModel):
@@ -88,8 +122,10 @@ class EvaluationSection(BaseModel):
     speed_batch_size: int = Field(8, ge=1, description="Sequences per throughput/memory probe.")
     speed_repeats: int = Field(7, ge=1, description="Timed repeats (interleaved dense/pruned; median).")
     sweep: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
-                               description="Sparsities pruned (without recovery) for the perplexity-vs-"
-                               "sparsity curve; [] skips the sweep.")
+                               description="Values of the configured budget (param_sparsity or "
+                               "unit_sparsity, whichever is set) pruned without recovery for the "
+                               "perplexity-vs-sparsity curve, plotted against the block-parameter "
+                               "sparsity each achieves; [] skips the sweep.")
     datasets: list[str] = Field(default_factory=list, description="Extra test corpora for `--mode test` "
                                 "(builtin-docs, wikitext2, c4), beside the configured dataset.")
 
@@ -106,22 +142,24 @@ class LLMPruneConfig(BaseModel):
     tokenizer: str | None = Field(None, description="Tokenizer name or directory; default: the model's own.")
     use_gpu: bool | Literal["auto"] = Field("auto", description="auto: CUDA when present; true: require it; "
                                             "false: CPU.")
-    gpu_ids: list[int] = Field(default_factory=list, description="CUDA devices to use "
-                               "(CUDA_VISIBLE_DEVICES); more than one runs data-parallel under "
-                               "`accelerate launch`.")
+    gpu_ids: list[int] = Field(default_factory=list, description="CUDA devices to use: one runs on "
+                               "cuda:N; several run data-parallel under `accelerate launch --gpu_ids ...`. "
+                               "An existing CUDA_VISIBLE_DEVICES must agree (it is never overridden).")
     dataset: Literal["builtin-docs", "wikitext2", "c4", "text-files"] = Field(
-        "builtin-docs", description="Training/calibration/evaluation corpus.")
-    data_paths: dict[str, list[Path]] | list[Path] = Field(
-        default_factory=list, description="Local files: for text-files a list (split 90/5/5 by document) or "
-        "{train: [...], val: [...], test: [...]}; for wikitext2/c4 local mirrors of the hub files.")
+        "builtin-docs", description="Training/calibration/evaluation corpus, read through the dataset "
+        "registry (the same splits as `edgeadapt train`).")
+    data_root: Path | None = Field(None, description="text-files: a file or folder (train/val/test "
+                                   "subfolders or files named so, else an 80/10/10 split by document); "
+                                   "wikitext2/c4: a folder of local files named by split.")
     seq_len: int = Field(128, ge=8, description="Tokens per training block and perplexity window.")
     batch_size: int = Field(8, ge=1, description="Sequences per micro-batch (calibration and recovery).")
-    learning_rate: float = Field(1e-3, gt=0, description="Peak recovery learning rate.")
-    epochs: int = Field(1, ge=1, description="Recovery epochs over the training blocks.")
-    patience: int | None = Field(1, ge=1, description="Stop recovery after this many epochs without a "
-                                 "better validation perplexity (null: never).")
-    sparsity: float = Field(description="Fraction of the prunable parameters (attention and FFN weights "
-                            "of the blocks) to remove, in [0, 1).")
+    unit_sparsity: float | None = Field(None, description="Budget: the fraction of the units of each "
+                                        "granularity kind removed (layers, heads, FFN neurons), in [0, 1). "
+                                        "Give this or param_sparsity.")
+    param_sparsity: float | None = Field(None, description="Budget: the fraction of the block parameters "
+                                         "(attention and FFN weights of the layers) removed, in [0, 1); one "
+                                         "unit fraction for every kind, found by bisection. Give this or "
+                                         "unit_sparsity.")
     granularity: list[Literal["heads", "neurons", "layers"]] = Field(
         default_factory=lambda: ["heads", "neurons"], min_length=1,
         description="What is removed: attention heads (KV groups), FFN neurons, whole layers, or a mix.")
@@ -134,50 +172,60 @@ class LLMPruneConfig(BaseModel):
     tracker: Literal["tensorboard", "wandb", "mlflow", "none"] = Field(
         "tensorboard", description="Where metrics go besides logs/metrics.csv.")
     project: str = Field("edgeadapt", description="W&B project / MLflow experiment name.")
-    seed: int = Field(0, description="Seed for data order, LoRA init and random importance.")
+    seed: int = Field(0, description="Seed for data order, LoRA init, random importance and recovery.")
     resume: bool = Field(True, description="Continue recovery from the last checkpoint in `save`.")
 
-    @field_validator("sparsity")
+    @model_validator(mode="before")
     @classmethod
-    def _sparsity(cls, value: float) -> float:
-        from edgeadapt.pruning.select import check_sparsity
+    def _retired_and_shared(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for name, message in RETIRED_FIELDS.items():
+            if name in data:
+                raise ConfigError(f"{name}: {message}")
+        recovery = data.get("recovery", {})
+        if isinstance(recovery, dict):
+            for name, where in (("seed", "the top-level seed"), ("device", "use_gpu / gpu_ids")):
+                if name in recovery:
+                    raise ConfigError(f"recovery.{name}: recovery uses {where}; remove recovery.{name}")
+            device = "cpu" if data.get("use_gpu") is False else "auto"
+            data = {**data, "recovery": {**recovery, "seed": data.get("seed", 0), "device": device}}
+        return data
 
-        return check_sparsity(value)
+    @field_validator("unit_sparsity", "param_sparsity")
+    @classmethod
+    def _sparsity(cls, value: float | None, info: Any) -> float | None:
+        return None if value is None else check_sparsity(value, info.field_name)
 
     @field_validator("granularity")
     @classmethod
     def _dedupe(cls, value: list[str]) -> list[str]:
         return list(dict.fromkeys(value))
 
-    @field_validator("data_paths")
+    @field_validator("data_root")
     @classmethod
-    def _paths_exist(cls, value: Any) -> Any:
-        groups = value.items() if isinstance(value, dict) else [("", value)]
-        for split, paths in groups:
-            if isinstance(value, dict) and split not in ("train", "val", "test"):
-                raise ConfigError(f"split {split!r} is not one of train, val, test")
-            for path in paths:
-                if not Path(path).exists():
-                    raise ConfigError(f"{str(path)!r} does not exist; point data_paths at your local text "
-                                     "files (relative paths are relative to the current directory)")
+    def _root_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not Path(value).exists():
+            raise ConfigError(f"data_root: {str(value)!r} does not exist; point it at your local text "
+                              "(relative paths are relative to the current directory)")
         return value
 
     @field_validator("evaluation")
     @classmethod
     def _sweep(cls, value: EvaluationSection) -> EvaluationSection:
-        from edgeadapt.pruning.select import check_sparsity
-
-        for s in value.sweep:
-            check_sparsity(s, "evaluation.sweep")
+        for value_ in value.sweep:
+            check_sparsity(value_, "evaluation.sweep")
         return value
 
     @model_validator(mode="after")
     def _consistent(self) -> LLMPruneConfig:
-        if self.dataset == "text-files" and not self.data_paths:
-            raise ConfigError("data_paths: dataset text-files needs local files; list them in data_paths")
-        if self.dataset == "builtin-docs" and self.data_paths:
-            raise ConfigError("data_paths: builtin-docs ships with Python and reads no files; "
-                             "remove data_paths")
+        check_budget(self.unit_sparsity, self.param_sparsity)
+        if self.dataset == "text-files" and self.data_root is None:
+            raise ConfigError("data_root: dataset text-files needs local text; set data_root to a file or "
+                              "folder")
+        if self.dataset == "builtin-docs" and self.data_root is not None:
+            raise ConfigError("data_root: builtin-docs ships with Python and reads no files; remove "
+                              "data_root")
         if self.gpu_ids and self.use_gpu is False:
             raise ConfigError("gpu_ids: set but use_gpu is false; remove gpu_ids or set use_gpu: true")
         for name in self.evaluation.datasets:
@@ -186,14 +234,6 @@ class LLMPruneConfig(BaseModel):
         return self
 
     @property
-    def device(self) -> str:
-        """The training device string for :class:`~edgeadapt.training.config.TrainConfig`."""
-        if self.use_gpu is False:
-            return "cpu"
-        if self.use_gpu is True:
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ConfigError("use_gpu: true but no CUDA device is visible; set use_gpu: auto or false")
-            return "cuda"
-        return "auto"
+    def budget(self) -> tuple[str, float]:
+        """``("unit", s)`` or ``("param", s)``: the configured budget."""
+        return check_budget(self.unit_sparsity, self.param_sparsity)

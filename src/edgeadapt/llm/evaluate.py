@@ -2,7 +2,7 @@
 structurally pruned one.
 
 * :func:`perplexity` — the Hugging Face sliding-window perplexity over one tokenized corpus
-  (:func:`corpus_ids`), with the token NLL summed exactly from the logits.
+  (:func:`edgeadapt.data.tokens.corpus_ids`), with the token NLL summed exactly from the logits.
 * :func:`throughput` / :func:`compare_speed` — tokens per second of an inference forward or a
   training step; :func:`compare_speed` interleaves the models so shared-machine noise hits all alike.
 * :func:`peak_memory` — bytes one inference forward or training step needs (``memory.accounting``).
@@ -26,13 +26,14 @@ import copy
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeadapt.data.tokens import token_blocks
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.tasks import model_inputs
 from edgeadapt.training.device import resolve_device, to_device
@@ -64,20 +65,6 @@ def _logits(out: Any) -> torch.Tensor:
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"the model returned {type(out).__name__}; expected logits or an output with .logits")
     return logits
-
-
-def corpus_ids(tokenizer: Any, texts: Sequence[str], separator: str = "\n\n") -> torch.Tensor:
-    """The whole corpus as one 1-D tensor of token ids: ``texts`` joined with ``separator`` and
-    tokenized once (the WikiText recipe), by a ``transformers`` tokenizer or a
-    ``tokenizers.Tokenizer``."""
-    if isinstance(texts, str):  # joining a bare string would interleave its characters
-        raise TypeError("texts must be a sequence of strings, not a single string")
-    from tokenizers import Tokenizer
-
-    joined = separator.join(texts)
-    ids = tokenizer.encode(joined).ids if isinstance(tokenizer, Tokenizer) \
-        else tokenizer(joined, verbose=False)["input_ids"]
-    return torch.tensor(ids, dtype=torch.long)
 
 
 def _windows(n: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
@@ -152,14 +139,14 @@ def perplexity(model_or_adapter: Any, token_ids: torch.Tensor, max_length: int, 
 
 def lm_batch(token_ids: torch.Tensor, batch_size: int, seq_len: int) -> Batch:
     """``{"input_ids", "attention_mask", "labels"}`` of the first ``batch_size`` disjoint blocks of
-    ``seq_len`` tokens of the corpus: a fixed batch for speed and memory probes."""
+    ``seq_len`` tokens of the corpus (the first batch of :func:`~edgeadapt.data.tokens.token_blocks`):
+    a fixed batch for speed and memory probes."""
     if batch_size < 1 or seq_len < 2:
         raise ConfigError(f"batch_size must be >= 1 and seq_len >= 2, got {batch_size} and {seq_len}")
     if token_ids.dim() != 1 or token_ids.numel() < batch_size * seq_len:
         raise ConfigError(f"token_ids must be a 1-D corpus of at least batch_size * seq_len = "
-                         f"{batch_size * seq_len} tokens, got shape {tuple(token_ids.shape)}")
-    ids = token_ids[:batch_size * seq_len].reshape(batch_size, seq_len).clone()
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+                          f"{batch_size * seq_len} tokens, got shape {tuple(token_ids.shape)}")
+    return next(iter(token_blocks(token_ids, seq_len, batch_size)(0)))
 
 
 def _lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:

@@ -1,11 +1,16 @@
 """``edgeadapt llm-prune``: prune a causal LM, recover it, and prove the result with perplexity.
 
-``--mode train`` (:func:`run_train`): load the model and corpus, measure dense validation
-perplexity, score heads/neurons/layers on calibration batches, prune to the target parameter
-sparsity (also sweeping a few sparsities without recovery for the perplexity-vs-sparsity curve),
-recover with LoRA or full fine-tuning through the shared training loop (warmup + cosine or
-reduce-on-plateau, early stopping on validation perplexity, checkpoints that resume), and save the
-pruned model artifact plus ``prune_metrics.json``.
+``--mode train`` (:func:`run_train`): load the model and the corpus (through the dataset registry,
+so the splits are ``edgeadapt train``'s), measure dense validation perplexity, score
+heads/neurons/layers on calibration batches, prune to the configured budget — ``unit_sparsity`` or
+``param_sparsity`` (:mod:`edgeadapt.pruning.budget`) — also sweeping a few budgets without recovery
+for the perplexity-vs-sparsity curve, recover with LoRA or full fine-tuning through the shared
+training loop (warmup + cosine or reduce-on-plateau, early stopping on validation perplexity,
+checkpoints that resume), and save the pruned model artifact plus ``prune_metrics.json``.
+
+The GPU is chosen with a device string (``cuda:N``), never by writing ``CUDA_VISIBLE_DEVICES``;
+an existing ``CUDA_VISIBLE_DEVICES`` that disagrees with ``gpu_ids`` is an error
+(:func:`select_device`).
 
 ``--mode test`` (:func:`run_test`): reload the saved model, compare it with the dense model on the
 test split(s) (sliding-window perplexity), time inference and a training step interleaved, measure
@@ -14,18 +19,22 @@ their peak memory, and write ``report.md`` with PNG plots into ``log_dir``.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
-import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from edgeadapt.data.registry import build_dataset
+from edgeadapt.data.tokens import corpus_ids, token_blocks
 from edgeadapt.errors import ConfigError
 from edgeadapt.llm.config import LLMPruneConfig
 from edgeadapt.models.adapter import HFAdapter
+from edgeadapt.pruning.budget import PruneOutcome, prune_to_param_sparsity, prune_to_unit_sparsity
+from edgeadapt.pruning.importance import Scores, score
 
 Batch = dict[str, torch.Tensor]
 METRICS = "prune_metrics.json"
@@ -50,71 +59,56 @@ def load_lm(cfg: LLMPruneConfig) -> HFAdapter:
     return adapter
 
 
-def _in_split(position: int, split: str) -> bool:
-    """Documents of one local file list are split 90/5/5 by a stable hash of their position."""
-    bucket = zlib.crc32(str(position).encode()) % 20
-    return {"test": bucket == 0, "val": bucket == 1}.get(split, bucket > 1)
-
-
 def corpus(cfg: LLMPruneConfig, split: str, dataset: str | None = None) -> list[str]:
-    """The texts of ``split`` (train/val/test) of the configured (or given) dataset."""
-    from edgeadapt.data.external import load_hf_text, load_text_files
-    from edgeadapt.data.text import builtin_paragraphs
-
+    """The texts of ``split`` (train/val/test) of the configured (or given) dataset, from the dataset
+    registry (:func:`edgeadapt.data.registry.build_dataset`), so a folder gives the same splits here
+    as under ``edgeadapt train``. ``data_root`` applies to the configured dataset only."""
     name = dataset or cfg.dataset
-    if name == "builtin-docs":
-        return builtin_paragraphs(split)
-    paths = cfg.data_paths if name == cfg.dataset else []
-    if name == "text-files":
-        if isinstance(paths, dict):
-            if split not in paths:
-                raise ConfigError(f"data_paths: no {split!r} files listed; add data_paths.{split}")
-            return load_text_files(paths[split])
-        texts = load_text_files(paths)
-        chosen = [t for i, t in enumerate(texts) if _in_split(i, split)]
-        if not chosen:
-            raise ConfigError(f"data_paths: too few documents ({len(texts)}) for a {split} split; list "
-                             "data_paths as {train: [...], val: [...], test: [...]}")
-        return chosen
-    files: Any = None
-    if paths:
-        files = {k: [str(p) for p in v] for k, v in paths.items()} if isinstance(paths, dict) \
-            else [str(p) for p in paths]
-    return load_hf_text(name, split, data_files=files)
+    root = cfg.data_root if name == cfg.dataset else None
+    splits = build_dataset(name, root=root)
+    return list(getattr(splits, split).texts)
 
 
 def token_ids(adapter: HFAdapter, texts: list[str], limit: int | None = None) -> torch.Tensor:
-    from edgeadapt.llm.evaluate import corpus_ids
-
+    """``texts`` as one stream of token ids (at most ``limit``)."""
     ids = corpus_ids(adapter.tokenizer, texts)
     return ids[:limit] if limit else ids
 
 
-def block_batches(ids: torch.Tensor, seq_len: int, batch_size: int, shuffle: bool = False, seed: int = 0,
-                  max_blocks: int | None = None) -> Callable[[int], Iterable[Batch]]:
-    """Per-epoch batches of disjoint ``seq_len`` blocks of ``ids`` (seeded shuffle per epoch)."""
-    if len(ids) < seq_len:
-        raise ConfigError(f"seq_len: the corpus has {len(ids)} tokens, fewer than seq_len={seq_len}; "
-                         "lower seq_len")
-    blocks = ids[: len(ids) // seq_len * seq_len].view(-1, seq_len)[:max_blocks]
+def select_device(use_gpu: bool | str, gpu_ids: Sequence[int],
+                  environ: Mapping[str, str] = os.environ) -> str:
+    """The device string for ``use_gpu``/``gpu_ids``, given the process environment; never writes it.
 
-    def batches(epoch: int) -> Iterable[Batch]:
-        g = torch.Generator().manual_seed(seed + epoch)
-        order = torch.randperm(len(blocks), generator=g) if shuffle else torch.arange(len(blocks))
-        for start in range(0, len(blocks), batch_size):
-            x = blocks[order[start:start + batch_size]]
-            yield {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone()}
-    return batches
-
-
-def _select_gpus(cfg: LLMPruneConfig) -> None:
-    if cfg.gpu_ids:
-        os.environ.setdefault("CUDA_VISIBLE_DEVICES", ",".join(map(str, cfg.gpu_ids)))
-        if len(cfg.gpu_ids) > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-            raise ConfigError(f"gpu_ids: {len(cfg.gpu_ids)} GPUs run data-parallel through accelerate; "
-                             f"launch with `accelerate launch --num_processes {len(cfg.gpu_ids)} "
-                             "-m edgeadapt llm-prune "
-                             "--config ...` (or list one GPU)")
+    One GPU id ``N`` gives ``cuda:N`` (or its position in an existing ``CUDA_VISIBLE_DEVICES`` that
+    lists it). Several ids run data-parallel: the launcher must have made exactly those GPUs
+    visible (``accelerate launch --gpu_ids 0,1 --num_processes 2``); each rank's device then comes
+    from accelerate. A ``CUDA_VISIBLE_DEVICES`` that disagrees with ``gpu_ids`` raises a
+    :class:`ConfigError` naming both, instead of one silently winning."""
+    if use_gpu is False:
+        return "cpu"
+    if use_gpu is True and not torch.cuda.is_available():
+        raise ConfigError("use_gpu: true but no CUDA device is visible; set use_gpu: auto or false")
+    if not gpu_ids:
+        return "cuda" if use_gpu is True else "auto"
+    raw = environ.get("CUDA_VISIBLE_DEVICES")
+    visible = None if raw is None else [v.strip() for v in raw.split(",") if v.strip()]
+    wanted = [str(i) for i in gpu_ids]
+    conflict = (f"gpu_ids: {list(gpu_ids)} disagrees with CUDA_VISIBLE_DEVICES={raw!r} in the environment; "
+                "unset CUDA_VISIBLE_DEVICES or make gpu_ids match it (gpu_ids are the GPU numbers "
+                "nvidia-smi shows)")
+    if len(gpu_ids) > 1:
+        if int(environ.get("WORLD_SIZE", "1")) == 1:
+            raise ConfigError(f"gpu_ids: {len(gpu_ids)} GPUs run data-parallel through accelerate; launch "
+                              f"with `accelerate launch --gpu_ids {','.join(wanted)} --num_processes "
+                              f"{len(gpu_ids)} -m edgeadapt llm-prune --config ...` (or list one GPU)")
+        if visible != wanted:
+            raise ConfigError(conflict)
+        return "cuda"
+    if visible is None:
+        return f"cuda:{gpu_ids[0]}"
+    if wanted[0] not in visible:
+        raise ConfigError(conflict)
+    return f"cuda:{visible.index(wanted[0])}"
 
 
 def _logger(cfg: LLMPruneConfig, sub: str) -> Any:
@@ -125,41 +119,37 @@ def _logger(cfg: LLMPruneConfig, sub: str) -> Any:
     return make_logger(cfg.log_dir / sub, backends, **{k: v for k, v in options.items() if k in backends})
 
 
-def _ppl(cfg: LLMPruneConfig, adapter: HFAdapter, ids: torch.Tensor) -> float:
+def _ppl(cfg: LLMPruneConfig, adapter: HFAdapter, ids: torch.Tensor, device: str) -> float:
     from edgeadapt.llm.evaluate import perplexity
 
     return float(perplexity(adapter, ids, cfg.seq_len, cfg.evaluation.stride, batch_size=cfg.batch_size,
-                            device=cfg.device)["perplexity"])
+                            device=device)["perplexity"])
 
 
 # -- train mode -------------------------------------------------------------------------------------
 
 def recover(cfg: LLMPruneConfig, adapter: HFAdapter, train: Callable[[int], Iterable[Batch]],
             val_ids: torch.Tensor, logger: Any = None, checkpoint_dir: Path | None = None,
-            callbacks: Sequence[Callable[[Any], None]] = (), baseline: float | None = None) -> dict[str, Any]:
-    """Recovery training (LoRA merged afterwards, or full) with early stopping on val perplexity.
+            callbacks: Sequence[Callable[[Any], None]] = (), baseline: float | None = None,
+            device: str = "auto") -> dict[str, Any]:
+    """Recovery training (LoRA merged afterwards, or full) with early stopping on val perplexity,
+    in the shared loop with ``cfg.recovery``'s :class:`~edgeadapt.training.config.TrainConfig`.
 
     The best epoch's weights are kept; if even they are worse than ``baseline`` (the validation
     perplexity right after pruning) the pruned weights are restored, unless
     ``recovery.keep_if_worse`` — recovery never makes the model worse on validation."""
     from edgeadapt.offline.lora import add_lora, discard_lora, merge_lora
-    from edgeadapt.training.config import TrainConfig
     from edgeadapt.training.loop import fit
 
     r = cfg.recovery
-    tc = TrainConfig(epochs=cfg.epochs, learning_rate=cfg.learning_rate, schedule=r.schedule,
-                     warmup_fraction=r.warmup_fraction, weight_decay=r.weight_decay, precision=r.precision,
-                     gradient_checkpointing=r.gradient_checkpointing, grad_accum_steps=r.grad_accum_steps,
-                     patience=cfg.patience, max_steps=r.max_steps, seed=cfg.seed, device=cfg.device,
-                     progress=True, log_every=5, checkpoint_every=r.checkpoint_every)
     snapshot = None
     if r.method == "lora":
         add_lora(adapter, r.lora, seed=cfg.seed)
     elif baseline is not None and not r.keep_if_worse:
         snapshot = {k: v.detach().to("cpu", copy=True) for k, v in adapter.model.state_dict().items()}
     trainable = sum(p.numel() for p in adapter.model.parameters() if p.requires_grad)
-    result = fit(adapter, train, tc, monitor="perplexity",
-                 evaluate=lambda: {"perplexity": _ppl(cfg, adapter, val_ids)}, logger=logger,
+    result = fit(adapter, train, r.train_config(cfg.seed, device), monitor="perplexity",
+                 evaluate=lambda: {"perplexity": _ppl(cfg, adapter, val_ids, device)}, logger=logger,
                  checkpoint_dir=checkpoint_dir, resume=cfg.resume, callbacks=callbacks)
     best = result.best.get("perplexity")
     worse = baseline is not None and best is not None and best > baseline and not r.keep_if_worse
@@ -172,74 +162,77 @@ def recover(cfg: LLMPruneConfig, adapter: HFAdapter, train: Callable[[int], Iter
             "best": result.best, "history": result.history, "kept_pruned_weights": worse}
 
 
+def prune_to_budget(cfg: LLMPruneConfig, adapter: HFAdapter, scores: Scores,
+                    sparsity: float | None = None) -> PruneOutcome:
+    """Prune ``adapter`` in place to the configured budget (or to ``sparsity`` of the same kind of
+    budget), with the configured granularity, scope, floors and protected layers."""
+    kind, configured = cfg.budget
+    p = cfg.pruning
+    fn = prune_to_unit_sparsity if kind == "unit" else prune_to_param_sparsity
+    return fn(adapter, configured if sparsity is None else sparsity, cfg.granularity, scores, scope=p.scope,
+              min_keep=p.min_keep, protect_first=p.protect_first, protect_last=p.protect_last)
+
+
 def run_train(cfg: LLMPruneConfig) -> dict[str, Any]:
     """Prune + recover + save; returns (and writes to ``save/prune_metrics.json``) the metrics."""
     from edgeadapt.artifacts import atomic_write_text
-    from edgeadapt.llm.prune import prune_to_sparsity, sensitivity
     from edgeadapt.pruning.checkpoint import save_pruned
 
-    _select_gpus(cfg)
+    device = select_device(cfg.use_gpu, cfg.gpu_ids)
     adapter = load_lm(cfg)
     train_ids = token_ids(adapter, corpus(cfg, "train"))
     val_ids = token_ids(adapter, corpus(cfg, "val"), cfg.evaluation.max_eval_tokens)
-    train = block_batches(train_ids, cfg.seq_len, cfg.batch_size, shuffle=True, seed=cfg.seed,
-                          max_blocks=cfg.recovery.max_train_blocks)
+    train = token_blocks(train_ids, cfg.seq_len, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                         max_blocks=cfg.recovery.max_train_blocks)
     p = cfg.pruning
-    calibration = [b for _, b in zip(range(p.calibration_batches), block_batches(
+    calibration = [b for _, b in zip(range(p.calibration_batches), token_blocks(
         train_ids, cfg.seq_len, cfg.batch_size, shuffle=True, seed=cfg.seed + 10_000)(0))]
-    dense_ppl = _ppl(cfg, adapter, val_ids)
+    dense_ppl = _ppl(cfg, adapter, val_ids, device)
     n_params = sum(q.numel() for q in adapter.model.parameters())
     print(f"dense: validation perplexity {dense_ppl:.2f}, {n_params:,} params")
-    scores = sensitivity(adapter, p.importance, calibration, seed=cfg.seed, progress=True)
+    scores = score(adapter, p.importance, calibration, progress=True, seed=cfg.seed)
     adapter.model.cpu()
-    kw = {"scope": p.scope, "min_keep": p.min_keep, "protect_first": p.protect_first,
-          "protect_last": p.protect_last}
-    # the perplexity-vs-sparsity curve without recovery, from the same scores
+    budget, target = cfg.budget
+    # the perplexity-vs-sparsity curve without recovery, from the same scores, in the same budget
     sweep = []
     for s in sorted(set(cfg.evaluation.sweep) - {0.0}):
-        probe = _copy(adapter)
+        probe = copy.deepcopy(adapter)
         try:
-            outcome = prune_to_sparsity(probe, s, cfg.granularity, scores, **kw)
+            outcome = prune_to_budget(cfg, probe, scores, s)
         except ValueError:
             continue  # beyond what this granularity can remove
-        sweep.append({"target": s, "sparsity": outcome.sparsity, "ppl": _ppl(cfg, probe, val_ids),
-                      "params": outcome.params_after})
-    outcome = prune_to_sparsity(adapter, cfg.sparsity, cfg.granularity, scores, **kw)
-    pruned_ppl = _ppl(cfg, adapter, val_ids)
-    print(f"pruned: {outcome.sparsity:.1%} of block parameters removed ({outcome.plan.summary()}); "
+        sweep.append({"target": s, "budget": f"{budget}_sparsity", "param_sparsity": outcome.param_sparsity,
+                      "ppl": _ppl(cfg, probe, val_ids, device), "params": outcome.params_after})
+    outcome = prune_to_budget(cfg, adapter, scores)
+    pruned_ppl = _ppl(cfg, adapter, val_ids, device)
+    print(f"pruned: {outcome.param_sparsity:.1%} of block parameters removed ({outcome.plan.summary()}); "
           f"validation perplexity {pruned_ppl:.2f} before recovery")
     logger = _logger(cfg, "train")
     logger.log_params(cfg.model_dump(mode="json"))
     try:
         recovery = None
-        if cfg.recovery.method != "none" and cfg.sparsity > 0:
+        if cfg.recovery.method != "none" and target > 0:
             recovery = recover(cfg, adapter, train, val_ids, logger, cfg.save / "checkpoints",
-                               baseline=pruned_ppl)
+                               baseline=pruned_ppl, device=device)
             if recovery["kept_pruned_weights"]:
                 print("recovery did not beat the pruned model's validation perplexity; "
                       "kept the pruned weights")
-        recovered_ppl = _ppl(cfg, adapter, val_ids)
+        recovered_ppl = _ppl(cfg, adapter, val_ids, device)
         summary = {"val/dense_ppl": dense_ppl, "val/pruned_ppl": pruned_ppl,
-                   "val/recovered_ppl": recovered_ppl, "sparsity": outcome.sparsity,
+                   "val/recovered_ppl": recovered_ppl, "param_sparsity": outcome.param_sparsity,
                    "params": outcome.params_after}
         logger.log_metrics(summary, recovery["steps"] if recovery else 0)
     finally:
         logger.close()
     adapter.model.cpu()
     metrics = {"dense_ppl": dense_ppl, "pruned_ppl": pruned_ppl, "recovered_ppl": recovered_ppl,
-               "prune": outcome.to_dict(), "sweep": sweep, "recovery": recovery,
-               "importance": p.importance, "granularity": cfg.granularity}
+               "budget": {f"{budget}_sparsity": target}, "prune": outcome.to_dict(), "sweep": sweep,
+               "recovery": recovery, "importance": p.importance, "granularity": cfg.granularity}
     if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch every rank holds the same model
         save_pruned(adapter, cfg.save, config=cfg.model_dump(mode="json"))
         atomic_write_text(cfg.save / METRICS, json.dumps(metrics, indent=1))
     print(f"recovered: validation perplexity {recovered_ppl:.2f} (dense {dense_ppl:.2f}); saved {cfg.save}")
     return metrics
-
-
-def _copy(adapter: HFAdapter) -> HFAdapter:
-    import copy
-
-    return copy.deepcopy(adapter)
 
 
 # -- test mode --------------------------------------------------------------------------------------
@@ -250,7 +243,7 @@ def run_test(cfg: LLMPruneConfig) -> dict[str, Any]:
     from edgeadapt.llm.report import write_report
     from edgeadapt.pruning.checkpoint import load_pruned
 
-    _select_gpus(cfg)
+    device = select_device(cfg.use_gpu, cfg.gpu_ids)
     if not (cfg.save / "manifest.json").is_file():
         raise ConfigError(f"save: {cfg.save} holds no pruned model; run `edgeadapt llm-prune --config ... "
                          "--mode train` first")
@@ -264,15 +257,16 @@ def run_test(cfg: LLMPruneConfig) -> dict[str, Any]:
         "pruned": sum(q.numel() for q in pruned.model.parameters())}}
     for name in dict.fromkeys([cfg.dataset, *cfg.evaluation.datasets]):
         ids = token_ids(dense, corpus(cfg, "test", name), cfg.evaluation.max_eval_tokens)
-        results["perplexity"][name] = {"dense": _ppl(cfg, dense, ids), "pruned": _ppl(cfg, pruned, ids)}
+        results["perplexity"][name] = {"dense": _ppl(cfg, dense, ids, device),
+                                       "pruned": _ppl(cfg, pruned, ids, device)}
     probe_ids = token_ids(dense, corpus(cfg, "val"))
     batch = lm_batch(probe_ids, cfg.evaluation.speed_batch_size, cfg.seq_len)
     e = cfg.evaluation
     for mode in ("inference", "train"):
         pair = {"dense": dense, "pruned": pruned}
         speed = compare_speed({k: m.model for k, m in pair.items()}, batch, mode, repeats=e.speed_repeats,
-                              device=cfg.device)
-        memory = {k: peak_memory(m, batch, mode, device=cfg.device) for k, m in pair.items()}
+                              device=device)
+        memory = {k: peak_memory(m, batch, mode, device=device) for k, m in pair.items()}
         results[mode] = {"tokens_per_s": {k: v["tokens_per_s"] for k, v in speed.items()},
                          "speedup": speed["pruned"]["ratio"], "peak_memory_bytes": memory,
                          "memory_ratio": memory["pruned"] / memory["dense"]}

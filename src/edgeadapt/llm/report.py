@@ -29,9 +29,10 @@ def plot_sparsity(results: dict[str, Any], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     sweep = m.get("sweep", [])
     if sweep:
-        ax.plot([0.0] + [r["sparsity"] for r in sweep], [m["dense_ppl"]] + [r["ppl"] for r in sweep], "o-",
-                label=f"{m.get('importance', '')} pruning, no recovery")
-    s = m["prune"]["sparsity"]
+        budget = sweep[0].get("budget", "param_sparsity")
+        ax.plot([0.0] + [r["param_sparsity"] for r in sweep], [m["dense_ppl"]] + [r["ppl"] for r in sweep],
+                "o-", label=f"{m.get('importance', '')} pruning, no recovery (sweep of {budget})")
+    s = m["prune"]["param_sparsity"]
     ax.plot([s], [m["pruned_ppl"]], "s", color="tab:red", label="saved model before recovery")
     ax.plot([s], [m["recovered_ppl"]], "*", ms=12, color="tab:green", label="saved model after recovery")
     ax.axhline(m["dense_ppl"], color="grey", ls=":", label="dense")
@@ -67,7 +68,9 @@ def write_report(results: dict[str, Any], cfg: Any) -> Path:
     m = results.get("train_metrics") or {}
     lines = [f"# llm-prune report: {cfg.model}", ""]
     if m:
-        lines += [f"Pruned {m['prune']['sparsity']:.1%} of the block parameters ({m['prune']['plan']}) by "
+        budget = ", ".join(f"{k} {v:g}" for k, v in m.get("budget", {}).items())
+        lines += [f"Pruned {m['prune']['param_sparsity']:.1%} of the block parameters ({m['prune']['plan']}; "
+                  f"budget {budget}) by "
                   f"{m['importance']} importance, granularity {', '.join(m['granularity'])}; recovery: "
                   f"{cfg.recovery.method}.", "",
                   "| validation | perplexity |", "|---|---|",

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from edgeadapt.llm.evaluate import compare_speed, corpus_ids, lm_batch, peak_memory, perplexity, throughput
+from edgeadapt.data.tokens import corpus_ids
+from edgeadapt.llm.evaluate import compare_speed, lm_batch, peak_memory, perplexity, throughput
 from edgeadapt.models.registry import build_from_config, load_adapter
 
 VOCAB = 11

@@ -31,3 +31,12 @@ class InfeasibleError(ConfigError):
 
 class PathError(EdgeAdaptError, FileNotFoundError):
     """An input path that does not exist or an output path that cannot be written."""
+
+
+class OutputExistsError(EdgeAdaptError, FileExistsError):
+    """An output path that already holds something this command must not overwrite."""
+
+
+class MissingDependencyError(EdgeAdaptError, ImportError):
+    """An optional package (a tracking backend, a server stack) that is not installed; the message
+    names the ``pip install`` that adds it."""

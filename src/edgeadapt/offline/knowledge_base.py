@@ -3,8 +3,9 @@
 Building it from a foundation model (FM):
 
 1. **Joint importance** per group from source data (a head's q/k/v rows and o columns together;
-   an FFN neuron's input-projection rows and output-projection column), first-order Taylor by
-   default, via :mod:`edgeadapt.pruning.importance`.
+   an FFN neuron's input-projection rows and output-projection column), second-order Taylor
+   (``fisher``: the per-sample squared group term) by default, via
+   :mod:`edgeadapt.pruning.importance`.
 2. **Reorder** every block's heads and neurons by descending importance, so every prefix width is
    a valid sub-model. The permutation is the :class:`~edgeadapt.offline.neuron_index.NeuronIndex`.
 3. **Gates** (:mod:`edgeadapt.offline.gates`): per block, an input-dependent saliency per head and
@@ -24,14 +25,14 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.models.tasks import model_inputs
 from edgeadapt.offline.gates import GateSet
 from edgeadapt.offline.neuron_index import NeuronIndex, build_index, to_kb
-from edgeadapt.pruning.importance import score
+from edgeadapt.pruning.importance import check_importance, score
 from edgeadapt.training.config import TrainConfig
 from edgeadapt.training.loop import TrainResult, fit
 
@@ -43,8 +44,10 @@ class KBSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    importance: str = Field("taylor", description="Group importance used to order units (taylor, "
-                            "taylor-abs, magnitude, magnitude-l2, activation).")
+    importance: str = Field("fisher", description="Group importance used to order units: fisher "
+                            "(second-order Taylor, per-sample squared group term; the default), taylor "
+                            "(first-order |w·g|), magnitude, magnitude-l2, activation (names as in "
+                            "edgeadapt.pruning.importance.IMPORTANCES).")
     calibration_batches: int = Field(8, ge=1, description="Source batches for data-aware importance.")
     min_width: float = Field(0.25, gt=0, le=1, description="Smallest width trained (sandwich lower end).")
     random_widths: int = Field(2, ge=0, description="Random widths per step between min_width and 1.")
@@ -56,6 +59,11 @@ class KBSettings(BaseModel):
     task_weight: float = Field(1.0, ge=0, description="Weight of the task loss on source labels.")
     gate_l1: float = Field(1e-3, ge=0, description="L1 penalty on gate values (sparser saliency).")
     temperature: float = Field(2.0, gt=0, description="Distillation temperature.")
+
+    @field_validator("importance")
+    @classmethod
+    def _known_importance(cls, value: str) -> str:
+        return check_importance(value)
 
 
 def check_width(width: float) -> float:

@@ -67,10 +67,9 @@ def load_pruned(directory: str | Path) -> HFAdapter:
     tokenizer = None
     if (directory / "tokenizer").is_dir():
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory / "tokenizer")
-    adapter = wrap(model, tokenizer, base["name"])
+    adapter = wrap(model, tokenizer, base["name"], base_hash=base["hash"])
     if adapter.fingerprint() != base["architecture"]:
         raise ArtifactError(f"{directory}: base_config.json does not match the manifest's architecture")
-    adapter._base_hash = base["hash"]
     try:
         apply_plan(adapter, PruningPlan.load(directory / "plan.json"))
     except PlanError as exc:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from edgeadapt.errors import MissingDependencyError
 from edgeadapt.tracking.base import flatten_params, scalar_metrics
 
 INSTALL_HINT = "MLflow tracking needs the mlflow package: pip install 'edgeadapt[mlflow]'"
@@ -50,7 +51,7 @@ class MLflowLogger:
             import mlflow
             from mlflow.entities import Metric, Param
         except ImportError as exc:
-            raise ImportError(INSTALL_HINT) from exc
+            raise MissingDependencyError(INSTALL_HINT) from exc
         self._metric_cls, self._param_cls = Metric, Param
         self.tracking_uri = resolve_tracking_uri(run_dir, tracking_uri)
         self._client: Any = mlflow.MlflowClient(tracking_uri=self.tracking_uri)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgeadapt.errors import ConfigError
+from edgeadapt.errors import ConfigError, OutputExistsError
 from edgeadapt.tracking.base import MetricLogger, MultiLogger, NullLogger
 
 BACKENDS = ("tensorboard", "csv", "wandb", "mlflow", "none")
@@ -96,12 +96,12 @@ def new_run_dir(root: str | Path, name: str | None = None, exist_ok: bool = Fals
                 return path
             except FileExistsError:
                 continue
-        raise FileExistsError(f"could not find a free run directory name under {root} for {stem}")
+        raise OutputExistsError(f"could not find a free run directory name under {root} for {stem}")
     if not name or Path(name).name != name or name in (".", ".."):
         raise ConfigError(f"run name must be a single directory name, got {name!r}")
     path = root / name
     path.mkdir(exist_ok=True)
     if not exist_ok and any(path.iterdir()):
-        raise FileExistsError(f"run directory {path} already holds a run; pick another name "
+        raise OutputExistsError(f"run directory {path} already holds a run; pick another name "
                               "or pass exist_ok=True to resume it")
     return path

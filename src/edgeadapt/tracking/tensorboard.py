@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from edgeadapt.errors import MissingDependencyError
 from edgeadapt.tracking.base import flatten_params, scalar_metrics
 
 TENSORBOARD_DIR = "tensorboard"
@@ -28,7 +29,7 @@ class TensorBoardLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
-            raise ImportError(
+            raise MissingDependencyError(
                 "TensorBoard tracking needs the tensorboard package: pip install tensorboard "
                 "(or choose the 'csv' tracker)"
             ) from exc

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from edgeadapt.errors import MissingDependencyError
 from edgeadapt.tracking.base import flatten_params, scalar_metrics
 
 INSTALL_HINT = "W&B tracking needs the wandb package: pip install 'edgeadapt[wandb]'"
@@ -63,7 +64,7 @@ class WandbLogger:
         try:
             import wandb
         except ImportError as exc:
-            raise ImportError(INSTALL_HINT) from exc
+            raise MissingDependencyError(INSTALL_HINT) from exc
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.mode = resolve_mode(mode)

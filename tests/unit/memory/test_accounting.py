@@ -10,6 +10,7 @@ from torch import nn
 
 from edgeadapt.memory.accounting import MemoryReport, bytes_of, format_bytes, measure_peak
 from edgeadapt.models.registry import load_adapter
+from edgeadapt.training.loop import set_checkpointing
 
 MiB = 2**20
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -98,22 +99,13 @@ def llama(one_thread):
     return adapter, batches
 
 
-def _set_checkpointing(model: nn.Module, on: bool) -> None:
-    if not on:
-        getattr(model, "activation_checkpointing_disable", model.gradient_checkpointing_disable)()
-    elif hasattr(model, "activation_checkpointing_enable"):  # transformers 5
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
 def _step_peak(adapter, batch, checkpointing: bool = False) -> MemoryReport:
-    _set_checkpointing(adapter.model, checkpointing)
+    set_checkpointing(adapter.model, checkpointing)
     adapter.model.zero_grad(set_to_none=True)
     try:
         _, report = measure_peak(lambda: adapter.task_loss(batch).backward(), modules=[adapter.model])
     finally:
-        _set_checkpointing(adapter.model, False)
+        set_checkpointing(adapter.model, False)
     return report
 
 

@@ -326,3 +326,15 @@ def test_gates_are_seeded_and_leave_the_global_rng_untouched(load):
     assert torch.equal(torch.random.get_rng_state(), before)
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
+
+
+def test_kb_importance_uses_the_shared_vocabulary():
+    """The KB orders units by the same importance names as prune/llm-prune: its default keeps the
+    per-sample squared term (now called fisher), and a retired spelling is refused by name."""
+    from edgeadapt.offline.knowledge_base import KBSettings
+
+    assert KBSettings().importance == "fisher"
+    with pytest.raises(ValueError, match="use 'taylor'"):
+        KBSettings(importance="taylor-abs")
+    with pytest.raises(ValueError, match="unknown importance"):
+        KBSettings(importance="gradient")

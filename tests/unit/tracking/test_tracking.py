@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from edgeadapt.errors import MissingDependencyError, OutputExistsError
 from edgeadapt.tracking import (
     BACKENDS,
     CSVLogger,
@@ -114,7 +115,7 @@ def _fake_wandb() -> types.ModuleType:
 
 def test_wandb_missing_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "wandb", None)
-    with pytest.raises(ImportError, match=r"pip install 'edgeadapt\[wandb\]'"):
+    with pytest.raises(MissingDependencyError, match=r"pip install 'edgeadapt\[wandb\]'"):
         WandbLogger(tmp_path)
 
 
@@ -182,7 +183,7 @@ def _fake_mlflow(monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamespace:
 
 def test_mlflow_missing_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "mlflow", None)
-    with pytest.raises(ImportError, match=r"pip install 'edgeadapt\[mlflow\]'"):
+    with pytest.raises(MissingDependencyError, match=r"pip install 'edgeadapt\[mlflow\]'"):
         MLflowLogger(tmp_path)
 
 
@@ -253,7 +254,7 @@ def test_new_run_dir(tmp_path: Path) -> None:
     assert second.name.startswith(first.name[:15])  # YYYYmmdd-HHMMSS, maybe with a -N suffix
     named = new_run_dir(tmp_path, "exp")
     (named / "metrics.csv").write_text("step,name,value\n")
-    with pytest.raises(FileExistsError, match="exist_ok"):
+    with pytest.raises(OutputExistsError, match="exist_ok"):
         new_run_dir(tmp_path, "exp")
     assert new_run_dir(tmp_path, "exp", exist_ok=True) == named
     with pytest.raises(ValueError):

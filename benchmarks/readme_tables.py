@@ -139,16 +139,22 @@ def llm_prune(result: Result) -> list[str]:
 
 
 def drift_severity(result: Result) -> list[str]:
+    """The DRIFT_SHOWN corruptions (± std over seeds when stored), the mean of all corruptions per
+    severity and, when the JSON has it, the mean of the 15 standard CIFAR-10-C corruptions."""
     severities = sorted({r["severity"] for r in result["rows"]})
     names = list(dict.fromkeys(r["corruption"] for r in result["rows"]))
-    acc = {(r["corruption"], r["severity"]): r["accuracy"] for r in result["rows"]}
+    row = {(r["corruption"], r["severity"]): r for r in result["rows"]}
     lines = ["| corruption | " + " | ".join(f"sev {s}" for s in severities) + " |",
              "|---|" + "---|" * len(severities)]
     for name in [n for n in DRIFT_SHOWN if n in names] or names:
-        lines.append(f"| {name} | " + " | ".join(f"{acc[(name, s)]:.3f}" for s in severities) + " |")
-    means = [statistics.fmean(acc[(n, s)] for n in names) for s in severities]
+        lines.append(f"| {name} | " + " | ".join(pm(row[(name, s)], "accuracy") for s in severities) + " |")
+    means = [statistics.fmean(row[(n, s)]["accuracy"] for n in names) for s in severities]
     lines.append(f"| mean of all {len(names)} | " + " | ".join(f"{m:.3f}" for m in means) + " |")
-    return lines
+    standard = result.get("mean_standard15_by_severity")
+    if standard:
+        cells = [f"{standard.get(str(s), standard.get(s)):.3f}" for s in severities]
+        lines.append("| mean of the standard 15 | " + " | ".join(cells) + " |")
+    return lines + seeds_line(result)
 
 
 RENDERERS: dict[str, Callable[[Result], list[str]]] = {

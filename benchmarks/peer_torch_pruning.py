@@ -18,6 +18,13 @@ Configuration chosen to make the comparison fair:
   every calibration batch, i.e. the same calibration set and objective edgeadapt uses.
 * Same importance family: ``"taylor"`` -> group first-order Taylor, ``"magnitude"`` ->
   group L2 magnitude (``GroupMagnitudeImportance(p=2)``).
+* Same iteration: ``iterative_steps=k`` removes the units in ``k`` steps on the linear schedule
+  ``round(sparsity * i / k * count)`` (edgeadapt's and torch-pruning's ``linear_scheduler``),
+  re-accumulating the Taylor gradients on the shrunken model before every step. Each step is one
+  one-shot ``BasePruner`` on the current model: torch-pruning's own ``iterative_steps`` counts local
+  head removal as ``ceil(cumulative ratio * current heads)`` (``base_pruner.py``), which overshoots the
+  budget (12 heads, 4 steps to 6: 2 + 3 + 3 + 2 = 10 removed), so its channel-exact
+  ``linear_scheduler`` is applied here step by step instead.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ def prune_with_torch_pruning(
     importance: str,
     calibration: list[dict],
     loss_fn: Callable[[nn.Module, dict], torch.Tensor],
+    iterative_steps: int = 1,
 ) -> BertModel:
     """Prune ``model`` in place with torch-pruning and return it.
 
@@ -81,6 +89,7 @@ def prune_with_torch_pruning(
         calibration: batches of tensors for ``model(**batch)``; the first one is also
             the example input for dependency-graph tracing.
         loss_fn: ``loss_fn(model, batch) -> scalar`` used for Taylor gradients.
+        iterative_steps: prune in this many steps (linear schedule), re-scoring in between.
 
     Returns:
         The same ``model`` object, with forward-consistent attention attributes.
@@ -91,6 +100,8 @@ def prune_with_torch_pruning(
         raise ValueError(f"importance must be 'taylor' or 'magnitude', got {importance!r}")
     if not 0.0 <= sparsity < 1.0 or not calibration:
         raise ValueError("need 0 <= sparsity < 1 and at least one calibration batch")
+    if iterative_steps < 1:
+        raise ValueError(f"iterative_steps must be >= 1, got {iterative_steps}")
 
     layers = model.encoder.layer
     attns: list[BertSelfAttention] = [layer.attention.self for layer in layers]
@@ -102,8 +113,32 @@ def prune_with_torch_pruning(
         count = attns[0].query.out_features // head_dim
         before = [a.query.out_features // head_dim for a in attns]
     n_remove = round(sparsity * count)
-    if n_remove == 0:
-        return model
+    done = 0
+    for i in range(1, iterative_steps + 1):
+        upto = n_remove if i == iterative_steps else round(sparsity * i / iterative_steps * count)
+        if upto > done:
+            _prune_step(model, target, upto - done, importance, calibration, loss_fn)
+        done = max(done, upto)
+
+    if target == "ffn":
+        after = [layer.intermediate.dense.out_features for layer in layers]
+        assert all(layer.output.dense.in_features == w for layer, w in zip(layers, after))
+    else:
+        after = [a.num_attention_heads for a in attns]
+        assert all(layer.attention.output.dense.in_features == h * head_dim for layer, h in zip(layers, after))
+    assert after == [b - n_remove for b in before], f"expected {n_remove} removed per layer: {before} -> {after}"
+    assert all(a.query.in_features == model.config.hidden_size for a in attns), "hidden size was pruned"
+    return model
+
+
+def _prune_step(model: BertModel, target: str, n_remove: int, importance: str, calibration: list[dict],
+                loss_fn: Callable[[nn.Module, dict], torch.Tensor]) -> None:
+    """One one-shot torch-pruning pass removing ``n_remove`` more units per layer of the current
+    model, scored on it (Taylor: gradients accumulated afresh)."""
+    layers = model.encoder.layer
+    attns: list[BertSelfAttention] = [layer.attention.self for layer in layers]
+    head_dim = attns[0].attention_head_size
+    count = layers[0].intermediate.dense.out_features if target == "ffn" else attns[0].num_attention_heads
     # torch-pruning removes ceil(r*count) heads and count - int(count*(1-r)) channels;
     # a ratio half a unit below the exact target makes both yield exactly n_remove.
     ratio = (n_remove - 0.5) / count
@@ -148,13 +183,3 @@ def prune_with_torch_pruning(
         assert a.query.out_features % head_dim == 0 and a.attention_head_size == head_dim
         a.num_attention_heads = a.query.out_features // head_dim
         a.all_head_size = a.num_attention_heads * head_dim
-
-    if target == "ffn":
-        after = [layer.intermediate.dense.out_features for layer in layers]
-        assert all(layer.output.dense.in_features == w for layer, w in zip(layers, after))
-    else:
-        after = [a.num_attention_heads for a in attns]
-        assert all(layer.attention.output.dense.in_features == h * head_dim for layer, h in zip(layers, after))
-    assert after == [b - n_remove for b in before], f"expected {n_remove} removed per layer: {before} -> {after}"
-    assert all(a.query.in_features == model.config.hidden_size for a in attns), "hidden size was pruned"
-    return model

@@ -11,7 +11,13 @@ on the first seed's models: the architecture, hence the latency, does not depend
 Seeds: each seed draws its own calibration paragraphs (a seeded sample of the train split), the
 same for every method; magnitude pruning ignores calibration, so its std is 0.
 
-    python benchmarks/prune_fidelity.py [--seeds 0,1,2] [--quick | --smoke]
+    python benchmarks/prune_fidelity.py [--seeds 0,1,2] [--quick | --smoke] [--iterative-steps K]
+
+``--iterative-steps K`` (default 1, one shot) is given to both libraries alike: each removes the
+units in ``K`` steps on the linear schedule ``sparsity * i / K``, re-scoring the shrunken model on the
+same calibration batches before every step (``peer_torch_pruning.py`` says how the peer does it).
+``--targets``, ``--methods`` and ``--calibration-batches`` restrict or change the run (the JSON
+records them).
 
 Writes ``benchmarks/results/prune_fidelity.json`` as ``{"seeds", "rows": [{"method", "target",
 "sparsity", "cosine", "params", "latency_ratio"}], "targets", ...}`` (``cosine`` is the mean over
@@ -73,14 +79,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def build(dense, method: str, target: str, sparsity: float, calibration: list):
+def build(dense, method: str, target: str, sparsity: float, calibration: list, steps: int = 1):
     adapter = copy.deepcopy(dense)
     if method.startswith("tp-"):
         prune_with_torch_pruning(adapter.model, target, sparsity, method[3:], calibration,
-                                 lambda m, b: adapter.task.loss(m, b))
+                                 lambda m, b: adapter.task.loss(m, b), iterative_steps=steps)
     else:
-        importance = "magnitude-l2" if method == "magnitude" else "taylor"
-        prune(adapter, [TARGETS[target]], importance, calibration, unit_sparsity=sparsity)
+        importance = "magnitude-l2" if method == "magnitude" else method
+        prune(adapter, [TARGETS[target]], importance, calibration, unit_sparsity=sparsity,
+              iterative_steps=steps)
     adapter.model.zero_grad(set_to_none=True)
     # torch-pruning's pruner/DependencyGraph is a reference cycle that pins the traced autograd
     # graph (its nodes keep grad_fns); collect it now rather than whenever gc next runs.
@@ -95,12 +102,12 @@ def calibration_set(tok, n_batches: int, seed: int) -> list:
 
 
 def measure(dense, settings: list[tuple[str, str, float]], calibration: list, reference: torch.Tensor,
-            held_out: list, keep: bool) -> tuple[list[dict], dict]:
+            held_out: list, keep: bool, steps: int = 1) -> tuple[list[dict], dict]:
     """Cosine to the dense embeddings for every (method, target, sparsity); the pruned models are
     returned only when ``keep`` (for the latency rounds), otherwise freed one by one."""
     rows, models = [], {}
     for method, target, s in settings:
-        adapter = build(dense, method, target, s, calibration)
+        adapter = build(dense, method, target, s, calibration, steps)
         cos = F.cosine_similarity(embed(adapter, held_out), reference, dim=-1).mean().item()
         rows.append({"method": method, "target": target, "sparsity": s, "cosine": cos,
                      "params": params(adapter.model)})
@@ -145,8 +152,16 @@ def main() -> None:
                     "1 latency round; results to runs/bench-smoke/")
     ap.add_argument("--sparsities", default="0.1,0.25,0.5")
     ap.add_argument("--out", type=Path, default=None, help="result JSON (default benchmarks/results/...)")
+    ap.add_argument("--iterative-steps", type=int, default=1, help="prune in K steps, re-scoring in "
+                    "between, for both libraries alike (default 1: one shot)")
+    ap.add_argument("--targets", default=",".join(TARGETS), help="subset of ffn,heads")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)} (and "
+                    "fisher: edgeadapt's second-order importance)")
+    ap.add_argument("--calibration-batches", type=int, default=None, help="batches of 16 pairs "
+                    "(default 16; --quick 8, --smoke 2)")
     args = ap.parse_args()
     n_cal, rounds = (2, 1) if args.smoke else (8, 3) if args.quick else (16, 5)
+    n_cal = args.calibration_batches or n_cal
     sparsities = [0.5] if args.smoke else [float(s) for s in args.sparsities.split(",")]
     out = args.out or (SMOKE if args.smoke else RESULTS) / "prune_fidelity.json"
     start = time.perf_counter()
@@ -155,13 +170,14 @@ def main() -> None:
     tok = dense.tokenizer
     held_out = list(text_batches(tok, builtin_paragraphs("test"), 32, 128))
     reference = embed(dense, held_out)
-    settings = [(m, t, s) for t in TARGETS for s in sparsities for m in METHODS]
+    methods = args.methods.split(",")
+    settings = [(m, t, s) for t in args.targets.split(",") for s in sparsities for m in methods]
     seeds = parse_seeds(args.seeds)
     runs, ratios = [], {}
     for i, seed in enumerate(seeds):
         torch.manual_seed(seed)
         rows, models = measure(dense, settings, calibration_set(tok, n_cal, seed), reference, held_out,
-                               keep=i == 0)
+                               keep=i == 0, steps=args.iterative_steps)
         if i == 0:
             ratios = latency(dense, models, held_out, rounds)
             del models
@@ -170,7 +186,8 @@ def main() -> None:
     for r in rows:
         r["latency_ratio"] = ratios[(r["method"], r["target"], r["sparsity"])]
     result = {"model": "minilm (all-MiniLM-L6-v2)", "dense_params": params(dense.model), "seeds": seeds,
-              "calibration_batches": n_cal, "held_out_paragraphs": int(reference.shape[0]), "rows": rows}
+              "calibration_batches": n_cal, "iterative_steps": args.iterative_steps,
+              "held_out_paragraphs": int(reference.shape[0]), "rows": rows}
     result["targets"] = targets(result)
     result["wall_seconds"] = round(time.perf_counter() - start, 1)
 
@@ -189,9 +206,11 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(TARGETS), figsize=(10, 4), sharey=True)
-    for ax, unit in zip(axes, TARGETS):
-        for method in METHODS:
+    units = list(dict.fromkeys(r["target"] for r in rows))
+    fig, axes = plt.subplots(1, len(units), figsize=(5 * len(units), 4), sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, unit in zip(axes, units):
+        for method in dict.fromkeys(r["method"] for r in rows):
             pts = sorted((r["sparsity"], r["cosine"], r.get("cosine_std") or 0.0) for r in rows
                          if r["target"] == unit and r["method"] == method)
             x, y, err = zip(*pts)

@@ -76,6 +76,9 @@ class PruningSection(BaseModel):
     protect_last: int = Field(0, ge=0, description="Leave the last N layers untouched.")
     calibration_batches: int = Field(8, ge=1, description="Training batches the importance is "
                                      "accumulated over.")
+    iterative_steps: int = Field(1, ge=1, description="Reach the budget in this many steps (linear "
+                                 "schedule), re-scoring the shrunken model on the calibration batches "
+                                 "before each; 1 = one shot. The sweep stays one-shot.")
 
     @field_validator("importance")
     @classmethod

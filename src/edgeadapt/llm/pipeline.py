@@ -33,7 +33,7 @@ from edgeadapt.data.tokens import corpus_ids, token_blocks
 from edgeadapt.errors import ConfigError
 from edgeadapt.llm.config import LLMPruneConfig
 from edgeadapt.models.adapter import HFAdapter
-from edgeadapt.pruning.budget import PruneOutcome, prune_to_param_sparsity, prune_to_unit_sparsity
+from edgeadapt.pruning.budget import PruneOutcome, Rescore, prune_to_param_sparsity, prune_to_unit_sparsity
 from edgeadapt.pruning.importance import Scores, score
 
 Batch = dict[str, torch.Tensor]
@@ -163,14 +163,16 @@ def recover(cfg: LLMPruneConfig, adapter: HFAdapter, train: Callable[[int], Iter
 
 
 def prune_to_budget(cfg: LLMPruneConfig, adapter: HFAdapter, scores: Scores,
-                    sparsity: float | None = None) -> PruneOutcome:
+                    sparsity: float | None = None, rescore: Rescore | None = None) -> PruneOutcome:
     """Prune ``adapter`` in place to the configured budget (or to ``sparsity`` of the same kind of
-    budget), with the configured granularity, scope, floors and protected layers."""
+    budget), with the configured granularity, scope, floors and protected layers; in
+    ``pruning.iterative_steps`` steps re-scored by ``rescore`` when it is given, else in one shot."""
     kind, configured = cfg.budget
     p = cfg.pruning
     fn = prune_to_unit_sparsity if kind == "unit" else prune_to_param_sparsity
     return fn(adapter, configured if sparsity is None else sparsity, cfg.granularity, scores, scope=p.scope,
-              min_keep=p.min_keep, protect_first=p.protect_first, protect_last=p.protect_last)
+              min_keep=p.min_keep, protect_first=p.protect_first, protect_last=p.protect_last,
+              iterative_steps=p.iterative_steps if rescore is not None else 1, rescore=rescore)
 
 
 def run_train(cfg: LLMPruneConfig) -> dict[str, Any]:
@@ -203,7 +205,8 @@ def run_train(cfg: LLMPruneConfig) -> dict[str, Any]:
             continue  # beyond what this granularity can remove
         sweep.append({"target": s, "budget": f"{budget}_sparsity", "param_sparsity": outcome.param_sparsity,
                       "ppl": _ppl(cfg, probe, val_ids, device), "params": outcome.params_after})
-    outcome = prune_to_budget(cfg, adapter, scores)
+    outcome = prune_to_budget(cfg, adapter, scores, rescore=lambda a: score(a, p.importance, calibration,
+                                                                            seed=cfg.seed))
     pruned_ppl = _ppl(cfg, adapter, val_ids, device)
     print(f"pruned: {outcome.param_sparsity:.1%} of block parameters removed ({outcome.plan.summary()}); "
           f"validation perplexity {pruned_ppl:.2f} before recovery")

@@ -183,3 +183,23 @@ def test_more_than_one_step_needs_a_rescore(llama, fn):
     dense, batches = llama
     with pytest.raises(ConfigError, match="rescore"):
         fn(copy.deepcopy(dense), 0.3, ["neurons"], score(dense, "taylor", batches), iterative_steps=2)
+
+
+def test_llm_prune_config_exposes_iterative_steps_and_the_sweep_stays_one_shot(llama):
+    from edgeadapt.config import parse_config
+    from edgeadapt.llm.pipeline import prune_to_budget
+
+    dense, batches = llama
+    cfg = parse_config({"kind": "llm-prune", "model": "tiny-llama", "param_sparsity": 0.3,
+                        "granularity": ["neurons"], "pruning": {"iterative_steps": 3}})
+    assert cfg.pruning.iterative_steps == 3
+    assert parse_config({"kind": "llm-prune", "model": "tiny-llama", "param_sparsity": 0.3}
+                        ).pruning.iterative_steps == 1
+    with pytest.raises(ConfigError):
+        parse_config({"kind": "llm-prune", "model": "tiny-llama", "param_sparsity": 0.3,
+                      "pruning": {"iterative_steps": 0}})
+    scores = score(dense, "taylor", batches)
+    rescore, seen = counting("taylor", batches)
+    one = prune_to_budget(cfg, copy.deepcopy(dense), scores)  # no rescore: one shot (the sweep)
+    it = prune_to_budget(cfg, copy.deepcopy(dense), scores, rescore=rescore)
+    assert len(seen) == 2 and it.param_sparsity == one.param_sparsity

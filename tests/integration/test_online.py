@@ -14,13 +14,15 @@ from edgeadapt.online.pipeline import AdaptConfig, run_adapt
 @pytest.mark.slow
 def test_adapt_beats_source_on_a_severe_stream(offline_vit_dir, tmp_path):
     out = tmp_path / "adapt"
-    cfg = AdaptConfig(offline=offline_vit_dir, stream="gaussian_noise:5,contrast:3", static_epochs=2,
+    # The source ViT gets about 0.44 on fog:5 and 0.61 on contrast:4 (CIFAR-10-C parameters; noise and
+    # blur at 16x16 barely hurt it: 0.92 on gaussian_noise:5).
+    cfg = AdaptConfig(offline=offline_vit_dir, stream="fog:5,contrast:4", static_epochs=2,
                       budget={"steps": 15}, out=out)
     run_adapt(cfg, progress=False)
     results = json.loads((out / "results.json").read_text())
     rows = {r["method"]: r for r in results["rows"]}
     assert set(rows) == {"source", "tent", "full", "static", "edgeadapt"}
-    assert results["domains"] == ["gaussian_noise:5", "contrast:3"]
+    assert results["domains"] == ["fog:5", "contrast:4"]
     assert len(results["per_domain"]) == 10
     for key in ("mean_accuracy", "retrain_seconds", "peak_memory_bytes"):
         assert all(key in r for r in results["rows"])

@@ -111,3 +111,13 @@ def test_importing_the_cli_leaves_hf_hub_offline_alone_and_main_sets_it():
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     assert lines[0] == "None" and lines[-1] == "1"
+
+
+def test_adapt_flag_errors_are_one_paragraph_not_a_pydantic_traceback(tmp_path, capsys):
+    """Flags are validated as the adapt config before any compute; a bad value is a user error
+    (exit 2) naming the field, not a ValidationError traceback."""
+    code = main(["adapt", "--offline", str(tmp_path), "--stream", "fogg:3", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "fogg" in err and "Traceback" not in err
+    assert main(["adapt", "--offline", str(tmp_path), "--width", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "width" in capsys.readouterr().err

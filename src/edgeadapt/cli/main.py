@@ -188,8 +188,8 @@ def _fmt(metrics: dict) -> str:
 def cmd_adapt(args: argparse.Namespace) -> int:
     """Edge stage: every method over a drift stream (extract, retrain, sync), with a report.
     Python: ``edgeadapt.online.pipeline.run_adapt(AdaptConfig(...))``."""
-    from edgeadapt.config import load_config
-    from edgeadapt.online.pipeline import AdaptConfig, run_adapt
+    from edgeadapt.config import load_config, parse_config
+    from edgeadapt.online.pipeline import run_adapt
     from edgeadapt.online.report import domain_table, summary_table
 
     data = load_config(args.config, kind="adapt").model_dump() if args.config else {}
@@ -202,7 +202,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     if args.steps is not None:
         data.setdefault("budget", {})
         data["budget"] = {**dict(data["budget"]), "steps": args.steps}
-    cfg = AdaptConfig.model_validate(data)
+    cfg = parse_config(data, kind="adapt", source=str(args.config or "the adapt flags"))
     results = run_adapt(cfg)
     print(summary_table(results))
     print()

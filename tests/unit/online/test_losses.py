@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -30,20 +29,10 @@ from edgeadapt.online.losses import (
 )
 from tests.conftest import make_batches
 
-CACHED_SOURCE = Path(__file__).resolve().parents[3] / "runs" / "source-vit"
-
 
 @pytest.fixture(scope="module")
 def vit():
     return load_adapter("tiny-vit", seed=0)
-
-
-@pytest.fixture(scope="module")
-def source_dir(request):
-    """The cached source ViT of this checkout, or the session's freshly trained one."""
-    if (CACHED_SOURCE / "manifest.json").exists():
-        return CACHED_SOURCE
-    return request.getfixturevalue("source_vit_dir")
 
 
 def test_mmd_is_zero_for_one_distribution_and_grows_with_shift():
@@ -164,14 +153,14 @@ def test_source_stats_round_trip(vit, tmp_path):
 
 
 @pytest.mark.slow
-def test_short_adaptation_on_low_contrast_helps_without_collapse(source_dir):
+def test_short_adaptation_on_low_contrast_helps_without_collapse(source_vit_dir):
     from edgeadapt.data.registry import build_dataset
     from edgeadapt.data.stream import stream_data
     from edgeadapt.pruning.checkpoint import load_pruned
     from edgeadapt.training.config import TrainConfig
     from edgeadapt.training.loop import fit
 
-    fm = load_pruned(source_dir)
+    fm = load_pruned(source_vit_dir)  # the session's trained source ViT, never a leftover in runs/
     stats = source_stats(fm, build_dataset("digits", size=16).train.batches(256))
     domain = stream_data("contrast:3")[0]
 

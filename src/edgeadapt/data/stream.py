@@ -1,9 +1,9 @@
 """Drift streams: an ordered list of target domains the edge device meets one after another.
 
-Each domain is a corruption at a severity (CIFAR-10-C names) applied to held-out digits, with an
-*unlabeled* adaptation split (what the device sees) and a *labeled* test split (how we score
-it). The two splits hold different images: adaptation uses the digits validation images and the
-test uses the digits test images, each corrupted with its own seed.
+Each domain is a corruption at a severity (CIFAR-10-C's names and parameters: ``digits-c``)
+applied to held-out digits, with an *unlabeled* adaptation split (what the device sees) and a
+*labeled* test split (how we score it). The two splits hold different images: adaptation uses the
+digits validation images and the test uses the digits test images, each corrupted with its own seed.
 
 A stream is written ``"gaussian_noise:5,fog:3,contrast:4"`` or as a YAML list of
 ``{corruption, severity}`` mappings / ``"name:severity"`` strings.
@@ -20,9 +20,14 @@ from edgeadapt.data.splits import ImageSplit
 from edgeadapt.errors import ConfigError
 
 # Mixes easy and hard domains and revisits corruption families, so methods that only help on
-# noise, or that collapse on low-contrast images, show it (DESIGN.md §5).
-DEFAULT_STREAM = ("gaussian_noise:5,fog:3,brightness:3,contrast:3,defocus_blur:5,impulse_noise:5,"
-                  "pixelate:4,motion_blur:4,jpeg_compression:5,elastic_transform:4")
+# noise, or that collapse on low-contrast images, show it (DESIGN.md §5). With CIFAR-10-C's
+# parameters at 16×16 noise and blur barely hurt the source tiny ViT (clean ≈ 0.95), so the hard
+# domains are contrast, fog, brightness and glass blur. Source accuracy per domain, mean of 3 seeds
+# (benchmarks/results/drift_severity.json): gaussian_noise:5 .945, fog:5 .493, brightness:5 .744,
+# contrast:5 .283, glass_blur:4 .753, impulse_noise:5 .924, snow:5 .852, motion_blur:5 .881,
+# fog:3 .819, contrast:4 .649. Also in configs/streams/default.yaml (a test keeps them equal).
+DEFAULT_STREAM = ("gaussian_noise:5,fog:5,brightness:5,contrast:5,glass_blur:4,impulse_noise:5,"
+                  "snow:5,motion_blur:5,fog:3,contrast:4")
 
 
 @dataclass(frozen=True)
@@ -55,12 +60,14 @@ def _domain(item: Any, where: str) -> Domain:
         try:
             severity = int(sev)
         except ValueError:
-            raise ConfigError(f"{where}: severity {sev!r} of {name.strip()!r} must be an integer in 1..5") from None
+            raise ConfigError(f"{where}: severity {sev!r} of {name.strip()!r} must be an integer in 1..5"
+                              ) from None
         name = name.strip()
     elif isinstance(item, dict):
         extra = set(item) - {"corruption", "severity"}
         if extra or "corruption" not in item or "severity" not in item:
-            raise ConfigError(f"{where}: a domain mapping needs exactly 'corruption' and 'severity', got {sorted(item)}")
+            raise ConfigError(f"{where}: a domain mapping needs exactly 'corruption' and 'severity', "
+                              f"got {sorted(item)}")
         name, severity = item["corruption"], item["severity"]
         if not isinstance(severity, int) or isinstance(severity, bool):
             raise ConfigError(f"{where}: severity of {name!r} must be an integer in 1..5, got {severity!r}")
@@ -86,7 +93,8 @@ def parse_stream(spec: str | Path | Sequence[Any] | None = None) -> list[Domain]
         loaded = yaml.safe_load(path.read_text())
         items = loaded.get("stream") if isinstance(loaded, dict) else loaded
         if not isinstance(items, list):
-            raise ConfigError(f"stream: {path} must hold a list of domains (or a mapping with a 'stream' list)")
+            raise ConfigError(f"stream: {path} must hold a list of domains "
+                              "(or a mapping with a 'stream' list)")
         return parse_stream(items)
     items = [s for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec)
     if not items:
@@ -94,7 +102,8 @@ def parse_stream(spec: str | Path | Sequence[Any] | None = None) -> list[Domain]
     return [_domain(item, f"stream[{i}]") for i, item in enumerate(items)]
 
 
-def stream_data(domains: Sequence[Domain] | str | None = None, size: int = 16, seed: int = 0) -> list[DomainData]:
+def stream_data(domains: Sequence[Domain] | str | None = None, size: int = 16,
+                seed: int = 0) -> list[DomainData]:
     """Corrupted adaptation (unlabeled) and test (labeled) splits for each domain, in order."""
     from edgeadapt.data.registry import build_dataset
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,14 @@ def test_shipped_default_stream_yaml_is_the_default_stream():
     # configs/adapt-vit-digits.yaml points at this file; it must not drift from DEFAULT_STREAM
     path = Path(__file__).resolve().parents[3] / "configs" / "streams" / "default.yaml"
     assert parse_stream(path) == parse_stream(None)
+
+
+def test_default_stream_mixes_easy_and_hard_domains_by_measured_source_accuracy():
+    # DESIGN.md §5, judged on the committed drift_severity benchmark (source model, no adaptation)
+    result = json.loads((Path(__file__).resolve().parents[3] / "benchmarks" / "results"
+                         / "drift_severity.json").read_text())
+    accuracy = {f"{r['corruption']}:{r['severity']}": r["accuracy"] for r in result["rows"]}
+    measured = [accuracy[str(d)] for d in parse_stream()]
+    assert sum(a < 0.6 for a in measured) >= 2, measured  # hard: the source model fails
+    assert sum(0.6 <= a < 0.8 for a in measured) >= 2, measured  # in between
+    assert sum(a >= 0.85 for a in measured) >= 3, measured  # easy: adaptation must not hurt here

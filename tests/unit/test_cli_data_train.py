@@ -70,3 +70,19 @@ def test_data_errors_are_one_clear_line(capsys):
     assert "severity" in capsys.readouterr().err
     assert main(["data", "show", "digits", "--option", "size"]) == 2
     assert "key=value" in capsys.readouterr().err
+
+
+def test_data_show_grid_shows_what_digits_c_holds(tmp_path, monkeypatch):
+    """The grid corrupts 32x32 digits (CIFAR-10-C's parameters are for 32x32) and shows them at the
+    dataset's size, as digits-c stores them — not the 32x32 parameters applied to 16x16 images."""
+    import edgeadapt.data.preview as preview
+
+    seen = {}
+
+    def fake_grid(images, path, corruptions=None, size=None, **_):
+        seen.update(hw=tuple(images.shape[-2:]), size=size)
+        return path
+
+    monkeypatch.setattr(preview, "corruption_grid", fake_grid)
+    assert main(["data", "show", "stream", "--stream", "fog:3", "--grid", str(tmp_path / "g.png")]) == 0
+    assert seen == {"hw": (32, 32), "size": 16}

@@ -153,8 +153,9 @@ def cmd_data_show(args: argparse.Namespace) -> int:
         from edgeadapt.data.digits import digits_tensors
         from edgeadapt.data.preview import corruption_grid
 
-        images, _ = digits_tensors("test", size=size)
-        print(f"wrote {corruption_grid(images[:1], args.grid, corruptions)}")
+        # digits-c corrupts 32x32 digits with CIFAR-10-C's parameters, then resizes to `size`.
+        images, _ = digits_tensors("test", size=32)
+        print(f"wrote {corruption_grid(images[:1], args.grid, corruptions, size=size)}")
     return 0
 
 

@@ -153,7 +153,7 @@ def test_source_stats_round_trip(vit, tmp_path):
 
 
 @pytest.mark.slow
-def test_short_adaptation_on_low_contrast_helps_without_collapse(source_vit_dir):
+def test_short_adaptation_on_severe_contrast_helps_without_collapse(source_vit_dir):
     from edgeadapt.data.registry import build_dataset
     from edgeadapt.data.stream import stream_data
     from edgeadapt.pruning.checkpoint import load_pruned
@@ -162,7 +162,7 @@ def test_short_adaptation_on_low_contrast_helps_without_collapse(source_vit_dir)
 
     fm = load_pruned(source_vit_dir)  # the session's trained source ViT, never a leftover in runs/
     stats = source_stats(fm, build_dataset("digits", size=16).train.batches(256))
-    domain = stream_data("contrast:3")[0]
+    domain = stream_data("contrast:5")[0]  # source ~0.28 under the CIFAR-10-C table
 
     def predictions() -> torch.Tensor:
         with torch.no_grad():

@@ -8,8 +8,8 @@ import torch
 import yaml
 
 from edgeadapt.cli.main import main
-from edgeadapt.data.external import lm_blocks
 from edgeadapt.data.text import builtin_paragraphs
+from edgeadapt.data.tokens import corpus_ids
 from edgeadapt.models.registry import load_adapter
 from edgeadapt.pruning.checkpoint import load_pruned
 
@@ -34,7 +34,8 @@ def test_train_a_causal_lm_writes_a_reloadable_artifact(tmp_path, capsys):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["stop_reason"] == "max_steps"
     untrained = load_adapter("tiny-llama")
-    blocks = lm_blocks(untrained.tokenizer, builtin_paragraphs("test"), 32)
+    ids = corpus_ids(untrained.tokenizer, builtin_paragraphs("test"))
+    blocks = ids[: len(ids) // 32 * 32].view(-1, 32)
     before = untrained.evaluate([{"input_ids": blocks, "attention_mask": torch.ones_like(blocks)}])
     assert metrics["test"]["perplexity"] < 0.6 * before["perplexity"]
     reloaded = load_pruned(tmp_path / "run")

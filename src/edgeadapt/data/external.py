@@ -18,8 +18,6 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from edgeadapt.errors import ConfigError, PathError
 
 
@@ -110,7 +108,7 @@ def load_hf_text(name: str, split: str,
 
     ``split`` is ours (train/val/test) or the source's name. ``data_files`` (a file, a list, or a
     mapping from split to files) reads local copies instead of the hub. Rows are otherwise kept
-    as-is: WikiText perplexity joins its raw lines with ``"\\n\\n"`` (see ``lm_blocks``).
+    as-is: WikiText perplexity joins its raw lines with ``"\\n\\n"`` (see :func:`edgeadapt.data.tokens.corpus_ids`).
 
     >>> load_hf_text("wikitext2", "test", data_files="mirror/wikitext2-test.parquet")  # doctest: +SKIP
     """
@@ -174,28 +172,3 @@ def load_text_files(paths: str | Path | Sequence[str | Path], min_chars: int = 1
         where = [str(f) for f in files] or paths
         raise ConfigError(f"no text of at least {min_chars} characters found in {where}")
     return texts
-
-
-def lm_blocks(tokenizer: Any, texts: Sequence[str], seq_len: int, stride: int | None = None,
-              max_blocks: int | None = None, separator: str = "\n\n") -> torch.Tensor:
-    """Token blocks ``[num_blocks, seq_len]`` of the whole corpus, for LM training and perplexity.
-
-    Texts are joined with ``separator`` and tokenized once (the standard WikiText recipe) by a
-    ``transformers`` tokenizer or a ``tokenizers.Tokenizer``, then cut every ``stride`` tokens
-    (default ``seq_len``: no overlap; a partial tail is dropped). With a smaller stride, blocks
-    overlap by ``seq_len - stride``: sliding-window perplexity scores only the last ``stride``
-    tokens of every block after the first."""
-    stride = seq_len if stride is None else stride
-    if isinstance(texts, str):  # joining a bare string would interleave its characters
-        raise TypeError("texts must be a sequence of strings, not a single string")
-    if min(seq_len, stride, 1 if max_blocks is None else max_blocks) < 1:
-        raise ConfigError(f"seq_len, stride, max_blocks must be >= 1; got {seq_len}, {stride}, {max_blocks}")
-    from tokenizers import Tokenizer
-
-    joined = separator.join(texts)
-    ids = tokenizer.encode(joined).ids if isinstance(tokenizer, Tokenizer) \
-        else tokenizer(joined, verbose=False)["input_ids"]
-    if len(ids) < seq_len + 1:  # one block plus its next-token target
-        raise ConfigError(f"corpus has {len(ids)} tokens; need at least seq_len + 1 = {seq_len + 1}")
-    blocks = torch.tensor(ids, dtype=torch.long).unfold(0, seq_len, stride)
-    return blocks[:max_blocks].clone()

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from edgeadapt.data.external import HF_TEXT_DATASETS, lm_blocks, load_hf_text, load_text_files
+from edgeadapt.data.external import HF_TEXT_DATASETS, load_hf_text, load_text_files
 from edgeadapt.data.image_folder import load_image_folder, scan_image_folder
 from edgeadapt.errors import PathError
 
@@ -129,49 +129,6 @@ def test_text_file_errors(tmp_path: Path) -> None:
     (tmp_path / "x.md").write_text("markdown")
     with pytest.raises(ValueError, match="unsupported"):
         load_text_files(tmp_path / "x.md")
-
-
-# --- lm_blocks --------------------------------------------------------------------------------------
-
-def _word_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate("a b c d e f g".split())}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return tok
-
-
-def test_lm_blocks_cut_the_joined_corpus_with_and_without_overlap() -> None:
-    tok, texts = _word_tokenizer(), ["a b c", "d e f", "g"]  # ids 1..7
-    assert lm_blocks(tok, texts, seq_len=3).tolist() == [[1, 2, 3], [4, 5, 6]]  # tail dropped
-    assert lm_blocks(tok, texts, seq_len=3, stride=2).tolist() == [[1, 2, 3], [3, 4, 5], [5, 6, 7]]
-    assert lm_blocks(tok, texts, seq_len=2, stride=1, max_blocks=2).tolist() == [[1, 2], [2, 3]]
-    assert lm_blocks(tok, texts, seq_len=2).dtype == torch.long
-
-
-def test_lm_blocks_equal_tokenizing_the_joined_text_once() -> None:
-    from edgeadapt.data.text import bpe_tokenizer, builtin_paragraphs
-
-    tok, texts = bpe_tokenizer(), builtin_paragraphs("test")[:20]
-    ids = tok("\n\n".join(texts))["input_ids"]
-    blocks = lm_blocks(tok, texts, seq_len=32)
-    n = len(ids) // 32
-    assert blocks.shape == (n, 32) and n > 2
-    assert blocks.flatten().tolist() == ids[: n * 32]
-    overlapping = lm_blocks(tok, texts, seq_len=32, stride=16)
-    assert overlapping.shape[0] == (len(ids) - 32) // 16 + 1
-    assert torch.equal(overlapping[1, :16], overlapping[0, 16:])
-
-
-def test_lm_blocks_errors() -> None:
-    tok = _word_tokenizer()
-    with pytest.raises(ValueError, match="7 tokens; need at least seq_len \\+ 1 = 8"):
-        lm_blocks(tok, ["a b c d e f g"], seq_len=7)
-    with pytest.raises(TypeError, match="single string"):
-        lm_blocks(tok, "a b c d", seq_len=2)
-    with pytest.raises(ValueError, match="must be >= 1"):
-        lm_blocks(tok, ["a b c d"], seq_len=2, stride=0)
 
 
 # --- image folders ----------------------------------------------------------------------------------

@@ -17,17 +17,24 @@ seeds. Metrics: validation perplexity (sliding window), parameters,
 tokens/s ratio vs dense for inference and a training step (interleaved repeats, medians), and
 peak training-step memory ratio vs dense.
 
-    python benchmarks/llm_prune.py [--steps N] [--seeds 0,1,2] [--quick]
+    python benchmarks/llm_prune.py [--steps N] [--seeds 0,1,2] [--quick] [--iterative-steps K]
 
-Writes ``benchmarks/results/llm_prune.json`` as ``{"dense_ppl": x, "rows": [{"method", "sparsity",
-"recovered", "ppl", "params", "tokens_per_s_ratio", "train_memory_ratio", ...}]}``.
+``--iterative-steps K`` (default 1, one shot) is given to both libraries alike: ours reaches the
+parameter target in ``K`` steps (``prune_to_param_sparsity(iterative_steps=K)``), the peer its head
+and FFN counts in ``K`` steps, each re-scoring the shrunken model on the same calibration batches.
+``--scope`` is ours (the peer is always uniform per layer); ``--calibration-batches`` is for both.
+
+Writes ``benchmarks/results/llm_prune.json`` as ``{"dense_ppl": x, "seeds": [...], "rows": [{"method",
+"sparsity", "recovered", "ppl", "params", "tokens_per_s_ratio", "train_memory_ratio", ...}],
+"targets": [...]}``; a recovered row's ``ppl`` is the mean over recovery seeds, with ``ppl_std`` and
+``ppl_seeds`` (see ``benchlib.py``). ``--quick`` (a 1-epoch reference LM, one seed, 8 steps, fewer
+eval tokens: a smoke run) writes to ``runs/bench-smoke/`` instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import sys
@@ -39,18 +46,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import RESULTS, SMOKE, best, judge, parse_seeds, seeds_of, write_json  # noqa: E402
 from peer_torch_pruning_llm import prune_llama_with_torch_pruning  # noqa: E402
+from readme_tables import llm_prune as readme_table  # noqa: E402
 
-from edgeadapt.artifacts import atomic_write_text  # noqa: E402
 from edgeadapt.config import parse_config  # noqa: E402
+from edgeadapt.data.tokens import token_blocks  # noqa: E402
 from edgeadapt.llm import pipeline  # noqa: E402
 from edgeadapt.llm.evaluate import compare_speed, lm_batch, peak_memory  # noqa: E402
-from edgeadapt.llm.prune import prune_to_sparsity, random_scores, sensitivity  # noqa: E402
 from edgeadapt.models.registry import wrap  # noqa: E402
+from edgeadapt.pruning.budget import prune_to_param_sparsity  # noqa: E402
+from edgeadapt.pruning.importance import score  # noqa: E402
 from edgeadapt.recipes.reference_lm import train_reference_lm  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "llm_prune.json"
 METHODS = ("ours-taylor", "ours-fisher", "tp-taylor", "tp-magnitude", "random")
+DENSE_RATIO_TARGETS = {0.2: 1.05, 0.5: 1.25}  # round 1: recovered ppl at most this multiple of dense
 
 
 def block_params(adapter) -> int:
@@ -61,9 +71,11 @@ def params(adapter) -> int:
     return sum(p.numel() for p in adapter.model.parameters())
 
 
-def peer(dense, importance: str, target: float, calibration: list, ours_params: int):
+def peer(dense, importance: str, target: float, calibration: list, ours_params: int, steps: int = 1):
     """torch-pruning at the same parameter count: round(target * KV groups) per layer, then the FFN
-    channels per layer that bring the block parameters closest to ours."""
+    channels per layer that bring the block parameters closest to ours. ``steps > 1``: both counts
+    are reached in that many steps on the linear schedule (``round(n * i / steps)``), every call
+    re-accumulating the Taylor gradients on the shrunken model, as ours re-scores between steps."""
     model = copy.deepcopy(dense.model)
     c = model.config
     head_dim = c.hidden_size // c.num_attention_heads
@@ -73,16 +85,18 @@ def peer(dense, importance: str, target: float, calibration: list, ours_params: 
     n_layers = c.num_hidden_layers
     loss = lambda m, b: m(**b).loss  # noqa: E731
     n_heads = round(target * c.num_key_value_heads)
-    if n_heads:
-        prune_llama_with_torch_pruning(model, "heads", n_heads / c.num_key_value_heads, importance,
-                                       calibration, loss)
     removed = params(dense) - ours_params
-    n_neurons = round((removed / n_layers - n_heads * unit_head) / unit_neuron)
-    if n_neurons > 0:
-        width = model.config.intermediate_size
-        # the peer rounds sparsity * width: pass the exact fraction for n_neurons
-        prune_llama_with_torch_pruning(model, "neurons", (n_neurons + 0.25) / width, importance,
-                                       calibration, loss)
+    n_neurons = max(0, round((removed / n_layers - n_heads * unit_head) / unit_neuron))
+    done = {"heads": 0, "neurons": 0}
+    for i in range(1, steps + 1):
+        for kind, total, key in (("heads", n_heads, "num_key_value_heads"),
+                                 ("neurons", n_neurons, "intermediate_size")):
+            now = round(total * i / steps) - done[kind]
+            if now > 0:
+                # the peer rounds sparsity * count: pass the exact fraction for `now` of the current count
+                prune_llama_with_torch_pruning(model, kind, (now + 0.25) / getattr(model.config, key),
+                                               importance, calibration, loss)
+                done[kind] += now
     return wrap(model, dense.tokenizer, "tp-pruned")
 
 
@@ -94,29 +108,37 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2", help="recovery seeds (data order and LoRA init); the "
                     "table reports the mean and spread of the recovered perplexity")
     ap.add_argument("--quick", action="store_true", help="fewer eval tokens and steps (smoke run)")
+    ap.add_argument("--iterative-steps", type=int, default=1, help="prune in K steps, re-scoring in "
+                    "between, for both libraries alike (default 1: one shot)")
+    ap.add_argument("--scope", choices=("global", "uniform"), default="global", help="ours: rank units "
+                    "across layers (global, default) or the same fraction per layer (uniform, as the peer)")
+    ap.add_argument("--calibration-batches", type=int, default=8, help="calibration batches, both libraries")
     args = ap.parse_args()
+    bench_start = time.perf_counter()
     torch.manual_seed(0)
-    dense, test = train_reference_lm()
+    # --quick prunes a 1-epoch reference LM of its own, so a smoke run needs no pretraining
+    dense, test = train_reference_lm(SMOKE / "ref-llama", epochs=1) if args.quick else train_reference_lm()
     dense.model.eval()
     steps = 8 if args.quick else args.steps
     cfg = parse_config({
-        "kind": "llm-prune", "model": "tiny-llama-ref", "sparsity": 0.2, "seq_len": 128, "batch_size": 16,
-        "learning_rate": 5e-4, "epochs": 50, "patience": None,
+        "kind": "llm-prune", "model": "tiny-llama-ref", "param_sparsity": 0.2, "seq_len": 128,
+        "batch_size": 16,
         "recovery": {"method": "lora", "lora": {"rank": 16, "alpha": 32}, "max_steps": steps,
-                     "checkpoint_every": None},
+                     "checkpoint_every": None, "learning_rate": 5e-4, "epochs": 50, "patience": None},
         "evaluation": {"stride": 64}, "tracker": "none", "save": "runs/bench-llm/model",
         "log_dir": "runs/bench-llm/logs"})
-    seeds = [int(x) for x in args.seeds.split(",")][:1 if args.quick else None]
+    seeds = parse_seeds(args.seeds)[:1 if args.quick else None]
     train_ids = pipeline.token_ids(dense, pipeline.corpus(cfg, "train"))
     val_ids = pipeline.token_ids(dense, pipeline.corpus(cfg, "val"), 2048 if args.quick else None)
-    calibration = [b for _, b in zip(range(8), pipeline.block_batches(train_ids, cfg.seq_len, cfg.batch_size,
-                                                                      shuffle=True, seed=10_000)(0))]
-    dense_ppl = pipeline._ppl(cfg, dense, val_ids)
+    blocks = token_blocks(train_ids, cfg.seq_len, cfg.batch_size, shuffle=True, seed=10_000)(0)
+    calibration = [b for _, b in zip(range(args.calibration_batches), blocks)]
+    device = pipeline.select_device(cfg.use_gpu, cfg.gpu_ids)
+    dense_ppl = pipeline._ppl(cfg, dense, val_ids, device)
     print(f"reference LM: {params(dense):,} params, validation perplexity {dense_ppl:.2f} "
           f"(test {test['perplexity']:.2f})")
-    scores = {"ours-taylor": sensitivity(dense, "taylor", calibration),
-              "ours-fisher": sensitivity(dense, "fisher", calibration),
-              "random": random_scores(dense, seed=0)}
+    scores = {"ours-taylor": score(dense, "taylor", calibration),
+              "ours-fisher": score(dense, "fisher", calibration),
+              "random": score(dense, "random", seed=0)}
     dense.model.cpu()
     probe = lm_batch(val_ids, 8, cfg.seq_len)
     rows = []
@@ -126,32 +148,35 @@ def main() -> None:
         for method in args.methods.split(","):
             start = time.perf_counter()
             if method.startswith("tp-"):
-                model = peer(dense, method[3:], target, calibration, ours_params or params(dense))
+                model = peer(dense, method[3:], target, calibration, ours_params or params(dense),
+                             args.iterative_steps)
             else:
                 model = copy.deepcopy(dense)
-                prune_to_sparsity(model, target, ["heads", "neurons"], scores[method])
+                importance = method.removeprefix("ours-")
+                prune_to_param_sparsity(model, target, ["heads", "neurons"], scores[method], scope=args.scope,
+                                        iterative_steps=args.iterative_steps,
+                                        rescore=lambda a, imp=importance: score(a, imp, calibration))
                 ours_params = ours_params or params(model)
             sparsity = 1 - block_params(model) / block_params(dense)
-            before = pipeline._ppl(cfg, model, val_ids)
+            before = pipeline._ppl(cfg, model, val_ids, device)
             rows.append({"method": method, "sparsity": target, "achieved_sparsity": sparsity,
                          "recovered": False,
                          "ppl": before, "params": params(model)})
             afters, kept = [], []
             for seed in seeds:
                 recovered = copy.deepcopy(model)
-                train = pipeline.block_batches(train_ids, cfg.seq_len, cfg.batch_size, shuffle=True,
-                                               seed=seed)
+                train = token_blocks(train_ids, cfg.seq_len, cfg.batch_size, shuffle=True, seed=seed)
                 out = pipeline.recover(cfg.model_copy(update={"seed": seed}), recovered, train, val_ids,
-                                       baseline=before)
-                afters.append(pipeline._ppl(cfg, recovered, val_ids))
+                                       baseline=before, device=device)
+                afters.append(pipeline._ppl(cfg, recovered, val_ids, device))
                 kept.append(out["kept_pruned_weights"])
                 models.setdefault(method, recovered)  # the first seed's model is timed below
             after = statistics.mean(afters)
-            spread = statistics.stdev(afters) if len(afters) > 1 else 0.0
+            spread = statistics.stdev(afters) if len(afters) > 1 else None
             rows.append({**rows[-1], "recovered": True, "ppl": after, "ppl_std": spread, "ppl_seeds": afters,
                          "kept_pruned_weights": kept})
             print(f"{method:13s} @ {target:.0%} (achieved {sparsity:.1%}, {params(model):,} params): ppl "
-                  f"{before:8.2f} -> {after:7.2f} ± {spread:.2f} after recovery "
+                  f"{before:8.2f} -> {after:7.2f} ± {spread or 0.0:.2f} after recovery "
                   f"[{time.perf_counter() - start:.0f}s]", flush=True)
         named = {"dense": dense.model, **{m: a.model for m, a in models.items()}}
         speed = {mode: compare_speed(named, probe, mode, repeats=3 if args.quick else 7)
@@ -164,28 +189,44 @@ def main() -> None:
                 row["train_tokens_per_s_ratio"] = speed["train"][m]["ratio"]
                 row["train_memory_ratio"] = peak_memory(models[m], probe, "train") / mem_dense
     result = {"dense_ppl": dense_ppl, "dense_params": params(dense), "recovery_steps": steps,
-              "recovery_seeds": seeds, "rows": rows}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    if not args.quick:
-        atomic_write_text(RESULTS, json.dumps(result, indent=1))
-    print_table(result)
+              "seeds": seeds, "iterative_steps": args.iterative_steps, "scope": args.scope,
+              "calibration_batches": args.calibration_batches, "rows": rows}
+    result["targets"] = targets(result)
+    result["wall_seconds"] = round(time.perf_counter() - bench_start, 1)
+    out = (SMOKE if args.quick else RESULTS) / "llm_prune.json"
+    write_json(out, result)
+    print(f"\ndense validation perplexity {dense_ppl:.2f}, {result['dense_params']:,} params; recovery "
+          f"{steps} LoRA steps each\n")
+    print("\n".join(readme_table(result)))
+    print(f"wrote {out} ({result['wall_seconds']:.0f} s)")
 
 
-def print_table(result: dict) -> None:
-    d = result["dense_ppl"]
-    print(f"\ndense validation perplexity {d:.2f}, {result['dense_params']:,} params; recovery "
-          f"{result['recovery_steps']} LoRA steps each, seeds {result['recovery_seeds']} (mean ± std)\n")
-    print("| method | sparsity | ppl before | ppl after | after / dense | params | inference tok/s | "
-          "train tok/s | train memory |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    rows = result["rows"]
-    for before, after in zip(rows[0::2], rows[1::2]):
-        print(f"| {before['method']} | {before['sparsity']:.0%} ({before['achieved_sparsity']:.1%}) | "
-              f"{before['ppl']:.2f} | {after['ppl']:.2f} ± {after['ppl_std']:.2f} | "
-              f"{after['ppl'] / d:.3f} | "
-              f"{before['params']:,} | "
-              f"{after['tokens_per_s_ratio']:.2f}x | {after['train_tokens_per_s_ratio']:.2f}x | "
-              f"{after['train_memory_ratio']:.2f} |")
+def targets(result: dict) -> list[dict]:
+    """Round-1 targets per sparsity, for our best method after recovery (lowest mean perplexity)
+    against torch-pruning's best: lower perplexity before and after the same recovery (paired per
+    recovery seed), recovered perplexity within the DENSE_RATIO_TARGETS multiple of dense, faster
+    than dense in inference and in a training step."""
+    out, rows, dense = [], result["rows"], result["dense_ppl"]
+    for s in dict.fromkeys(r["sparsity"] for r in rows):
+        def pick(ours: bool, recovered: bool) -> dict:
+            return best(rows, "ppl", lambda r: r["sparsity"] == s and r["recovered"] == recovered
+                        and r["method"].startswith("ours-" if ours else "tp-"), lowest=True)
+
+        for recovered, when in ((False, "before"), (True, "after")):
+            ours, peer = pick(True, recovered), pick(False, recovered)
+            diff = [a - b for a, b in zip(seeds_of(ours, "ppl"), seeds_of(peer, "ppl"))]
+            out.append(judge(f"ours ({ours['method']}) <= {peer['method']} ppl {when} recovery at {s:.0%}",
+                             diff, 0.0, higher_is_better=False, fmt="{:+.2f}"))
+        ours = pick(True, True)
+        if s in DENSE_RATIO_TARGETS:
+            limit = DENSE_RATIO_TARGETS[s]
+            out.append(judge(f"ours ({ours['method']}) <= {limit}x dense ppl after recovery at {s:.0%}",
+                             [p / dense for p in seeds_of(ours, "ppl")], limit, higher_is_better=False,
+                             fmt="{:.3f}x"))
+        for key, mode in (("tokens_per_s_ratio", "inference"), ("train_tokens_per_s_ratio", "training")):
+            out.append(judge(f"ours ({ours['method']}) faster than dense in {mode} at {s:.0%}",
+                             [ours[key]], 1.0, fmt="{:.2f}x"))
+    return out
 
 
 if __name__ == "__main__":

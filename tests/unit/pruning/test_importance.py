@@ -41,29 +41,40 @@ def test_magnitude_is_the_joint_group_norm(load):
 
 
 def test_taylor_is_first_order_abs_and_fisher_the_squared_per_sample_term(load):
-    """The one vocabulary: ``taylor`` = sum |w·g| over the group, ``fisher`` = (sum w·g)² per sample,
-    each averaged over calibration batches (here one sample per batch)."""
+    """The one vocabulary: ``taylor`` = sum |w·g| over the group with g the gradient of the mean
+    calibration loss (averaged over batches *before* the absolute value, as torch-pruning's
+    accumulated gradients); ``fisher`` = (sum w·g)² per sample, averaged (here one sample per batch)."""
     adapter = load("tiny-llama")
     adapter.model.eval()
     batches = make_batches(adapter, n=2, size=1)
     blocks = adapter.blocks()
-    first = {k: [torch.zeros(num_units(b, k)) for b in blocks] for k in ("heads", "neurons")}
     second = {k: [torch.zeros(num_units(b, k)) for b in blocks] for k in ("heads", "neurons")}
+    per_batch_abs = {k: [torch.zeros(num_units(b, k)) for b in blocks] for k in ("heads", "neurons")}
+    mean_grad = {}
     for batch in batches:
         adapter.model.zero_grad(set_to_none=True)
         adapter.task_loss(batch).backward()
-        for kind in first:
+        for name, q in adapter.model.named_parameters():
+            mean_grad[name] = mean_grad.get(name, 0) + q.grad.detach() / len(batches)
+        for kind in second:
             for i, block in enumerate(blocks):
                 prods = [member_values(adapter.model, m) * member_values(adapter.model, m, grad=True)
                          for m in block_members(block, kind)]
-                first[kind][i] += sum(p.abs().sum(1) for p in prods).detach().float() / len(batches)
                 second[kind][i] += sum(p.sum(1) for p in prods).detach().float().pow(2) / len(batches)
+                per_batch_abs[kind][i] += sum(p.abs().sum(1) for p in prods).detach().float() / len(batches)
+    for name, q in adapter.model.named_parameters():
+        q.grad = mean_grad[name]
+    first = {kind: [sum((member_values(adapter.model, m) * member_values(adapter.model, m, grad=True)).abs()
+                        .sum(1) for m in block_members(block, kind)).detach().float() for block in blocks]
+             for kind in second}
     adapter.model.zero_grad(set_to_none=True)
     taylor, fisher = score(adapter, "taylor", batches), score(adapter, "fisher", batches)
     for kind in first:
         for i in range(len(blocks)):
             torch.testing.assert_close(taylor[kind][i], first[kind][i], rtol=1e-4, atol=1e-9)
             torch.testing.assert_close(fisher[kind][i], second[kind][i], rtol=1e-3, atol=1e-9)
+            # not the per-batch |w·g_b| average (which adds gradient noise)
+            assert not torch.allclose(taylor[kind][i], per_batch_abs[kind][i], rtol=1e-3)
 
 
 def test_retired_and_unknown_importance_names_are_refused_with_the_fix(load):

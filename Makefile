@@ -33,6 +33,9 @@ test-fast: setup
 
 # Every benchmark that trains runs over 3 seeds (mean ± std); then the README tables are
 # regenerated from the result JSON (`readme_tables.py --check` in the unit suite keeps them in sync).
+# One intra-op thread unless set: on a shared 2-core box, 2-thread OpenMP teams spin-wait for a
+# descheduled partner (the 8-epoch KB build took 595 s instead of 22 s under load 7).
+bench: export OMP_NUM_THREADS ?= 1
 bench: setup
 	$(BIN)/python benchmarks/prune_fidelity.py --seeds 0,1,2
 	$(BIN)/python benchmarks/drift_severity.py

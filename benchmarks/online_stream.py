@@ -135,10 +135,11 @@ def main() -> None:
     parser.add_argument("--rebuild", action="store_true", help="rebuild the cached offline artifacts")
     parser.add_argument("--smoke", action="store_true", help="2 domains, 2 steps, 1-epoch offline stage; "
                         "results to runs/bench-smoke/")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args()
     if args.smoke:
         args.steps, args.stream = 2, args.stream or SMOKE_STREAM
-    out = SMOKE if args.smoke else RESULTS
+    out = args.out or (SMOKE if args.smoke else RESULTS)
     seeds = parse_seeds(args.seeds)
     start = time.perf_counter()
     others = SMOKE if args.smoke else args.runs / "bench-online"  # reports of the seeds after the first

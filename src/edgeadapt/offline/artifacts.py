@@ -21,7 +21,13 @@ from pathlib import Path
 
 from safetensors.torch import load_model, save_model
 
-from edgeadapt.artifacts import ArtifactError, atomic_write_text, read_manifest, write_manifest
+from edgeadapt.artifacts import (
+    ArtifactError,
+    atomic_write_text,
+    atomic_write_with,
+    read_manifest,
+    write_manifest,
+)
 from edgeadapt.offline.gates import GateSet
 from edgeadapt.offline.knowledge_base import KBSettings, KnowledgeBase
 from edgeadapt.offline.neuron_index import NeuronIndex
@@ -40,9 +46,7 @@ def save_kb(kb: KnowledgeBase, directory: str | Path, config: dict | None = None
         save_pruned(kb.adapter, directory / "model", config={"stage": "knowledge-base-model"})
     finally:
         kb.gates.attach(kb.adapter)
-    tmp = directory / "gates.safetensors.tmp"
-    save_model(kb.gates, str(tmp))
-    tmp.replace(directory / "gates.safetensors")
+    atomic_write_with(directory / "gates.safetensors", lambda tmp: save_model(kb.gates, str(tmp)))
     atomic_write_text(directory / "index.json", json.dumps(kb.index.to_dict(), indent=1))
     atomic_write_text(directory / "kb.json", kb.settings.model_dump_json(indent=1))
     write_manifest(directory, KIND, VERSION, ["model/manifest.json", "gates.safetensors", "index.json", "kb.json"],

@@ -9,13 +9,18 @@ weights strictly. Nothing is pickled.
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 from safetensors.torch import load_model as load_safetensors_into
 from safetensors.torch import save_model
 
-from edgeadapt.artifacts import ArtifactError, atomic_write_text, read_manifest, write_manifest
+from edgeadapt.artifacts import (
+    ArtifactError,
+    atomic_write_text,
+    atomic_write_with,
+    read_manifest,
+    write_manifest,
+)
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.models.registry import load_adapter
 from edgeadapt.pruning.apply import apply_plan, current_plan
@@ -32,13 +37,8 @@ def save_pruned(adapter: HFAdapter, directory: str | Path, config: dict | None =
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     plan = current_plan(adapter)
-    with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as tmp:
-        tmp_path = Path(tmp.name)
-    try:
-        save_model(adapter.model, str(tmp_path))
-        tmp_path.replace(directory / WEIGHTS)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    # through a temp file and a rename, with the 0644 every other artifact file gets
+    atomic_write_with(directory / WEIGHTS, lambda tmp: save_model(adapter.model, str(tmp)))
     atomic_write_text(directory / "base_config.json", adapter.base_config.to_json_string())
     plan.save(directory / "plan.json")
     files = [WEIGHTS, "base_config.json", "plan.json"]
@@ -93,6 +93,12 @@ def load_model(model: str | Path) -> HFAdapter:
 
     Raises :class:`~edgeadapt.errors.ArtifactError` for a broken artifact and
     :class:`~edgeadapt.errors.ConfigError` for an unknown name."""
-    if (Path(model) / "manifest.json").is_file():
+    path = Path(model)
+    if (path / "manifest.json").is_file():
         return load_pruned(model)
+    if path.is_dir() and not (path / "config.json").is_file() and any(path.iterdir()):
+        # an edgeadapt artifact whose manifest is gone (a killed write) is not a HF directory gone wrong
+        raise ArtifactError(f"{path} is not a model: no manifest.json (an edgeadapt artifact; an "
+                            "interrupted write leaves none — re-create it) and no config.json (a Hugging "
+                            "Face model directory)")
     return load_adapter(str(model))

@@ -7,10 +7,11 @@ that validates it. ``edgeadapt validate FILE`` runs exactly this and nothing els
 from __future__ import annotations
 
 import importlib
+import math
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, ValidationInfo
 
 from edgeadapt.errors import ConfigError
 
@@ -21,6 +22,15 @@ CONFIG_KINDS: dict[str, str] = {
     "adapt": "edgeadapt.online.pipeline:AdaptConfig",
     "llm-prune": "edgeadapt.llm.config:LLMPruneConfig",
 }
+# kind -> the command that writes a config's `out`/`save` (for "not built yet (run ...)" notes).
+BUILD_COMMANDS: dict[str, str] = {
+    "train": "edgeadapt train --config {}",
+    "offline": "edgeadapt offline all --config {}",
+    "llm-prune": "edgeadapt llm-prune --config {} --mode train",
+    "adapt": "edgeadapt adapt --config {}",
+}
+# Paths edgeadapt commands write by default, without a config.
+DEFAULT_OUTPUTS: dict[str, str] = {"runs/ref-llama": "edgeadapt llm-pretrain"}
 
 
 
@@ -51,10 +61,25 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def non_finite_fields(data: Any, where: str = "") -> list[str]:
+    """Dotted paths of every ``.inf``/``.nan`` float in parsed YAML (no field of any config takes one)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return [f"{where or '(top level)'}: {data!r} is not a finite number; give a finite value"]
+    if isinstance(data, dict):
+        return [m for k, v in data.items() for m in non_finite_fields(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(data, list):
+        return [m for i, v in enumerate(data) for m in non_finite_fields(v, f"{where}[{i}]")]
+    return []
+
+
 def parse_config(data: Any, kind: str | None = None, source: str = "config") -> BaseModel:
-    """Validate a mapping (already parsed YAML) as config ``kind`` (or its own ``kind`` field)."""
+    """Validate a mapping (already parsed YAML) as config ``kind`` (or its own ``kind`` field).
+    Non-finite numbers are refused by field name before the schema sees them."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source} must be a YAML mapping of fields, got {type(data).__name__}")
+    bad = non_finite_fields(data)
+    if bad:
+        raise ConfigError("\n  ".join([f"{source} is invalid:", *bad]))
     kind = kind or data.get("kind", "train")
     model = config_model(kind)
     try:
@@ -63,15 +88,76 @@ def parse_config(data: Any, kind: str | None = None, source: str = "config") -> 
         raise ConfigError(format_validation_error(exc, source)) from None
 
 
-def load_config(path: str | Path, kind: str | None = None) -> BaseModel:
-    """Read and validate a YAML config file."""
+def read_yaml(path: str | Path) -> Any:
+    """The parsed YAML of a config file; :class:`~edgeadapt.errors.ConfigError` naming the file when
+    it is missing, a directory, not UTF-8 text or not YAML."""
     import yaml
 
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a directory; give YAML files (e.g. {path}/*.yaml)")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text (a binary file?); give a YAML "
+                          "file") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    return parse_config(data, kind, source=str(path))
+
+
+def load_config(path: str | Path, kind: str | None = None) -> BaseModel:
+    """Read and validate a YAML config file."""
+    return parse_config(read_yaml(path), kind, source=str(path))
+
+
+def planned_outputs(files: list[Path]) -> dict[str, str]:
+    """Paths that a step writes -> the command that writes them: every ``out``/``save`` of the
+    given YAML files (unreadable ones are skipped; ``validate`` reports them itself) plus
+    :data:`DEFAULT_OUTPUTS`. Paths are compared as written (relative to the current directory)."""
+    planned = dict(DEFAULT_OUTPUTS)
+    for file in files:
+        try:
+            data = read_yaml(file)
+        except ConfigError:
+            continue
+        if not isinstance(data, dict) or data.get("kind", "train") not in BUILD_COMMANDS:
+            continue
+        for field in ("out", "save"):
+            if isinstance(data.get(field), str):
+                planned.setdefault(Path(data[field]).as_posix(), BUILD_COMMANDS[data.get("kind", "train")]
+                                   .format(file))
+    return planned
+
+
+def not_built_yet(path: str | Path, field: str, info: ValidationInfo | None) -> bool:
+    """True when ``path`` does not exist but an earlier step writes it and the caller (``validate``)
+    passed such steps as validation context ``{"planned": {...}, "notes": [...]}``; then a note
+    ``FIELD PATH not built yet (run ...)`` is added. Outside ``validate`` (no context) always False:
+    running a step whose input is missing stays an error."""
+    context = info.context if info is not None else None
+    if not context or Path(path).exists():
+        return False
+    command = context.get("planned", {}).get(Path(path).as_posix())
+    if command is None:
+        return False
+    context.setdefault("notes", []).append(f"{field} {path} not built yet (run `{command}`)")
+    return True
+
+
+def validate_config(path: str | Path, planned: dict[str, str] | None = None) -> tuple[BaseModel, list[str]]:
+    """What ``edgeadapt validate`` runs: the config and its notes (inputs an earlier step in
+    ``planned`` writes are noted, not refused)."""
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a YAML mapping of fields, got {type(data).__name__}")
+    bad = non_finite_fields(data)
+    if bad:
+        raise ConfigError("\n  ".join([f"{path} is invalid:", *bad]))
+    context: dict[str, Any] = {"planned": planned or {}, "notes": []}
+    try:
+        cfg = config_model(data.get("kind", "train")).model_validate(data, context=context)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from None
+    return cfg, list(dict.fromkeys(context["notes"]))

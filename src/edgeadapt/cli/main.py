@@ -12,15 +12,27 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from edgeadapt.cli.args import (
+    Parser,
+    comma_list,
+    finite_float,
+    nonempty_str,
+    nonnegative_int,
+    positive_int,
+    unit_interval,
+)
 from edgeadapt.errors import ConfigError, EdgeAdaptError
+from edgeadapt.outputs import check_output_dir, check_output_file
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Per-block table of heads, KV heads, FFN width, parameters and FLOPs.
     Python: ``edgeadapt.models.inspect.inspect_model(load_adapter(MODEL))``."""
-    from edgeadapt.models.inspect import format_inspection, inspect_model
+    from edgeadapt.models.inspect import check_context, format_inspection, inspect_model, model_limits
     from edgeadapt.pruning.checkpoint import load_model
 
+    if args.context is not None:
+        check_context(args.context, model_limits(args.model).positions, "--context")
     info = inspect_model(load_model(args.model), context=args.context)
     print(json.dumps(info.to_dict(), indent=1) if args.json else format_inspection(info))
     return 0
@@ -46,12 +58,21 @@ def cmd_prune(args: argparse.Namespace) -> int:
     budgets = (args.unit_sparsity, args.param_sparsity)
     if (args.plan is None) == all(b is None for b in budgets):
         raise ConfigError("give exactly one of --plan PLAN.json, --unit-sparsity S or --param-sparsity S")
-    targets = [t.strip() for t in args.target.split(",") if t.strip()]
+    targets = args.target
+    check_output_dir(args.out, "--out")
     if args.plan is None:
         check_budget(*budgets, names=("--unit-sparsity", "--param-sparsity"))
     check_importance(args.importance, "--importance")
     adapter = load_model(args.model)
     before = inspect_model(adapter)
+    blocks = len(before.blocks)
+    for flag, n in (("--protect-first", args.protect_first), ("--protect-last", args.protect_last)):
+        if n >= blocks:
+            raise ConfigError(f"{flag}: {n} protects every one of the model's {blocks} blocks, so nothing "
+                              f"would be pruned; give 0 to {blocks - 1}")
+    if args.protect_first + args.protect_last >= blocks and args.plan is None:
+        raise ConfigError(f"--protect-first {args.protect_first} + --protect-last {args.protect_last} cover "
+                          f"all {blocks} blocks, so nothing would be pruned; lower them")
     if args.plan is not None:
         apply_plan(adapter, PruningPlan.load(args.plan))
     else:
@@ -77,7 +98,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     Python: ``edgeadapt.recipes.demo.run_demo(out)``."""
     from edgeadapt.recipes.demo import run_demo
 
-    run_demo(Path(args.out), retrain=args.retrain)
+    run_demo(check_output_dir(args.out, "--out"), retrain=args.retrain)
     return 0
 
 
@@ -90,6 +111,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe = load_config(args.config, kind="train")
     if args.out is not None:
         recipe = recipe.model_copy(update={"out": args.out})
+    check_output_dir(recipe.out, "--out" if args.out is not None else f"{args.config}: out")
     outcome = run_training(recipe)
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in outcome.test.items())
     print(f"trained {recipe.model} on {recipe.data.name} ({len(outcome.history)} epochs, stopped: "
@@ -99,14 +121,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Check a YAML config without running anything.
-    Python: ``edgeadapt.config.load_config(CONFIG)``."""
-    from edgeadapt.config import load_config
+    """Check YAML configs without running anything; one verdict per file. An input that another
+    config in the same folder (or on the command line) writes is noted "not built yet", not refused.
+    Python: ``edgeadapt.config.validate_config(CONFIG, planned_outputs(FILES))``."""
+    from edgeadapt.config import planned_outputs, validate_config
 
+    folders = {p.parent for p in args.configs if p.is_file()}
+    siblings = sorted({*args.configs, *(f for d in folders for f in d.glob("*.yaml"))})
+    planned = planned_outputs(siblings)
+    invalid = 0
     for path in args.configs:
-        cfg = load_config(path)
-        print(f"{path}: valid {getattr(cfg, 'kind', 'config')} config")
-    return 0
+        try:
+            cfg, notes = validate_config(path, planned)
+        except EdgeAdaptError as exc:
+            invalid += 1
+            print(f"edgeadapt validate: error: {exc}", file=sys.stderr)
+            continue
+        print(f"{path}: valid {getattr(cfg, 'kind', 'config')} config" + "".join(f"; {n}" for n in notes))
+    return 2 if invalid else 0
 
 
 def _options(pairs: list[str]) -> dict[str, object]:
@@ -139,6 +171,10 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     from edgeadapt.data.stream import parse_stream
 
     options = _options(args.option)
+    if args.grid is not None:
+        check_output_file(args.grid, "--grid")
+    if "size" in options:
+        summary.check_image_size(options["size"], "--option size")
     if args.name == "stream" or args.stream is not None:
         domains = parse_stream(args.stream)
         size = int(options.get("size", 16))
@@ -196,7 +232,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     data = load_config(args.config, kind="adapt").model_dump() if args.config else {}
     overrides = {"stream": args.stream, "out": args.out, "width": args.width, "offline": args.offline,
                  "proxy_params": args.proxy_params, "proxy_memory_bytes": args.proxy_memory,
-                 "methods": args.methods.split(",") if args.methods else None}
+                 "methods": args.methods}
     if args.width is not None:  # an explicit width on the command line wins over a budget in the file
         data.update(proxy_params=None, proxy_memory_bytes=None)
     data.update({k: v for k, v in overrides.items() if v is not None})
@@ -204,6 +240,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         data.setdefault("budget", {})
         data["budget"] = {**dict(data["budget"]), "steps": args.steps}
     cfg = parse_config(data, kind="adapt", source=str(args.config or "the adapt flags"))
+    check_output_dir(cfg.out, "--out" if args.out is not None else "out")
     results = run_adapt(cfg)
     print(summary_table(results))
     print()
@@ -243,6 +280,7 @@ def cmd_llm_pretrain(args: argparse.Namespace) -> int:
     Python: ``edgeadapt.recipes.reference_lm.train_reference_lm(out)``."""
     from edgeadapt.recipes.reference_lm import train_reference_lm
 
+    check_output_dir(args.out, "--out")
     adapter, test = train_reference_lm(args.out, reuse=not args.force, epochs=args.epochs)
     params = sum(p.numel() for p in adapter.model.parameters())
     print(f"tiny-llama-ref ({params:,} params) at {args.out}: test perplexity {test['perplexity']:.2f}")
@@ -254,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     from edgeadapt.pruning.importance import DEFAULT_IMPORTANCE, IMPORTANCES
     from edgeadapt.pruning.select import DEFAULT_SCOPE, SCOPES
 
-    p = argparse.ArgumentParser(prog="edgeadapt", description="Keep foundation models accurate on edge "
+    p = Parser(prog="edgeadapt", description="Keep foundation models accurate on edge "
                                 "devices under drift: adapt, compress, fit in memory, offload.")
     p.add_argument("--version", action="version", version=f"edgeadapt {__version__}")
     p.add_argument("--debug", action="store_true",
@@ -264,31 +302,36 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("inspect", help="per-block structure, parameters and FLOPs of a model")
     s.add_argument("model", help="built-in name (tiny-vit, tiny-bert, tiny-gpt2, tiny-opt, tiny-llama, "
                    "minilm), a local HF model directory, or a pruned-model artifact directory")
-    s.add_argument("--context", type=int, default=None, help="context length for text FLOPs per token")
+    s.add_argument("--context", type=positive_int, default=None,
+                   help="context length for text FLOPs per token")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("prune", help="structured pruning of heads / FFN neurons / layers")
     s.add_argument("model", help="as for inspect")
     s.add_argument("--plan", type=Path, help="a PruningPlan JSON to apply")
-    s.add_argument("--unit-sparsity", type=float, metavar="S", help="budget: the fraction of the units "
-                   "of each --target kind removed, in [0, 1)")
-    s.add_argument("--param-sparsity", type=float, metavar="S", help="budget: the fraction of the block "
-                   "parameters removed, in [0, 1) (one unit fraction for every --target kind, by bisection)")
+    s.add_argument("--unit-sparsity", type=finite_float, metavar="S",
+                   help="budget: the fraction of the units of each --target kind removed, in [0, 1)")
+    s.add_argument("--param-sparsity", type=finite_float, metavar="S",
+                   help="budget: the fraction of the block parameters removed, in [0, 1) (one unit "
+                   "fraction for every --target kind, by bisection)")
     s.add_argument("--sparsity", type=float, help=argparse.SUPPRESS)  # retired: refused with the new names
-    s.add_argument("--target", default="neurons", help="comma list of heads,neurons,layers (default neurons)")
+    s.add_argument("--target", type=comma_list, default=["neurons"],
+                   help="comma list of heads,neurons,layers (default neurons)")
     s.add_argument("--importance", default=DEFAULT_IMPORTANCE, metavar="NAME",
                    help="how groups are scored (default %(default)s): " + "; ".join(
                        f"{k}: {v.description}" for k, v in IMPORTANCES.items()))
     s.add_argument("--scope", default=DEFAULT_SCOPE, choices=SCOPES,
                    help="uniform: the same fraction in every block (default, as in llm-prune); global: "
                    "rank a kind's units across blocks")
-    s.add_argument("--protect-first", type=int, default=0, help="leave the first N blocks untouched")
-    s.add_argument("--protect-last", type=int, default=0, help="leave the last N blocks untouched")
-    s.add_argument("--calibration-batches", type=int, default=8)
-    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--protect-first", type=nonnegative_int, default=0,
+                   help="leave the first N blocks untouched")
+    s.add_argument("--protect-last", type=nonnegative_int, default=0,
+                   help="leave the last N blocks untouched")
+    s.add_argument("--calibration-batches", type=positive_int, default=8)
+    s.add_argument("--batch-size", type=positive_int, default=8)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto",
+    s.add_argument("--device", type=nonempty_str, default="auto",
                    help="where importance is computed: auto (CUDA if present), cpu, cuda[:N]")
     s.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     s.set_defaults(func=cmd_prune)
@@ -309,15 +352,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("adapt", help="edge stage: adapt over a drift stream, all methods, with a report")
     s.add_argument("--config", type=Path, default=None, help="an adapt config (configs/adapt-vit-digits.yaml)")
-    s.add_argument("--stream", default=None, help="'gaussian_noise:5,fog:3,...' or a YAML file; default stream")
-    s.add_argument("--methods", default=None, help="comma list of source,tent,full,static,edgeadapt")
+    s.add_argument("--stream", type=nonempty_str, default=None,
+                   help="'gaussian_noise:5,fog:3,...' or a YAML file; default stream")
+    s.add_argument("--methods", type=comma_list, default=None,
+                   help="comma list of source,tent,full,static,edgeadapt")
     s.add_argument("--offline", type=Path, default=None, help="output of `edgeadapt offline all` (default runs/offline-vit)")
-    s.add_argument("--width", type=float, default=None, help="proxy width in (0, 1]")
-    s.add_argument("--proxy-params", type=int, default=None,
+    s.add_argument("--width", type=unit_interval(), default=None, help="proxy width in (0, 1]")
+    s.add_argument("--proxy-params", type=positive_int, default=None,
                    help="budget as a parameter count: the widest proxy that fits (overrides --width)")
-    s.add_argument("--proxy-memory", default=None,
+    s.add_argument("--proxy-memory", type=nonempty_str, default=None,
                    help="budget as retraining memory, e.g. 12MiB: the widest proxy whose step fits")
-    s.add_argument("--steps", type=int, default=None, help="retraining steps per domain")
+    s.add_argument("--steps", type=positive_int, default=None, help="retraining steps per domain")
     s.add_argument("--out", type=Path, default=None, help="report directory (default runs/adapt)")
     s.set_defaults(func=cmd_adapt)
 
@@ -330,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("llm-pretrain", help="train the reference LM (tiny-llama-ref) on the built-in corpus")
     s.add_argument("--out", type=Path, default=Path("runs/ref-llama"), help="artifact directory (cached)")
-    s.add_argument("--epochs", type=int, default=None,
+    s.add_argument("--epochs", type=positive_int, default=None,
                    help="override the recipe's 20 epochs (early stopping ends it sooner)")
     s.add_argument("--force", action="store_true", help="retrain even if a valid cached model exists")
     s.set_defaults(func=cmd_llm_pretrain)
@@ -344,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--root", type=Path, default=None, help="local data for datasets that read files")
     d.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="dataset option, e.g. size=32 or corruption=fog (repeatable)")
-    d.add_argument("--stream", default=None, help="'gaussian_noise:5,fog:3' or a YAML list; default stream "
+    d.add_argument("--stream", type=nonempty_str, default=None,
+                   help="'gaussian_noise:5,fog:3' or a YAML list; default stream "
                    "when NAME is 'stream'")
     d.add_argument("--grid", type=Path, default=None, help="write a PNG of a digit under every corruption "
                    "and severity (or the stream's corruptions)")
@@ -365,7 +411,12 @@ def main(argv: list[str] | None = None) -> int:
     The CLI never downloads: it sets ``HF_HUB_OFFLINE=1`` for this process unless the caller
     set it, so models and data must be local (the library itself leaves the environment alone).
     """
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # a bad flag: its one-line message is printed; --help/--version exit 0
+        if not exc.code:
+            raise
+        return exc.code if isinstance(exc.code, int) else 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     handler: Callable[[argparse.Namespace], int] = args.func
     try:

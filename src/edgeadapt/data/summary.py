@@ -10,12 +10,33 @@ import torch
 
 from edgeadapt.data.splits import ImageSplit, TextSplit
 from edgeadapt.data.stream import Domain
+from edgeadapt.errors import ConfigError
+
+# Image sides `data show` builds: the digits are 8x8 originals, and 256x256 already holds every
+# split (~1800 images x 3 x 256^2 floats, 1.4 GB); beyond that a summary allocates tens of GB.
+IMAGE_SIZES = (8, 256)
+
+
+def check_image_size(size: Any, field: str = "size") -> int:
+    """``size`` as an int in :data:`IMAGE_SIZES`, else :class:`~edgeadapt.errors.ConfigError`
+    naming ``field`` and the range."""
+    low, high = IMAGE_SIZES
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise ConfigError(f"{field}: {size!r} is not an image side in pixels; give a whole number from "
+                          f"{low} to {high}")
+    if not low <= size <= high:
+        raise ConfigError(f"{field}: {size} pixels is outside {low}..{high} (the digits are 8x8 originals; "
+                          f"larger sides only allocate memory); give a size from {low} to {high}")
+    return size
 
 
 def summarize_dataset(name: str, root: str | Path | None = None, **options: Any) -> dict[str, Any]:
-    """Task, classes, split sizes, sample shape and per-class counts of a registered dataset."""
+    """Task, classes, split sizes, sample shape and per-class counts of a registered dataset.
+    An image ``size`` option outside :data:`IMAGE_SIZES` is refused before anything is built."""
     from edgeadapt.data.registry import build_dataset, dataset_info
 
+    if "size" in options:
+        check_image_size(options["size"])
     info = dataset_info(name)
     splits = build_dataset(name, root=root, **options)
     out: dict[str, Any] = {"name": name, "task": info.task, "description": info.description,
@@ -38,6 +59,7 @@ def summarize_stream(domains: Sequence[Domain], size: int = 16, seed: int = 0) -
     from edgeadapt.data.digits import digits_tensors
     from edgeadapt.data.stream import stream_data
 
+    check_image_size(size)
     clean, _ = digits_tensors("test", size=size)
     rows = []
     for d in stream_data(domains, size=size, seed=seed):

@@ -25,10 +25,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from edgeadapt.config import not_built_yet
 from edgeadapt.errors import ConfigError
+from edgeadapt.models.inspect import check_context, model_limits
+from edgeadapt.models.registry import BUILTIN
 from edgeadapt.offline.lora import LoraSettings
+from edgeadapt.outputs import check_output_dir
 from edgeadapt.pruning.budget import check_budget
 from edgeadapt.pruning.importance import DEFAULT_IMPORTANCE, IMPORTANCES, check_importance
 from edgeadapt.pruning.select import DEFAULT_SCOPE, check_sparsity
@@ -59,10 +63,30 @@ RETIRED_FIELDS: dict[str, str] = {
 }
 
 
+def check_model_reference(model: str, field: str = "model") -> None:
+    """Refuse what :func:`edgeadapt.pruning.checkpoint.load_model` would refuse, without loading:
+    a name that is neither built in nor a local directory (a hub id gets the download command),
+    or a directory that holds no model (:class:`~edgeadapt.errors.ConfigError`)."""
+    if model in BUILTIN:
+        return
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not any((path / f).is_file() for f in ("manifest.json", "config.json", "base_config.json")):
+            raise ConfigError(f"{field}: {model!r} is a directory but holds no model (no config.json or "
+                              "edgeadapt manifest.json); point it at a model directory")
+        return
+    hub = model.count("/") == 1 and not model.startswith((".", "/", "~"))
+    raise ConfigError(f"{field}: unknown model {model!r}: not a built-in name ({', '.join(BUILTIN)}) and not "
+                      "a local directory. edgeadapt never downloads: "
+                      + (f"if it is a Hugging Face hub id, download it first (`huggingface-cli download "
+                         f"{model} --local-dir DIR`) and set {field}: DIR; " if hub else "")
+                      + "if an earlier step writes it, run that step first")
+
+
 class PruningSection(BaseModel):
     """How units are scored and ranked."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     importance: str = Field(DEFAULT_IMPORTANCE, description="How groups are scored, one of the shared "
                             "importance table (edgeadapt.pruning.importance.IMPORTANCES): "
@@ -117,7 +141,7 @@ class RecoverySection(TrainConfig):
 class EvaluationSection(BaseModel):
     """Perplexity and speed/memory measurement."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     stride: int | None = Field(None, ge=1, description="Sliding-window stride in tokens (default: seq_len, "
                                "disjoint windows); smaller strides give every token more context.")
@@ -136,12 +160,16 @@ class EvaluationSection(BaseModel):
 class LLMPruneConfig(BaseModel):
     """A complete ``edgeadapt llm-prune`` configuration."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: Literal["llm-prune"] = "llm-prune"
     model: str = Field(description="Built-in name (tiny-llama, tiny-gpt2), Hugging Face id, local HF "
                        "model directory, or an edgeadapt model artifact (e.g. from "
                        "`edgeadapt llm-pretrain`).")
+    download: str | None = Field(None, description="The Hugging Face hub id `model` (a local directory) is "
+                                 "downloaded from; edgeadapt never downloads, so while the directory is "
+                                 "missing, errors and `validate` name the `huggingface-cli download` that "
+                                 "fills it.")
     tokenizer: str | None = Field(None, description="Tokenizer name or directory; default: the model's own.")
     use_gpu: bool | Literal["auto"] = Field("auto", description="auto: CUDA when present; true: require it; "
                                             "false: CPU.")
@@ -205,6 +233,33 @@ class LLMPruneConfig(BaseModel):
     def _dedupe(cls, value: list[str]) -> list[str]:
         return list(dict.fromkeys(value))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _download_plans_model(cls, data: Any, info: ValidationInfo) -> Any:
+        # `validate`: a `download:` is the step that writes `model`, like an earlier config's `out`.
+        if isinstance(data, dict) and data.get("download") and info.context is not None:
+            info.context.setdefault("planned", {}).setdefault(
+                Path(str(data.get("model"))).as_posix(),
+                f"huggingface-cli download {data['download']} --local-dir {data.get('model')}")
+        return data
+
+    @field_validator("model")
+    @classmethod
+    def _model_loadable(cls, value: str, info: ValidationInfo) -> str:
+        if not_built_yet(value, "model", info):  # `validate`: an earlier step writes it
+            return value
+        download = info.data.get("download")
+        if download and not Path(value).exists():
+            raise ConfigError(f"model: {value!r} does not exist yet; download it first "
+                              f"(`huggingface-cli download {download} --local-dir {value}`)")
+        check_model_reference(value)
+        return value
+
+    @field_validator("save", "log_dir")
+    @classmethod
+    def _writable(cls, value: Path, info: ValidationInfo) -> Path:
+        return check_output_dir(value, info.field_name)
+
     @field_validator("data_root")
     @classmethod
     def _root_exists(cls, value: Path | None) -> Path | None:
@@ -234,7 +289,22 @@ class LLMPruneConfig(BaseModel):
         for name in self.evaluation.datasets:
             if name not in ("builtin-docs", "wikitext2", "c4"):
                 raise ConfigError(f"evaluation.datasets: {name!r} is not one of builtin-docs, wikitext2, c4")
+        if Path(self.model).exists() or self.model in BUILTIN:  # not a step's future output
+            self._check_limits()
         return self
+
+    def _check_limits(self) -> None:
+        """What the model's config bounds, before any weight is loaded: the window length (a
+        learned position table has no row past it) and the protected layers."""
+        limits = model_limits(self.model)
+        check_context(self.seq_len, limits.positions, "seq_len")
+        if self.evaluation.stride is not None and self.evaluation.stride > self.seq_len:
+            raise ConfigError(f"evaluation.stride: {self.evaluation.stride} is more than seq_len "
+                              f"{self.seq_len}; tokens between windows would never be scored")
+        p = self.pruning
+        if limits.layers is not None and p.protect_first + p.protect_last >= limits.layers:
+            raise ConfigError(f"pruning.protect_first {p.protect_first} + protect_last {p.protect_last} "
+                              f"cover all {limits.layers} layers of {self.model!r}; nothing would be pruned")
 
     @property
     def budget(self) -> tuple[str, float]:

@@ -30,7 +30,7 @@ import torch
 
 from edgeadapt.data.registry import build_dataset
 from edgeadapt.data.tokens import corpus_ids, token_blocks
-from edgeadapt.errors import ConfigError
+from edgeadapt.errors import ConfigError, PathError
 from edgeadapt.llm.config import LLMPruneConfig
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.pruning.budget import PruneOutcome, Rescore, prune_to_param_sparsity, prune_to_unit_sparsity
@@ -65,7 +65,16 @@ def corpus(cfg: LLMPruneConfig, split: str, dataset: str | None = None) -> list[
     as under ``edgeadapt train``. ``data_root`` applies to the configured dataset only."""
     name = dataset or cfg.dataset
     root = cfg.data_root if name == cfg.dataset else None
-    splits = build_dataset(name, root=root)
+    try:
+        splits = build_dataset(name, root=root)
+    except PathError as exc:
+        if root is not None:
+            raise
+        fix = ("set the config's data_root: to a folder of local .parquet/.json/.txt copies named by "
+               "split (train/val/test)") if name == cfg.dataset else f"remove {name} from evaluation.datasets"
+        raise PathError(f"{'data_root' if name == cfg.dataset else 'evaluation.datasets'}: dataset {name!r} "
+                        f"is not in the local Hugging Face cache and edgeadapt does not download; {fix}, or "
+                        "cache it once with HF_HUB_OFFLINE=0") from exc
     return list(getattr(splits, split).texts)
 
 

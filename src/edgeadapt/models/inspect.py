@@ -9,11 +9,75 @@ the given context length.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import ModelAdapter
+from edgeadapt.models.registry import minilm_path, model_config_dict
+from edgeadapt.models.tiny import TINY
+
+# Config keys that bound what a model accepts, by meaning (families name them differently).
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
+_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What a model's config bounds, read without loading weights; ``None`` where it says nothing.
+
+    ``positions``: longest token sequence (the position table or trained context); ``vocab``:
+    token ids are < vocab; ``image_size``: input side in pixels; ``num_labels``: classifier
+    outputs; ``layers``: transformer blocks of the base model."""
+
+    positions: int | None
+    vocab: int | None
+    image_size: int | None
+    num_labels: int | None
+    layers: int | None
+
+
+def _first(config: dict[str, Any], keys: tuple[str, ...]) -> int | None:
+    for key in keys:
+        if isinstance(config.get(key), int):
+            return int(config[key])
+    return None
+
+
+def limits_from_config(config: dict[str, Any]) -> ModelLimits:
+    """:class:`ModelLimits` of a Hugging Face config given as a dict."""
+    labels = config.get("num_labels") or (len(config["id2label"]) if config.get("id2label") else None)
+    image = config.get("image_size")
+    return ModelLimits(positions=_first(config, _POSITION_KEYS), vocab=_first(config, ("vocab_size",)),
+                       image_size=int(image) if isinstance(image, int) else None,
+                       num_labels=int(labels) if labels else None, layers=_first(config, _LAYER_KEYS))
+
+
+def model_limits(model: str | Path) -> ModelLimits:
+    """:class:`ModelLimits` of a built-in name, local Hugging Face directory or edgeadapt model
+    artifact (its base config: pruning never adds positions, vocabulary or labels), without loading
+    weights. Raises :class:`~edgeadapt.errors.ConfigError` as
+    :func:`~edgeadapt.models.registry.model_config_dict` does for anything else."""
+    name = str(model)
+    if name in TINY:
+        return limits_from_config(TINY[name][0]().to_dict())
+    if name == "minilm":
+        return limits_from_config(model_config_dict(minilm_path()) or {})
+    return limits_from_config(model_config_dict(model) or {})
+
+
+def check_context(context: int | None, positions: int | None, field: str = "context") -> None:
+    """Refuse a context length below 1 or beyond the model's ``positions``, naming ``field``
+    (:class:`~edgeadapt.errors.ConfigError`, both numbers in the message)."""
+    if context is None:
+        return
+    if context < 1:
+        raise ConfigError(f"{field}: {context} tokens is not a context length; give a number >= 1")
+    if positions is not None and context > positions:
+        raise ConfigError(f"{field}: {context} tokens is more than the model's {positions} positions; "
+                          f"give at most {positions}")
 
 
 @dataclass
@@ -55,12 +119,20 @@ def tokens_per_input(adapter: ModelAdapter, context: int | None = None) -> tuple
     config = getattr(adapter.model, "config", None)
     if adapter.modality == "image" and config is not None:
         return "image", (config.image_size // config.patch_size) ** 2 + 1
-    return "token", context or min(getattr(config, "max_position_embeddings", 512) or 512, 512)
+    if context is not None:
+        return "token", context
+    return "token", min(getattr(config, "max_position_embeddings", 512) or 512, 512)
 
 
 def inspect_model(adapter: ModelAdapter, context: int | None = None) -> Inspection:
-    """Count parameters and FLOPs per block and in total."""
+    """Count parameters and FLOPs per block and in total.
+
+    Raises :class:`~edgeadapt.errors.ConfigError` when ``context`` is below 1 or beyond the
+    model's positions (text models)."""
     model = adapter.model
+    config = getattr(model, "config", None)
+    if adapter.modality != "image":
+        check_context(context, limits_from_config(config.to_dict()).positions if config is not None else None)
     unit, ctx = tokens_per_input(adapter, context)
     per_input = ctx if unit == "image" else 1
     layers = model.get_submodule(adapter.layers_path())

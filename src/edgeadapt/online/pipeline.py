@@ -38,7 +38,7 @@ def _loss_config() -> Any:
 class AdaptConfig(BaseModel):
     """A complete `edgeadapt adapt` configuration."""
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False)
 
     kind: Literal["adapt"] = "adapt"
     offline: Path = Field(Path("runs/offline-vit"), description="Directory of `edgeadapt offline all` "
@@ -75,8 +75,11 @@ class AdaptConfig(BaseModel):
     @field_validator("methods")
     @classmethod
     def _methods(cls, names: list[str]) -> list[str]:
+        if not names:
+            raise ConfigError(f"methods: the list is empty, so nothing would run; choose from "
+                              f"{', '.join(METHODS)}")
         unknown = [n for n in names if n not in METHODS]
-        if unknown or not names:
+        if unknown:
             raise ConfigError(f"methods: unknown {unknown}; choose from {', '.join(METHODS)}")
         return names
 

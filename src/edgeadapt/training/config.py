@@ -16,7 +16,7 @@ from edgeadapt.errors import ConfigError
 class TrainConfig(BaseModel):
     """Hyperparameters of one training run (optimizer, schedule, precision, budget, checkpoints)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .inf/.nan: refused by name
 
     epochs: int = Field(10, ge=1, description="Passes over the training data.")
     learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate.")

@@ -6,8 +6,9 @@ the same everywhere and model/data mismatches are refused the same way, before a
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from edgeadapt.config import not_built_yet
 from edgeadapt.data.config import DataSection
 from edgeadapt.data.registry import dataset_info
 from edgeadapt.errors import ConfigError
@@ -56,11 +57,13 @@ class ModelDataConfig(BaseModel):
 
     @field_validator("model")
     @classmethod
-    def _model_exists(cls, model: str) -> str:
-        model_modality(model)
+    def _model_exists(cls, model: str, info: ValidationInfo) -> str:
+        if not not_built_yet(model, "model", info):  # `validate`: an earlier step writes it
+            model_modality(model)
         return model
 
     @model_validator(mode="after")
-    def _model_matches_data(self) -> ModelDataConfig:
-        check_model_data(self.model, self.data.name)
+    def _model_matches_data(self, info: ValidationInfo) -> ModelDataConfig:
+        if not not_built_yet(self.model, "model", info):
+            check_model_data(self.model, self.data.name)
         return self

@@ -37,6 +37,10 @@ class OutputExistsError(EdgeAdaptError, FileExistsError):
     """An output path that already holds something this command must not overwrite."""
 
 
+class OutputLockedError(OutputExistsError):
+    """An output directory another edgeadapt run is writing right now; the message names its PID."""
+
+
 class MissingDependencyError(EdgeAdaptError, ImportError):
     """An optional package (a tracking backend, a server stack) that is not installed; the message
     names the ``pip install`` that adds it."""

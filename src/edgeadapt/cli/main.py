@@ -40,8 +40,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """Prune by a plan file or by a budget (--unit-sparsity or --param-sparsity) + importance, then
-    save an artifact directory.
-    Python: ``edgeadapt.pruning.prune.prune(...)`` / ``apply_plan(...)`` + ``save_pruned(...)``."""
+    save an artifact directory; ``--out`` is locked and must be empty or an earlier ``prune``'s
+    output (else ``--overwrite``). Python: ``edgeadapt.pruning.prune.prune(...)`` /
+    ``apply_plan(...)`` + ``save_pruned(...)``, inside ``edgeadapt.rundir.claim_output(out, ...)``."""
+    from edgeadapt.rundir import claim_output
+
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "overwrite")}
+    with claim_output(args.out, "prune", config, overwrite=args.overwrite, resumable=False, field="--out"):
+        return _prune(args)
+
+
+def _prune(args: argparse.Namespace) -> int:
     from edgeadapt.data.calibration import calibration_batches
     from edgeadapt.models.inspect import inspect_model
     from edgeadapt.pruning.apply import apply_plan
@@ -112,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.out is not None:
         recipe = recipe.model_copy(update={"out": args.out})
     check_output_dir(recipe.out, "--out" if args.out is not None else f"{args.config}: out")
-    outcome = run_training(recipe)
+    outcome = run_training(recipe, overwrite=args.overwrite)
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in outcome.test.items())
     print(f"trained {recipe.model} on {recipe.data.name} ({len(outcome.history)} epochs, stopped: "
           f"{outcome.stop_reason}); test {metrics}")
@@ -203,7 +212,7 @@ def cmd_offline(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, kind="offline")
     steps = list(STEPS) if args.step == "all" else [args.step]
-    reports = run_offline(cfg, steps)
+    reports = run_offline(cfg, steps, overwrite=args.overwrite)
     for step, report in reports.items():
         print(f"== {step} -> {step_dir(cfg, step)}")
         if step == "lora":
@@ -257,7 +266,7 @@ def cmd_llm_prune(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, kind="llm-prune")
     if args.mode == "train":
-        m = run_train(cfg)
+        m = run_train(cfg, overwrite=args.overwrite)
         print(f"dense ppl {m['dense_ppl']:.2f} | pruned {m['prune']['param_sparsity']:.1%} of block params: "
               f"ppl {m['pruned_ppl']:.2f} "
               f"before recovery, {m['recovered_ppl']:.2f} after | model: {cfg.save}")
@@ -285,6 +294,10 @@ def cmd_llm_pretrain(args: argparse.Namespace) -> int:
     params = sum(p.numel() for p in adapter.model.parameters())
     print(f"tiny-llama-ref ({params:,} params) at {args.out}: test perplexity {test['perplexity']:.2f}")
     return 0
+
+
+_OVERWRITE = ("empty the output directory first when it holds something else (another command's output, "
+              "or a run of another config, which is otherwise refused)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,11 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", type=nonempty_str, default="auto",
                    help="where importance is computed: auto (CUDA if present), cpu, cuda[:N]")
     s.add_argument("--out", type=Path, required=True, help="artifact directory to write")
+    s.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
     s.set_defaults(func=cmd_prune)
 
     s = sub.add_parser("train", help="train a model on a registered dataset from a YAML recipe")
     s.add_argument("--config", type=Path, required=True, help="a train recipe, e.g. configs/train-vit-digits.yaml")
     s.add_argument("--out", type=Path, default=None, help="override the recipe's artifact directory")
+    s.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("validate", help="check YAML configs without running them")
@@ -348,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("offline", help="cloud stage: LoRA tuning, knowledge base, neuron index")
     s.add_argument("step", choices=("lora", "kb", "index", "all"), help="one step, or all three in order")
     s.add_argument("--config", type=Path, required=True, help="an offline config, e.g. configs/offline-vit-digits.yaml")
+    s.add_argument("--overwrite", action="store_true", help=_OVERWRITE + " (each step's directory)")
     s.set_defaults(func=cmd_offline)
 
     s = sub.add_parser("adapt", help="edge stage: adapt over a drift stream, all methods, with a report")
@@ -371,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an llm-prune config (configs/llm-prune-docs.yaml)")
     s.add_argument("--mode", choices=("train", "test"), default="train",
                    help="train: prune + recover + save; test: evaluate the saved model and write a report")
+    s.add_argument("--overwrite", action="store_true", help=_OVERWRITE + " (save:, in train mode)")
     s.set_defaults(func=cmd_llm_prune)
 
     s = sub.add_parser("llm-pretrain", help="train the reference LM (tiny-llama-ref) on the built-in corpus")

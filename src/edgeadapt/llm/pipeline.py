@@ -184,8 +184,19 @@ def prune_to_budget(cfg: LLMPruneConfig, adapter: HFAdapter, scores: Scores,
               iterative_steps=p.iterative_steps if rescore is not None else 1, rescore=rescore)
 
 
-def run_train(cfg: LLMPruneConfig) -> dict[str, Any]:
-    """Prune + recover + save; returns (and writes to ``save/prune_metrics.json``) the metrics."""
+def run_train(cfg: LLMPruneConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Prune + recover + save; returns (and writes to ``save/prune_metrics.json``) the metrics.
+
+    ``save`` is locked and checked before any compute (:func:`edgeadapt.rundir.claim_output`): it
+    must be empty or hold an earlier ``llm-prune`` of the same config (whose recovery checkpoints
+    are resumed); another config or another command's output is refused unless ``overwrite``."""
+    from edgeadapt.rundir import claim_output
+
+    with claim_output(cfg.save, "llm-prune", cfg, overwrite=overwrite, resumable=cfg.resume, field="save"):
+        return _run_train(cfg)
+
+
+def _run_train(cfg: LLMPruneConfig) -> dict[str, Any]:
     from edgeadapt.artifacts import atomic_write_text
     from edgeadapt.pruning.checkpoint import save_pruned
 
@@ -224,6 +235,13 @@ def run_train(cfg: LLMPruneConfig) -> dict[str, Any]:
     try:
         recovery = None
         if cfg.recovery.method != "none" and target > 0:
+            import shutil
+
+            from edgeadapt.training.checkpoint import bind_checkpoints
+
+            if not cfg.resume:  # starting over: old checkpoints belong to the run being replaced
+                shutil.rmtree(cfg.save / "checkpoints", ignore_errors=True)
+            bind_checkpoints(cfg.save / "checkpoints", cfg)  # a checkpoint of another config is refused
             recovery = recover(cfg, adapter, train, val_ids, logger, cfg.save / "checkpoints",
                                baseline=pruned_ppl, device=device)
             if recovery["kept_pruned_weights"]:

@@ -16,6 +16,7 @@ Example recipe (``configs/train-vit-digits.yaml``)::
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,9 +30,11 @@ from edgeadapt.data.text import bpe_tokenizer
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.registry import load_adapter, model_image_size
 from edgeadapt.pruning.checkpoint import save_pruned
+from edgeadapt.rundir import claim_output
 from edgeadapt.tracking.config import TrackingSection, make_run_logger
 from edgeadapt.tracking.plots import plot_curves
 from edgeadapt.training.batches import batch_factory
+from edgeadapt.training.checkpoint import bind_checkpoints
 from edgeadapt.training.loop import fit
 from edgeadapt.training.sections import ModelDataConfig, TrainSection
 
@@ -70,8 +73,19 @@ class TrainOutcome:
     stop_reason: str
 
 
-def run_training(recipe: TrainRecipe) -> TrainOutcome:
-    """Train ``recipe.model`` on ``recipe.data`` and write the artifact directory ``recipe.out``."""
+def run_training(recipe: TrainRecipe, overwrite: bool = False) -> TrainOutcome:
+    """Train ``recipe.model`` on ``recipe.data`` and write the artifact directory ``recipe.out``.
+
+    Before any compute, ``out`` is locked and checked (:func:`edgeadapt.rundir.claim_output`): it
+    must be empty or hold an earlier ``edgeadapt train`` of the same recipe (which is resumed; with
+    ``resume: false`` a train run of any recipe is started over). Anything else is refused with
+    :class:`~edgeadapt.errors.OutputExistsError` / :class:`~edgeadapt.errors.ConfigError` unless
+    ``overwrite``, which empties ``out`` first."""
+    with claim_output(recipe.out, "train", recipe, overwrite=overwrite, resumable=recipe.resume):
+        return _run_training(recipe)
+
+
+def _run_training(recipe: TrainRecipe) -> TrainOutcome:
     info = dataset_info(recipe.data.name)
     image = info.task == "image-classification"
     splits = load_splits(recipe.data, model_image_size(recipe.model) if image else None, recipe.seed)
@@ -81,6 +95,9 @@ def run_training(recipe: TrainRecipe) -> TrainOutcome:
         adapter.tokenizer = bpe_tokenizer(adapter.model.config.vocab_size, list(splits.train.texts))
     out = Path(recipe.out)
     out.mkdir(parents=True, exist_ok=True)
+    if not recipe.resume:  # starting over: the old checkpoints belong to the run being replaced
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    bind_checkpoints(out / "checkpoints", recipe)
     section, length = recipe.train, recipe.data.max_length
     monitor = section.monitor_for(adapter.task.name)
     logger = make_run_logger(recipe.tracking, out / "logs")

@@ -1,0 +1,226 @@
+"""Who may write an output directory: one run at a time, the same command's output, the same config.
+
+Every command that writes a directory (``train``, ``prune``, ``llm-prune``, each ``offline`` step)
+claims it with :func:`claim_output` **before any compute**:
+
+* **Lock.** An exclusive ``fcntl.flock`` on ``<parent>/.<name>.lock`` (beside the directory, so
+  swapping the directory never swaps the lock) is held until the run ends; a second run on the
+  same directory is refused with the holder's PID (:class:`~edgeadapt.errors.OutputLockedError`).
+  The kernel drops the lock when its holder dies, so a killed run never leaves a stale lock.
+* **Owner.** The directory must be empty, missing, or hold ``run.json`` written by the same
+  command; anything else (a trained run given to ``prune --out``, a knowledge base) is refused
+  (:class:`~edgeadapt.errors.OutputExistsError`) unless ``overwrite``, which empties it first.
+* **Config.** ``run.json`` stores the config that determines the result (:func:`result_config`:
+  cosmetic fields such as progress bars, trackers and output paths left out) and its hash
+  (:func:`config_hash`). A resumable command whose stored hash differs is refused with a
+  :class:`~edgeadapt.errors.ConfigError` naming the fields that differ, instead of "resuming"
+  another config's checkpoint.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from edgeadapt.artifacts import MANIFEST, atomic_write_text
+from edgeadapt.errors import ConfigError, OutputExistsError, OutputLockedError
+
+RUN_FILE = "run.json"
+
+# Fields that never change what a run computes: where it writes, how it reports, whether it resumes,
+# and on which device (a resumed run may move between devices).
+COSMETIC = frozenset({"progress", "quiet", "tracking", "tracker", "project", "log_every", "out", "save",
+                      "log_dir", "resume", "overwrite", "device", "use_gpu", "gpu_ids", "debug", "func"})
+
+
+def result_config(config: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` as JSON-able data without the :data:`COSMETIC` fields (at any depth)."""
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else json.loads(
+        json.dumps(dict(config), default=str))
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in COSMETIC}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return strip(data)
+
+
+def config_hash(config: BaseModel | Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of :func:`result_config` (key order does not matter)."""
+    canonical = json.dumps(result_config(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the fields whose values differ, with both values: ``["lr: 0.1 -> 0.2"]``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in old:
+                out.append(f"{name}: (absent) -> {new[key]!r}")
+            elif key not in new:
+                out.append(f"{name}: {old[key]!r} -> (absent)")
+            else:
+                out.extend(config_diff(old[key], new[key], name))
+        return out
+    return [] if old == new else [f"{prefix or '(config)'}: {old!r} -> {new!r}"]
+
+
+def refuse_config_change(what: str, stored: Mapping[str, Any], current: Mapping[str, Any], fix: str) -> None:
+    """Raise a :class:`ConfigError` listing the fields where ``stored`` and ``current`` differ (no-op when
+    they agree). ``what`` says whose config was stored; ``fix`` how to proceed."""
+    diff = config_diff(dict(stored), dict(current))
+    if diff:
+        shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
+        raise ConfigError(f"{what} was made with a different config ({shown}); {fix}")
+
+
+# -- lock -------------------------------------------------------------------------------------------
+
+def lock_path(directory: Path) -> Path:
+    """The lock file of ``directory``: ``<parent>/.<name>.lock``."""
+    directory = Path(directory).absolute()
+    return directory.parent / f".{directory.name}.lock"
+
+
+class OutputLock:
+    """An exclusive, non-blocking ``flock`` on a directory's lock file, recording the holder's PID.
+
+    ``acquire`` raises :class:`OutputLockedError` naming the PID when another process holds it."""
+
+    def __init__(self, directory: str | Path, field: str = "out") -> None:
+        self.directory, self.field = Path(directory), field
+        self.path = lock_path(self.directory)
+        self._fd: int | None = None
+
+    def acquire(self) -> OutputLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            raise OutputLockedError(f"{self.field}: {self.directory} is in use by another edgeadapt run "
+                                    f"(PID {holder}, lock {self.path}); wait for it to finish, stop it, or "
+                                    "choose another output directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# -- ownership --------------------------------------------------------------------------------------
+
+def _describe(directory: Path) -> str:
+    """What a directory holds, in words, for a refusal."""
+    run = _read_run(directory)
+    if run is not None:
+        return f"the output of `edgeadapt {run.get('command')}`"
+    manifest = directory / MANIFEST
+    if manifest.is_file():
+        try:
+            data = json.loads(manifest.read_text())
+            kind = data.get("kind") if isinstance(data, dict) else None
+        except (ValueError, OSError):
+            kind = None
+        if kind:
+            return f"a {kind!r} artifact"
+    names = sorted(p.name for p in directory.iterdir())
+    return f"{len(names)} other entries ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
+
+
+def _read_run(directory: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((directory / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("command"), str) else None
+
+
+def _empty(directory: Path) -> None:
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def check_output(directory: str | Path, command: str, config: BaseModel | Mapping[str, Any], *,
+                 overwrite: bool = False, resumable: bool = True, field: str = "out") -> str:
+    """Decide, before compute, whether ``command`` with ``config`` may write ``directory``; returns
+    the config hash. Refuses (without touching anything) a directory that holds something other
+    than ``command``'s earlier output (:class:`OutputExistsError`) and, for a ``resumable``
+    command, that output made with another config (:class:`ConfigError` naming the fields). With
+    ``overwrite`` neither is refused: :func:`claim_output` empties the directory instead."""
+    directory = Path(directory)
+    digest = config_hash(config)
+    if overwrite or not directory.is_dir() or not any(directory.iterdir()):
+        return digest
+    run = _read_run(directory)
+    fix = f"pass --overwrite to replace it, or choose a new directory for {field}"
+    if run is None or run["command"] != command:
+        raise OutputExistsError(f"{field}: {directory} already holds {_describe(directory)}, not the output "
+                                f"of an earlier `edgeadapt {command}`; {fix}")
+    if resumable and run.get("config_hash") != digest:
+        refuse_config_change(f"{field}: {directory}", run.get("config", {}), result_config(config),
+                             f"resuming it would mix two runs: {fix}")
+        raise ConfigError(f"{field}: {directory} was made with a different config (hash "
+                          f"{str(run.get('config_hash'))[:12]} vs {digest[:12]}); {fix}")
+    return digest
+
+
+@contextmanager
+def claim_output(directory: str | Path, command: str, config: BaseModel | Mapping[str, Any], *,
+                 overwrite: bool = False, resumable: bool = True, field: str = "out") -> Iterator[Path]:
+    """Lock ``directory``, check it (:func:`check_output`), empty it when ``overwrite``, record
+    ``run.json``, and yield it; the lock is held until the block ends.
+
+    Example::
+
+        with claim_output(recipe.out, "train", recipe, overwrite=args.overwrite) as out:
+            ...  # compute and write into out
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise OutputExistsError(f"{field}: {directory} is an existing file, but a directory is written "
+                                "there; remove the file or choose another path")
+    with OutputLock(directory, field):
+        digest = check_output(directory, command, config, overwrite=overwrite, resumable=resumable,
+                              field=field)
+        directory.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            _empty(directory)
+        atomic_write_text(directory / RUN_FILE, json.dumps(
+            {"command": command, "config_hash": digest, "config": result_config(config)}, indent=1,
+            sort_keys=True))
+        yield directory

@@ -23,6 +23,7 @@ from edgeadapt.cli.args import (
 )
 from edgeadapt.errors import ConfigError, EdgeAdaptError
 from edgeadapt.outputs import check_output_dir, check_output_file
+from edgeadapt.progress import QUIET_ENV, bar_enabled
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -45,6 +46,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     ``apply_plan(...)`` + ``save_pruned(...)``, inside ``edgeadapt.rundir.claim_output(out, ...)``."""
     from edgeadapt.rundir import claim_output
 
+    check_output_dir(args.out, "--out")  # a file or unwritable path: refused before the claim creates it
     config = {k: v for k, v in vars(args).items() if k not in ("func", "overwrite")}
     with claim_output(args.out, "prune", config, overwrite=args.overwrite, resumable=False, field="--out"):
         return _prune(args)
@@ -68,7 +70,6 @@ def _prune(args: argparse.Namespace) -> int:
     if (args.plan is None) == all(b is None for b in budgets):
         raise ConfigError("give exactly one of --plan PLAN.json, --unit-sparsity S or --param-sparsity S")
     targets = args.target
-    check_output_dir(args.out, "--out")
     if args.plan is None:
         check_budget(*budgets, names=("--unit-sparsity", "--param-sparsity"))
     check_importance(args.importance, "--importance")
@@ -90,7 +91,7 @@ def _prune(args: argparse.Namespace) -> int:
             batches = calibration_batches(adapter, args.calibration_batches, args.batch_size, seed=args.seed)
         prune(adapter, targets, args.importance, batches, unit_sparsity=args.unit_sparsity,
               param_sparsity=args.param_sparsity, scope=args.scope, protect_first=args.protect_first,
-              protect_last=args.protect_last, seed=args.seed, progress=True, device=args.device)
+              protect_last=args.protect_last, seed=args.seed, progress=bar_enabled(), device=args.device)
         adapter.model.cpu()
     after = inspect_model(adapter)
     save_pruned(adapter, args.out, config={k: v for k, v in vars(args).items() if k != "func"})
@@ -250,7 +251,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         data["budget"] = {**dict(data["budget"]), "steps": args.steps}
     cfg = parse_config(data, kind="adapt", source=str(args.config or "the adapt flags"))
     check_output_dir(cfg.out, "--out" if args.out is not None else "out")
-    results = run_adapt(cfg)
+    results = run_adapt(cfg, progress=bar_enabled())
     print(summary_table(results))
     print()
     print(domain_table(results))
@@ -310,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"edgeadapt {__version__}")
     p.add_argument("--debug", action="store_true",
                    help="show the full traceback of a user error too (bugs always show theirs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines (results "
+                   "are still printed); may be given after the command too. Without a terminal, progress "
+                   "is one line per epoch instead of a live bar; TQDM_DISABLE=1 also turns bars off")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("inspect", help="per-block structure, parameters and FLOPs of a model")
@@ -428,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     The CLI never downloads: it sets ``HF_HUB_OFFLINE=1`` for this process unless the caller
     set it, so models and data must be local (the library itself leaves the environment alone).
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--quiet" in argv:  # a global flag, accepted anywhere: `edgeadapt train --quiet ...`
+        argv = ["--quiet", *(a for a in argv if a != "--quiet")]
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # a bad flag: its one-line message is printed; --help/--version exit 0
@@ -435,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return exc.code if isinstance(exc.code, int) else 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.quiet:
+        os.environ[QUIET_ENV] = "1"
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
         return handler(args)

@@ -33,6 +33,7 @@ from edgeadapt.data.tokens import corpus_ids, token_blocks
 from edgeadapt.errors import ConfigError, PathError
 from edgeadapt.llm.config import LLMPruneConfig
 from edgeadapt.models.adapter import HFAdapter
+from edgeadapt.progress import bar_enabled
 from edgeadapt.pruning.budget import PruneOutcome, Rescore, prune_to_param_sparsity, prune_to_unit_sparsity
 from edgeadapt.pruning.importance import Scores, score
 
@@ -212,7 +213,7 @@ def _run_train(cfg: LLMPruneConfig) -> dict[str, Any]:
     dense_ppl = _ppl(cfg, adapter, val_ids, device)
     n_params = sum(q.numel() for q in adapter.model.parameters())
     print(f"dense: validation perplexity {dense_ppl:.2f}, {n_params:,} params")
-    scores = score(adapter, p.importance, calibration, progress=True, seed=cfg.seed)
+    scores = score(adapter, p.importance, calibration, progress=bar_enabled(), seed=cfg.seed)
     adapter.model.cpu()
     budget, target = cfg.budget
     # the perplexity-vs-sparsity curve without recovery, from the same scores, in the same budget

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import ModelAdapter
+from edgeadapt.progress import bar_enabled, lines_enabled, progress_line
 from edgeadapt.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from edgeadapt.training.config import TrainConfig
 from edgeadapt.training.device import resolve_device, to_device
@@ -247,8 +248,10 @@ def _fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tr
     main = dist is None or dist.is_main
     log = logger if (logger is not None and main) else None
     set_checkpointing(model, cfg.gradient_checkpointing)
-    bar = tqdm(total=total, initial=st["step"], desc="train", disable=not (cfg.progress and main),
+    # A live bar on a terminal; one line per epoch in a log or pipe; nothing when quiet.
+    bar = tqdm(total=total, initial=st["step"], desc="train", disable=not bar_enabled(cfg.progress and main),
                leave=False)
+    epoch_lines = lines_enabled(cfg.progress and main)
     start = time.perf_counter() - st["elapsed"]
     try:
         for epoch in range(st["epoch"], cfg.epochs):
@@ -322,6 +325,9 @@ def _fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tr
                 log.log_metrics({f"epoch/{k}": v for k, v in row.items() if k not in ("epoch", "step")},
                                 st["step"])
             st["history"].append(row)
+            if epoch_lines:
+                summary = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step"))
+                progress_line(f"train: epoch {epoch + 1}/{cfg.epochs}, step {st['step']}/{total}, {summary}")
             st["epoch"], st["micro"], st["loss_sum"] = epoch + 1, 0, 0.0
             checkpoint()
             if st["stop_reason"] != "epochs":

@@ -1,0 +1,55 @@
+"""Progress output: live bars only on a terminal, one line per epoch otherwise, nothing when quiet
+(issue 12 §3: a 600-step `train` wrote 124 KB of `\\r` updates into a log)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgeadapt import progress
+
+RECIPE = {"model": "tiny-vit", "data": {"name": "digits"}, "tracking": {"backends": ["csv"]},
+          "train": {"epochs": 2, "batch_size": 64, "learning_rate": 1e-3, "max_steps": 3}, "out": "runs/t"}
+
+
+def _train(tmp_path: Path, *flags: str, env: dict[str, str] | None = None) -> str:
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(RECIPE))
+    run_env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    run_env.pop(progress.QUIET_ENV, None)
+    with open(tmp_path / "stderr.log", "w") as err:  # stderr redirected to a file: not a terminal
+        proc = subprocess.run([sys.executable, "-m", "edgeadapt", "train", "--config", "t.yaml", *flags],
+                              cwd=tmp_path, env=run_env, stdout=subprocess.PIPE, stderr=err, text=True)
+    assert proc.returncode == 0, (tmp_path / "stderr.log").read_text()
+    return (tmp_path / "stderr.log").read_text()
+
+
+def test_train_into_a_log_writes_one_line_per_epoch_and_no_carriage_returns(tmp_path):
+    err = _train(tmp_path)
+    assert "\r" not in err
+    assert "train: epoch 1/2, step 3/3, train_loss" in err
+
+
+def test_quiet_anywhere_on_the_command_line_silences_progress(tmp_path):
+    assert _train(tmp_path, "--quiet") == ""
+
+
+@pytest.mark.parametrize("tty, env, bar, lines", [
+    (True, {}, True, False),
+    (False, {}, False, True),
+    (True, {"TQDM_DISABLE": "1"}, False, True),
+    (True, {progress.QUIET_ENV: "1"}, False, False),
+    (False, {progress.QUIET_ENV: "1"}, False, False),
+])
+def test_bars_only_on_a_terminal_and_never_when_disabled(monkeypatch, tty, env, bar, lines):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.delenv(progress.QUIET_ENV, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+    assert progress.bar_enabled() is bar and progress.lines_enabled() is lines
+    assert progress.bar_enabled(False) is False and progress.lines_enabled(False) is False

@@ -200,15 +200,18 @@ def _outputs(adapter: HFAdapter, batch: Batch) -> torch.Tensor:
 def lora_tune(adapter: HFAdapter, train: Callable[[int], Iterable[Batch]], cfg: TrainConfig,
               settings: LoraSettings, val: Callable[[], Iterable[Batch]] | None = None,
               monitor: str = "loss", out: str | Path | None = None, logger: Any | None = None,
-              tolerance: float = 1e-4) -> dict[str, Any]:
+              tolerance: float = 1e-4, checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
     """The whole offline LoRA stage: add LoRA, train, merge with an exactness check, save.
 
     The first validation batch (or the first training batch) is held out for the check: the merged
     model must reproduce the LoRA model's outputs within ``tolerance`` (max abs diff, relative to
     the output scale when that exceeds 1), else the
     merge is undone and ``RuntimeError`` raised. ``total_params`` counts the merged model.
+    With ``checkpoint_dir`` training checkpoints every epoch and every ``cfg.checkpoint_every``
+    steps, and a killed run resumes from the last checkpoint (same result as uninterrupted).
     """
-    result = train_lora(adapter, train, cfg, settings, val=val, monitor=monitor, logger=logger)
+    result = train_lora(adapter, train, cfg, settings, val=val, monitor=monitor, logger=logger,
+                        checkpoint_dir=checkpoint_dir)
     trainable = sum(p.numel() for p in adapter.model.parameters() if p.requires_grad)
     held = next(iter(val() if val is not None else train(0)))
     before = _outputs(adapter, held)

@@ -8,11 +8,18 @@ no path is ever edited by hand::
     out/index/   the neuron index KB <-> FM, verified by an exact round trip
 
 With ``lora.enabled: false`` the FM is ``model`` itself, saved unchanged to ``out/lora``.
+
+Each step claims its directory before any compute (:func:`edgeadapt.rundir.claim_output`: a lock,
+and only that step's earlier output of the same config may be there), and checks the identity chain
+of what it reads: the upstream artifact must have been made from the config fields this step shares
+with it (:data:`STEP_FIELDS`; a changed ``model:`` refuses a stale ``out/lora``) and from the same
+weights (``tuned_from_hash`` / base hash against the configured model).
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,13 +37,19 @@ from edgeadapt.offline.knowledge_base import KBSettings, build_kb, check_width
 from edgeadapt.offline.lora import LoraSettings, load_lora_artifact, lora_tune, save_lora_artifact
 from edgeadapt.offline.neuron_index import kb_state_to_fm, save_index, to_kb
 from edgeadapt.pruning.checkpoint import load_model
+from edgeadapt.rundir import claim_output, refuse_config_change, result_config
 from edgeadapt.tracking.base import MetricLogger
 from edgeadapt.tracking.config import TrackingSection, make_run_logger
 from edgeadapt.training.batches import batch_factory
+from edgeadapt.training.checkpoint import bind_checkpoints
 from edgeadapt.training.config import TrainConfig
 from edgeadapt.training.sections import ModelDataConfig, TrainSection
 
 STEPS = ("lora", "kb", "index")
+
+# The config fields whose values determine each step's artifact (and so everything it feeds).
+STEP_FIELDS = {"lora": ("model", "seed", "data", "lora"), "kb": ("model", "seed", "data", "lora", "kb"),
+               "index": ("model", "seed", "data", "lora", "kb")}
 
 
 class LoraStep(BaseModel):
@@ -85,12 +98,44 @@ def step_dir(cfg: OfflineConfig, step: str) -> Path:
     return Path(cfg.out) / step
 
 
+def step_config(cfg: OfflineConfig, step: str) -> dict[str, Any]:
+    """The part of ``cfg`` that determines ``step``'s artifact (cosmetic fields left out)."""
+    return result_config({k: v for k, v in cfg.model_dump(mode="json").items() if k in STEP_FIELDS[step]})
+
+
 def _require(cfg: OfflineConfig, step: str) -> Path:
+    """``out/<step>``, checked to have been made from this config's fields for ``step``."""
     path = step_dir(cfg, step)
     if not (path / "manifest.json").is_file():
         raise ArtifactError(f"{path} has no artifact; run `edgeadapt offline {step} --config ...` first "
                             "(or `edgeadapt offline all`)")
+    stored = _manifest_config(path).get("offline")
+    if not isinstance(stored, dict):
+        raise ArtifactError(f"{path} does not record the offline config it was made from (an older "
+                            f"edgeadapt?); re-create it with `edgeadapt offline {step} --overwrite`")
+    made_from = result_config({k: v for k, v in stored.items() if k in STEP_FIELDS[step]})
+    refuse_config_change(str(path), made_from, step_config(cfg, step),
+                         f"rerun `edgeadapt offline {step}` (or `all`) with this config, or set out: to a "
+                         "new directory")
     return path
+
+
+def _manifest_config(path: Path) -> dict[str, Any]:
+    data = json.loads((path / "manifest.json").read_text())
+    config = data.get("config") if isinstance(data, dict) else None
+    return config if isinstance(config, dict) else {}
+
+
+def _check_fm_identity(cfg: OfflineConfig, lora_dir: Path) -> None:
+    """``out/lora`` must descend from the weights ``cfg.model`` names now (a retrained model at the
+    same path gives the same config but other weights)."""
+    manifest = json.loads((lora_dir / "manifest.json").read_text())
+    recorded = manifest.get("config", {}).get("tuned_from_hash") or manifest.get("base", {}).get("hash")
+    current = load_model(cfg.model).base_hash()
+    if recorded != current:
+        raise ArtifactError(f"{lora_dir} was tuned from other weights than model {cfg.model!r} holds now "
+                            f"(hash {str(recorded)[:12]} vs {current[:12]}); rerun `edgeadapt offline lora` "
+                            "(or `all`) with --overwrite")
 
 
 def _loop(section: TrainSection) -> TrainConfig:
@@ -113,16 +158,20 @@ def _logger(cfg: OfflineConfig, step: str) -> MetricLogger:
 
 
 def run_lora(cfg: OfflineConfig) -> dict[str, Any]:
-    """Tune the FM with LoRA on the source data, merge (checked exact) and save ``out/lora``."""
+    """Tune the FM with LoRA on the source data, merge (checked exact) and save ``out/lora``;
+    checkpoints (every epoch and every ``lora.train.checkpoint_every`` steps) go to
+    ``out/lora/checkpoints`` and a killed run resumes from them."""
     fm = load_model(cfg.model)
     train, val, test, monitor = _data(cfg, fm, cfg.lora.train)
     before = fm.evaluate(test())
     out = step_dir(cfg, "lora")
     if cfg.lora.enabled:
         logger = _logger(cfg, "lora")
+        checkpoints = out / "checkpoints"
+        bind_checkpoints(checkpoints, step_config(cfg, "lora"))
         try:
             report = lora_tune(fm, train, _loop(cfg.lora.train), cfg.lora.settings, val=val, monitor=monitor,
-                               logger=logger)
+                               logger=logger, checkpoint_dir=checkpoints)
         finally:
             logger.close()
         fm.model.cpu()
@@ -135,7 +184,10 @@ def run_lora(cfg: OfflineConfig) -> dict[str, Any]:
 
 def run_kb(cfg: OfflineConfig) -> dict[str, Any]:
     """Build the knowledge base from ``out/lora`` and save ``out/kb`` with per-width test metrics."""
-    fm = load_lora_artifact(_require(cfg, "lora"))
+    lora_dir = _require(cfg, "lora")
+    _check_fm_identity(cfg, lora_dir)
+    fm = load_lora_artifact(lora_dir)
+    bind_checkpoints(step_dir(cfg, "kb") / "checkpoints", step_config(cfg, "kb"))
     section = cfg.kb.train
     train, val, test, monitor = _data(cfg, fm, section)
     calibration = [b for _, b in zip(range(cfg.kb.settings.calibration_batches), val())]
@@ -174,9 +226,19 @@ def run_index(cfg: OfflineConfig) -> dict[str, Any]:
 RUNNERS = {"lora": run_lora, "kb": run_kb, "index": run_index}
 
 
-def run_offline(cfg: OfflineConfig, steps: list[str] | tuple[str, ...] = STEPS) -> dict[str, Any]:
-    """Run ``steps`` in order; returns each step's report."""
+def run_offline(cfg: OfflineConfig, steps: list[str] | tuple[str, ...] = STEPS,
+                overwrite: bool = False) -> dict[str, Any]:
+    """Run ``steps`` in order; returns each step's report.
+
+    Every step's directory is locked and checked before any step computes: it must be empty or
+    hold that step's earlier output of the same config (which resumes), else it is refused
+    (:class:`~edgeadapt.errors.OutputExistsError` / :class:`~edgeadapt.errors.ConfigError` naming
+    the fields) unless ``overwrite``, which empties it."""
     unknown = [s for s in steps if s not in RUNNERS]
     if unknown:
         raise ConfigError(f"unknown offline step(s) {unknown}; choose from {list(STEPS)} or 'all'")
-    return {step: RUNNERS[step](cfg) for step in steps}
+    with ExitStack() as stack:
+        for step in steps:
+            stack.enter_context(claim_output(step_dir(cfg, step), f"offline {step}", step_config(cfg, step),
+                                             overwrite=overwrite, field=f"out ({step})"))
+        return {step: RUNNERS[step](cfg) for step in steps}

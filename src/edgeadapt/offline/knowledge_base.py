@@ -123,16 +123,20 @@ class KnowledgeBase:
 
     def sandwich_loss(self, teacher: HFAdapter) -> Callable[[HFAdapter, Batch], torch.Tensor]:
         """The training loss for :func:`edgeadapt.training.loop.fit`: smallest, random and full
-        widths per step, each distilled from ``teacher`` plus task loss and gate L1."""
+        widths per step, each distilled from ``teacher`` plus task loss and gate L1.
+
+        The random widths are drawn from Python's ``random``, which :func:`fit` seeds with
+        ``cfg.seed`` on a private copy and saves in every checkpoint, so a killed and resumed build
+        draws the same widths as an uninterrupted one (a generator created here restarted its
+        sequence at every resume)."""
         s = self.settings
-        rng = random.Random(self.index.base_hash)  # reproducible widths without touching global RNG
 
         def loss_fn(adapter: HFAdapter, batch: Batch) -> torch.Tensor:
             device = next(adapter.model.parameters()).device
             teacher.model.to(device)
             with torch.no_grad():
                 target = outputs(teacher, batch)
-            widths = [s.min_width, *(rng.uniform(s.min_width, 1.0) for _ in range(s.random_widths)), 1.0]
+            widths = [s.min_width, *(random.uniform(s.min_width, 1.0) for _ in range(s.random_widths)), 1.0]
             total = torch.zeros((), device=device)
             for w in widths:
                 self.gates.width = w

@@ -53,3 +53,19 @@ def test_bars_only_on_a_terminal_and_never_when_disabled(monkeypatch, tty, env, 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
     assert progress.bar_enabled() is bar and progress.lines_enabled() is lines
     assert progress.bar_enabled(False) is False and progress.lines_enabled(False) is False
+
+
+def test_scoring_and_perplexity_bars_follow_the_same_rule(capsys):
+    """Importance scoring and perplexity asked for progress draw no live bar when stderr is not a
+    terminal (they used to pass ``disable=not progress`` and ignore the rule)."""
+    import torch
+
+    from edgeadapt.llm.evaluate import perplexity
+    from edgeadapt.models.registry import load_adapter
+    from edgeadapt.pruning.importance import score
+
+    llama = load_adapter("tiny-llama")
+    ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(0))
+    score(llama, "taylor", [{"input_ids": ids, "attention_mask": torch.ones_like(ids)}], progress=True)
+    perplexity(llama, ids.reshape(-1), max_length=8, progress=True)
+    assert "\r" not in capsys.readouterr().err

@@ -36,6 +36,7 @@ from torch import nn
 from edgeadapt.data.tokens import token_blocks
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.tasks import model_inputs
+from edgeadapt.progress import bar_enabled
 from edgeadapt.training.device import resolve_device, to_device
 
 Mode = Literal["inference", "train"]
@@ -121,7 +122,7 @@ def perplexity(model_or_adapter: Any, token_ids: torch.Tensor, max_length: int, 
     nll = torch.zeros((), dtype=torch.float64, device=dev)
     tokens = 0
     try:
-        for chunk in tqdm(chunks, desc="perplexity", disable=not progress, leave=False):
+        for chunk in tqdm(chunks, desc="perplexity", disable=not bar_enabled(progress), leave=False):
             ids = torch.stack([token_ids[b:e] for b, e, _ in chunk]).to(dev)
             logits = _logits(model(input_ids=ids))[:, :-1]
             losses = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")

@@ -33,6 +33,7 @@ from edgeadapt.online.losses import adaptation_loss, set_trainable, tent_loss
 from edgeadapt.online.proxy import extract_proxy
 from edgeadapt.online.retrain import RetrainBudget, retrain, unlabeled
 from edgeadapt.online.sync import sync
+from edgeadapt.progress import bar_enabled
 from edgeadapt.training.device import to_device
 
 METHODS = ("source", "tent", "full", "static", "edgeadapt")
@@ -59,7 +60,8 @@ class MethodState:
 def run_stream(methods: list[MethodState], domains: list[DomainData], budget: RetrainBudget, seed: int = 0,
                logger: Any = None, progress: bool = True) -> dict[str, Any]:
     """Run every method over ``domains``; returns per-domain rows and per-method summaries."""
-    bar = tqdm(total=len(domains) * len(methods), desc="stream", disable=not progress, leave=False)
+    bar = tqdm(total=len(domains) * len(methods), desc="stream", disable=not bar_enabled(progress),
+               leave=False)
     for i, domain in enumerate(domains):
         test = list(domain.test.batches(256))
         adapt = lambda epoch, d=domain: unlabeled(d.adapt.batches(budget.batch_size, shuffle=True,  # noqa: E731

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import ModelAdapter
+from edgeadapt.progress import bar_enabled
 from edgeadapt.pruning.groups import Member, block_members, num_units
 from edgeadapt.pruning.ops import is_transposed, weight_matrix
 
@@ -174,7 +175,7 @@ def _gradient_scores(adapter: ModelAdapter, batches: Iterable[Batch], squared: b
     try:
         name = "fisher" if squared else "taylor"
         model.zero_grad(set_to_none=True)
-        for batch in tqdm(list(batches), desc=name, disable=not progress, leave=False):
+        for batch in tqdm(list(batches), desc=name, disable=not bar_enabled(progress), leave=False):
             if not squared:  # first order: gradients add up over the batches, scored once below
                 adapter.task_loss(batch).backward()
                 n_batches += 1

@@ -34,6 +34,7 @@ from pydantic import BaseModel
 
 from edgeadapt.artifacts import MANIFEST, atomic_write_text
 from edgeadapt.errors import ConfigError, OutputExistsError, OutputLockedError
+from edgeadapt.outputs import check_output_dir
 
 RUN_FILE = "run.json"
 
@@ -210,10 +211,7 @@ def claim_output(directory: str | Path, command: str, config: BaseModel | Mappin
         with claim_output(recipe.out, "train", recipe, overwrite=args.overwrite) as out:
             ...  # compute and write into out
     """
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise OutputExistsError(f"{field}: {directory} is an existing file, but a directory is written "
-                                "there; remove the file or choose another path")
+    directory = check_output_dir(directory, field)  # a file, a file parent, not writable: refused
     with OutputLock(directory, field):
         digest = check_output(directory, command, config, overwrite=overwrite, resumable=resumable,
                               field=field)

@@ -22,16 +22,18 @@ from edgeadapt.data.corruptions import (
     SEVERITIES,
     STANDARD,
     check_corruption,
-    clipped_zoom,
     corrupt,
-    disk_kernel,
     frost_texture,
+)
+from edgeadapt.data.digits import digits_tensors
+from edgeadapt.data.image_ops import (
+    clipped_zoom,
+    disk_kernel,
     gaussian_filter,
     motion_blur_at,
     motion_kernel,
     plasma_fractal,
 )
-from edgeadapt.data.digits import digits_tensors
 from edgeadapt.data.preview import corruption_grid
 from edgeadapt.data.registry import build_dataset
 

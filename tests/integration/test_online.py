@@ -48,7 +48,7 @@ def test_bad_adapt_input_is_refused(offline_vit_dir, tmp_path, capsys):
     assert adapt("--steps", "0") == 2
     assert "steps" in capsys.readouterr().err
     assert adapt("--proxy-params", "0") == 2
-    assert "proxy_params" in capsys.readouterr().err
+    assert "--proxy-params" in capsys.readouterr().err  # the flag is named, checked before compute
     assert adapt("--proxy-params", "100", "--methods", "edgeadapt") == 2
     assert "smallest proxy" in capsys.readouterr().err
     assert adapt("--proxy-memory", "12 parsecs") == 2

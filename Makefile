@@ -21,6 +21,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed
 
+# One intra-op thread, as the benchmarks run: the demo then reproduces their seed-0 numbers, and
+# two-thread OpenMP teams spin-wait badly on a shared 2-core machine.
+demo: export OMP_NUM_THREADS ?= 1
 demo: setup
 	$(BIN)/edgeadapt demo --out runs/demo
 

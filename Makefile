@@ -21,8 +21,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed
 
-# One intra-op thread, as the benchmarks run: the demo then reproduces their seed-0 numbers, and
-# two-thread OpenMP teams spin-wait badly on a shared 2-core machine.
+# One intra-op thread, as the benchmarks run: two-thread OpenMP teams spin-wait badly on a shared
+# 2-core machine (an 8-epoch KB build: 595 s vs 22 s).
 demo: export OMP_NUM_THREADS ?= 1
 demo: setup
 	$(BIN)/edgeadapt demo --out runs/demo

@@ -31,6 +31,10 @@ WORKER = textwrap.dedent("""
     if int(os.environ.get("RANK", "0")) == 0:
         save_file({k: v.contiguous() for k, v in adapter.model.state_dict().items()}, sys.argv[1])
         print("steps", result.steps)
+    import torch.distributed as dist
+    if dist.is_initialized():  # a clean teardown: exiting with gloo threads alive can abort a rank
+        dist.barrier()
+        dist.destroy_process_group()
 """)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,13 @@ from edgeadapt.errors import ConfigError, PathError
 from edgeadapt.llm.config import LLMPruneConfig
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.progress import bar_enabled
-from edgeadapt.pruning.budget import PruneOutcome, Rescore, prune_to_param_sparsity, prune_to_unit_sparsity
+from edgeadapt.pruning.budget import (
+    PruneOutcome,
+    Rescore,
+    check_request,
+    prune_to_param_sparsity,
+    prune_to_unit_sparsity,
+)
 from edgeadapt.pruning.importance import Scores, score
 
 Batch = dict[str, torch.Tensor]
@@ -203,6 +210,8 @@ def _run_train(cfg: LLMPruneConfig) -> dict[str, Any]:
 
     device = select_device(cfg.use_gpu, cfg.gpu_ids)
     adapter = load_lm(cfg)
+    p = cfg.pruning  # a request that removes nothing is refused before any perplexity or score
+    check_request(adapter, cfg.granularity, *cfg.budget, p.scope, p.min_keep, p.protect_first, p.protect_last)
     train_ids = token_ids(adapter, corpus(cfg, "train"))
     val_ids = token_ids(adapter, corpus(cfg, "val"), cfg.evaluation.max_eval_tokens)
     train = token_blocks(train_ids, cfg.seq_len, cfg.batch_size, shuffle=True, seed=cfg.seed,
@@ -221,9 +230,11 @@ def _run_train(cfg: LLMPruneConfig) -> dict[str, Any]:
     for s in sorted(set(cfg.evaluation.sweep) - {0.0}):
         probe = copy.deepcopy(adapter)
         try:
-            outcome = prune_to_budget(cfg, probe, scores, s)
+            with warnings.catch_warnings():  # a sweep point where one target rounds to zero is not news
+                warnings.simplefilter("ignore", UserWarning)
+                outcome = prune_to_budget(cfg, probe, scores, s)
         except ValueError:
-            continue  # beyond what this granularity can remove
+            continue  # beyond what this granularity can remove, or removing nothing
         sweep.append({"target": s, "budget": f"{budget}_sparsity", "param_sparsity": outcome.param_sparsity,
                       "ppl": _ppl(cfg, probe, val_ids, device), "params": outcome.params_after})
     outcome = prune_to_budget(cfg, adapter, scores, rescore=lambda a: score(a, p.importance, calibration,

@@ -30,18 +30,19 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from edgeadapt.errors import ConfigError
+from edgeadapt.errors import ConfigError, InfeasibleError
 from edgeadapt.models.adapter import ModelAdapter
 from edgeadapt.pruning.apply import apply_plan, current_plan, meta_copy, params_under
 from edgeadapt.pruning.groups import KINDS, num_units
 from edgeadapt.pruning.importance import Scores
 from edgeadapt.pruning.plan import BlockPlan, PlanError, PruningPlan
-from edgeadapt.pruning.select import DEFAULT_SCOPE, check_sparsity, select
+from edgeadapt.pruning.select import DEFAULT_SCOPE, check_sparsity, open_positions, removal_count, select
 
 BUDGETS = {
     "unit_sparsity": "fraction of the units (layers, heads, FFN neurons) of each targeted kind removed",
@@ -156,23 +157,149 @@ class PruneOutcome:
                 "params_after": self.params_after, "plan": self.plan.summary()}
 
 
-def check_granularity(adapter: ModelAdapter, granularity: Sequence[str], protect: int = 0) -> None:
-    """Refuse a granularity the architecture cannot prune, naming what it has."""
-    blocks = adapter.blocks()
+def check_granularity(granularity: Sequence[str]) -> None:
+    """Refuse a granularity that is not a pruning kind. Whether the model has units of a kind to
+    remove is :func:`check_request`'s question."""
     for kind in granularity:
-        if kind == "layers":
-            if len(blocks) - protect < 1 or len(blocks) < 2:
-                raise ConfigError(f"granularity: 'layers' needs at least 2 layers with one unprotected; "
-                                  f"{adapter.name} has {len(blocks)} (protected {protect})")
-        elif kind in ("heads", "neurons"):
-            most = max(num_units(b, kind) for b in blocks)
-            if most <= 1:
-                what = "KV heads" if kind == "heads" else "FFN neurons"
-                raise ConfigError(f"granularity: {adapter.name} has {most} {what} per layer and every "
-                                  f"layer keeps at least one, so there are no {kind} to prune; use "
-                                  f"{' or '.join(k for k in KINDS if k != kind)}")
-        else:
+        if kind not in KINDS:
             raise ConfigError(f"granularity: {kind!r} is not one of {', '.join(KINDS)}")
+
+
+UNIT_NAMES = {"layers": "layers", "heads": "KV head units", "neurons": "FFN neurons"}
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What a unit sparsity removes of one kind, known before any score: ``removed`` units in all,
+    ``smallest`` the smallest unit sparsity that removes one (``None``: no sparsity can), and
+    ``why`` a sentence explaining a zero."""
+
+    kind: str
+    removed: int
+    smallest: float | None
+    why: str
+
+
+def _just_above(x: float) -> float | None:
+    """The smallest multiple of 0.001 strictly above ``x`` (a sparsity to suggest), or ``None`` if
+    it is not below 1."""
+    v = math.floor(x * 1000 + 1e-9) / 1000 + 0.001
+    return round(v, 3) if v < 1.0 else None
+
+
+def _per_layer(sizes: Sequence[int], name: str) -> str:
+    """``"2 KV head units per layer"``, ``"1 KV head unit per layer"``, ``"3 to 4 FFN neurons per layer"``."""
+    lo, hi = min(sizes), max(sizes)
+    if lo == hi == 1:
+        name = name[:-1]
+    return f"{lo} {name} per layer" if lo == hi else f"{lo} to {hi} {name} per layer"
+
+
+def unit_removals(adapter: ModelAdapter, kinds: Sequence[str], unit_sparsity: float,
+                  scope: str = DEFAULT_SCOPE, min_keep: int = 1, protect_first: int = 0,
+                  protect_last: int = 0) -> list[Removal]:
+    """For every kind in ``kinds``, how many units :func:`select` removes at ``unit_sparsity`` from
+    the adapter's *current* model (the same counting rule, no scores needed), the smallest unit
+    sparsity that removes one, and why none is removed when that is so."""
+    blocks = adapter.blocks()
+    n = len(blocks)
+    open_ = open_positions(n, protect_first, protect_last)
+    guard = f" (protect_first {protect_first}, protect_last {protect_last})"
+    out = []
+    for kind in dict.fromkeys(kinds):
+        name = UNIT_NAMES[kind]
+        if not open_:
+            out.append(Removal(kind, 0, None, f"{kind}: every one of the {n} layers is protected{guard}"))
+            continue
+        if kind == "layers":
+            removed = round(unit_sparsity * n) if n >= 2 else 0
+            smallest = _just_above(0.5 / n) if n >= 2 else None
+            why = (f"layers: the model has {n} layer and keeps at least one" if n < 2 else
+                   f"layers: {n} layers, round({unit_sparsity:g} × {n}) = 0")
+            out.append(Removal(kind, removed, smallest, why))
+            continue
+        sizes = {i: num_units(blocks[i], kind) for i in open_}
+        removed = removal_count(sizes, unit_sparsity, scope, min_keep)
+        removable = [k for k in sizes.values() if k - min_keep >= 1]
+        if not removable:
+            smallest = None
+            why = (f"{kind}: {_per_layer(list(sizes.values()), name)} and every layer keeps at least "
+                   f"{min_keep} (min_keep), so no {kind} can be removed")
+        else:
+            most = max(removable) if scope == "uniform" else sum(sizes.values())
+            smallest = _just_above(0.5 / most)
+            in_all = "" if scope == "uniform" else " in all"
+            counted = f"round({unit_sparsity:g} × {most}{in_all}) = {round(unit_sparsity * most)}"
+            why = f"{kind}: {_per_layer(list(sizes.values()), name)}, {counted}"
+            if smallest is not None:
+                why += f"; the smallest unit_sparsity that removes one is {smallest}"
+        out.append(Removal(kind, removed, smallest, why))
+    return out
+
+
+def _refuse_or_warn(zero: Sequence[Removal], kinds: Sequence[str], what: str, fix: str) -> None:
+    """The one rule: nothing removed by the whole request is an :class:`InfeasibleError`; one kind
+    of several removing nothing is a warning naming it."""
+    if not zero:
+        return
+    details = "; ".join(r.why for r in zero)
+    if len(zero) == len(kinds):
+        raise InfeasibleError(f"{what} removes nothing (targets {', '.join(kinds)}): {details}. {fix}")
+    names = " and ".join(r.kind for r in zero)
+    warnings.warn(f"{what} removes no {names} (only the other targets are pruned): {details}", UserWarning,
+                  stacklevel=2)  # one place in this module: the default filter shows a repeat once
+
+
+def _unit_fix(zero: Sequence[Removal], sparsity_name: str) -> str:
+    """How to make a unit request remove something: the smallest sparsity that does, or other targets."""
+    smallest = [r.smallest for r in zero if r.smallest is not None]
+    if smallest:
+        return f"Raise {sparsity_name} to at least {min(smallest)} or add a target"
+    others = [k for k in KINDS if k not in {r.kind for r in zero}]
+    return (f"Choose a target the model can lose ({', '.join(others) or 'none left'}) or lower "
+            "protect_first/protect_last or min_keep")
+
+
+def check_request(adapter: ModelAdapter, targets: Sequence[str], budget: str, sparsity: float,
+                  scope: str = DEFAULT_SCOPE, min_keep: int = 1, protect_first: int = 0,
+                  protect_last: int = 0) -> None:
+    """Before any scoring: refuse a prune request that removes nothing, warn about a target that
+    does. ``budget`` is ``"unit"`` or ``"param"``; a sparsity of exactly 0 asks for nothing and
+    passes. Every caller (``prune``, ``llm-prune``, :func:`prune_to_unit_sparsity`,
+    :func:`prune_to_param_sparsity`) applies this same rule.
+
+    - ``"unit"``: the units each target loses are counted as :func:`select` counts them
+      (``round(s * n)``, floors, protected layers); all zero is an :class:`InfeasibleError` naming
+      each target, its units per layer and the smallest unit sparsity that removes one; some zero
+      is a ``UserWarning`` naming them.
+    - ``"param"``: a target with no removable unit at all (one KV head per layer, every layer
+      protected, ...) is refused or warned about the same way; whether the share rounds to zero
+      is known only after the search (:func:`prune_to_param_sparsity` checks that).
+    """
+    check_granularity(targets)
+    kinds = list(dict.fromkeys(targets))
+    if sparsity == 0:
+        return
+    if budget == "unit":
+        removals = unit_removals(adapter, kinds, sparsity, scope, min_keep, protect_first, protect_last)
+        zero = [r for r in removals if r.removed == 0]
+        _refuse_or_warn(zero, kinds, f"unit_sparsity {sparsity:g}", _unit_fix(zero, "unit_sparsity"))
+        return
+    removals = unit_removals(adapter, kinds, 1.0 - 1e-9, scope, min_keep, protect_first, protect_last)
+    zero = [Removal(r.kind, 0, None, r.why.split("; the smallest")[0]) for r in removals if r.removed == 0]
+    _refuse_or_warn(zero, kinds, f"param_sparsity {sparsity:g}", _unit_fix(zero, "param_sparsity"))
+
+
+def removed_units(before: PruningPlan, after: PruningPlan) -> dict[str, int]:
+    """Units of each kind ``after`` no longer has that ``before`` had (heads and neurons counted in
+    the layers ``after`` keeps)."""
+    out = {"layers": len(before.blocks) - len(after.blocks), "heads": 0, "neurons": 0}
+    for b in after.blocks:
+        old = before.block(b.index)
+        if old is not None:
+            out["heads"] += len(before.kept_heads(old)) - len(after.kept_heads(b))
+            out["neurons"] += len(before.kept_neurons(old)) - len(after.kept_neurons(b))
+    return out
 
 
 def _by_position(scores: Scores, plan: PruningPlan) -> Scores:
@@ -219,9 +346,9 @@ def layers_to_drop(param_sparsity: float, n_layers: int, granularity: Sequence[s
 class _Budget:
     """Shared set-up of both budget searches: a dense meta copy and its parameter counts."""
 
-    def __init__(self, adapter: ModelAdapter, granularity: Sequence[str], protected: int) -> None:
+    def __init__(self, adapter: ModelAdapter, granularity: Sequence[str]) -> None:
         self.granularity = list(dict.fromkeys(granularity))
-        check_granularity(adapter, self.granularity, protected)
+        check_granularity(self.granularity)
         if getattr(adapter, "plan", None) is not None and not adapter.plan.is_dense():
             raise ConfigError("pruning to a budget expects a dense model (scores index its units); "
                               "this one is already pruned")
@@ -262,7 +389,9 @@ def prune_to_unit_sparsity(adapter: ModelAdapter, unit_sparsity: float, granular
     check_sparsity(unit_sparsity, "unit_sparsity")
     steps = check_steps(iterative_steps, rescore, needs_rescore=True)
     protected = protect_first + protect_last
-    budget = _Budget(adapter, granularity, protected)
+    budget = _Budget(adapter, granularity)
+    check_request(adapter, budget.granularity, "unit", unit_sparsity, scope, min_keep, protect_first,
+                  protect_last)
     drop = round(unit_sparsity * budget.n_layers) if "layers" in budget.granularity else 0
     if drop and (drop >= budget.n_layers or drop > budget.n_layers - protected):
         raise PlanError(f"unit_sparsity: removing {drop} of {budget.n_layers} layers is impossible with "
@@ -296,7 +425,9 @@ def prune_to_param_sparsity(adapter: ModelAdapter, param_sparsity: float, granul
     check_sparsity(param_sparsity, "param_sparsity")
     steps = check_steps(iterative_steps, rescore, needs_rescore=True)
     protected = protect_first + protect_last
-    budget = _Budget(adapter, granularity, protected)
+    budget = _Budget(adapter, granularity)
+    check_request(adapter, budget.granularity, "param", param_sparsity, scope, min_keep, protect_first,
+                  protect_last)
     kw = {"scope": scope, "min_keep": min_keep, "protect_first": protect_first, "protect_last": protect_last}
 
     def search(target: float, scores: Scores, lowest: float = 0.0, highest: float | None = None
@@ -331,6 +462,8 @@ def prune_to_param_sparsity(adapter: ModelAdapter, param_sparsity: float, granul
         return best_f, drop, plan_at(budget.meta, scores, budget.units, best_f, drop, **kw)
 
     final_f, final_drop, plan = search(param_sparsity, scores)
+    if param_sparsity > 0:
+        _check_param_removes(budget, scores, plan, param_sparsity, final_f, kw)
     if steps > 1:
         dense = current_plan(budget.meta)
         done = 0.0
@@ -340,3 +473,39 @@ def prune_to_param_sparsity(adapter: ModelAdapter, param_sparsity: float, granul
             scores = lift(rescore(adapter), current_plan(adapter), dense)
         plan = plan_at(budget.meta, scores, budget.units, final_f, final_drop, **kw)
     return budget.apply(adapter, plan, final_f, final_drop)
+
+
+def _check_param_removes(budget: _Budget, scores: Scores, plan: PruningPlan, param_sparsity: float,
+                         fraction: float, kw: dict) -> None:
+    """After the search: a parameter share closest-achieved by removing nothing is an
+    :class:`InfeasibleError` naming the smallest share one removal takes (and the smallest
+    ``param_sparsity`` that gets it); a target that loses nothing while others do is a warning."""
+    removed = removed_units(current_plan(budget.meta), plan)
+    kinds = budget.granularity
+    what = f"param_sparsity {param_sparsity:g}"
+    removals = unit_removals(budget.meta, budget.units, 1.0 - 1e-9, **kw)
+    if any(removed[k] for k in kinds):
+        warned = {r.kind for r in removals if r.removed == 0}  # check_request has named these already
+        zero = []
+        for k in kinds:
+            if removed[k] or k in warned:
+                continue
+            why = (f"layers: floor({param_sparsity:g} × {budget.n_layers} / 2) = 0 (with other targets, "
+                   f"layers take at most half the share)" if k == "layers" else
+                   f"{k}: none removed at the unit fraction {fraction:.3f} that comes closest to "
+                   f"{param_sparsity:g} of the block parameters")
+            zero.append(Removal(k, 0, None, why))
+        _refuse_or_warn(zero, kinds, what, "")
+        return
+    shares = []
+    smallest = [r.smallest for r in removals if r.smallest is not None]
+    if smallest:
+        shares.append(budget.removed(plan_at(budget.meta, scores, budget.units, min(smallest), 0, **kw)))
+    if "layers" in kinds and budget.n_layers >= 2:
+        shares.append(budget.removed(plan_at(budget.meta, scores, [], 0.0, 1, **kw)))
+    share = min((x for x in shares if x > 0), default=None)
+    hint = "" if share is None else (f"the smallest removal takes {share:.4f} of the block parameters, so "
+                                     f"the smallest param_sparsity that removes anything is about "
+                                     f"{_just_above(share / 2)}")
+    raise InfeasibleError(f"{what} removes nothing (targets {', '.join(kinds)}): the closest achievable "
+                          f"share is 0; {hint}. Raise param_sparsity")

@@ -15,6 +15,7 @@ from edgeadapt.models.adapter import ModelAdapter
 from edgeadapt.pruning.apply import apply_plan, current_plan, meta_copy
 from edgeadapt.pruning.budget import (
     check_budget,
+    check_request,
     check_steps,
     lift,
     prune_to_param_sparsity,
@@ -47,6 +48,10 @@ def prune(adapter: ModelAdapter, targets: Sequence[str] = ("neurons",), importan
     re-estimate importance, repeat). Counts are relative to the model as it was when the call
     started, so the last step removes exactly what one shot would; only which units differs.
 
+    A request that removes nothing (every target rounds to zero units, has none to lose, or lies in
+    protected layers) raises :class:`~edgeadapt.errors.InfeasibleError` before any scoring; a target
+    of several that removes nothing is a ``UserWarning`` (:func:`~edgeadapt.pruning.budget.check_request`).
+
     Scoring runs on ``device`` (``"auto"``: CUDA when present); the model stays there. ``seed``
     seeds ``random`` importance. Returns the plan now realised by ``adapter.model``.
 
@@ -60,6 +65,7 @@ def prune(adapter: ModelAdapter, targets: Sequence[str] = ("neurons",), importan
     unknown = [t for t in targets if t not in KINDS]
     if unknown or not targets:
         raise ConfigError(f"targets must be a non-empty subset of {', '.join(KINDS)}, got {list(targets)}")
+    check_request(adapter, targets, budget, sparsity, scope, min_keep, protect_first, protect_last)
     dev = resolve_device(device)
     adapter.model.to(dev)
     batches = [to_device(b, dev) for b in batches] if batches is not None else None

@@ -46,26 +46,25 @@ def select(adapter: ModelAdapter, scores: Scores, kind: str, sparsity: float, sc
         raise ConfigError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
     plan = current_plan(adapter)
     n_blocks = len(plan.blocks)
-    protected = set(range(min(protect_first, n_blocks))) | \
-        set(range(max(0, n_blocks - protect_last), n_blocks))
-    open_blocks = [i for i in range(n_blocks) if i not in protected]
+    open_blocks = open_positions(n_blocks, protect_first, protect_last)
     new_blocks = [BlockPlan(b.index, b.heads, b.neurons) for b in plan.blocks]
 
     if kind == "layers":
         n_drop = round(sparsity * n_blocks)
+        protected = n_blocks - len(open_blocks)
         if n_drop > len(open_blocks) or n_drop >= n_blocks:
-            raise PlanError(f"cannot remove {n_drop} of {n_blocks} layers with {len(protected)} protected")
+            raise PlanError(f"cannot remove {n_drop} of {n_blocks} layers with {protected} protected")
         layer_scores = scores["layers"][0]
         drop = set(sorted(open_blocks, key=lambda i: float(layer_scores[i]))[:n_drop])
         return PruningPlan(dict(plan.architecture), [b for i, b in enumerate(new_blocks) if i not in drop])
 
     kept_ids = [plan.kept_heads(b) if kind == "heads" else plan.kept_neurons(b) for b in plan.blocks]
     sizes = {i: len(kept_ids[i]) for i in open_blocks}
-    total = sum(sizes.values())
     if scope == "uniform":
-        n_remove = {i: min(round(sparsity * sizes[i]), sizes[i] - min_keep) for i in open_blocks}
+        n_remove = uniform_counts(sizes, sparsity, min_keep)
     else:
-        n_remove = _global_counts(scores[kind], open_blocks, sizes, round(sparsity * total), min_keep)
+        n_remove = _global_counts(scores[kind], open_blocks, sizes, global_count(sizes, sparsity, min_keep),
+                                  min_keep)
     for i in open_blocks:
         if n_remove[i] <= 0:
             continue
@@ -77,6 +76,35 @@ def select(adapter: ModelAdapter, scores: Scores, kind: str, sparsity: float, sc
         else:
             new_blocks[i].neurons = kept
     return PruningPlan(dict(plan.architecture), new_blocks)
+
+
+def open_positions(n_blocks: int, protect_first: int = 0, protect_last: int = 0) -> list[int]:
+    """Positions (0..n_blocks-1) of the blocks neither ``protect_first`` nor ``protect_last`` covers."""
+    protected = set(range(min(protect_first, n_blocks))) | \
+        set(range(max(0, n_blocks - protect_last), n_blocks))
+    return [i for i in range(n_blocks) if i not in protected]
+
+
+def uniform_counts(sizes: dict[int, int], sparsity: float, min_keep: int) -> dict[int, int]:
+    """Units removed per open block by ``scope="uniform"``: ``round(s * n)`` of each block's ``n``
+    (Python's round: half to even, so ``round(0.5) == 0``), never below ``min_keep`` kept."""
+    return {i: max(0, min(round(sparsity * n), n - min_keep)) for i, n in sizes.items()}
+
+
+def global_count(sizes: dict[int, int], sparsity: float, min_keep: int) -> int:
+    """Units removed in all by ``scope="global"``: ``round(s * total)``, at most what the per-block
+    ``min_keep`` floors leave removable."""
+    removable = sum(max(0, n - min_keep) for n in sizes.values())
+    return min(round(sparsity * sum(sizes.values())), removable)
+
+
+def removal_count(sizes: dict[int, int], sparsity: float, scope: str = DEFAULT_SCOPE,
+                  min_keep: int = 1) -> int:
+    """How many units of one kind :func:`select` removes from open blocks of these ``sizes``
+    (position -> current units) at unit sparsity ``sparsity`` — known before any score."""
+    if scope == "uniform":
+        return sum(uniform_counts(sizes, sparsity, min_keep).values())
+    return global_count(sizes, sparsity, min_keep)
 
 
 def _global_counts(scores: list[torch.Tensor], blocks: list[int], sizes: dict[int, int], n_total: int,

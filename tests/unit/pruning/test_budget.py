@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from edgeadapt.errors import InfeasibleError
 from edgeadapt.models.registry import load_adapter
 from edgeadapt.pruning.budget import prune_to_param_sparsity, prune_to_unit_sparsity
 from edgeadapt.pruning.checkpoint import load_pruned, save_pruned
@@ -130,9 +131,9 @@ def test_granularity_the_architecture_lacks_is_refused():
     config = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                          num_key_value_heads=1, intermediate_size=64)
     adapter = wrap(LlamaForCausalLM(config), None, "mqa-llama")
-    with pytest.raises(ValueError, match="1 KV heads per layer.*no heads to prune"):
+    with pytest.raises(InfeasibleError, match="1 KV head unit per layer.*no heads can be removed"):
         prune_to_param_sparsity(adapter, 0.2, ["heads"], random_scores(adapter))
-    with pytest.raises(ValueError, match="'layers' needs at least 2 layers"):
+    with pytest.raises(InfeasibleError, match="the model has 1 layer and keeps at least one"):
         prune_to_param_sparsity(adapter, 0.2, ["layers"], random_scores(adapter))
 
 

@@ -1,21 +1,32 @@
 """The ``data:`` section every config that reads a registered dataset shares, and its loading.
 
-It is validated against the registry before any data is read (name, root, options, corruption);
-:func:`load_splits` then builds the splits with the same seed every stage uses, so ``train``,
-``offline`` and the rest see the same partition of the same folder.
+It is validated against the registry before any data is read (name, root, options, corruption,
+a hub dataset missing from the local cache); :func:`check_data_fits_model` then checks it against
+what the model's config bounds (image size and channels, number of labels, token positions,
+vocabulary), and :func:`load_splits` builds the splits with the same seed every stage uses, so
+``train``, ``offline`` and the rest see the same partition of the same folder.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from edgeadapt.data.corruptions import check_corruption
-from edgeadapt.data.registry import build_dataset, dataset_info
+from edgeadapt.data.external import HF_TEXT_DATASETS
+from edgeadapt.data.registry import build_dataset, dataset_info, resolve_class
 from edgeadapt.data.splits import Splits
 from edgeadapt.errors import ConfigError
+from edgeadapt.models.inspect import check_context, model_limits
+from edgeadapt.models.registry import minilm_path, model_config_dict
+from edgeadapt.models.tiny import TINY
+
+# Channels of every built-in image dataset (digits, digits-c, image-folder load RGB).
+IMAGE_CHANNELS = 3
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
 
 class DataSection(BaseModel):
@@ -52,6 +63,22 @@ class DataSection(BaseModel):
         return root
 
     @model_validator(mode="after")
+    def _cached(self, info: ValidationInfo) -> DataSection:
+        check_hub_cached(self.name, self.root, "data.root", info)
+        return self
+
+    def num_classes(self) -> int | None:
+        """Classes the model sees after ``ignore_classes`` and ``remap``; ``None`` when the registry
+        does not fix them (text, or an image folder whose subfolders name them)."""
+        info = dataset_info(self.name)
+        if not info.classes:
+            return None
+        dropped = {resolve_class(info, info.classes, c) for c in self.ignore_classes}
+        if self.remap is not None:
+            return len(set(self.remap.values()))
+        return len(info.classes) - len(dropped)
+
+    @model_validator(mode="after")
     def _options(self) -> DataSection:
         info = dataset_info(self.name)
         unknown = sorted(set(self.options) - set(info.options))
@@ -76,3 +103,117 @@ def load_splits(data: DataSection, image_size: int | None = None, seed: int = 0)
                               f"{image_size} images; remove the option or set it to {image_size}")
     return build_dataset(data.name, root=data.root, ignore_classes=data.ignore_classes, remap=data.remap,
                          val_fraction=data.val_fraction, seed=seed, **options)
+
+
+def hub_dataset_cached(name: str) -> bool:
+    """False only when ``name`` is a hub text dataset (wikitext2, c4) that offline mode
+    (``HF_HUB_OFFLINE=1``, which the CLI sets) cannot find in the local Hugging Face cache; loading
+    it would then fail. Asks ``datasets`` for the builder, which reads no data."""
+    if name not in HF_TEXT_DATASETS:
+        return True
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() not in {"1", "ON", "YES", "TRUE"}:
+        return True  # loading may download
+    import datasets
+
+    src = HF_TEXT_DATASETS[name]
+    shard = (src.shards or {}).get(src.splits["test"])
+    try:
+        if shard:
+            datasets.load_dataset_builder(src.path, data_files={src.splits["test"]: shard})
+        else:
+            datasets.load_dataset_builder(src.path, src.config)
+    except (OSError, ValueError):  # ConnectionError/FileNotFoundError (offline, not cached)
+        return False
+    return True
+
+
+def check_hub_cached(name: str, root: Path | None, field: str, info: ValidationInfo | None = None) -> None:
+    """Refuse, before compute, a hub text dataset that is not cached and has no local ``root``
+    (:class:`~edgeadapt.errors.ConfigError` naming ``field``, the config's local-files field). Under
+    ``edgeadapt validate`` (validation context given) caching it is an earlier step, so it is a
+    note, like an input an earlier config writes."""
+    if root is not None or hub_dataset_cached(name):
+        return
+    cache = f"HF_HUB_OFFLINE=0 edgeadapt data show {name}"
+    context = info.context if info is not None else None
+    if context is not None:
+        context.setdefault("notes", []).append(f"dataset {name} not cached yet (run `{cache}` once, or set "
+                                               f"{field} to local copies)")
+        return
+    raise ConfigError(f"{field}: dataset {name!r} is not in the local Hugging Face cache and edgeadapt "
+                      f"does not download; set {field} to a folder of local .parquet/.json/.txt copies "
+                      f"named by split (train/val/test), or cache it once with `{cache}`")
+
+
+def model_config(model: str) -> dict[str, Any]:
+    """The Hugging Face config (a dict) of a built-in name, local model directory or edgeadapt
+    artifact, read without loading weights (:class:`~edgeadapt.errors.ConfigError` otherwise)."""
+    if model in TINY:
+        return TINY[model][0]().to_dict()
+    if model == "minilm":
+        return model_config_dict(minilm_path()) or {}
+    return model_config_dict(model) or {}
+
+
+def tokenizer_size(model_or_tokenizer: str | Path) -> int | None:
+    """Tokens of the tokenizer a model (or tokenizer directory) loads with, so its ids are
+    ``0..n-1``; ``None`` when it ships none, and for the built-in ``tiny-*`` models, whose BPE is
+    built with the model's own ``vocab_size``. Loads the tokenizer files only, never weights."""
+    name = str(model_or_tokenizer)
+    if name in TINY:
+        return None
+    path = minilm_path() if name == "minilm" else Path(name).expanduser()
+    for folder in (path / "tokenizer", path):  # an edgeadapt artifact keeps it in tokenizer/
+        if any((folder / f).is_file() for f in _TOKENIZER_FILES):
+            from transformers import AutoTokenizer
+
+            return len(AutoTokenizer.from_pretrained(folder))
+    return None
+
+
+def check_vocab(tokens: int | None, vocab: int | None, field: str, model: str, fix: str) -> None:
+    """Refuse a tokenizer of ``tokens`` ids for a model whose embedding has ``vocab`` rows (an id
+    past the table is an ``IndexError`` mid-run), naming ``field`` and both numbers."""
+    if tokens is not None and vocab is not None and tokens > vocab:
+        raise ConfigError(f"{field}: the tokenizer has {tokens} tokens (ids up to {tokens - 1}) but model "
+                          f"{model!r} has vocab_size {vocab} (ids up to {vocab - 1}); {fix}")
+
+
+def check_data_fits_model(data: DataSection, model: str, head_from_data: bool = False) -> None:
+    """Refuse, before compute, data the model's config cannot take (:class:`~edgeadapt.errors.ConfigError`
+    naming the ``data.*`` field, the data's value, the model's limit and the fix):
+
+    - images: ``data.options.size`` must be the model's ``image_size``, and the model must take
+      3-channel images (``num_channels``);
+    - classification: the data's classes (after ignore_classes/remap) must be the model's
+      ``num_labels``, unless ``head_from_data`` (a built-in model whose head is built for the data);
+    - text: ``data.max_length`` within the model's positions, and the model's tokenizer
+      (``data.tokenizer: model``) within its ``vocab_size``."""
+    info = dataset_info(data.name)
+    config = model_config(model)
+    limits = model_limits(model)
+    if info.task == "image-classification":
+        size, side = data.options.get("size"), limits.image_size
+        if isinstance(size, int) and side is not None and size != side:
+            raise ConfigError(f"data.options.size: {size} but model {model!r} takes {side}x{side} images "
+                              f"(image_size {side}); remove the option (it defaults to the model's) or set "
+                              f"it to {side}")
+        channels = config.get("num_channels")
+        if isinstance(channels, int) and channels != IMAGE_CHANNELS:
+            raise ConfigError(f"data.name: dataset {data.name!r} has {IMAGE_CHANNELS}-channel images but "
+                              f"model {model!r} takes {channels} (num_channels {channels}); use a model "
+                              f"with num_channels {IMAGE_CHANNELS}")
+        classes, labels = data.num_classes(), limits.num_labels
+        archs = [str(a) for a in config.get("architectures") or ()]
+        classifier = any(a.endswith("ForImageClassification") for a in archs) \
+            or (model in TINY and TINY[model][1] == "image-classification")
+        if classifier and not head_from_data and None not in (classes, labels) and classes != labels:
+            raise ConfigError(f"data: dataset {data.name!r} has {classes} classes (after "
+                              f"ignore_classes/remap) but model {model!r} has {labels} labels (num_labels "
+                              f"{labels}); give data with {labels} classes (data.ignore_classes, "
+                              f"data.remap) or a model trained on these {classes} classes")
+        return
+    check_context(data.max_length, limits.positions, "data.max_length")
+    if data.tokenizer == "model":
+        check_vocab(tokenizer_size(model), limits.vocab, "data.tokenizer", model,
+                    "use a model whose embedding covers its tokenizer (or tokenizer: bpe for a tiny-* model)")

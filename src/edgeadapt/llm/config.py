@@ -22,15 +22,18 @@ Example (``configs/llm-prune-docs.yaml``)::
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from edgeadapt.config import not_built_yet
+from edgeadapt.data.config import check_hub_cached, check_vocab, model_config, tokenizer_size
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.inspect import check_context, model_limits
-from edgeadapt.models.registry import BUILTIN
+from edgeadapt.models.registry import BUILTIN, task_of
+from edgeadapt.models.tiny import TINY
 from edgeadapt.offline.lora import LoraSettings
 from edgeadapt.outputs import check_output_dir
 from edgeadapt.pruning.budget import check_budget
@@ -81,6 +84,21 @@ def check_model_reference(model: str, field: str = "model") -> None:
                       + (f"if it is a Hugging Face hub id, download it first (`huggingface-cli download "
                          f"{model} --local-dir DIR`) and set {field}: DIR; " if hub else "")
                       + "if an earlier step writes it, run that step first")
+
+
+def model_task(model: str) -> str | None:
+    """The task of a built-in name, local HF directory (its ``architectures``) or edgeadapt artifact
+    (its manifest's base class), without loading weights; ``None`` when nothing says."""
+    if model in TINY:
+        return TINY[model][1]
+    archs = model_config(model).get("architectures") or []
+    if not archs:
+        try:
+            manifest = json.loads((Path(model).expanduser() / "manifest.json").read_text())
+            archs = [manifest["base"]["class"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return task_of(str(archs[0]))
 
 
 class PruningSection(BaseModel):
@@ -255,6 +273,15 @@ class LLMPruneConfig(BaseModel):
         check_model_reference(value)
         return value
 
+    @field_validator("tokenizer")
+    @classmethod
+    def _tokenizer_local(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or not_built_yet(value, "tokenizer", info) or Path(value).expanduser().is_dir():
+            return value
+        raise ConfigError(f"tokenizer: {value!r} is not a local directory and edgeadapt never downloads; "
+                          f"download it first (`huggingface-cli download ID --local-dir DIR`) and set "
+                          "tokenizer: DIR, or remove tokenizer to use the model's own")
+
     @field_validator("save", "log_dir")
     @classmethod
     def _writable(cls, value: Path, info: ValidationInfo) -> Path:
@@ -276,6 +303,14 @@ class LLMPruneConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _cached(self, info: ValidationInfo) -> LLMPruneConfig:
+        check_hub_cached(self.dataset, self.data_root, "data_root", info)
+        for name in self.evaluation.datasets:
+            if name != self.dataset:  # data_root applies to the configured dataset only
+                check_hub_cached(name, None, "evaluation.datasets", info)
+        return self
+
+    @model_validator(mode="after")
     def _consistent(self) -> LLMPruneConfig:
         check_budget(self.unit_sparsity, self.param_sparsity)
         if self.dataset == "text-files" and self.data_root is None:
@@ -295,9 +330,18 @@ class LLMPruneConfig(BaseModel):
 
     def _check_limits(self) -> None:
         """What the model's config bounds, before any weight is loaded: the window length (a
-        learned position table has no row past it) and the protected layers."""
+        learned position table has no row past it), the tokenizer's ids (an embedding has no row past
+        vocab_size) and the protected layers."""
         limits = model_limits(self.model)
+        task = model_task(self.model)
+        if task not in (None, "causal-lm"):
+            raise ConfigError(f"model: {self.model!r} is a model for {task}; llm-prune needs a causal LM "
+                              "(tiny-llama, tiny-gpt2, a *ForCausalLM directory or its artifact)")
         check_context(self.seq_len, limits.positions, "seq_len")
+        if self.tokenizer is None or Path(self.tokenizer).expanduser().is_dir():
+            field = "tokenizer" if self.tokenizer is not None else "model"
+            check_vocab(tokenizer_size(self.tokenizer or self.model), limits.vocab, field, self.model,
+                        "set tokenizer: to the tokenizer the model was trained with")
         if self.evaluation.stride is not None and self.evaluation.stride > self.seq_len:
             raise ConfigError(f"evaluation.stride: {self.evaluation.stride} is more than seq_len "
                               f"{self.seq_len}; tokens between windows would never be scored")

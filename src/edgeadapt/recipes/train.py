@@ -21,14 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, model_validator
 
 from edgeadapt.artifacts import atomic_write_text
-from edgeadapt.data.config import DataSection, load_splits
+from edgeadapt.config import not_built_yet
+from edgeadapt.data.config import DataSection, check_data_fits_model, load_splits
 from edgeadapt.data.registry import dataset_info
 from edgeadapt.data.text import bpe_tokenizer
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.registry import load_adapter, model_image_size
+from edgeadapt.models.tiny import TINY
 from edgeadapt.pruning.checkpoint import save_pruned
 from edgeadapt.rundir import claim_output
 from edgeadapt.tracking.config import TrackingSection, make_run_logger
@@ -60,6 +62,13 @@ class TrainRecipe(ModelDataConfig):
         if self.data.tokenizer == "bpe" and not self.model.startswith("tiny-"):
             raise ConfigError(f"data.tokenizer: 'bpe' replaces the vocabulary, which only suits random-init "
                              f"tiny-* models, not {self.model!r}; use tokenizer: model")
+        return self
+
+    @model_validator(mode="after")
+    def _fits_model(self, info: ValidationInfo) -> TrainRecipe:
+        # A built-in tiny-* model gets a head with the data's classes; any other keeps its own.
+        if not not_built_yet(self.model, "model", info):
+            check_data_fits_model(self.data, self.model, head_from_data=self.model in TINY)
         return self
 
 

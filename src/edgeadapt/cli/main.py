@@ -29,12 +29,20 @@ from edgeadapt.progress import QUIET_ENV, bar_enabled
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Per-block table of heads, KV heads, FFN width, parameters and FLOPs.
     Python: ``edgeadapt.models.inspect.inspect_model(load_adapter(MODEL))``."""
-    from edgeadapt.models.inspect import check_context, format_inspection, inspect_model, model_limits
+    from edgeadapt.models.inspect import (
+        check_context,
+        explain_load_failure,
+        format_inspection,
+        inspect_model,
+        model_limits,
+    )
     from edgeadapt.pruning.checkpoint import load_model
 
     if args.context is not None:
         check_context(args.context, model_limits(args.model).positions, "--context")
-    info = inspect_model(load_model(args.model), context=args.context)
+    with explain_load_failure(args.model):  # a config that does not describe its weights: one paragraph
+        adapter = load_model(args.model)
+    info = inspect_model(adapter, context=args.context)
     print(json.dumps(info.to_dict(), indent=1) if args.json else format_inspection(info))
     return 0
 
@@ -100,6 +108,17 @@ def _prune(args: argparse.Namespace) -> int:
           f"({after.total_params / before.total_params:.1%}); FLOPs/{after.unit} "
           f"{before.total_flops:,} -> {after.total_flops:,} ({after.total_flops / before.total_flops:.1%})")
     print(f"saved to {args.out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a model (an edgeadapt artifact) as a plain Hugging Face checkpoint; --out is checked and
+    locked before the model is loaded. Python: ``edgeadapt.export.export_hf(ARTIFACT, OUT)``."""
+    from edgeadapt.export import export_hf
+
+    result = export_hf(args.artifact, args.out, overwrite=args.overwrite, verify=not args.no_verify,
+                       field="--out")
+    print(f"exported {args.artifact}: {result.summary()}")
     return 0
 
 
@@ -353,6 +372,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     s.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
     s.set_defaults(func=cmd_prune)
+
+    s = sub.add_parser("export", help="write a pruned model as a plain Hugging Face checkpoint")
+    s.add_argument("artifact", help="an edgeadapt model artifact (prune, llm-prune, train output), or as "
+                   "for inspect")
+    s.add_argument("--format", choices=("hf",), default="hf",
+                   help="hf: config.json + model.safetensors that transformers' Auto classes load "
+                   "(layers must share their widths)")
+    s.add_argument("--out", type=Path, required=True, help="directory to write (missing or empty)")
+    s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    s.add_argument("--no-verify", action="store_true",
+                   help="skip reloading the export with transformers and comparing outputs")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("train", help="train a model on a registered dataset from a YAML recipe")
     s.add_argument("--config", type=Path, required=True, help="a train recipe, e.g. configs/train-vit-digits.yaml")

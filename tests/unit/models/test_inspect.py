@@ -37,3 +37,51 @@ def test_pruning_halves_ffn_width_and_reduces_flops(load):
     after = inspect_model(adapter)
     assert [r.ffn_width for r in after.blocks] == [r.ffn_width // 2 for r in before.blocks]
     assert after.total_flops < before.total_flops and after.total_params < before.total_params
+
+
+# -- a half-updated `save_pretrained` of a pruned model (issue 12 §1) --------------------------------
+
+HALF_UPDATED = {"tiny-llama": ["heads", "neurons", "layers"], "tiny-gpt2": ["neurons"],
+                "tiny-bert": ["heads"], "tiny-opt": ["neurons", "heads"], "tiny-vit": ["heads", "neurons"]}
+
+
+@pytest.mark.parametrize("name", HALF_UPDATED)
+def test_inspect_of_a_half_updated_save_pretrained_is_one_paragraph_naming_the_mismatch(
+        name, load, tmp_path, capsys):
+    from edgeadapt.cli.main import main
+
+    adapter = load(name)
+    prune(adapter, HALF_UPDATED[name], "magnitude", unit_sparsity=0.5)
+    adapter.model.save_pretrained(tmp_path / "d")  # config: original widths; weights: pruned ones
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"edgeadapt inspect: error: {tmp_path / 'd'}: the weights do not match config.json")
+    assert "in model.safetensors, config implies" in err and "edgeadapt export" in err
+    assert "\n" not in err and "Traceback" not in err and "LOAD REPORT" not in err
+
+
+def test_a_transformers_load_failure_becomes_an_artifact_error(tmp_path):
+    from transformers import BertConfig
+
+    from edgeadapt.errors import ArtifactError
+    from edgeadapt.models.inspect import explain_load_failure
+    from edgeadapt.pruning.checkpoint import load_model
+
+    # 64 is not a multiple of 3 heads: BERT's from_pretrained raises ValueError
+    config = BertConfig(vocab_size=32, hidden_size=64, num_hidden_layers=1, num_attention_heads=3,
+                        intermediate_size=32)
+    config.architectures = ["BertModel"]
+    (tmp_path / "d").mkdir()
+    config.to_json_file(tmp_path / "d" / "config.json")
+    with pytest.raises(ArtifactError, match="transformers cannot load this model directory.*edgeadapt export"):
+        with explain_load_failure(tmp_path / "d"):
+            load_model(tmp_path / "d")
+
+
+def test_load_errors_of_other_inputs_pass_through(tmp_path):
+    from edgeadapt.models.inspect import explain_load_failure
+
+    with pytest.raises(RuntimeError, match="a bug"):  # not a HF directory: a bug stays a bug
+        with explain_load_failure("tiny-vit"):
+            raise RuntimeError("a bug")

@@ -78,6 +78,14 @@ CASES: list[tuple[list[str], str]] = [
     ([*PR, "--plan", "missing.json"], "missing.json"),
     (["prune", "tiny-vit", "--unit-sparsity", "0.5", "--out", "afile"], "--out"),
     (["prune", "tiny-vit", "--unit-sparsity", "0.5", "--out", "afile/sub"], "--out"),
+    # export
+    (["export", "tiny-vit", "--format", "onnx", "--out", "o"], "--format"),
+    (["export", "tiny-vit", "--out", "afile"], "--out"),
+    (["export", "tiny-vit", "--out", "afile/sub"], "--out"),
+    (["export", "tiny-vit", "--out", "."], "--out: '.' is not empty"),
+    (["export", "adir", "--out", "adir"], "is or contains the source"),
+    (["export", "no/such/model", "--out", "o"], "no/such/model"),
+    (["export", "adir", "--out", "o"], "adir"),
     # train
     (["train", "--config", "missing.yaml"], "missing.yaml"),
     (["train", "--config", "adir"], "is a directory"),

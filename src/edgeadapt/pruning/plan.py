@@ -18,6 +18,9 @@ FORMAT = "edgeadapt.pruning-plan"
 VERSION = 1
 
 
+def is_index(value: Any) -> bool:
+    """An index is a Python ``int`` — not a ``bool`` (JSON ``true``), not a float (``0.0``, ``0.5``)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -71,7 +74,8 @@ class PruningPlan:
         heads = sum(len(self.kept_heads(b)) for b in self.blocks)
         neurons = sum(len(self.kept_neurons(b)) for b in self.blocks)
         return (f"layers {len(self.blocks)}/{a['num_layers']}, head units {heads}/"
-                f"{a['num_layers'] * a['num_kv_heads']}, FFN neurons {neurons}/{a['num_layers'] * a['ffn_width']}")
+                f"{a['num_layers'] * a['num_kv_heads']}, FFN neurons {neurons}/"
+                f"{a['num_layers'] * a['ffn_width']}")
 
     # -- checks -------------------------------------------------------------------------------
     def validate(self, architecture: dict[str, Any] | None = None) -> PruningPlan:
@@ -84,14 +88,27 @@ class PruningPlan:
             raise PlanError(f"plan was made for another architecture; mismatched fields "
                             f"(plan, model): {diff}")
         seen = [b.index for b in self.blocks]
+        bad = [i for i in seen if not is_index(i)]
+        if bad:
+            raise PlanError(f"block index {bad[0]!r} is not an integer; block indices are integers "
+                            f"in [0, {a['num_layers']})")
         if seen != sorted(set(seen)) or any(not 0 <= i < a["num_layers"] for i in seen):
-            raise PlanError(f"block indices must be unique, ascending and in [0, {a['num_layers']}); got {seen}")
+            raise PlanError(f"block indices must be unique, ascending and in [0, {a['num_layers']}); "
+                            f"got {seen}")
         if not self.blocks:
             raise PlanError("a plan must keep at least one layer")
         for b in self.blocks:
-            for kind, values, n in (("heads", b.heads, a["num_kv_heads"]), ("neurons", b.neurons, a["ffn_width"])):
+            for kind, values, n in (("heads", b.heads, a["num_kv_heads"]),
+                                    ("neurons", b.neurons, a["ffn_width"])):
                 if values is None:
                     continue
+                if not isinstance(values, list):
+                    raise PlanError(f"block {b.index} {kind}: expected a list of integer indices in "
+                                    f"[0, {n}) or null (all kept), got {values!r}")
+                wrong = [v for v in values if not is_index(v)]
+                if wrong:
+                    raise PlanError(f"block {b.index} {kind}: {wrong[0]!r} is not an integer index; kept "
+                                    f"{kind} are integers in [0, {n}) (not floats, not true/false)")
                 if not values:
                     raise PlanError(f"block {b.index} keeps no {kind}; keep at least one or remove the layer")
                 if values != sorted(set(values)) or values[0] < 0 or values[-1] >= n:
@@ -120,11 +137,12 @@ class PruningPlan:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise PlanError(f"not an edgeadapt pruning plan (expected format {FORMAT!r})")
         if data.get("version") != VERSION:
-            raise PlanError(f"pruning plan version {data.get('version')} is not supported (expected {VERSION})")
+            raise PlanError(f"pruning plan version {data.get('version')} is not supported "
+                            f"(expected {VERSION})")
         try:
-            blocks = [BlockPlan(int(b["index"]), b.get("heads"), b.get("neurons")) for b in data["blocks"]]
+            blocks = [BlockPlan(b["index"], b.get("heads"), b.get("neurons")) for b in data["blocks"]]
             return cls(dict(data["architecture"]), blocks).validate()
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise PlanError(f"malformed pruning plan: missing or wrong field ({exc})") from None
 
     def save(self, path: str | Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 import transformers
 
+from edgeadapt import export
 from edgeadapt.cli.main import main
 from edgeadapt.errors import ArtifactError, ConfigError, OutputExistsError
 from edgeadapt.export import AUTO_CLASSES, export_hf
@@ -68,7 +69,8 @@ def test_uniformly_pruned_model_loads_in_plain_transformers_with_identical_outpu
     assert result.auto_class == auto and result.max_abs_diff == 0.0
 
     model, info = getattr(transformers, auto).from_pretrained(tmp_path / "hf", output_loading_info=True)
-    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")), info
+    keys = ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")
+    assert not any(info[k] for k in keys), info
     ours = load_model(art)
     model.eval()
     batch = _inputs(ours)
@@ -95,6 +97,7 @@ def test_uniformly_pruned_model_loads_in_plain_transformers_with_identical_outpu
 
 def test_the_export_is_an_ordinary_model_for_edgeadapt_too(tmp_path):
     art = _artifact(tmp_path, "tiny-llama", lambda a: _uniform_plan(a, heads=True))
+    (tmp_path / "hf").mkdir()  # an existing empty directory is fine
     export_hf(art, tmp_path / "hf")
     again = load_model(tmp_path / "hf")  # a plain HF directory now
     assert [b.attention.num_heads for b in again.blocks()] == [2]
@@ -147,7 +150,7 @@ def test_a_nonempty_out_is_refused_before_the_model_is_loaded(tmp_path):
         export_hf(tmp_path, tmp_path, overwrite=True)
 
 
-def test_overwrite_replaces_the_directory_and_a_failed_export_leaves_it_in_place(tmp_path):
+def test_overwrite_replaces_the_directory_and_a_failed_export_leaves_it_in_place(tmp_path, monkeypatch):
     out = tmp_path / "hf"
     out.mkdir()
     (out / "old.txt").write_text("old")
@@ -156,6 +159,16 @@ def test_overwrite_replaces_the_directory_and_a_failed_export_leaves_it_in_place
         export_hf(bad, out, overwrite=True)
     assert (out / "old.txt").read_text() == "old"  # refused: what was there is untouched
     good = _artifact(tmp_path / "good", "tiny-vit", lambda a: _uniform_plan(a, heads=True))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # dies after the files were written, before the rename
+
+    monkeypatch.setattr(export, "verify_export", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_hf(good, out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".export-tmp")] == []
+    monkeypatch.undo()
     export_hf(good, out, overwrite=True)
     assert not (out / "old.txt").exists() and (out / "config.json").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".export-tmp")] == []

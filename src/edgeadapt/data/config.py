@@ -9,6 +9,7 @@ vocabulary), and :func:`load_splits` builds the splits with the same seed every 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,7 @@ from edgeadapt.data.registry import build_dataset, dataset_info, resolve_class
 from edgeadapt.data.splits import Splits
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.inspect import check_context, model_limits
-from edgeadapt.models.registry import minilm_path, model_config_dict
+from edgeadapt.models.registry import minilm_path, model_config_dict, task_of
 from edgeadapt.models.tiny import TINY
 
 # Channels of every built-in image dataset (digits, digits-c, image-folder load RGB).
@@ -155,6 +156,32 @@ def model_config(model: str) -> dict[str, Any]:
     return model_config_dict(model) or {}
 
 
+def model_task(model: str) -> str | None:
+    """The task of a built-in name, local HF directory (its ``architectures``) or edgeadapt artifact
+    (its manifest's base class), without loading weights; ``None`` when nothing says."""
+    if model in TINY:
+        return TINY[model][1]
+    archs = model_config(model).get("architectures") or []
+    if not archs:
+        try:
+            manifest = json.loads((Path(model).expanduser() / "manifest.json").read_text())
+            archs = [manifest["base"]["class"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return task_of(str(archs[0]))
+
+
+def num_labels(config: dict[str, Any]) -> int | None:
+    """A classifier's outputs, as transformers reads them from ``config`` (a saved config omits
+    ``id2label`` when it holds transformers' default of 2 labels)."""
+    from transformers import AutoConfig
+
+    if "model_type" not in config:
+        return None
+    fields = {k: v for k, v in config.items() if k != "model_type"}
+    return int(AutoConfig.for_model(config["model_type"], **fields).num_labels)
+
+
 def tokenizer_size(model_or_tokenizer: str | Path) -> int | None:
     """Tokens of the tokenizer a model (or tokenizer directory) loads with, so its ids are
     ``0..n-1``; ``None`` when it ships none, and for the built-in ``tiny-*`` models, whose BPE is
@@ -179,40 +206,55 @@ def check_vocab(tokens: int | None, vocab: int | None, field: str, model: str, f
                           f"{model!r} has vocab_size {vocab} (ids up to {vocab - 1}); {fix}")
 
 
+def check_images_fit_model(model: str, dataset: str, classes: int | None, size: int | None = None,
+                           field: str = "data", head_from_data: bool = False) -> None:
+    """Refuse images of ``dataset`` (``classes`` classes, ``size`` pixels a side when the config
+    sets it) that image model ``model`` cannot take, naming ``field`` and both numbers
+    (:class:`~edgeadapt.errors.ConfigError`): another input side than ``image_size``, other channels
+    than ``num_channels``, and — for a classifier whose head is not built for the data
+    (``head_from_data``) — another number of classes than ``num_labels``."""
+    config, limits = model_config(model), model_limits(model)
+    side = limits.image_size
+    if size is not None and side is not None and size != side:
+        raise ConfigError(f"{field}.options.size: {size} but model {model!r} takes {side}x{side} images "
+                          f"(image_size {side}); remove the option (it defaults to the model's) or set it "
+                          f"to {side}")
+    channels = config.get("num_channels")
+    if isinstance(channels, int) and channels != IMAGE_CHANNELS:
+        raise ConfigError(f"{field}: dataset {dataset!r} has {IMAGE_CHANNELS}-channel images but model "
+                          f"{model!r} takes {channels} (num_channels {channels}); use a model with "
+                          f"num_channels {IMAGE_CHANNELS}")
+    classifier = model_task(model) == "image-classification"
+    labels = num_labels(config) if classifier else None
+    if classifier and not head_from_data and None not in (classes, labels) and classes != labels:
+        raise ConfigError(f"{field}: dataset {dataset!r} has {classes} classes but model {model!r} has "
+                          f"{labels} labels (num_labels {labels}); give data with {labels} classes or a "
+                          f"model trained on these {classes} classes")
+
+
+def check_stream_fits_model(model: str, field: str = "offline") -> None:
+    """Refuse a foundation model that cannot take the drift stream's images (digits-c: 3 channels,
+    its 10 classes; built at the model's own image size), naming ``field``."""
+    info = dataset_info("digits-c")
+    check_images_fit_model(model, info.name, len(info.classes), None, field)
+
+
 def check_data_fits_model(data: DataSection, model: str, head_from_data: bool = False) -> None:
     """Refuse, before compute, data the model's config cannot take (:class:`~edgeadapt.errors.ConfigError`
     naming the ``data.*`` field, the data's value, the model's limit and the fix):
 
-    - images: ``data.options.size`` must be the model's ``image_size``, and the model must take
-      3-channel images (``num_channels``);
-    - classification: the data's classes (after ignore_classes/remap) must be the model's
-      ``num_labels``, unless ``head_from_data`` (a built-in model whose head is built for the data);
+    - images (:func:`check_images_fit_model`): ``data.options.size`` must be the model's
+      ``image_size``, the model must take 3-channel images (``num_channels``), and the data's
+      classes (after ignore_classes/remap) must be the model's ``num_labels`` unless
+      ``head_from_data`` (a built-in model whose head is built for the data);
     - text: ``data.max_length`` within the model's positions, and the model's tokenizer
       (``data.tokenizer: model``) within its ``vocab_size``."""
-    info = dataset_info(data.name)
-    config = model_config(model)
-    limits = model_limits(model)
-    if info.task == "image-classification":
-        size, side = data.options.get("size"), limits.image_size
-        if isinstance(size, int) and side is not None and size != side:
-            raise ConfigError(f"data.options.size: {size} but model {model!r} takes {side}x{side} images "
-                              f"(image_size {side}); remove the option (it defaults to the model's) or set "
-                              f"it to {side}")
-        channels = config.get("num_channels")
-        if isinstance(channels, int) and channels != IMAGE_CHANNELS:
-            raise ConfigError(f"data.name: dataset {data.name!r} has {IMAGE_CHANNELS}-channel images but "
-                              f"model {model!r} takes {channels} (num_channels {channels}); use a model "
-                              f"with num_channels {IMAGE_CHANNELS}")
-        classes, labels = data.num_classes(), limits.num_labels
-        archs = [str(a) for a in config.get("architectures") or ()]
-        classifier = any(a.endswith("ForImageClassification") for a in archs) \
-            or (model in TINY and TINY[model][1] == "image-classification")
-        if classifier and not head_from_data and None not in (classes, labels) and classes != labels:
-            raise ConfigError(f"data: dataset {data.name!r} has {classes} classes (after "
-                              f"ignore_classes/remap) but model {model!r} has {labels} labels (num_labels "
-                              f"{labels}); give data with {labels} classes (data.ignore_classes, "
-                              f"data.remap) or a model trained on these {classes} classes")
+    if dataset_info(data.name).task == "image-classification":
+        size = data.options.get("size")
+        check_images_fit_model(model, data.name, data.num_classes(), size if isinstance(size, int) else None,
+                               "data", head_from_data)
         return
+    limits = model_limits(model)
     check_context(data.max_length, limits.positions, "data.max_length")
     if data.tokenizer == "model":
         check_vocab(tokenizer_size(model), limits.vocab, "data.tokenizer", model,

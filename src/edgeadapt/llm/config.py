@@ -22,18 +22,16 @@ Example (``configs/llm-prune-docs.yaml``)::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from edgeadapt.config import not_built_yet
-from edgeadapt.data.config import check_hub_cached, check_vocab, model_config, tokenizer_size
+from edgeadapt.data.config import check_hub_cached, check_vocab, model_task, tokenizer_size
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.inspect import check_context, model_limits
-from edgeadapt.models.registry import BUILTIN, task_of
-from edgeadapt.models.tiny import TINY
+from edgeadapt.models.registry import BUILTIN
 from edgeadapt.offline.lora import LoraSettings
 from edgeadapt.outputs import check_output_dir
 from edgeadapt.pruning.budget import check_budget
@@ -84,21 +82,6 @@ def check_model_reference(model: str, field: str = "model") -> None:
                       + (f"if it is a Hugging Face hub id, download it first (`huggingface-cli download "
                          f"{model} --local-dir DIR`) and set {field}: DIR; " if hub else "")
                       + "if an earlier step writes it, run that step first")
-
-
-def model_task(model: str) -> str | None:
-    """The task of a built-in name, local HF directory (its ``architectures``) or edgeadapt artifact
-    (its manifest's base class), without loading weights; ``None`` when nothing says."""
-    if model in TINY:
-        return TINY[model][1]
-    archs = model_config(model).get("architectures") or []
-    if not archs:
-        try:
-            manifest = json.loads((Path(model).expanduser() / "manifest.json").read_text())
-            archs = [manifest["base"]["class"]]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-    return task_of(str(archs[0]))
 
 
 class PruningSection(BaseModel):

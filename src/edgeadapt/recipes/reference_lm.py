@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeadapt.artifacts import ArtifactError
+from edgeadapt.errors import OutputExistsError
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.pruning.checkpoint import load_pruned
 
@@ -26,16 +27,47 @@ REFERENCE_LM_RECIPE: dict[str, Any] = {
 }
 
 
+def holds_other_model(out: Path) -> str | None:
+    """What ``out`` holds, in words, when it is a model artifact or run that is not the reference LM
+    (``tiny-llama-ref`` trained on ``builtin-docs``); ``None`` when it is one, or holds no model."""
+    import json
+
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    config = manifest.get("config") if isinstance(manifest, dict) else None
+    config = config if isinstance(config, dict) else {}
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    model, dataset = config.get("model"), data.get("name")
+    if config.get("kind") == "train" and model == REFERENCE_LM_RECIPE["model"] \
+            and dataset == REFERENCE_LM_RECIPE["data"]["name"]:
+        return None
+    if model is None:
+        base = manifest.get("base") if isinstance(manifest.get("base"), dict) else {}
+        model = base.get("name", "an unknown model")
+    kind = config.get("kind")
+    what = f"`edgeadapt {kind}` of {model!r}" if kind else f"a model artifact of {model!r}"
+    return what + (f" on {dataset!r}" if dataset else "")
+
+
 def train_reference_lm(out: str | Path = "runs/ref-llama", reuse: bool = True, progress: bool = True,
-                       epochs: int | None = None) -> tuple[HFAdapter, dict[str, float]]:
+                       epochs: int | None = None, field: str = "out") -> tuple[HFAdapter, dict[str, float]]:
     """Train ``tiny-llama-ref`` on ``builtin-docs`` into the artifact directory ``out``, or reuse a
-    valid one. Returns the adapter and its test metrics (loss, perplexity)."""
+    valid one. Returns the adapter and its test metrics (loss, perplexity). An ``out`` that holds
+    another model (a ViT run, a pruned artifact) is refused before compute
+    (:class:`~edgeadapt.errors.OutputExistsError` naming ``field``)."""
     import json
 
     from edgeadapt.config import parse_config
     from edgeadapt.recipes.train import run_training
 
     out = Path(out)
+    other = holds_other_model(out)
+    if other is not None:
+        raise OutputExistsError(f"{field}: {out} holds {other}, not the reference LM (tiny-llama-ref "
+                                "trained on builtin-docs), so it can be neither reused nor retrained over; "
+                                "give an empty or new directory (default runs/ref-llama)")
     if reuse and (out / "manifest.json").exists():
         try:
             return load_pruned(out), json.loads((out / "metrics.json").read_text())["test"]

@@ -310,7 +310,7 @@ def cmd_llm_pretrain(args: argparse.Namespace) -> int:
     from edgeadapt.recipes.reference_lm import train_reference_lm
 
     check_output_dir(args.out, "--out")
-    adapter, test = train_reference_lm(args.out, reuse=not args.force, epochs=args.epochs)
+    adapter, test = train_reference_lm(args.out, reuse=not args.force, epochs=args.epochs, field="--out")
     params = sum(p.numel() for p in adapter.model.parameters())
     print(f"tiny-llama-ref ({params:,} params) at {args.out}: test perplexity {test['perplexity']:.2f}")
     return 0

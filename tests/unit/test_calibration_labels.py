@@ -13,6 +13,7 @@ import torch
 from edgeadapt.cli.main import main
 from edgeadapt.data.calibration import calibration_batches, label_mismatch
 from edgeadapt.data.registry import dataset_info
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.registry import load_adapter
 from edgeadapt.pruning.importance import score
 from edgeadapt.pruning.prune import prune
@@ -94,3 +95,10 @@ def test_text_calibration_never_exceeds_the_models_positions():
     adapter.model.config.n_positions = 16
     batches = calibration_batches(adapter, num_batches=1, batch_size=4, max_length=128)
     assert batches[0]["input_ids"].shape[1] <= 16
+
+
+def test_text_calibration_refuses_token_ids_beyond_the_vocabulary():
+    adapter = load_adapter("tiny-gpt2")  # its BPE has 2048 tokens
+    adapter.model.config.vocab_size = 1000
+    with pytest.raises(ConfigError, match=r"token id \d{4} but the model has vocab_size 1000"):
+        calibration_batches(adapter, num_batches=1, batch_size=4)

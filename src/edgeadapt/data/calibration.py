@@ -59,7 +59,9 @@ def calibration_batches(adapter: ModelAdapter, num_batches: int = 8, batch_size:
 
     Images: digits at the model's ``image_size``, with labels only when the model's label space is
     the digits' (:func:`label_mismatch`; otherwise a warning says the model's predictions are the
-    targets). Text: ``max_length`` tokens at most, and never more than the model's positions."""
+    targets). Text: ``max_length`` tokens at most, and never more than the model's positions; a
+    token id beyond the model's ``vocab_size`` is a :class:`~edgeadapt.errors.ConfigError` naming both
+    numbers (a tokenizer that is not the model's)."""
     if num_batches < 1 or batch_size < 1:
         raise ConfigError("num_batches and batch_size must be >= 1")
     rng = random.Random(seed)
@@ -90,4 +92,11 @@ def calibration_batches(adapter: ModelAdapter, num_batches: int = 8, batch_size:
     texts = builtin_paragraphs(split)
     texts = rng.sample(texts, min(len(texts), num_batches * batch_size))
     pairs = adapter.task.name == "sentence-embedding"
-    return list(text_batches(adapter.tokenizer, texts, batch_size, max_length, pairs=pairs))
+    batches = list(text_batches(adapter.tokenizer, texts, batch_size, max_length, pairs=pairs))
+    vocab = getattr(config, "vocab_size", None)
+    top = max(int(b["input_ids"].max()) for b in batches)
+    if isinstance(vocab, int) and top >= vocab:
+        raise ConfigError(f"model {getattr(adapter, 'name', '?')!r}: its tokenizer gives token id {top} but "
+                          f"the model has vocab_size {vocab} (ids up to {vocab - 1}); ship the tokenizer the "
+                          "model was trained with")
+    return batches

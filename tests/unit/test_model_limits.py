@@ -228,3 +228,40 @@ def test_llm_pretrain_out_on_another_model_is_a_clear_error(tmp_path, capsys):
         assert "--out: " in err and "`edgeadapt train` of 'tiny-vit' on 'digits'" in err
         assert "not the reference LM" in err and "perplexity" not in err
     assert (vit / "model.safetensors").is_file()  # untouched
+
+
+# -- offline and adapt (checked by edgeadapt.config.LIMIT_CHECKS after the schema) ----------------
+
+def _offline(model: str, data: dict, out: Path) -> dict:
+    step = {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3}
+    return {"kind": "offline", "model": model, "data": data, "lora": {"train": step},
+            "kb": {"train": step}, "out": str(out)}
+
+
+@pytest.mark.parametrize("data, numbers", [
+    ({"name": "digits", "ignore_classes": ["9"]}, ("9 classes", "10 labels")),  # the FM keeps its head
+    ({"name": "digits", "options": {"size": 32}}, ("data.options.size: 32", "image_size 16")),
+])
+def test_offline_data_that_the_foundation_model_cannot_take(tmp_path, data, numbers, capsys):
+    cfg = _offline("tiny-vit", data, tmp_path / "off")
+    _refused(cfg, *numbers)
+    code, err = _validate(tmp_path, cfg, capsys)
+    assert code == 2 and all(n in err for n in numbers)
+    assert main(["offline", "lora", "--config", str(tmp_path / "c.yaml")]) == 2
+    assert not (tmp_path / "off").exists()
+
+
+def test_offline_text_max_length_beyond_positions(tmp_path, capsys):
+    cfg = _offline("tiny-llama", {"name": "builtin-docs", "max_length": 300}, tmp_path / "off")
+    _refused(cfg, "data.max_length: 300", "256 positions")
+
+
+def test_adapt_refuses_a_foundation_model_that_cannot_take_the_stream(tmp_path, capsys):
+    from edgeadapt.pruning.checkpoint import save_pruned
+
+    save_pruned(load_adapter("tiny-vit", num_labels=2), tmp_path / "off" / "lora")
+    _refused({"kind": "adapt", "offline": str(tmp_path / "off")},
+             "offline: dataset 'digits-c' has 10 classes", "2 labels")
+    code = main(["adapt", "--offline", str(tmp_path / "off"), "--out", str(tmp_path / "rep")])
+    assert code == 2 and "2 labels" in capsys.readouterr().err
+    assert not (tmp_path / "rep").exists()

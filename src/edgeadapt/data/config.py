@@ -259,3 +259,18 @@ def check_data_fits_model(data: DataSection, model: str, head_from_data: bool = 
     if data.tokenizer == "model":
         check_vocab(tokenizer_size(model), limits.vocab, "data.tokenizer", model,
                     "use a model whose embedding covers its tokenizer (or tokenizer: bpe for a tiny-* model)")
+
+
+def check_offline_fits_model(cfg: Any) -> None:
+    """``edgeadapt offline``: the foundation model ``cfg.model`` keeps its head, so ``cfg.data`` must
+    fit it as is (:func:`check_data_fits_model`); skipped while the model is not built yet."""
+    if str(cfg.model) in TINY or str(cfg.model) == "minilm" or Path(cfg.model).exists():
+        check_data_fits_model(cfg.data, str(cfg.model))
+
+
+def check_adapt_fits_model(cfg: Any) -> None:
+    """``edgeadapt adapt``: the foundation model in ``cfg.offline/lora`` must take the drift stream
+    (:func:`check_stream_fits_model`); skipped while it is not built yet (the run says so)."""
+    lora = Path(cfg.offline) / "lora"
+    if (lora / "base_config.json").is_file():
+        check_stream_fits_model(str(lora), "offline")

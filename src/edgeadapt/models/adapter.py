@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from edgeadapt.errors import ConfigError
+from edgeadapt.errors import ArtifactError, ConfigError
 from edgeadapt.models.spec import AttentionSpec, BlockSpec, MLPSpec, Slice
 from edgeadapt.models.tasks import Task
 
@@ -128,6 +128,84 @@ def out_features(module: nn.Module, transposed: bool) -> int:
     return module.weight.shape[1] if transposed else module.weight.shape[0]
 
 
+ShapeOf = Callable[[str], "tuple[int, ...] | None"]
+"""The weight shape of the module at a dotted path (``None``: unknown, the check skips it)."""
+
+
+def check_structure(adapter: HFAdapter, shape_of: ShapeOf | None = None, source: str = "") -> None:
+    """Check the structure the config declares (layers, heads, key/value heads, head_dim, FFN width)
+    against the projection weights, so a wrong or half-updated config is an error naming both
+    numbers, never an ``IndexError`` or a silently wrong head split later.
+
+    The expected widths come from the config (and, for a pruned adapter, from its plan: kept units
+    per block); the actual ones from ``shape_of(path)`` — by default the live weights, or e.g. the
+    tensor shapes in a checkpoint's safetensors header (``models.registry.check_checkpoint``).
+    ``source`` names where the weights come from in the message. Called by :class:`HFAdapter`
+    when it is built, so every loaded or wrapped model passes it.
+
+    Raises :class:`~edgeadapt.errors.ArtifactError` listing the mismatches, e.g. ``layer 0: config
+    says 4 heads × head_dim 8 = 32 but q_proj has 24 output rows``.
+    """
+    s, fp = adapter.spec, adapter.fingerprint()
+    where = f"{source}: " if source else ""
+
+    def live(path: str) -> tuple[int, ...] | None:
+        try:
+            return tuple(adapter.model.get_submodule(path).weight.shape)
+        except AttributeError:
+            return None
+
+    shape_of = shape_of or live
+    problems: list[str] = []
+    explicit = getattr(adapter.config, "head_dim", None)
+    heads = fp["num_heads"]
+    if not explicit and (not heads or fp["hidden_size"] % heads):
+        problems.append(f"config says hidden_size {fp['hidden_size']} with {heads} heads, which does not "
+                        f"divide into a whole head_dim")
+        raise ArtifactError(f"{where}the config does not match the weights: {'; '.join(problems)}")
+    if fp["num_kv_heads"] and heads % fp["num_kv_heads"]:
+        raise ArtifactError(f"{where}config says {heads} heads in {fp['num_kv_heads']} key/value groups, "
+                            "which do not divide evenly")
+    hd = adapter.head_dim()
+    ratio = heads // fp["num_kv_heads"]
+    plan = adapter.plan
+    n_config = getattr(adapter.config, s.layers_key)
+    n_weights = len(adapter.model.get_submodule(adapter.layers_path()))
+    if shape_of is live and n_config != n_weights:
+        problems.append(f"config says {s.layers_key} {n_config} but the model has {n_weights} layers")
+    rows = 1 if s.transposed else 0  # axis of output features
+    cols = 1 - rows
+
+    def expect(pos: int, name: str, axis: int, what: str, want: int, words: str) -> None:
+        shape = shape_of(f"{adapter.layers_path()}.{pos}.{name}")
+        if shape is not None and len(shape) == 2 and shape[axis] != want:
+            said = "config says" if plan is None else "the plan keeps"
+            problems.append(f"layer {pos}: {said} {words} = {want} but {name.rsplit('.', 1)[-1]} has "
+                            f"{shape[axis]} {what}")
+
+    for pos in range(n_weights if shape_of is live else n_config):
+        block = plan.blocks[pos] if plan is not None and pos < len(plan.blocks) else None
+        kv = len(plan.kept_heads(block)) if block is not None else fp["num_kv_heads"]
+        q_heads, ffn = kv * ratio, (len(plan.kept_neurons(block)) if block is not None else fp["ffn_width"])
+        q_words = f"{q_heads} heads × head_dim {hd}"
+        if s.fused_qkv:
+            expect(pos, s.q, rows, "output features", 3 * q_heads * hd, f"3 × {q_words}")
+        else:
+            expect(pos, s.q, rows, "output rows", q_heads * hd, q_words)
+            for name in (s.k, s.v):
+                expect(pos, name, rows, "output rows", kv * hd, f"{kv} key/value heads × head_dim {hd}")
+        expect(pos, s.o, cols, "input columns", q_heads * hd, q_words)
+        for name in s.mlp_inputs:
+            expect(pos, name, rows, "output rows", ffn, f"FFN width ({s.ffn_key})")
+        expect(pos, s.mlp_output, cols, "input columns", ffn, f"FFN width ({s.ffn_key})")
+    if problems:
+        more = f" (and {len(problems) - 6} more)" if len(problems) > 6 else ""
+        raise ArtifactError(f"{where}the config does not match the weights: {'; '.join(problems[:6])}{more}. "
+                            "A model pruned outside edgeadapt and saved with save_pretrained keeps its old "
+                            "config; save pruned models with edgeadapt (save_pruned / `edgeadapt prune`) or "
+                            "fix config.json")
+
+
 class HFAdapter:
     """A :class:`ModelAdapter` for a Hugging Face model, driven by an :class:`ArchSpec`.
 
@@ -165,6 +243,7 @@ class HFAdapter:
         self._base_hash: str | None = base_hash
         self.parent_hash: str | None = parent_hash
         self.neuron_index: Any = None
+        check_structure(self)
 
     # -- structure --------------------------------------------------------------------------
     @property

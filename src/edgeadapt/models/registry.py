@@ -7,14 +7,15 @@ package). Anything else must be a local Hugging Face model directory; nothing is
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from edgeadapt.errors import ConfigError
-from edgeadapt.models.adapter import HFAdapter
+from edgeadapt.errors import ArtifactError, ConfigError
+from edgeadapt.models.adapter import HFAdapter, check_structure
 from edgeadapt.models.families import family_for
 from edgeadapt.models.tasks import CausalLM, Classification, SentenceEncoder, Task
 from edgeadapt.models.tiny import TINY
@@ -175,8 +176,16 @@ def _load_local(path: Path, task: str | None, num_labels: int | None, name: str)
         archs = getattr(config, "architectures", None) or []
         task = task_of(archs[0]) if archs else "encoder"
     cls = _class_for(dict(spec.classes), spec.family, task)
+    check_checkpoint(path, config, task)
     kwargs = {"num_labels": num_labels} if num_labels is not None else {}
-    model = cls.from_pretrained(path, **kwargs).eval()
+    try:
+        model = cls.from_pretrained(path, **kwargs).eval()
+    except RuntimeError as exc:
+        if "mismatch" not in str(exc):
+            raise
+        raise ArtifactError(f"{path}: the weights do not have the shapes config.json declares "
+                            f"({str(exc).splitlines()[0]}); fix config.json or save the model with "
+                            "edgeadapt") from None
     tokenizer = None
     if any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
         from transformers import AutoTokenizer
@@ -184,3 +193,74 @@ def _load_local(path: Path, task: str | None, num_labels: int | None, name: str)
         tokenizer = AutoTokenizer.from_pretrained(path)
     return wrap(model, tokenizer, name)
 
+
+def checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of every ``*.safetensors`` file in a model directory, read from the
+    headers only (no weights). A file whose header cannot be read is an
+    :class:`~edgeadapt.errors.ArtifactError` naming it."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():
+                    shapes[key] = tuple(handle.get_slice(key).get_shape())
+        except Exception as exc:  # SafetensorError, OSError: a broken or truncated header
+            raise ArtifactError(f"{file}: not a readable safetensors file ({exc})") from None
+    return shapes
+
+
+def check_checkpoint(path: Path, config: Any, task: str) -> None:
+    """Before loading a local Hugging Face directory: check the structure ``config`` declares
+    (layers, heads, head_dim, FFN width) against the weight shapes in its safetensors headers, with
+    :func:`~edgeadapt.models.adapter.check_structure` on a weightless (meta) model built from the
+    config. A half-updated config — a model pruned and saved with plain ``save_pretrained`` keeps
+    its old head count and intermediate size — is an :class:`~edgeadapt.errors.ArtifactError`
+    naming both numbers, not a transformers size-mismatch traceback. Tensors stored under other
+    names (legacy layouts) are skipped; loading then reports any mismatch."""
+    shapes = checkpoint_shapes(path)
+    if not shapes:
+        return
+    spec = family_for(config.model_type)
+    cls = _class_for(dict(spec.classes), spec.family, task)
+    with torch.device("meta"):
+        model = cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(config)
+    adapter = HFAdapter(model, spec, make_task(task), name=str(path))
+    prefix = getattr(model, "base_model_prefix", "")
+    saved = _saved_names(model)
+
+    def lookup(name: str) -> tuple[int, ...] | None:
+        bare = name[len(prefix) + 1:] if prefix and name.startswith(prefix + ".") else name
+        for key in (name, bare, f"{prefix}.{name}", saved.get(name)):
+            if key in shapes:
+                return shapes[key]
+        return None
+
+    def shape_of(module: str) -> tuple[int, ...] | None:
+        return lookup(f"{module}.weight")
+
+    layers = adapter.layers_path()
+    bare = layers[len(prefix) + 1:] if prefix and layers.startswith(prefix + ".") else layers
+    pattern = re.compile(rf"^(?:{re.escape(prefix)}\.)?{re.escape(bare)}\.(\d+)\.")
+    held = {int(m.group(1)) for key in shapes if (m := pattern.match(key))}
+    n_config = getattr(config, spec.layers_key)
+    if held and len(held) != n_config:
+        raise ArtifactError(f"{path}: config says {spec.layers_key} {n_config} but the weights hold "
+                            f"{len(held)} layers; fix config.json or save the model with edgeadapt")
+    check_structure(adapter, shape_of, source=str(path))
+
+
+def _saved_names(model: nn.Module) -> dict[str, str]:
+    """Parameter name -> the name ``save_pretrained`` writes it under, where transformers 5 renames
+    a family's weights back to a legacy layout on save (ViT: ``encoder.layer.N.attention.attention.
+    query``); empty when this transformers has no such renaming (it is transformers' own API)."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+
+        state = model.state_dict()
+        name_of = {id(t): k for k, t in state.items()}
+        reverted = revert_weight_conversion(model, state).items()
+        return {name_of[id(t)]: k for k, t in reverted if id(t) in name_of}
+    except Exception:  # an older or newer transformers: the current names only
+        return {}

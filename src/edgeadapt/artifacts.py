@@ -7,16 +7,28 @@ version, required files or fields, file hashes or weight headers do not match, n
 wrong (:class:`~edgeadapt.errors.ArtifactError`). Every file is written with the permissions a plain
 ``open()`` gives (0644 under the usual umask), through a temp file and a rename; temp files a killed
 write left behind are removed by the next manifest write in that directory.
+
+Re-saving over a valid artifact never leaves a moment without one (:func:`replacing_dir`): the new
+artifact is written into a sibling ``.<name>.new-<pid>.tmp``, verified, and swapped in by two renames
+(old aside to ``.<name>.old-<pid>.tmp``, new in, old removed). :func:`recover_dir` undoes what a
+killed writer left (run on load, on claim and before every replacement): a staged copy is removed, an
+old copy set aside is put back, so the previous valid artifact is what loads.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import re
+import shutil
 import struct
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +167,9 @@ def read_manifest(directory: str | Path, kind: str, version: int, verify: bool =
     header. Raises :class:`ArtifactError` naming the problem."""
     directory = Path(directory)
     path = directory / MANIFEST
+    recover_dir(directory)  # a killed re-save or --overwrite run: put the previous artifact back
+    if not directory.is_dir():
+        wait_for_swap(directory)
     if not directory.is_dir():
         raise ArtifactError(f"{directory} is not an edgeadapt artifact (no {MANIFEST}: the directory "
                             "does not exist)")
@@ -185,3 +200,223 @@ def read_manifest(directory: str | Path, kind: str, version: int, verify: bool =
             if sha256_file(f) != digest:
                 raise ArtifactError(f"{directory}/{name} is corrupted or was modified (hash mismatch)")
     return manifest
+
+
+# -- replacing a directory: never a moment without a valid version -----------------------------------
+
+# A sibling of a directory being replaced: ``new`` (the staged replacement), ``old`` (the previous
+# version set aside during the swap, or being removed), ``prev`` (what an --overwrite run set aside
+# until it finishes; see edgeadapt.rundir.claim_output). The writer's PID tells a killed writer's
+# leftovers from a running one's.
+ROLES = ("new", "old", "prev")
+
+
+def lock_path(directory: str | Path) -> Path:
+    """The lock file of ``directory`` (edgeadapt.rundir.OutputLock): ``<parent>/.<name>.lock``, beside
+    the directory so that swapping the directory never swaps its lock."""
+    directory = Path(directory).absolute()
+    return directory.parent / f".{directory.name}.lock"
+
+
+def sibling(directory: str | Path, role: str, pid: int | None = None) -> Path:
+    """``<parent>/.<name>.<role>-<pid>.tmp``: where a replacement of ``directory`` stages or sets aside."""
+    directory = Path(directory)
+    return directory.parent / f".{directory.name}.{role}-{pid or os.getpid()}{TMP_SUFFIX}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` is running (a zombie, killed but not yet reaped, is not)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def leftovers(directory: str | Path) -> list[tuple[str, int, Path]]:
+    """``(role, pid, path)`` of every sibling a replacement of ``directory`` made (:func:`sibling`)."""
+    directory = Path(directory).absolute()
+    roles, name = "|".join(ROLES), re.escape(directory.name)
+    pattern = re.compile(rf"^\.{name}\.({roles})-(\d+){re.escape(TMP_SUFFIX)}$")
+    try:
+        names = os.listdir(directory.parent)
+    except OSError:
+        return []
+    found = [(m.group(1), int(m.group(2)), directory.parent / n) for n in names if (m := pattern.match(n))]
+    return sorted(found, key=lambda f: (f[2].stat().st_mtime if f[2].exists() else 0.0, str(f[2])))
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a file, a link or a directory tree; a missing path is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _try_lock(directory: Path) -> int | None:
+    """A held non-blocking flock on ``directory``'s lock file, or None when another run holds it (or
+    the lock file cannot be created, e.g. a read-only parent)."""
+    try:
+        fd = os.open(lock_path(directory), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise
+        return None
+    return fd
+
+
+def recover_dir(directory: str | Path, *, locked: bool = False) -> list[Path]:
+    """Undo what a killed replacement of ``directory`` left beside it; returns the paths removed.
+
+    * ``prev`` (a killed ``--overwrite`` run): its output is incomplete, so ``directory`` is removed
+      and what was there before is put back;
+    * ``old`` with ``directory`` missing (killed between the two renames of a swap): put back;
+    * every other leftover of a dead writer (a half-written ``new``, an ``old`` half removed) is removed.
+
+    Leftovers of running writers are left alone. Unless ``locked`` (the caller holds the directory's
+    lock), this takes the lock first and does nothing when another run holds it."""
+    directory = Path(directory)
+    dead = [(role, path) for role, pid, path in leftovers(directory) if not pid_alive(pid)]
+    if not dead:
+        return []
+    fd = None if locked else _try_lock(directory)
+    if not locked and fd is None:
+        return []
+    try:
+        prev = [path for role, path in dead if role == "prev"]
+        old = [path for role, path in dead if role == "old"]
+        if prev:
+            remove_tree(directory)
+            os.rename(prev[0], directory)
+        elif old and not os.path.lexists(directory):
+            os.rename(old[0], directory)
+        removed = [path for _, path in dead if os.path.lexists(path)]
+        for path in removed:
+            remove_tree(path)
+        return removed
+    finally:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def wait_for_swap(directory: Path, seconds: float = 2.0) -> None:
+    """While a running writer has set ``directory`` aside for the instant of a swap, wait (up to
+    ``seconds``) for the new version to be renamed in."""
+    deadline = time.monotonic() + seconds
+    while not os.path.lexists(directory) and time.monotonic() < deadline and any(
+            role == "old" and pid_alive(pid) for role, pid, _ in leftovers(directory)):
+        time.sleep(0.01)
+
+
+def _owned(directory: Path) -> set[str]:
+    """The top-level entries of ``directory`` that belong to its artifact (its manifest and the first
+    path component of every file the manifest lists), empty when it has no readable manifest."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return set()
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    return {MANIFEST, *(str(f).split("/")[0] for f in files)} if isinstance(files, Mapping) else set()
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _carry(old: Path, new: Path) -> None:
+    """Hard-link into ``new`` the entries of ``old`` that are not part of its artifact and that ``new``
+    lacks (a run's ``run.json``, checkpoints, logs): ``old`` stays whole until the swap."""
+    owned = _owned(old)
+    for entry in old.iterdir():
+        if entry.name in owned or entry.name.endswith(TMP_SUFFIX) or os.path.lexists(new / entry.name):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, new / entry.name, symlinks=True, copy_function=_link_or_copy)
+        elif entry.is_symlink():
+            os.symlink(os.readlink(entry), new / entry.name)
+        else:
+            _link_or_copy(str(entry), str(new / entry.name))
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def swap_in(staged: Path, directory: Path) -> None:
+    """Put the finished ``staged`` directory at ``directory``: a missing one in one rename; an existing
+    one is renamed aside (``old``), ``staged`` renamed in, and the old one removed. A kill between the
+    two renames is undone by :func:`recover_dir` (the old one is put back)."""
+    if os.path.lexists(directory):
+        aside = sibling(directory, "old")
+        remove_tree(aside)
+        os.rename(directory, aside)
+        os.rename(staged, directory)
+        _fsync_dir(directory.parent)
+        remove_tree(aside)
+    else:
+        os.rename(staged, directory)
+        _fsync_dir(directory.parent)
+
+
+def verify_dir(directory: Path) -> dict[str, Any]:
+    """Read ``directory``'s manifest and verify it as the kind and version it declares."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{directory}: the artifact written has no readable {MANIFEST} ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{directory / MANIFEST} is not a JSON object")
+    return read_manifest(directory, str(manifest.get("kind")), manifest.get("format_version"))
+
+
+@contextmanager
+def replacing_dir(directory: str | Path) -> Iterator[Path]:
+    """Write a new artifact in place of ``directory`` without ever leaving it without a valid one.
+
+    Yields an empty staging directory beside ``directory``; write the whole artifact (manifest
+    included) there. On a normal exit the staged artifact is verified (:func:`verify_dir`), the
+    entries of ``directory`` that are not part of its old artifact (a run's ``run.json``,
+    checkpoints, logs) are hard-linked in, and it is swapped in (:func:`swap_in`). An exception
+    removes the staging directory and leaves ``directory`` untouched; a kill leaves it untouched too
+    (the leftover is removed by the next :func:`recover_dir`).
+
+    >>> with replacing_dir("runs/kb") as tmp:  # doctest: +SKIP
+    ...     write_everything_into(tmp)
+    """
+    directory = Path(directory)
+    recover_dir(directory)
+    staged = sibling(directory, "new")
+    remove_tree(staged)
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    staged.mkdir()
+    try:
+        yield staged
+        verify_dir(staged)
+        if directory.is_dir():
+            _carry(directory, staged)
+        swap_in(staged, directory)
+    except BaseException:
+        remove_tree(staged)
+        raise

@@ -9,7 +9,12 @@ claims it with :func:`claim_output` **before any compute**:
   The kernel drops the lock when its holder dies, so a killed run never leaves a stale lock.
 * **Owner.** The directory must be empty, missing, or hold ``run.json`` written by the same
   command; anything else (a trained run given to ``prune --out``, a knowledge base) is refused
-  (:class:`~edgeadapt.errors.OutputExistsError`) unless ``overwrite``, which empties it first.
+  (:class:`~edgeadapt.errors.OutputExistsError`) unless ``overwrite``.
+* **Overwrite deletes nothing until the run succeeds.** With ``overwrite`` the old contents are
+  renamed aside (``.<name>.prev-<pid>.tmp``) and the run writes a fresh directory; when the run
+  ends normally the old contents are removed, when it fails (a config or model-limit error found
+  after the claim, any exception) they are put back unchanged, and when it is killed the next load
+  or claim puts them back (:func:`~edgeadapt.artifacts.recover_dir`).
 * **Config.** ``run.json`` stores the config that determines the result (:func:`result_config`:
   cosmetic fields such as progress bars, trackers and output paths left out) and its hash
   (:func:`config_hash`). A resumable command whose stored hash differs is refused with a
@@ -24,7 +29,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +36,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from edgeadapt.artifacts import MANIFEST, atomic_write_text
+from edgeadapt.artifacts import MANIFEST, atomic_write_text, lock_path, recover_dir, remove_tree, sibling
 from edgeadapt.errors import ConfigError, OutputExistsError, OutputLockedError
 from edgeadapt.outputs import check_output_dir
 
@@ -91,12 +95,6 @@ def refuse_config_change(what: str, stored: Mapping[str, Any], current: Mapping[
 
 
 # -- lock -------------------------------------------------------------------------------------------
-
-def lock_path(directory: Path) -> Path:
-    """The lock file of ``directory``: ``<parent>/.<name>.lock``."""
-    directory = Path(directory).absolute()
-    return directory.parent / f".{directory.name}.lock"
-
 
 class OutputLock:
     """An exclusive, non-blocking ``flock`` on a directory's lock file, recording the holder's PID.
@@ -168,21 +166,13 @@ def _read_run(directory: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and isinstance(data.get("command"), str) else None
 
 
-def _empty(directory: Path) -> None:
-    for entry in directory.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-
-
 def check_output(directory: str | Path, command: str, config: BaseModel | Mapping[str, Any], *,
                  overwrite: bool = False, resumable: bool = True, field: str = "out") -> str:
     """Decide, before compute, whether ``command`` with ``config`` may write ``directory``; returns
     the config hash. Refuses (without touching anything) a directory that holds something other
     than ``command``'s earlier output (:class:`OutputExistsError`) and, for a ``resumable``
     command, that output made with another config (:class:`ConfigError` naming the fields). With
-    ``overwrite`` neither is refused: :func:`claim_output` empties the directory instead."""
+    ``overwrite`` neither is refused: :func:`claim_output` replaces the directory instead."""
     directory = Path(directory)
     digest = config_hash(config)
     if overwrite or not directory.is_dir() or not any(directory.iterdir()):
@@ -203,8 +193,14 @@ def check_output(directory: str | Path, command: str, config: BaseModel | Mappin
 @contextmanager
 def claim_output(directory: str | Path, command: str, config: BaseModel | Mapping[str, Any], *,
                  overwrite: bool = False, resumable: bool = True, field: str = "out") -> Iterator[Path]:
-    """Lock ``directory``, check it (:func:`check_output`), empty it when ``overwrite``, record
-    ``run.json``, and yield it; the lock is held until the block ends.
+    """Lock ``directory``, check it (:func:`check_output`), record ``run.json``, and yield it; the
+    lock is held until the block ends.
+
+    Nothing that was there is deleted before the block succeeds: with ``overwrite`` the old contents
+    are set aside and the block gets an empty directory; they are removed when the block ends
+    normally and put back, unchanged, when it raises (or, after a kill, by the next claim or load).
+    A directory this claim created (or found empty) that the failed block left holding only
+    ``run.json`` is removed again, so a refused run leaves no trace.
 
     Example::
 
@@ -213,12 +209,33 @@ def claim_output(directory: str | Path, command: str, config: BaseModel | Mappin
     """
     directory = check_output_dir(directory, field)  # a file, a file parent, not writable: refused
     with OutputLock(directory, field):
+        recover_dir(directory, locked=True)  # a killed --overwrite run or re-save: the old output back
         digest = check_output(directory, command, config, overwrite=overwrite, resumable=resumable,
                               field=field)
+        existed = directory.is_dir()
+        fresh = not existed or not any(directory.iterdir())
+        aside = None
+        if overwrite and not fresh:
+            aside = sibling(directory, "prev")
+            remove_tree(aside)
+            os.rename(directory, aside)
         directory.mkdir(parents=True, exist_ok=True)
-        if overwrite:
-            _empty(directory)
         atomic_write_text(directory / RUN_FILE, json.dumps(
             {"command": command, "config_hash": digest, "config": result_config(config)}, indent=1,
             sort_keys=True))
-        yield directory
+        try:
+            yield directory
+        except BaseException:
+            if aside is not None:  # put back what was there
+                remove_tree(directory)
+                os.rename(aside, directory)
+            elif fresh and [p.name for p in directory.iterdir()] == [RUN_FILE]:
+                (directory / RUN_FILE).unlink()
+                if not existed:
+                    directory.rmdir()
+            raise
+        if aside is not None:  # done: the old contents go (renamed "old" first: a kill cannot restore them)
+            done = sibling(directory, "old")
+            remove_tree(done)
+            os.rename(aside, done)
+            remove_tree(done)

@@ -26,6 +26,7 @@ from edgeadapt.artifacts import (
     atomic_write_text,
     atomic_write_with,
     read_manifest,
+    replacing_dir,
     write_manifest,
 )
 from edgeadapt.offline.gates import GateSet
@@ -37,21 +38,25 @@ KIND, VERSION = "knowledge-base", 1
 
 
 def save_kb(kb: KnowledgeBase, directory: str | Path, config: dict | None = None) -> Path:
-    """Write ``kb`` to ``directory`` (manifest last, so a crash leaves no valid-looking artifact)."""
+    """Write ``kb`` to ``directory``. The new KB is written beside it, verified and swapped in
+    (:func:`~edgeadapt.artifacts.replacing_dir`), so a kill at any moment leaves the previous valid KB
+    (or, once swapped, the new one) and never a mix; the directory's other entries (``run.json``,
+    checkpoints, logs) are kept."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "manifest.json").unlink(missing_ok=True)
-    kb.gates.detach()  # hooks are runtime state, not weights
-    try:
-        save_pruned(kb.adapter, directory / "model", config={"stage": "knowledge-base-model"})
-    finally:
-        kb.gates.attach(kb.adapter)
-    atomic_write_with(directory / "gates.safetensors", lambda tmp: save_model(kb.gates, str(tmp)))
-    atomic_write_text(directory / "index.json", json.dumps(kb.index.to_dict(), indent=1))
-    atomic_write_text(directory / "kb.json", kb.settings.model_dump_json(indent=1))
-    write_manifest(directory, KIND, VERSION, ["model/manifest.json", "gates.safetensors", "index.json", "kb.json"],
-                   base={"name": kb.adapter.name, "hash": kb.index.base_hash, "architecture": kb.index.architecture},
-                   config=config or {})
+    with replacing_dir(directory) as staged:
+        kb.gates.detach()  # hooks are runtime state, not weights
+        try:
+            save_pruned(kb.adapter, staged / "model", config={"stage": "knowledge-base-model"})
+        finally:
+            kb.gates.attach(kb.adapter)
+        atomic_write_with(staged / "gates.safetensors", lambda tmp: save_model(kb.gates, str(tmp)))
+        atomic_write_text(staged / "index.json", json.dumps(kb.index.to_dict(), indent=1))
+        atomic_write_text(staged / "kb.json", kb.settings.model_dump_json(indent=1))
+        write_manifest(staged, KIND, VERSION, ["model/manifest.json", "gates.safetensors", "index.json",
+                                               "kb.json"],
+                       base={"name": kb.adapter.name, "hash": kb.index.base_hash,
+                             "architecture": kb.index.architecture},
+                       config=config or {})
     return directory
 
 

@@ -26,6 +26,7 @@ from edgeadapt.online.report import write_report
 from edgeadapt.online.retrain import RetrainBudget, unlabeled
 from edgeadapt.online.runner import METHODS, build_methods, run_stream
 from edgeadapt.pruning.prune import prune
+from edgeadapt.rundir import claim_output
 from edgeadapt.tracking.run import make_logger
 from edgeadapt.training.config import TrainConfig
 from edgeadapt.training.loop import fit
@@ -125,12 +126,24 @@ def proxy_width(cfg: AdaptConfig, kb: Any, stats: Any, loss_cfg: Any, first: Any
     return cfg.width
 
 
-def run_adapt(cfg: AdaptConfig, progress: bool = True) -> dict[str, Any]:
-    """Run the configured methods over the stream and write the report into ``cfg.out``."""
+def run_adapt(cfg: AdaptConfig, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Run the configured methods over the stream and write the report into ``cfg.out``.
+
+    Before any compute, ``out`` is locked and checked (:func:`edgeadapt.rundir.claim_output`): it
+    must be empty or hold an earlier ``edgeadapt adapt`` of the same config; another command's
+    output or another config's report is refused (:class:`~edgeadapt.errors.OutputExistsError` /
+    :class:`~edgeadapt.errors.ConfigError` naming the fields) unless ``overwrite``, and a second run
+    on the same ``out`` is refused with the holder's PID. What was there is replaced only when the
+    run succeeds."""
     for step in ("lora", "kb"):
         if not (cfg.offline / step / "manifest.json").is_file():
             raise ConfigError(f"offline: {cfg.offline / step} has no artifact; run `edgeadapt offline all "
                              "--config configs/offline-vit-digits.yaml` first (or `edgeadapt demo`)")
+    with claim_output(cfg.out, "adapt", cfg, overwrite=overwrite):
+        return _run_adapt(cfg, progress)
+
+
+def _run_adapt(cfg: AdaptConfig, progress: bool) -> dict[str, Any]:
     fm = load_lora_artifact(cfg.offline / "lora")
     kb = load_kb(cfg.offline / "kb", expect_base_hash=fm.base_hash())
     size = fm.model.config.image_size

@@ -252,8 +252,9 @@ def _fmt(metrics: dict) -> str:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    """Edge stage: every method over a drift stream (extract, retrain, sync), with a report.
-    Python: ``edgeadapt.online.pipeline.run_adapt(AdaptConfig(...))``."""
+    """Edge stage: every method over a drift stream (extract, retrain, sync), with a report; ``--out``
+    is locked and must be empty or an earlier ``adapt`` of the same config (else ``--overwrite``).
+    Python: ``edgeadapt.online.pipeline.run_adapt(AdaptConfig(...), overwrite=...)``."""
     from edgeadapt.config import load_config, parse_config
     from edgeadapt.online.pipeline import run_adapt
     from edgeadapt.online.report import domain_table, summary_table
@@ -270,7 +271,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         data["budget"] = {**dict(data["budget"]), "steps": args.steps}
     cfg = parse_config(data, kind="adapt", source=str(args.config or "the adapt flags"))
     check_output_dir(cfg.out, "--out" if args.out is not None else "out")
-    results = run_adapt(cfg, progress=bar_enabled())
+    results = run_adapt(cfg, progress=bar_enabled(), overwrite=args.overwrite)
     print(summary_table(results))
     print()
     print(domain_table(results))
@@ -316,8 +317,9 @@ def cmd_llm_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-_OVERWRITE = ("empty the output directory first when it holds something else (another command's output, "
-              "or a run of another config, which is otherwise refused)")
+_OVERWRITE = ("replace the output directory when it holds something else (another command's output, "
+              "or a run of another config, which is otherwise refused); what was there is removed only "
+              "once the run succeeds")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -415,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="budget as retraining memory, e.g. 12MiB: the widest proxy whose step fits")
     s.add_argument("--steps", type=positive_int, default=None, help="retraining steps per domain")
     s.add_argument("--out", type=Path, default=None, help="report directory (default runs/adapt)")
+    s.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
     s.set_defaults(func=cmd_adapt)
 
     s = sub.add_parser("llm-prune", help="LLM block pruning with recovery training and perplexity evaluation")

@@ -89,7 +89,12 @@ def outputs(adapter: HFAdapter, batch: Batch) -> tuple[torch.Tensor | None, torc
 
 def distill_loss(student: tuple, teacher: tuple, batch: Batch, s: KBSettings) -> torch.Tensor:
     """KL on logits at temperature (per token for LMs, padding masked) + normalised feature MSE."""
+    # in float32: the teacher may run in a bf16/fp16 checkpoint's dtype, the student on float32 master
+    # weights or under autocast, and a KL or normalised MSE summed in half precision loses digits
     (s_logits, s_feat), (t_logits, t_feat) = student, teacher
+    s_feat, t_feat = s_feat.float(), t_feat.float()
+    if s_logits is not None and t_logits is not None:
+        s_logits, t_logits = s_logits.float(), t_logits.float()
     loss = s.distill_features * F.mse_loss(s_feat, t_feat) / t_feat.pow(2).mean().clamp_min(1e-8)
     if s_logits is not None and s.distill_logits > 0:
         T = s.temperature

@@ -7,7 +7,8 @@ from module-name sniffing — and the task head trains fully. LoRA layers are in
 with peft's LoRA tuner, so module paths stay the same and ``adapter.blocks()``, hooks and the
 task loss keep working on the adapted model. Merging folds ``B @ A * scaling`` into the base
 weights and removes the LoRA modules, leaving a plain Hugging Face model with the original
-parameter names; :func:`lora_tune` checks the merge is exact before it commits to it.
+parameter names; :func:`lora_tune` checks the merge is exact before it commits to it (in float32,
+then the rounding back to a bf16/fp16 model's own dtype, each within the dtype's tolerance).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.models.spec import BlockSpec
 from edgeadapt.models.tasks import model_inputs
+from edgeadapt.numerics import floating_dtype, fp32_master, max_error
 from edgeadapt.training.config import TrainConfig
 from edgeadapt.training.device import to_device
 from edgeadapt.training.loop import TrainResult, fit
@@ -156,13 +158,15 @@ def _unload(adapter: HFAdapter) -> None:
 def merge_lora(adapter: HFAdapter) -> None:
     """Fold every LoRA update into its base weight and remove the LoRA modules, so
     ``adapter.model`` is a plain HF model with the parameter names it had before :func:`add_lora`
-    (all parameters trainable again)."""
+    (all parameters trainable again). A bf16/fp16 model merges in float32 and is rounded to its
+    dtype once (:func:`~edgeadapt.numerics.fp32_master`), not once per rounded ``B @ A`` term."""
     layers = _lora_layers(adapter.model)
     if not layers:
         raise ConfigError("merge_lora: the model has no LoRA layers (call add_lora first)")
-    for _, layer in layers:
-        if not layer.merged:
-            layer.merge(safe_merge=True)  # safe_merge refuses NaN/inf instead of corrupting weights
+    with fp32_master(adapter.model):
+        for _, layer in layers:
+            if not layer.merged:
+                layer.merge(safe_merge=True)  # safe_merge refuses NaN/inf instead of corrupting weights
     _unload(adapter)
 
 
@@ -197,16 +201,55 @@ def _outputs(adapter: HFAdapter, batch: Batch) -> torch.Tensor:
     return (logits if logits is not None else out.last_hidden_state).float()
 
 
+def merge_checked(adapter: HFAdapter, held: Batch) -> dict[str, Any]:
+    """Merge every LoRA layer, checking on ``held`` that the merge is exact; returns the diffs.
+
+    The merge and its check run in float32 (:func:`~edgeadapt.numerics.fp32_master`; a bf16/fp16
+    model converts exactly), so the check is as strict as for a float32 model: the merged model
+    must reproduce the LoRA model's outputs within :func:`~edgeadapt.numerics.tolerance` of
+    float32 at the model's depth, else the merge is undone and ``RuntimeError`` raised (a bug).
+    A half-precision model is then rounded back to its dtype, and its outputs must stay within
+    that dtype's tolerance of the float32 merge, else :class:`~edgeadapt.errors.ConfigError`
+    (the dtype cannot hold this model, e.g. fp16 overflow) names the dtype and the fix.
+    Returns ``merge_max_abs_diff`` (float32) and, for a half model, ``cast_max_abs_diff`` and
+    ``dtype``; the LoRA layers are merged but not yet removed (:func:`merge_lora` does that).
+    """
+    dtype, depth = floating_dtype(adapter.model), len(adapter.blocks())
+    layers = [layer for _, layer in _lora_layers(adapter.model)]
+    with fp32_master(adapter.model):
+        before = _outputs(adapter, held)
+        for layer in layers:
+            layer.merge(safe_merge=True)
+        merged = _outputs(adapter, held)
+        diff, allowed = max_error(merged, before, torch.float32, depth)
+        if not diff <= allowed:  # also catches NaN
+            for layer in layers:
+                layer.unmerge()
+            raise RuntimeError(f"LoRA merge is not exact: max abs output diff {diff:.3g} > {allowed:.3g} "
+                               f"(float32 tolerance at depth {depth}); the model keeps its unmerged LoRA "
+                               "layers")
+    report: dict[str, Any] = {"merge_max_abs_diff": diff}
+    if dtype != torch.float32:
+        cast, allowed = max_error(_outputs(adapter, held), merged, dtype, depth)
+        if not cast <= allowed:
+            raise ConfigError(f"the LoRA-merged model in {dtype} gives outputs {cast:.3g} away from the same "
+                              f"model in float32 (allowed {allowed:.3g} for {dtype} at depth {depth}): "
+                              f"{dtype} cannot hold this model's values (float16 overflows above 65504); "
+                              "save the checkpoint in bfloat16 or float32 and rerun")
+        report.update(cast_max_abs_diff=cast, dtype=str(dtype).removeprefix("torch."))
+    return report
+
+
 def lora_tune(adapter: HFAdapter, train: Callable[[int], Iterable[Batch]], cfg: TrainConfig,
               settings: LoraSettings, val: Callable[[], Iterable[Batch]] | None = None,
               monitor: str = "loss", out: str | Path | None = None, logger: Any | None = None,
-              tolerance: float = 1e-4, checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
+              checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
     """The whole offline LoRA stage: add LoRA, train, merge with an exactness check, save.
 
-    The first validation batch (or the first training batch) is held out for the check: the merged
-    model must reproduce the LoRA model's outputs within ``tolerance`` (max abs diff, relative to
-    the output scale when that exceeds 1), else the
-    merge is undone and ``RuntimeError`` raised. ``total_params`` counts the merged model.
+    The first validation batch (or the first training batch) is held out for the check
+    (:func:`merge_checked`: float32 exactness, then the rounding to a bf16/fp16 model's own dtype,
+    each within :func:`~edgeadapt.numerics.tolerance`); the merged model keeps the dtype the
+    model came in. ``total_params`` counts the merged model.
     With ``checkpoint_dir`` training checkpoints every epoch and every ``cfg.checkpoint_every``
     steps, and a killed run resumes from the last checkpoint (same result as uninterrupted).
     """
@@ -214,21 +257,11 @@ def lora_tune(adapter: HFAdapter, train: Callable[[int], Iterable[Batch]], cfg: 
                         checkpoint_dir=checkpoint_dir)
     trainable = sum(p.numel() for p in adapter.model.parameters() if p.requires_grad)
     held = next(iter(val() if val is not None else train(0)))
-    before = _outputs(adapter, held)
-    layers = [layer for _, layer in _lora_layers(adapter.model)]
-    for layer in layers:
-        layer.merge(safe_merge=True)
-    diff = (_outputs(adapter, held) - before).abs().max().item()
-    # float32 rounding grows with the output scale (MiniLM's embeddings reach ~10): compare relative to it
-    if not diff <= tolerance * max(1.0, before.abs().max().item()):  # also catches NaN
-        for layer in layers:
-            layer.unmerge()
-        raise RuntimeError(f"LoRA merge is not exact: max abs output diff {diff:.3g} > tolerance "
-                           f"{tolerance:.3g}; the model keeps its unmerged LoRA layers")
+    checks = merge_checked(adapter, held)
     _unload(adapter)
     report: dict[str, Any] = {
         "trainable_params": trainable, "total_params": sum(p.numel() for p in adapter.model.parameters()),
-        "merge_max_abs_diff": diff, "history": result.history, "best": result.best,
+        **checks, "history": result.history, "best": result.best,
         "stop_reason": result.stop_reason, "steps": result.steps,
     }
     if out is not None:

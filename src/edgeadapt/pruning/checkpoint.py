@@ -23,6 +23,7 @@ from edgeadapt.artifacts import (
 )
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.models.registry import load_adapter
+from edgeadapt.numerics import match_stored_dtypes
 from edgeadapt.pruning.apply import apply_plan, current_plan
 from edgeadapt.pruning.plan import PlanError, PruningPlan
 
@@ -74,6 +75,7 @@ def load_pruned(directory: str | Path) -> HFAdapter:
         apply_plan(adapter, PruningPlan.load(directory / "plan.json"))
     except PlanError as exc:
         raise ArtifactError(f"{directory}: plan.json does not fit its base model: {exc}") from None
+    match_stored_dtypes(adapter.model, directory / WEIGHTS)  # a bf16/fp16 artifact reloads in its dtype
     try:
         missing, unexpected = load_safetensors_into(adapter.model, str(directory / WEIGHTS), strict=False)
     except RuntimeError as exc:  # shape mismatches

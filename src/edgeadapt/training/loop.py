@@ -3,10 +3,11 @@
 ``fit`` trains ``adapter.model`` in place through a loss function (the adapter's task loss by
 default, or a stage's own: distillation, MMD, entropy). It owns what every stage needs and no
 stage should re-implement: optimizer and warmup schedule (cosine, plateau cut, constant), autocast
-(bf16 on CPU/CUDA, fp16 with loss scaling on CUDA), gradient accumulation, gradient checkpointing,
-clipping, early stopping with best-weight restore, step/time budgets, crash-safe checkpoints that
-resume to the same result, live progress, metric logging, and data-parallel training through
-accelerate when launched on several processes (``accelerate launch``).
+(bf16 on CPU/CUDA, fp16 with loss scaling on CUDA), float32 master weights for a bf16/fp16 model,
+gradient accumulation, gradient checkpointing, clipping, early stopping with best-weight restore,
+step/time budgets, crash-safe checkpoints that resume to the same result, live progress, metric
+logging, and data-parallel training through accelerate when launched on several processes
+(``accelerate launch``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import ModelAdapter
+from edgeadapt.numerics import fp32_master
 from edgeadapt.progress import bar_enabled, lines_enabled, progress_line
 from edgeadapt.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from edgeadapt.training.config import TrainConfig
@@ -166,6 +168,10 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
     are extra trainable modules outside the model (e.g. the knowledge base's gates); they are
     optimized, checkpointed and best-restored together with it.
 
+    Precision: a bf16/fp16 model trains on float32 master weights (an update smaller than the half
+    dtype's resolution would be lost) under ``cfg.precision``'s autocast, and leaves ``fit`` in
+    its own dtype again (its checkpoints hold the float32 state, so a resumed run is exact).
+
     Randomness: the loop seeds torch and ``random`` with ``cfg.seed`` (a resumed run restores the
     checkpoint's streams instead) on private copies of the RNGs (:func:`own_rng`), so a run is
     reproducible and the caller's RNG state is the same after ``fit`` as before it.
@@ -181,7 +187,9 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
         raise ConfigError("patience: early stopping needs validation data; pass val= or set patience: null")
     dist = Distributed.from_env(cfg.device)
     device = dist.device if dist else resolve_device(cfg.device)
-    with own_rng(device):  # the loop's randomness never leaks into the caller's streams
+    # own_rng: the loop's randomness never leaks into the caller's streams; fp32_master: a bf16/fp16
+    # model trains on float32 master weights and is rounded back to its dtype once, at the end
+    with own_rng(device), fp32_master(adapter.model, *modules):
         return _fit(adapter, train, cfg, val, monitor, loss_fn, evaluate, logger, checkpoint_dir, resume,
                     callbacks, modules, dist, device)
 

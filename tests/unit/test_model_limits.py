@@ -185,7 +185,7 @@ def test_uncached_hub_dataset_names_the_configs_field(tmp_path, monkeypatch, cap
              "HF_HUB_OFFLINE=0 edgeadapt data show wikitext2")
     _refused(train, "data.root: dataset 'wikitext2' is not in the local Hugging Face cache")
     _refused({**llm, "dataset": "builtin-docs", "evaluation": {"datasets": ["c4"]}},
-             "evaluation.datasets: dataset 'c4'")
+             "evaluation.datasets: dataset 'c4'", "remove c4 from evaluation.datasets")
     # `validate`: caching it is an earlier step, noted like an input an earlier config writes.
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(llm))

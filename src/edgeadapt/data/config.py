@@ -128,22 +128,25 @@ def hub_dataset_cached(name: str) -> bool:
     return True
 
 
-def check_hub_cached(name: str, root: Path | None, field: str, info: ValidationInfo | None = None) -> None:
+def check_hub_cached(name: str, root: Path | None, field: str, info: ValidationInfo | None = None,
+                     fix: str | None = None) -> None:
     """Refuse, before compute, a hub text dataset that is not cached and has no local ``root``
-    (:class:`~edgeadapt.errors.ConfigError` naming ``field``, the config's local-files field). Under
-    ``edgeadapt validate`` (validation context given) caching it is an earlier step, so it is a
-    note, like an input an earlier config writes."""
+    (:class:`~edgeadapt.errors.ConfigError` naming ``field``; ``fix`` defaults to pointing ``field``,
+    the config's local-files field, at local copies). Under ``edgeadapt validate`` (validation
+    context given) caching it is an earlier step, so it is a note, like an input an earlier config
+    writes."""
     if root is not None or hub_dataset_cached(name):
         return
     cache = f"HF_HUB_OFFLINE=0 edgeadapt data show {name}"
+    fix = fix or (f"set {field} to a folder of local .parquet/.json/.txt copies named by split "
+                  "(train/val/test)")
     context = info.context if info is not None else None
     if context is not None:
-        context.setdefault("notes", []).append(f"dataset {name} not cached yet (run `{cache}` once, or set "
-                                               f"{field} to local copies)")
+        note = f"dataset {name} not cached yet (run `{cache}` once, or {fix})"
+        context.setdefault("notes", []).append(note)
         return
     raise ConfigError(f"{field}: dataset {name!r} is not in the local Hugging Face cache and edgeadapt "
-                      f"does not download; set {field} to a folder of local .parquet/.json/.txt copies "
-                      f"named by split (train/val/test), or cache it once with `{cache}`")
+                      f"does not download; {fix}, or cache it once with `{cache}`")
 
 
 def model_config(model: str) -> dict[str, Any]:

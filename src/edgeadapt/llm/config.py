@@ -290,7 +290,8 @@ class LLMPruneConfig(BaseModel):
         check_hub_cached(self.dataset, self.data_root, "data_root", info)
         for name in self.evaluation.datasets:
             if name != self.dataset:  # data_root applies to the configured dataset only
-                check_hub_cached(name, None, "evaluation.datasets", info)
+                check_hub_cached(name, None, "evaluation.datasets", info,
+                                 fix=f"remove {name} from evaluation.datasets")
         return self
 
     @model_validator(mode="after")

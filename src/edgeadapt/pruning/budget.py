@@ -255,6 +255,8 @@ def _unit_fix(zero: Sequence[Removal], sparsity_name: str) -> str:
     smallest = [r.smallest for r in zero if r.smallest is not None]
     if smallest:
         return f"Raise {sparsity_name} to at least {min(smallest)} or add a target"
+    if any("is protected" in r.why for r in zero):
+        return "Lower protect_first/protect_last so that at least one layer can be pruned"
     others = [k for k in KINDS if k not in {r.kind for r in zero}]
     return (f"Choose a target the model can lose ({', '.join(others) or 'none left'}) or lower "
             "protect_first/protect_last or min_keep")

@@ -265,3 +265,18 @@ def test_adapt_refuses_a_foundation_model_that_cannot_take_the_stream(tmp_path, 
     code = main(["adapt", "--offline", str(tmp_path / "off"), "--out", str(tmp_path / "rep")])
     assert code == 2 and "2 labels" in capsys.readouterr().err
     assert not (tmp_path / "rep").exists()
+
+
+def test_llm_pretrain_out_with_other_files_or_a_killed_other_run(tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("mine")
+    assert main(["llm-pretrain", "--out", str(tmp_path / "notes")]) == 2
+    err = capsys.readouterr().err
+    assert "1 other entries (a.txt)" in err and "--overwrite" not in err  # llm-pretrain has no --overwrite
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "run.json").write_text('{"command": "train", "config": {"kind": "train", "model": "tiny-vit", '
+                                     '"data": {"name": "digits"}}}')
+    assert main(["llm-pretrain", "--out", str(killed)]) == 2
+    assert "`edgeadapt train` of 'tiny-vit' on 'digits'" in capsys.readouterr().err
+    assert (tmp_path / "notes" / "a.txt").read_text() == "mine"

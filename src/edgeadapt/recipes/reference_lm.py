@@ -7,6 +7,7 @@ It is the recipe ``configs/train-llama-ref-docs.yaml`` (a test keeps the two equ
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +28,26 @@ REFERENCE_LM_RECIPE: dict[str, Any] = {
 }
 
 
-def holds_other_model(out: Path) -> str | None:
-    """What ``out`` holds, in words, when it is a model artifact or run that is not the reference LM
-    (``tiny-llama-ref`` trained on ``builtin-docs``); ``None`` when it is one, or holds no model."""
-    import json
-
+def _read_json(path: Path) -> dict[str, Any]:
     try:
-        manifest = json.loads((out / "manifest.json").read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def holds_other_model(out: Path) -> str | None:
+    """What ``out`` holds, in words, when it is anything but the reference LM (``tiny-llama-ref``
+    trained on ``builtin-docs``) or a killed run of it: another model's artifact or run (its
+    ``manifest.json`` or ``run.json`` config), or other files. ``None`` when it is missing, empty,
+    or the reference LM."""
+    if not out.is_dir() or not any(out.iterdir()):
         return None
-    config = manifest.get("config") if isinstance(manifest, dict) else None
-    config = config if isinstance(config, dict) else {}
+    manifest, run = _read_json(out / "manifest.json"), _read_json(out / "run.json")
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else run.get("config")
+    if not isinstance(config, dict):
+        names = sorted(p.name for p in out.iterdir())
+        return f"{len(names)} other entries ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
     model, dataset = config.get("model"), data.get("name")
     if config.get("kind") == "train" and model == REFERENCE_LM_RECIPE["model"] \
@@ -46,7 +56,7 @@ def holds_other_model(out: Path) -> str | None:
     if model is None:
         base = manifest.get("base") if isinstance(manifest.get("base"), dict) else {}
         model = base.get("name", "an unknown model")
-    kind = config.get("kind")
+    kind = config.get("kind") or run.get("command")
     what = f"`edgeadapt {kind}` of {model!r}" if kind else f"a model artifact of {model!r}"
     return what + (f" on {dataset!r}" if dataset else "")
 
@@ -57,8 +67,6 @@ def train_reference_lm(out: str | Path = "runs/ref-llama", reuse: bool = True, p
     valid one. Returns the adapter and its test metrics (loss, perplexity). An ``out`` that holds
     another model (a ViT run, a pruned artifact) is refused before compute
     (:class:`~edgeadapt.errors.OutputExistsError` naming ``field``)."""
-    import json
-
     from edgeadapt.config import parse_config
     from edgeadapt.recipes.train import run_training
 

@@ -67,8 +67,8 @@ def run_offline_cached(source: Path, out: Path) -> None:
     from edgeadapt.config import parse_config
     from edgeadapt.offline.pipeline import STEPS, run_offline
 
-    data = yaml.safe_load((Path(__file__).resolve().parents[3] / "configs" / "offline-vit-digits.yaml").read_text()) \
-        if (Path(__file__).resolve().parents[3] / "configs" / "offline-vit-digits.yaml").is_file() else OFFLINE
+    shipped = Path(__file__).resolve().parents[3] / "configs" / "offline-vit-digits.yaml"
+    data = yaml.safe_load(shipped.read_text()) if shipped.is_file() else OFFLINE
     data.update(model=str(source), out=str(out))
     cfg = parse_config(data)
     todo = [s for s in STEPS if not (out / s / "manifest.json").is_file()]

@@ -14,8 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edgeadapt.artifacts import leftovers
 from edgeadapt.cli.main import main
+from edgeadapt.config import parse_config
 from edgeadapt.errors import ConfigError, OutputExistsError, OutputLockedError
+from edgeadapt.models.registry import load_adapter
+from edgeadapt.pruning.checkpoint import save_pruned
 from edgeadapt.rundir import claim_output, config_diff, config_hash
 
 TRAIN = {"kind": "train", "model": "tiny-vit", "seed": 0, "data": {"name": "digits"},
@@ -121,7 +125,7 @@ def test_resumable_claim_refuses_another_config(tmp_path):
 HOLD = """
 import sys, time
 from edgeadapt.rundir import claim_output
-with claim_output(sys.argv[1], "prune", {}, resumable=False):
+with claim_output(sys.argv[1], sys.argv[2], {}, resumable=False):
     print("held", flush=True)
     time.sleep(60)
 """
@@ -130,8 +134,8 @@ with claim_output(sys.argv[1], "prune", {}, resumable=False):
 def test_a_second_run_on_one_directory_is_refused_with_the_holders_pid(tmp_path, capsys):
     """Before: two runs on one directory both exited 0 (the last writer won)."""
     out = tmp_path / "shared"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out), "prune"], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(OutputLockedError, match=f"PID {holder.pid}"):
@@ -143,3 +147,122 @@ def test_a_second_run_on_one_directory_is_refused_with_the_holders_pid(tmp_path,
         holder.kill()
         holder.wait()
     assert main(_prune("tiny-vit", out)) == 0  # the kernel dropped the dead holder's lock
+
+
+# -- adapt claims its --out like every other writing command ----------------------------------------
+
+def _stub_offline(root: Path) -> Path:
+    """An offline directory whose artifacts exist but do not load: anything that fails on it ran after
+    the claim of --out (which must come first, and must not have touched --out)."""
+    for step in ("lora", "kb"):
+        (root / "offline" / step).mkdir(parents=True)
+        (root / "offline" / step / "manifest.json").write_text("{}")
+    return root / "offline"
+
+
+def _adapt(offline: Path, out: Path, *extra: str) -> list[str]:
+    return ["adapt", "--offline", str(offline), "--out", str(out), "--methods", "source", *extra]
+
+
+def test_adapt_into_another_commands_output_is_refused(trained, capsys):
+    """Before: adapt wrote its report (results.json, logs) into any directory, a trained run's too."""
+    out, root = trained
+    before = sorted(p.name for p in out.iterdir())
+    assert main(_adapt(_stub_offline(root / "adapt-a"), out)) == 2
+    err = capsys.readouterr().err
+    assert "already holds the output of `edgeadapt train`" in err and "--overwrite" in err, err
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_adapt_report_of_another_config_is_refused_naming_the_field(tmp_path, capsys):
+    offline, out = _stub_offline(tmp_path), tmp_path / "report"
+    cfg = parse_config({"offline": str(offline), "out": str(out), "methods": ["source"]}, kind="adapt")
+    with claim_output(out, "adapt", cfg):
+        (out / "results.json").write_text("{}")
+    assert main(_adapt(offline, out, "--width", "0.5")) == 2
+    err = capsys.readouterr().err
+    assert "width: 0.75 -> 0.5" in err and "--overwrite" in err, err
+    assert main(_adapt(offline, out)) == 2  # the same config passes the claim, then the stub fails to load
+    err = capsys.readouterr().err
+    assert "different config" not in err and "offline/lora" in err, err
+
+
+def test_a_second_adapt_on_one_directory_is_refused_with_the_holders_pid(tmp_path, capsys):
+    """Before: two adapt runs on one --out both ran, interleaving their logs and reports."""
+    out = tmp_path / "report"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out), "adapt"], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(_adapt(_stub_offline(tmp_path), out)) == 2
+        assert f"in use by another edgeadapt run (PID {holder.pid}" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# -- --overwrite deletes nothing until the run has passed every check (and succeeded) ---------------
+
+def _snapshot(directory: Path) -> dict[str, tuple[bytes | None, int]]:
+    return {str(p.relative_to(directory)): (p.read_bytes() if p.is_file() else None, p.stat().st_mode)
+            for p in sorted(directory.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def corrupt(tmp_path_factory) -> dict[str, Path]:
+    """Model artifacts that pass config validation (they exist and say what they are) but fail to
+    load (a weight byte flipped: hash mismatch), i.e. an error found only after the claim."""
+    root = tmp_path_factory.mktemp("corrupt")
+    out = {}
+    for name in ("tiny-vit", "tiny-llama"):
+        path = save_pruned(load_adapter(name), root / name)
+        data = bytearray((path / "model.safetensors").read_bytes())
+        data[-3] ^= 0xFF
+        (path / "model.safetensors").write_bytes(bytes(data))
+        out[name] = path
+    return out
+
+
+def _invalid_overwrite(command: str, root: Path, out: Path, corrupt: dict[str, Path]) -> list[str]:
+    """``command`` with --overwrite into ``out`` and one thing wrong that is found after the claim."""
+    if command == "train":
+        config = {**TRAIN, "model": str(corrupt["tiny-vit"]), "out": str(out)}
+    elif command == "offline":  # the kb step without the lora step's artifact
+        train = {"epochs": 1, "batch_size": 32, "learning_rate": 1e-3, "max_steps": 2, "progress": False}
+        config = {"kind": "offline", "model": str(corrupt["tiny-vit"]), "data": {"name": "digits"},
+                  "lora": {"enabled": False, "train": train},
+                  "kb": {"settings": {"importance": "magnitude"}, "train": train, "widths": [0.5]},
+                  "tracking": {"backends": ["none"]}, "out": str(out.parent)}
+    elif command == "llm-prune":
+        config = {"kind": "llm-prune", "model": str(corrupt["tiny-llama"]), "seq_len": 32, "batch_size": 4,
+                  "param_sparsity": 0.2, "granularity": ["heads"], "pruning": {"importance": "magnitude"},
+                  "recovery": {"method": "none"}, "save": str(out), "log_dir": str(root / "logs"),
+                  "tracker": "none"}
+    elif command == "prune":
+        return [*_prune("tiny-vit", out, "--protect-first", "100"), "--overwrite"]
+    else:
+        return [*_adapt(_stub_offline(root), out), "--overwrite"]
+    path = root / f"{command}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    step = ["kb"] if command == "offline" else []
+    return [command, *step, "--config", str(path), "--overwrite"]
+
+
+@pytest.mark.parametrize("command", ["train", "prune", "adapt", "offline", "llm-prune"])
+def test_overwrite_with_an_invalid_run_leaves_the_old_directory_byte_identical(command, corrupt, tmp_path,
+                                                                              capsys):
+    """Before: --overwrite emptied the directory at the claim, before the checks that come with
+    loading (model, limits, upstream artifacts); the run then failed and the old output was gone."""
+    root = tmp_path / "root"
+    out = root / ("kb" if command == "offline" else "out")  # offline kb writes <out>/kb
+    (out / "logs").mkdir(parents=True)
+    (out / "run.json").write_text(json.dumps({"command": "somebody else", "config_hash": "0", "config": {}}))
+    (out / "model.safetensors").write_bytes(os.urandom(256))
+    (out / "logs" / "metrics.csv").write_text("step,loss\n1,2.5\n")
+    before = _snapshot(out)
+    argv = _invalid_overwrite(command, root, out, corrupt)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "already holds" not in err and "unrecognized" not in err, err
+    assert _snapshot(out) == before
+    assert leftovers(out) == []

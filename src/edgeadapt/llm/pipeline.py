@@ -35,14 +35,9 @@ from edgeadapt.errors import ConfigError, PathError
 from edgeadapt.llm.config import LLMPruneConfig
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.progress import bar_enabled
-from edgeadapt.pruning.budget import (
-    PruneOutcome,
-    Rescore,
-    check_request,
-    prune_to_param_sparsity,
-    prune_to_unit_sparsity,
-)
+from edgeadapt.pruning.budget import PruneOutcome, Rescore, prune_to_param_sparsity, prune_to_unit_sparsity
 from edgeadapt.pruning.importance import Scores, score
+from edgeadapt.pruning.request import check_request
 
 Batch = dict[str, torch.Tensor]
 METRICS = "prune_metrics.json"

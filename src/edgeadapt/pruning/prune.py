@@ -15,7 +15,6 @@ from edgeadapt.models.adapter import ModelAdapter
 from edgeadapt.pruning.apply import apply_plan, current_plan, meta_copy
 from edgeadapt.pruning.budget import (
     check_budget,
-    check_request,
     check_steps,
     lift,
     prune_to_param_sparsity,
@@ -25,6 +24,7 @@ from edgeadapt.pruning.budget import (
 from edgeadapt.pruning.groups import KINDS
 from edgeadapt.pruning.importance import DEFAULT_IMPORTANCE, Batch, Scores, check_importance, score
 from edgeadapt.pruning.plan import PruningPlan
+from edgeadapt.pruning.request import check_request
 from edgeadapt.pruning.select import DEFAULT_SCOPE, select
 from edgeadapt.training.device import resolve_device, to_device
 
@@ -50,7 +50,7 @@ def prune(adapter: ModelAdapter, targets: Sequence[str] = ("neurons",), importan
 
     A request that removes nothing (every target rounds to zero units, has none to lose, or lies in
     protected layers) raises :class:`~edgeadapt.errors.InfeasibleError` before any scoring; a target
-    of several that removes nothing is a ``UserWarning`` (:func:`~edgeadapt.pruning.budget.check_request`).
+    of several that removes nothing is a ``UserWarning`` (:func:`~edgeadapt.pruning.request.check_request`).
 
     Scoring runs on ``device`` (``"auto"``: CUDA when present); the model stays there. ``seed``
     seeds ``random`` importance. Returns the plan now realised by ``adapter.model``.

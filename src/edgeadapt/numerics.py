@@ -32,9 +32,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgeadapt.errors import ConfigError
+
 HALF = (torch.bfloat16, torch.float16)
 # Head room over the measured rounding error (see tolerance); a real error stays far above it.
 SAFETY = 16.0
+# torch's names in "... not implemented for 'Half'" -> the dtype a user knows
+_KERNEL_DTYPES = {"'Half'": "float16", "'BFloat16'": "bfloat16"}
 # safetensors header dtype names -> torch dtypes (the floating ones a checkpoint can hold)
 _STORED = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
@@ -78,7 +82,8 @@ def floating_dtype(module: nn.Module) -> torch.dtype:
     """The dtype of ``module``'s floating-point parameters: a half dtype when any parameter is half
     (the checkpoint's dtype; norms kept in float32 do not count), else float32/float64."""
     dtypes = {p.dtype for p in module.parameters() if p.is_floating_point()}
-    return next((d for d in HALF if d in dtypes), torch.float64 if dtypes == {torch.float64} else torch.float32)
+    full = torch.float64 if dtypes == {torch.float64} else torch.float32
+    return next((d for d in HALF if d in dtypes), full)
 
 
 def _half_tensors(modules: tuple[nn.Module, ...]) -> list[tuple[nn.Module, str, bool, torch.dtype]]:
@@ -148,3 +153,19 @@ def match_stored_dtypes(module: nn.Module, path: str | Path) -> None:
         for n, b in m.named_buffers(recurse=False):
             if b is not None and b.is_floating_point() and stored.get(prefix + n, b.dtype) != b.dtype:
                 _cast(m, n, False, stored[prefix + n])
+
+
+def missing_kernel(exc: BaseException, device: torch.device | str) -> ConfigError | None:
+    """A :class:`~edgeadapt.errors.ConfigError` naming the dtype and the fix when ``exc`` is torch's
+    ``"<op>" not implemented for 'Half'`` (or ``'BFloat16'``): the device has no kernel of that
+    dtype for an operation the model uses (some float16 ops on older CPU builds). ``None`` for any
+    other error, which then keeps its traceback."""
+    text = str(exc)
+    dtype = next((name for key, name in _KERNEL_DTYPES.items() if "not implemented for " + key in text), None)
+    if dtype is None:
+        return None
+    where = torch.device(device).type.upper()
+    return ConfigError(f"{where} has no {dtype} kernel for an operation this model uses "
+                       f"({text.splitlines()[0]}); save the checkpoint in float32 (or bfloat16 on CPU), "
+                       "e.g. model.to(torch.float32).save_pretrained(DIR), or run on a CUDA device "
+                       "(device: cuda)")

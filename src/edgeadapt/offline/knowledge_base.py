@@ -162,24 +162,28 @@ def _task_loss(adapter: HFAdapter, logits: torch.Tensor | None, batch: Batch) ->
     if name == "classification" and "labels" in batch:
         return F.cross_entropy(logits, batch["labels"])
     if name == "causal-lm":
-        labels = batch["input_ids"].masked_fill(batch.get("attention_mask", torch.ones_like(batch["input_ids"])) == 0, -100)
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"]))
+        labels = batch["input_ids"].masked_fill(mask == 0, -100)
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                               ignore_index=-100)
     return adapter.task_loss(batch)
 
 
 def init_kb(fm: HFAdapter, calibration: list[Batch], settings: KBSettings, seed: int = 0) -> KnowledgeBase:
     """Score the FM's groups on ``calibration`` data, reorder into KB order and add saturated gates
     (no training yet: at full width it computes exactly what the FM computes)."""
-    scores = score(fm, settings.importance, calibration if settings.importance not in ("magnitude", "magnitude-l2")
-                   else None)
+    data_free = settings.importance in ("magnitude", "magnitude-l2")
+    scores = score(fm, settings.importance, None if data_free else calibration)
     index = build_index(fm, scores)
     kb_adapter = to_kb(fm, index)
-    return KnowledgeBase(kb_adapter, GateSet(kb_adapter, settings.bottleneck, settings.pooling, seed), index, settings)
+    gates = GateSet(kb_adapter, settings.bottleneck, settings.pooling, seed)
+    return KnowledgeBase(kb_adapter, gates, index, settings)
 
 
 def build_kb(fm: HFAdapter, train: Callable[[int], Iterable[Batch]], cfg: TrainConfig, settings: KBSettings,
-             calibration: list[Batch], val: Callable[[], Iterable[Batch]] | None = None, monitor: str = "loss",
-             logger: Any = None, checkpoint_dir: Any = None) -> tuple[KnowledgeBase, TrainResult]:
+             calibration: list[Batch], val: Callable[[], Iterable[Batch]] | None = None,
+             monitor: str = "loss", logger: Any = None,
+             checkpoint_dir: Any = None) -> tuple[KnowledgeBase, TrainResult]:
     """Initialise the KB from ``fm`` and train it with the sandwich rule through the shared loop.
     Validation (when given) scores the smallest trained width, the one most at risk."""
     kb = init_kb(fm, calibration, settings, seed=cfg.seed)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import ModelAdapter
-from edgeadapt.numerics import fp32_master
+from edgeadapt.numerics import fp32_master, missing_kernel
 from edgeadapt.progress import bar_enabled, lines_enabled, progress_line
 from edgeadapt.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from edgeadapt.training.config import TrainConfig
@@ -170,7 +170,9 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
 
     Precision: a bf16/fp16 model trains on float32 master weights (an update smaller than the half
     dtype's resolution would be lost) under ``cfg.precision``'s autocast, and leaves ``fit`` in
-    its own dtype again (its checkpoints hold the float32 state, so a resumed run is exact).
+    its own dtype again (its checkpoints hold the float32 state, so a resumed run is exact). An
+    op the device has no half kernel for raises :class:`~edgeadapt.errors.ConfigError` naming the
+    dtype and the fix (:func:`~edgeadapt.numerics.missing_kernel`).
 
     Randomness: the loop seeds torch and ``random`` with ``cfg.seed`` (a resumed run restores the
     checkpoint's streams instead) on private copies of the RNGs (:func:`own_rng`), so a run is
@@ -189,9 +191,15 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
     device = dist.device if dist else resolve_device(cfg.device)
     # own_rng: the loop's randomness never leaks into the caller's streams; fp32_master: a bf16/fp16
     # model trains on float32 master weights and is rounded back to its dtype once, at the end
-    with own_rng(device), fp32_master(adapter.model, *modules):
-        return _fit(adapter, train, cfg, val, monitor, loss_fn, evaluate, logger, checkpoint_dir, resume,
-                    callbacks, modules, dist, device)
+    try:
+        with own_rng(device), fp32_master(adapter.model, *modules):
+            return _fit(adapter, train, cfg, val, monitor, loss_fn, evaluate, logger, checkpoint_dir, resume,
+                        callbacks, modules, dist, device)
+    except RuntimeError as exc:  # a half-precision op the device lacks is the user's to fix, by name
+        error = missing_kernel(exc, device)
+        if error is None:
+            raise
+        raise error from exc
 
 
 def _fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: TrainConfig,

@@ -9,13 +9,17 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from edgeadapt import numerics
 from edgeadapt.artifacts import ArtifactError
+from edgeadapt.errors import ConfigError
+from edgeadapt.models.registry import load_adapter
 from edgeadapt.offline.lora import (
     LoraSettings,
     add_lora,
     load_lora_artifact,
     lora_target_modules,
     lora_tune,
+    merge_checked,
     merge_lora,
 )
 from edgeadapt.pruning.checkpoint import save_pruned
@@ -136,12 +140,13 @@ def test_lora_tune_learns_merges_and_round_trips(tmp_path):
         load_lora_artifact(tmp_path / "lora")
 
 
-def test_lora_tune_refuses_an_inexact_merge(load):
+def test_lora_tune_refuses_an_inexact_merge(load, monkeypatch):
     adapter = load("tiny-bert")
     batches = make_batches(adapter)
     cfg = TrainConfig(epochs=1, max_steps=1, device="cpu", progress=False)
+    monkeypatch.setattr(numerics, "SAFETY", -1.0)  # a negative tolerance: no merge is exact enough
     with pytest.raises(RuntimeError, match="max abs output diff"):
-        lora_tune(adapter, lambda e: batches, cfg, LoraSettings(rank=2), tolerance=-1.0)
+        lora_tune(adapter, lambda e: batches, cfg, LoraSettings(rank=2))
     assert lora_layers(adapter.model)  # the merge was undone: the LoRA model is intact
     unmerged = outputs(adapter, batches[0])
     merge_lora(adapter)
@@ -197,3 +202,74 @@ def test_merging_into_a_dense_model_rebases_its_identity(load):
     merge_lora(adapter)
     assert adapter.parent_hash == before and adapter.base_hash() != before
     assert set(vars(adapter)) == attributes
+
+
+# -- half-precision checkpoints (issue 12 §1) -------------------------------------------------------
+
+HALF = [torch.bfloat16, torch.float16]
+
+
+def randomize_lora_b(adapter, std: float = 0.05, seed: int = 0) -> None:
+    """A trained-looking LoRA update (B starts at zero, so merging it would change nothing)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in lora_layers(adapter.model).values():
+            for b in layer.lora_B.values():
+                b.weight.copy_(std * torch.randn(b.weight.shape, generator=g))
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=["bf16", "fp16"])
+def test_a_half_precision_model_is_lora_tuned_merged_and_saved_in_its_dtype(dtype, tmp_path):
+    # before: the merge check's fixed 1e-4 refused every bf16 merge (measured 4.9e-3 here)
+    adapter = load_adapter("tiny-vit")
+    adapter.model.to(dtype)
+    batches = make_batches(adapter, n=2, size=8)
+    cfg = TrainConfig(epochs=1, max_steps=2, learning_rate=1e-2, device="cpu", progress=False,
+                      precision="bf16" if dtype == torch.bfloat16 else "fp32")
+    report = lora_tune(adapter, lambda e: batches, cfg, LoraSettings(rank=4), out=tmp_path / "lora")
+    assert {p.dtype for p in adapter.model.parameters()} == {dtype}
+    rtol, atol = numerics.tolerance(torch.float32, depth=4)
+    assert report["merge_max_abs_diff"] <= atol + rtol * 10  # checked in float32, as strictly as fp32
+    assert 0 < report["cast_max_abs_diff"] and report["dtype"] == str(dtype).removeprefix("torch.")
+    reloaded = load_lora_artifact(tmp_path / "lora")
+    assert {p.dtype for p in reloaded.model.parameters()} == {dtype}  # before: reloaded as float32
+    assert torch.equal(outputs(reloaded, batches[0]), outputs(adapter, batches[0]))
+
+
+def test_a_wrong_merge_of_a_bf16_model_is_caught_in_float32(monkeypatch):
+    """A merge 1% off moves outputs by less than one bf16 epsilon, so a check at bf16 tolerance would
+    pass it; the check runs in float32 and refuses it."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    adapter = load_adapter("tiny-vit")
+    adapter.model.to(torch.bfloat16)
+    add_lora(adapter, LoraSettings(rank=4))
+    randomize_lora_b(adapter)
+    batch = make_batches(adapter, n=1, size=8)[0]
+    real = LoraLinear.get_delta_weight
+    monkeypatch.setattr(LoraLinear, "get_delta_weight", lambda self, name: 1.01 * real(self, name))
+    with pytest.raises(RuntimeError, match="not exact.*float32 tolerance"):
+        merge_checked(adapter, batch)
+    assert lora_layers(adapter.model) and not any(m.merged for m in lora_layers(adapter.model).values())
+    assert {p.dtype for p in adapter.model.parameters()} == {torch.bfloat16}
+
+
+def test_a_model_float16_cannot_hold_is_refused_naming_the_dtype_and_the_fix():
+    adapter = load_adapter("tiny-vit")
+    adapter.model.to(torch.float16)
+    add_lora(adapter, LoraSettings(rank=4))
+    randomize_lora_b(adapter, std=1e3)  # merged weights beyond float16's largest value, 65504
+    with pytest.raises(ConfigError, match=r"float16 .*bfloat16 or float32"):
+        merge_checked(adapter, make_batches(adapter, n=1, size=8)[0])
+
+
+def test_merge_lora_of_a_bf16_model_rounds_once_from_float32():
+    adapter = load_adapter("tiny-llama")
+    adapter.model.to(torch.bfloat16)
+    add_lora(adapter, LoraSettings(rank=4, targets=["q"]))
+    randomize_lora_b(adapter)
+    name, layer = next(iter(lora_layers(adapter.model).items()))
+    a, b = layer.lora_A["default"].weight.float(), layer.lora_B["default"].weight.float()
+    expected = (layer.get_base_layer().weight.float() + b @ a * layer.scaling["default"]).to(torch.bfloat16)
+    merge_lora(adapter)
+    assert torch.equal(adapter.model.get_submodule(name).weight, expected)

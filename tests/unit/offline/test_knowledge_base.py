@@ -4,11 +4,15 @@ is the KB at a width, and bad input is refused by name."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from pydantic import ValidationError
 
 from edgeadapt.models.registry import load_adapter
+from edgeadapt.numerics import max_error
+from edgeadapt.offline.artifacts import load_kb, save_kb
 from edgeadapt.offline.gates import GateSet, gate_point, kwta
 from edgeadapt.offline.knowledge_base import (
     KBSettings,
@@ -338,3 +342,27 @@ def test_kb_importance_uses_the_shared_vocabulary():
         KBSettings(importance="taylor-abs")
     with pytest.raises(ValueError, match="unknown importance"):
         KBSettings(importance="gradient")
+
+
+# -- half-precision checkpoints (issue 12 §1) -------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_a_half_precision_kb_reproduces_its_fm_trains_and_reloads_in_its_dtype(dtype, tmp_path):
+    fm = load_adapter("tiny-llama")
+    fm.model.to(dtype)
+    batches = make_batches(fm, n=2, size=4, length=12)
+    kb = seeded_kb(fm, batches[:1], KBSettings(importance="taylor"))
+    assert {p.dtype for p in kb.adapter.model.parameters()} == {dtype}
+    for batch in batches:  # reordering changes summation order: equal within the dtype's rounding
+        diff, allowed = max_error(outputs(kb.adapter, batch), outputs(fm, batch), dtype, depth=2)
+        assert diff <= allowed
+    kb, result = build_kb(fm, lambda e: batches, TrainConfig(epochs=1, max_steps=2, device="cpu",
+                                                             progress=False), CHEAP, batches[:1])
+    assert result.steps == 2 and all(math.isfinite(r["train_loss"]) for r in result.history)
+    assert {p.dtype for p in kb.adapter.model.parameters()} == {dtype}
+    assert {p.dtype for p in kb.gates.parameters()} == {torch.float32}  # edgeadapt's own gates: fp32
+    save_kb(kb, tmp_path / "kb")
+    again = load_kb(tmp_path / "kb")
+    assert {p.dtype for p in again.adapter.model.parameters()} == {dtype}  # before: reloaded as float32
+    ours, theirs = kb.adapter.model.state_dict(), again.adapter.model.state_dict()
+    assert all(torch.equal(theirs[k], v) for k, v in ours.items())

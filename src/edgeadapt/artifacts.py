@@ -128,9 +128,15 @@ def sha256_file(path: Path) -> str:
 def write_manifest(directory: Path, kind: str, version: int, files: list[str],
                    **fields: Any) -> dict[str, Any]:
     """Hash ``files`` (relative to ``directory``) and write the manifest last, atomically, so a
-    directory with a manifest is always complete."""
+    directory with a manifest is always complete. Every listed file gets the mode a plain ``open()``
+    gives (libraries such as safetensors create 0600 files)."""
     from edgeadapt import __version__
 
+    for name in files:
+        try:
+            os.chmod(directory / name, _public_mode())
+        except OSError:
+            pass  # not ours to change (or missing: refused below by the hash)
     manifest = {"kind": kind, "format_version": version, "edgeadapt_version": __version__,
                 **fields, "files": {f: sha256_file(directory / f) for f in files}}
     clean_stale_temps(directory)

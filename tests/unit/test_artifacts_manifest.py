@@ -8,14 +8,18 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from edgeadapt.artifacts import check_safetensors_header, sha256_file
+from edgeadapt.cli.main import main
 from edgeadapt.errors import ArtifactError
 from edgeadapt.models.registry import load_adapter
+from edgeadapt.online.report import write_report
 from edgeadapt.pruning.checkpoint import load_model, load_pruned, save_pruned
+from edgeadapt.training.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -100,4 +104,63 @@ def test_temp_files_of_a_killed_write_are_cleaned_by_the_next_write(tmp_path):
         p.write_bytes(b"partial")
     save_pruned(adapter, out)
     assert not any(p.exists() for p in leftovers)
+    load_pruned(out)
+
+
+def _modes(directory: Path) -> dict[str, int]:
+    return {str(p.relative_to(directory)): stat.S_IMODE(p.stat().st_mode) for p in directory.rglob("*")
+            if p.is_file()}
+
+
+def _public() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def test_training_checkpoint_weights_get_the_mode_of_other_files(tmp_path):
+    """Before: checkpoint/model.safetensors and best.safetensors were 0600 (safetensors' own mode)."""
+    model = load_adapter("tiny-vit").model
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    checkpoint = save_checkpoint(tmp_path, model, {"step": 7}, best)
+    assert set(_modes(checkpoint).values()) == {_public()}, _modes(checkpoint)
+    assert json.loads((checkpoint / "manifest.json").read_text())["step"] == 7
+
+
+RESULTS = {"rows": [{"method": "source", "mean_accuracy": 0.5, "retrain_seconds": 0.0, "peak_memory_bytes": 0,
+                     "params": 10}],
+           "domains": ["fog-3"], "per_domain": [{"method": "source", "domain": "fog-3", "accuracy": 0.5}]}
+
+
+def test_the_adapt_report_is_0644_and_cleans_a_killed_writes_temp_files(tmp_path):
+    """Before: `.report.md.XXXX.tmp` files that a killed adapt left in its --out stayed for ever."""
+    stale = [tmp_path / ".results.json.abc123.tmp", tmp_path / ".accuracy_per_domain.png.q1w2.tmp"]
+    for p in stale:
+        p.write_bytes(b"partial")
+    write_report(RESULTS, tmp_path)
+    assert not any(p.exists() for p in stale)
+    modes = _modes(tmp_path)
+    assert {"results.json", "report.md", "report.html", "per_domain.csv", "memory_time.png"} <= set(modes)
+    assert set(modes.values()) == {_public()}, modes
+
+
+@pytest.mark.slow
+def test_llm_pretrain_small_things(tmp_path, capsys):
+    """The reference LM's artifact (`edgeadapt llm-pretrain`): every file 0644 (checkpoint weights
+    included), the checkpoint records its step, and a --force rerun removes what a killed run left
+    (temp files, another process's half-written checkpoint)."""
+    out = tmp_path / "ref"
+    assert main(["--quiet", "llm-pretrain", "--out", str(out), "--epochs", "1"]) == 0
+    assert set(_modes(out).values()) == {_public()}, _modes(out)
+    step = json.loads((out / "checkpoints" / "checkpoint" / "manifest.json").read_text())["step"]
+    assert isinstance(step, int) and step > 0
+    proc = subprocess.Popen(["true"])
+    proc.wait()  # a dead PID
+    stale = [out / ".model.safetensors.abc123.tmp", out / "checkpoints" / f".checkpoint-{proc.pid}"]
+    stale[0].write_bytes(b"partial")
+    stale[1].mkdir()
+    (stale[1] / "model.safetensors").write_bytes(b"partial")
+    assert main(["--quiet", "llm-pretrain", "--out", str(out), "--epochs", "1", "--force"]) == 0
+    assert not any(p.exists() for p in stale)
+    assert set(_modes(out).values()) == {_public()}, _modes(out)
     load_pruned(out)

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgeadapt.artifacts import atomic_write_text
+from edgeadapt.artifacts import atomic_write_text, clean_stale_temps
 
 
 def summary_table(results: dict[str, Any]) -> str:
@@ -65,9 +65,12 @@ def _plots(results: dict[str, Any], out: Path) -> list[str]:
 
 def write_report(results: dict[str, Any], out: str | Path, title: str = "edgeadapt: adaptation under drift",
                  notes: str = "") -> Path:
-    """Write results.json, per_domain.csv, report.md, report.html and PNG plots into ``out``."""
+    """Write results.json, per_domain.csv, report.md, report.html and PNG plots into ``out`` (each
+    through a temp file and a rename, mode 0644 under the usual umask); temp files a killed earlier
+    write left in ``out`` are removed."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(out)
     atomic_write_text(out / "results.json", json.dumps(results, indent=1))
     buf = io.StringIO()
     fields = sorted({k for r in results["per_domain"] for k in r})

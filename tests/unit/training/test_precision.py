@@ -37,14 +37,25 @@ def data(n: int = 64):
 # -- tolerance ---------------------------------------------------------------------------------------
 
 def test_tolerance_scales_with_the_dtypes_epsilon_and_the_depth():
-    rtol32, atol32 = tolerance(torch.float32)
-    assert rtol32 == atol32 == pytest.approx(16 * torch.finfo(torch.float32).eps)
+    rtol16, atol16 = tolerance(torch.float16)
+    assert rtol16 == atol16 == pytest.approx(16 * torch.finfo(torch.float16).eps)
+    assert tolerance(torch.float32)[0] == pytest.approx(16 * 2.0**-16)  # float32 kernels' error floor
     assert tolerance(torch.float32)[0] < tolerance(torch.float16)[0] < tolerance(torch.bfloat16)[0]
     assert tolerance(torch.bfloat16, depth=16)[0] == pytest.approx(4 * tolerance(torch.bfloat16)[0])
     with pytest.raises(ValueError, match="floating"):
         tolerance(torch.int64)
     with pytest.raises(ValueError, match="depth"):
         tolerance(torch.float32, depth=0)
+
+
+def test_float32_on_tf32_matmuls_gets_tf32s_tolerance():
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        assert tolerance(torch.float32)[0] == pytest.approx(16 * 2.0**-10)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert tolerance(torch.float32)[0] == pytest.approx(16 * 2.0**-16)
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=["bf16", "fp16"])

@@ -128,14 +128,22 @@ def fp32_master(*modules: nn.Module) -> Iterator[None]:
     values convert to float32 exactly, so the only rounding is the one at exit. Tensors are found
     by owner and name, so moving the model to another device inside the block is fine.
     """
-    tensors = _half_tensors(modules)
-    for owner, name, is_param, _ in tensors:
-        _cast(owner, name, is_param, torch.float32)
+    tensors = upcast(*modules)
     try:
         yield
     finally:
         for owner, name, is_param, dtype in tensors:
             _cast(owner, name, is_param, dtype)
+
+
+def upcast(*modules: nn.Module) -> list[tuple[nn.Module, str, bool, torch.dtype]]:
+    """Cast every bf16/fp16 parameter and buffer of ``modules`` to float32 for good (e.g. a
+    throwaway copy measured as :func:`fp32_master` would train it); returns what was cast
+    (owner, name, is_parameter, original dtype)."""
+    tensors = _half_tensors(modules)
+    for owner, name, is_param, _ in tensors:
+        _cast(owner, name, is_param, torch.float32)
+    return tensors
 
 
 def stored_dtypes(path: str | Path) -> dict[str, torch.dtype]:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgeadapt.errors import ConfigError
 from edgeadapt.memory.accounting import measure_peak
 from edgeadapt.models.adapter import HFAdapter
+from edgeadapt.numerics import upcast
 from edgeadapt.training.config import TrainConfig
 from edgeadapt.training.device import resolve_device, to_device
 from edgeadapt.training.loop import fit, set_checkpointing
@@ -54,11 +55,13 @@ class RetrainResult:
 def step_memory(adapter: HFAdapter, loss_fn: LossFn, batch: Batch, lr: float, device: torch.device,
                 checkpointing: bool = False) -> int:
     """Peak bytes of one retraining step (forward, backward, AdamW update) including parameters,
-    gradients and optimizer state, measured on a throwaway copy so training is unaffected."""
+    gradients and optimizer state, measured on a throwaway copy so training is unaffected. A
+    bf16/fp16 model is measured on float32 master weights, as :func:`fit` trains it."""
     import copy
 
     probe = copy.deepcopy(adapter)
     probe.model.to(device).train()
+    upcast(probe.model)
     set_checkpointing(probe.model, checkpointing)
     params = [p for p in probe.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)

@@ -22,6 +22,7 @@ from edgeadapt.numerics import (
     stored_dtypes,
     tolerance,
 )
+from edgeadapt.online.retrain import step_memory
 from edgeadapt.pruning.checkpoint import load_pruned, save_pruned
 from edgeadapt.training.loop import TrainConfig, fit
 from tests.conftest import make_batches, outputs
@@ -179,3 +180,19 @@ def test_stored_dtypes_of_a_broken_file_is_empty_and_matching_leaves_the_model_a
     model = nn.Linear(2, 2)
     match_stored_dtypes(model, tmp_path / "bad.safetensors")
     assert model.weight.dtype == torch.float32
+
+
+def test_retraining_memory_of_a_half_model_counts_its_float32_master_weights():
+    """The edge's memory budget is measured on the step ``fit`` runs (before: a bf16 proxy was
+    measured in bf16, about half of what its retraining then used)."""
+    fp32 = load_adapter("tiny-vit")
+    half = copy.deepcopy(fp32)
+    half.model.to(torch.bfloat16)
+    batch = make_batches(fp32, n=1, size=8)[0]
+
+    def loss(adapter, b):
+        return adapter.task_loss(b)
+
+    full = step_memory(fp32, loss, batch, 1e-3, torch.device("cpu"))
+    assert step_memory(half, loss, batch, 1e-3, torch.device("cpu")) >= 0.95 * full
+    assert floating_dtype(half.model) == torch.bfloat16  # measured on a copy

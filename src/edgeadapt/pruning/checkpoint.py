@@ -19,6 +19,7 @@ from edgeadapt.artifacts import (
     atomic_write_text,
     atomic_write_with,
     read_manifest,
+    replacing_dir,
     write_manifest,
 )
 from edgeadapt.models.adapter import HFAdapter
@@ -36,20 +37,21 @@ def save_pruned(adapter: HFAdapter, directory: str | Path, config: dict | None =
     """Write ``adapter``'s model (pruned or not) to ``directory``; ``config`` is recorded as the
     producing configuration. Returns the directory."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     plan = current_plan(adapter)
-    # through a temp file and a rename, with the 0644 every other artifact file gets
-    atomic_write_with(directory / WEIGHTS, lambda tmp: save_model(adapter.model, str(tmp)))
-    atomic_write_text(directory / "base_config.json", adapter.base_config.to_json_string())
-    plan.save(directory / "plan.json")
-    files = [WEIGHTS, "base_config.json", "plan.json"]
-    if adapter.tokenizer is not None:
-        adapter.tokenizer.save_pretrained(directory / "tokenizer")
-        files += [f"tokenizer/{p.name}" for p in sorted((directory / "tokenizer").iterdir())]
-    write_manifest(directory, KIND, VERSION, files,
-                   base={"name": adapter.name, "hash": adapter.base_hash(), "architecture": adapter.fingerprint(),
-                         "class": type(adapter.model).__name__},
-                   plan_summary=plan.summary(), config=config or {})
+    # staged beside ``directory`` and swapped in by renames: a kill mid-write leaves the previous
+    # artifact (or nothing) in place, never a half-written one
+    with replacing_dir(directory) as staged:
+        atomic_write_with(staged / WEIGHTS, lambda tmp: save_model(adapter.model, str(tmp)))
+        atomic_write_text(staged / "base_config.json", adapter.base_config.to_json_string())
+        plan.save(staged / "plan.json")
+        files = [WEIGHTS, "base_config.json", "plan.json"]
+        if adapter.tokenizer is not None:
+            adapter.tokenizer.save_pretrained(staged / "tokenizer")
+            files += [f"tokenizer/{p.name}" for p in sorted((staged / "tokenizer").iterdir())]
+        write_manifest(staged, KIND, VERSION, files,
+                       base={"name": adapter.name, "hash": adapter.base_hash(),
+                             "architecture": adapter.fingerprint(), "class": type(adapter.model).__name__},
+                       plan_summary=plan.summary(), config=config or {})
     return directory
 
 

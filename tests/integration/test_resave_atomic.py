@@ -178,3 +178,24 @@ def test_a_killed_overwrite_run_leaves_the_previous_artifact(two_models, tmp_pat
     assert not (out / "run.json").exists() and leftovers(out) == []
     with claim_output(out, "prune", {}, overwrite=True):  # and the next claim starts from it
         pass
+
+
+def test_a_pruned_model_resave_that_fails_mid_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    """Before: save_pruned rewrote weights, config, plan and manifest in place, so a failure (or a
+    kill) after the weights left new weights under the old manifest: the directory no longer loaded.
+    Now the previous artifact, and the run's other files, stay as they were."""
+    import edgeadapt.pruning.checkpoint as checkpoint
+
+    out = save_pruned(load_adapter("tiny-vit", seed=0), tmp_path / "run")
+    (out / "run.json").write_text('{"command": "train"}')
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def broken_plan_save(self, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.PruningPlan, "save", broken_plan_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_pruned(load_adapter("tiny-vit", seed=1), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert leftovers(out) == []
+    load_pruned(out)  # verifies against the old manifest

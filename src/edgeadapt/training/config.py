@@ -33,7 +33,8 @@ class TrainConfig(BaseModel):
     grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
         "fp32", description="Autocast dtype: bf16 works on CPU and CUDA, fp16 only on CUDA (with loss "
-        "scaling); auto = bf16 on CUDA when supported, else fp32.")
+        "scaling); auto = bf16 on CUDA when supported, else fp32. A bf16/fp16 checkpoint trains on "
+        "float32 master weights under any of them and is saved in its own dtype.")
     gradient_checkpointing: bool = Field(False, description="Recompute block activations in the "
                                          "backward pass to save memory (Hugging Face models).")
     patience: int | None = Field(None, ge=1, description="Stop after this many epochs without "

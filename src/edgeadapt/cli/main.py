@@ -31,7 +31,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     Python: ``edgeadapt.models.inspect.inspect_model(load_adapter(MODEL))``."""
     from edgeadapt.models.inspect import (
         check_context,
-        explain_load_failure,
         format_inspection,
         inspect_model,
         model_limits,
@@ -40,8 +39,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     if args.context is not None:
         check_context(args.context, model_limits(args.model).positions, "--context")
-    with explain_load_failure(args.model):  # a config that does not describe its weights: one paragraph
-        adapter = load_model(args.model)
+    adapter = load_model(args.model)  # a config that does not describe its weights: ArtifactError
     info = inspect_model(adapter, context=args.context)
     print(json.dumps(info.to_dict(), indent=1) if args.json else format_inspection(info))
     return 0

@@ -8,20 +8,14 @@ the given context length.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import safe_open
 from torch import nn
 
-from edgeadapt.artifacts import MANIFEST, check_safetensors_header
-from edgeadapt.errors import ArtifactError, ConfigError, EdgeAdaptError
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import ModelAdapter
-from edgeadapt.models.families import family_for
 from edgeadapt.models.registry import minilm_path, model_config_dict
 from edgeadapt.models.tiny import TINY
 
@@ -179,107 +173,3 @@ def format_inspection(info: Inspection) -> str:
                  f"{_human(info.total_flops):>10}")
     lines.append(f"(total params include embeddings and head: {info.total_params:,})")
     return "\n".join(lines)
-
-
-# -- a Hugging Face directory whose config does not describe its weights ----------------------------
-
-_EXPORT_HINT = ("This is what `model.save_pretrained(DIR)` of a pruned model writes (its config keeps "
-                "the original widths), and transformers cannot load it. Save pruned models with edgeadapt "
-                "(`edgeadapt prune --out`, edgeadapt.pruning.checkpoint.save_pruned) and use that artifact, "
-                "or turn such an artifact into a loadable Hugging Face checkpoint with `edgeadapt export "
-                "ARTIFACT --format hf --out DIR`")
-
-
-def _structure_fields(config: Any) -> str:
-    """``num_hidden_layers=2, num_attention_heads=4, ...``: the config's structure fields, by family."""
-    try:
-        spec = family_for(config.model_type)
-        keys = [spec.layers_key, spec.heads_key, spec.kv_heads_key, spec.ffn_key, "head_dim"]
-    except ConfigError:
-        keys = ["num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
-                "head_dim"]
-    return ", ".join(f"{k}={getattr(config, k)}" for k in keys if k and getattr(config, k, None) is not None)
-
-
-def _saved_names(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``model``'s weights under the names ``save_pretrained`` writes (transformers 5 renames some
-    families' weights back to their legacy layout on save, e.g. ViT's ``encoder.layer.N``); empty
-    when this transformers has no such renaming (it is transformers' own, not a stable API)."""
-    try:
-        from transformers.core_model_loading import revert_weight_conversion
-
-        return dict(revert_weight_conversion(model, model.state_dict()))
-    except Exception:  # an older or newer transformers: compare the current names only
-        return {}
-
-
-def weight_mismatches(directory: str | Path) -> list[str]:
-    """Weights in ``directory``'s ``*.safetensors`` files whose shapes differ from those of the model
-    its ``config.json`` describes (built on the meta device: no memory, no weights read), as
-    ``"name: [file shape] in FILE, config implies [shape]"``. Only weights the model has are compared
-    (a key transformers renames on load is skipped). Raises :class:`~edgeadapt.errors.ArtifactError`
-    for a broken safetensors header."""
-    import transformers  # loaded on first use, as in registry, so config validation stays fast
-
-    directory = Path(directory)
-    config = transformers.AutoConfig.from_pretrained(directory)
-    names = getattr(config, "architectures", None) or []
-    cls = getattr(transformers, names[0], None) if names else None
-    with torch.device("meta"):
-        model = cls._from_config(config) if cls is not None else transformers.AutoModel.from_config(config)
-    expected = {k: list(v.shape) for k, v in model.state_dict().items()}
-    expected.update({k: list(v.shape) for k, v in _saved_names(model).items()})
-    prefix = f"{getattr(model, 'base_model_prefix', '')}."
-    out = []
-    for file in sorted(directory.glob("*.safetensors")):
-        check_safetensors_header(file)
-        with safe_open(str(file), "pt") as f:
-            for key in f.keys():
-                name = next((n for n in (key, prefix + key, key.removeprefix(prefix)) if n in expected), None)
-                shape = list(f.get_slice(key).get_shape())
-                if name is not None and shape != expected[name]:
-                    out.append(f"{key}: {shape} in {file.name}, config implies {expected[name]}")
-    return out
-
-
-def check_hf_checkpoint(directory: str | Path) -> None:
-    """Refuse (:class:`~edgeadapt.errors.ArtifactError`, one paragraph) a Hugging Face directory whose
-    weights do not have the shapes its ``config.json`` implies, naming the file, the first
-    mismatches with both shapes, the config's structure fields and the fix."""
-    import transformers
-
-    directory = Path(directory)
-    mismatches = weight_mismatches(directory)
-    if mismatches:
-        config = transformers.AutoConfig.from_pretrained(directory)
-        more = f"; and {len(mismatches) - 3} more" if len(mismatches) > 3 else ""
-        fields = _structure_fields(config)
-        raise ArtifactError(f"{directory}: the weights do not match config.json ({fields}): "
-                            f"{'; '.join(mismatches[:3])}{more}. {_EXPORT_HINT}")
-
-
-@contextmanager
-def explain_load_failure(model: str | Path) -> Iterator[None]:
-    """Around loading ``model``: for a local Hugging Face directory (``config.json``, no edgeadapt
-    ``manifest.json``), first :func:`check_hf_checkpoint`, then turn a transformers load failure
-    (``RuntimeError``/``ValueError`` from ``from_pretrained``, e.g. a size mismatch) into an
-    :class:`~edgeadapt.errors.ArtifactError` naming the directory and the fix instead of a traceback.
-    edgeadapt's own errors, and failures for anything else, pass through unchanged.
-
-    >>> with explain_load_failure(path):  # doctest: +SKIP
-    ...     adapter = load_model(path)
-    """
-    path = Path(model).expanduser()
-    hf_dir = path.is_dir() and (path / "config.json").is_file() and not (path / MANIFEST).is_file()
-    try:
-        if hf_dir:
-            check_hf_checkpoint(path)  # builds the config's model on meta: may raise as from_pretrained would
-        yield
-    except EdgeAdaptError:
-        raise
-    except (RuntimeError, ValueError) as exc:
-        if not hf_dir:
-            raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ArtifactError(f"{path}: transformers cannot load this model directory ({first}). "
-                            f"{_EXPORT_HINT}") from None

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeadapt.errors import ArtifactError, ConfigError
+from edgeadapt.errors import ArtifactError, ConfigError, EdgeAdaptError
 from edgeadapt.models.adapter import HFAdapter, check_structure
 from edgeadapt.models.families import family_for
 from edgeadapt.models.tasks import CausalLM, Classification, SentenceEncoder, Task
@@ -165,6 +165,12 @@ def _model_type(model: str | Path) -> str:
     return config["model_type"]
 
 
+EXPORT_HINT = ("A model pruned and saved with plain `model.save_pretrained(DIR)` looks like this (its config "
+               "keeps the original widths). Save pruned models with edgeadapt (`edgeadapt prune --out`, "
+               "edgeadapt.pruning.checkpoint.save_pruned) and load that artifact, or turn it into a loadable "
+               "Hugging Face checkpoint with `edgeadapt export ARTIFACT --format hf --out DIR`")
+
+
 def _load_local(path: Path, task: str | None, num_labels: int | None, name: str) -> HFAdapter:
     from transformers import AutoConfig
 
@@ -176,16 +182,19 @@ def _load_local(path: Path, task: str | None, num_labels: int | None, name: str)
         archs = getattr(config, "architectures", None) or []
         task = task_of(archs[0]) if archs else "encoder"
     cls = _class_for(dict(spec.classes), spec.family, task)
-    check_checkpoint(path, config, task)
+    if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+        raise ArtifactError(f"{path}: config.json but no weights (*.safetensors or pytorch_model.bin); "
+                            "copy the model's weight files next to its config")
     kwargs = {"num_labels": num_labels} if num_labels is not None else {}
     try:
+        check_checkpoint(path, config, task)  # config vs weight shapes, from the headers only
         model = cls.from_pretrained(path, **kwargs).eval()
-    except RuntimeError as exc:
-        if "mismatch" not in str(exc):
-            raise
-        raise ArtifactError(f"{path}: the weights do not have the shapes config.json declares "
-                            f"({str(exc).splitlines()[0]}); fix config.json or save the model with "
-                            "edgeadapt") from None
+    except EdgeAdaptError:
+        raise
+    except (RuntimeError, ValueError) as exc:  # size mismatch, a config transformers refuses, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArtifactError(f"{path}: transformers cannot load this model directory ({first}). "
+                            f"{EXPORT_HINT}") from None
     tokenizer = None
     if any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
         from transformers import AutoTokenizer
@@ -247,8 +256,11 @@ def check_checkpoint(path: Path, config: Any, task: str) -> None:
     n_config = getattr(config, spec.layers_key)
     if held and len(held) != n_config:
         raise ArtifactError(f"{path}: config says {spec.layers_key} {n_config} but the weights hold "
-                            f"{len(held)} layers; fix config.json or save the model with edgeadapt")
-    check_structure(adapter, shape_of, source=str(path))
+                            f"{len(held)} layers. {EXPORT_HINT}")
+    try:
+        check_structure(adapter, shape_of, source=str(path))
+    except ArtifactError as exc:
+        raise ArtifactError(f"{exc} {EXPORT_HINT}") from None
 
 
 def _saved_names(model: nn.Module) -> dict[str, str]:

@@ -9,8 +9,10 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from edgeadapt.cli.args import (
     Parser,
@@ -478,12 +480,30 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[QUIET_ENV] = "1"
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
-        return handler(args)
+        with warnings.catch_warnings():
+            if not args.debug:  # edgeadapt's own warnings as one line, like its errors
+                warnings.showwarning = _one_line_warning(args.command)
+            return handler(args)
     except EdgeAdaptError as exc:
         if args.debug:
             raise
         print(f"edgeadapt {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _one_line_warning(command: str) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints edgeadapt's own warnings as ``edgeadapt CMD: warning:
+    MESSAGE`` (no file, line or source line) and leaves other libraries' in Python's format."""
+    default = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        if f"{os.sep}edgeadapt{os.sep}" in filename:
+            print(f"edgeadapt {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -40,6 +40,7 @@ from edgeadapt.artifacts import atomic_write_text
 from edgeadapt.errors import ArtifactError, ConfigError, OutputExistsError
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.models.registry import task_of
+from edgeadapt.numerics import max_error
 from edgeadapt.outputs import check_output_dir
 from edgeadapt.progress import bar_enabled
 from edgeadapt.pruning.checkpoint import load_model
@@ -198,17 +199,14 @@ def _sample_input(adapter: HFAdapter) -> dict[str, torch.Tensor]:
             "attention_mask": torch.ones(2, length, dtype=torch.long)}
 
 
-def _tolerance(dtype: torch.dtype) -> float:
-    return 1e-5 if dtype in (torch.float32, torch.float64) else 1e-2
-
-
 @torch.no_grad()
 def verify_export(adapter: HFAdapter, directory: Path, auto_class: str) -> float:
     """Reload ``directory`` with ``transformers.<auto_class>`` and return the largest absolute
     difference of its first output from the edgeadapt model's on :func:`_sample_input`.
 
     Raises ``RuntimeError`` (an exporter bug, not a user error) on missing, unexpected or
-    mismatched keys or a difference above the dtype's tolerance (1e-5 in fp32)."""
+    mismatched keys or a difference above the dtype's tolerance
+    (:func:`edgeadapt.numerics.max_error`)."""
     loaded, info = getattr(transformers, auto_class).from_pretrained(directory, output_loading_info=True)
     bad = {k: v for k, v in info.items() if k != "error_msgs" and v}
     if bad or info.get("error_msgs"):
@@ -219,11 +217,11 @@ def verify_export(adapter: HFAdapter, directory: Path, auto_class: str) -> float
     device = next(adapter.model.parameters()).device
     ours = adapter.model(**{k: v.to(device) for k, v in batch.items()})[0].float().cpu()
     theirs = loaded(**batch)[0].float()
-    diff = float((ours - theirs).abs().max())
     dtype = next(adapter.model.parameters()).dtype
-    if not diff <= _tolerance(dtype):
+    diff, allowed = max_error(ours, theirs, dtype, depth=max(1, len(adapter.blocks())))
+    if not diff <= allowed:
         raise RuntimeError(f"export check failed: {directory} gives outputs {diff:.3g} away from the "
-                           f"edgeadapt model (tolerance {_tolerance(dtype):g} for {dtype})")
+                           f"edgeadapt model (tolerance {allowed:.3g} for {dtype})")
     return diff
 
 

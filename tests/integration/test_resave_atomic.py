@@ -199,3 +199,34 @@ def test_a_pruned_model_resave_that_fails_mid_write_keeps_the_previous_one(tmp_p
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert leftovers(out) == []
     load_pruned(out)  # verifies against the old manifest
+
+
+def test_a_lora_or_index_resave_that_fails_mid_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    """Before: save_lora_artifact and save_index wrote into the directory in place, so a failure
+    after the first file left an artifact whose files no longer matched its manifest."""
+    import edgeadapt.offline.lora as lora
+    import edgeadapt.offline.neuron_index as neuron_index
+    from edgeadapt.offline.lora import LoraSettings, load_lora_artifact, save_lora_artifact
+    from edgeadapt.offline.neuron_index import build_index, load_index, save_index
+    from edgeadapt.pruning.importance import score
+
+    adapter = load_adapter("tiny-vit", seed=0)
+    adapter.parent_hash = adapter.base_hash()
+    out = save_lora_artifact(adapter, tmp_path / "lora", LoraSettings(), {"best": 1}, {})
+    index_dir = save_index(build_index(adapter, score(adapter, "random", seed=0)), tmp_path / "index")
+    before = {d: {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()} for d in (out, index_dir)}
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(lora, "write_manifest", broken)
+    monkeypatch.setattr(neuron_index, "write_manifest", broken)
+    other = load_adapter("tiny-vit", seed=1)
+    other.parent_hash = other.base_hash()
+    with pytest.raises(OSError, match="disk full"):
+        save_lora_artifact(other, out, LoraSettings(), {"best": 2}, {})
+    with pytest.raises(OSError, match="disk full"):
+        save_index(build_index(other, score(other, "random", seed=1)), index_dir)
+    assert {d: {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()} for d in (out, index_dir)} == before
+    load_lora_artifact(out)
+    load_index(index_dir)

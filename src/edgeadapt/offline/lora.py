@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from edgeadapt.artifacts import ArtifactError, atomic_write_text, read_manifest, write_manifest
+from edgeadapt.artifacts import ArtifactError, atomic_write_text, read_manifest, replacing_dir, write_manifest
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.models.spec import BlockSpec
@@ -279,18 +279,19 @@ def save_lora_artifact(adapter: HFAdapter, out: str | Path, settings: LoraSettin
     if _lora_layers(adapter.model):
         raise ConfigError("save_lora_artifact: merge_lora() the model first (it still has LoRA layers)")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / LORA_JSON, json.dumps({"settings": settings.model_dump(), "report": report},
-                                                  indent=1, sort_keys=True, default=str))
     summary = {k: report[k] for k in ("trainable_params", "total_params", "merge_max_abs_diff", "best")
                if k in report}
-    save_pruned(adapter, out, config={"stage": STAGE, "lora": settings.model_dump(),
-                                      "tuned_from_hash": adapter.parent_hash, **summary, **config})
-    # save_pruned lists only its own files; rewrite the manifest (still last) so lora.json is hashed too.
-    manifest = read_manifest(out, KIND, VERSION, verify=False)
-    own = ("kind", "format_version", "edgeadapt_version", "files")  # write_manifest sets these
-    fields = {k: v for k, v in manifest.items() if k not in own}
-    write_manifest(out, KIND, VERSION, [*manifest["files"], LORA_JSON], **fields)
+    # staged beside ``out`` and swapped in: a kill mid-write leaves the previous artifact in place
+    with replacing_dir(out) as staged:
+        save_pruned(adapter, staged, config={"stage": STAGE, "lora": settings.model_dump(),
+                                             "tuned_from_hash": adapter.parent_hash, **summary, **config})
+        record = {"settings": settings.model_dump(), "report": report}
+        atomic_write_text(staged / LORA_JSON, json.dumps(record, indent=1, sort_keys=True, default=str))
+        # save_pruned lists only its own files; rewrite the manifest so lora.json is hashed too
+        manifest = read_manifest(staged, KIND, VERSION, verify=False)
+        own = ("kind", "format_version", "edgeadapt_version", "files")  # write_manifest sets these
+        fields = {k: v for k, v in manifest.items() if k not in own}
+        write_manifest(staged, KIND, VERSION, [*manifest["files"], LORA_JSON], **fields)
     return out
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from edgeadapt.artifacts import ArtifactError, atomic_write_text, read_manifest, write_manifest
+from edgeadapt.artifacts import ArtifactError, atomic_write_text, read_manifest, replacing_dir, write_manifest
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import ModelAdapter
 from edgeadapt.pruning.reorder import inverse as invert
@@ -174,9 +174,10 @@ def kb_state_to_fm(kb_adapter: ModelAdapter, index: NeuronIndex) -> dict[str, to
 def save_index(index: NeuronIndex, directory: str | Path, config: dict | None = None) -> Path:
     """Write ``index.json`` and a manifest (kind ``neuron-index``) to ``directory``, atomically."""
     directory = Path(directory)
-    atomic_write_text(directory / FILE, json.dumps(index.to_dict(), indent=1))
     base = {"hash": index.base_hash, "architecture": index.architecture}
-    write_manifest(directory, KIND, VERSION, [FILE], base=base, config=config or {})
+    with replacing_dir(directory) as staged:  # a kill mid-write leaves the previous index in place
+        atomic_write_text(staged / FILE, json.dumps(index.to_dict(), indent=1))
+        write_manifest(staged, KIND, VERSION, [FILE], base=base, config=config or {})
     return directory
 
 

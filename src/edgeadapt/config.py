@@ -29,16 +29,8 @@ BUILD_COMMANDS: dict[str, str] = {
     "llm-prune": "edgeadapt llm-prune --config {} --mode train",
     "adapt": "edgeadapt adapt --config {}",
 }
-# kind -> "module:function" checking a validated config against what its model bounds, for the
-# kinds whose config class does not run such checks itself (train and llm-prune do, in validators).
-LIMIT_CHECKS: dict[str, str] = {
-    "offline": "edgeadapt.data.config:check_offline_fits_model",
-    "adapt": "edgeadapt.data.config:check_adapt_fits_model",
-}
 # Paths edgeadapt commands write by default, without a config.
 DEFAULT_OUTPUTS: dict[str, str] = {"runs/ref-llama": "edgeadapt llm-pretrain"}
-
-
 
 
 def config_model(kind: str) -> type[BaseModel]:
@@ -48,17 +40,6 @@ def config_model(kind: str) -> type[BaseModel]:
                           f"{', '.join(sorted(CONFIG_KINDS))}")
     module, _, name = CONFIG_KINDS[kind].partition(":")
     return getattr(importlib.import_module(module), name)
-
-
-def check_limits(kind: str, cfg: BaseModel, source: str) -> None:
-    """Run :data:`LIMIT_CHECKS` for ``kind`` on ``cfg``; a refusal names ``source`` like a schema error."""
-    if kind not in LIMIT_CHECKS:
-        return
-    module, _, name = LIMIT_CHECKS[kind].partition(":")
-    try:
-        getattr(importlib.import_module(module), name)(cfg)
-    except ConfigError as exc:
-        raise ConfigError(f"{source} is invalid:\n  {exc}") from None
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
@@ -104,7 +85,6 @@ def parse_config(data: Any, kind: str | None = None, source: str = "config") -> 
         cfg = model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from None
-    check_limits(kind, cfg, source)
     return cfg
 
 
@@ -181,5 +161,4 @@ def validate_config(path: str | Path, planned: dict[str, str] | None = None) -> 
         cfg = config_model(kind).model_validate(data, context=context)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, str(path))) from None
-    check_limits(kind, cfg, str(path))
     return cfg, list(dict.fromkeys(context["notes"]))

@@ -230,7 +230,7 @@ def test_llm_pretrain_out_on_another_model_is_a_clear_error(tmp_path, capsys):
     assert (vit / "model.safetensors").is_file()  # untouched
 
 
-# -- offline and adapt (checked by edgeadapt.config.LIMIT_CHECKS after the schema) ----------------
+# -- offline and adapt (checked by their config classes, so the Python API is covered too) ------------
 
 def _offline(model: str, data: dict, out: Path) -> dict:
     step = {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3}
@@ -249,6 +249,22 @@ def test_offline_data_that_the_foundation_model_cannot_take(tmp_path, data, numb
     assert code == 2 and all(n in err for n in numbers)
     assert main(["offline", "lora", "--config", str(tmp_path / "c.yaml")]) == 2
     assert not (tmp_path / "off").exists()
+
+
+def test_offline_and_adapt_configs_built_in_python_are_checked_too(tmp_path):
+    """Before: only parse_config/validate ran these checks, so `OfflineConfig(...)` or
+    `AdaptConfig(...)` built in Python went on to compute with data the model cannot take."""
+    from pydantic import ValidationError
+
+    from edgeadapt.offline.pipeline import OfflineConfig
+    from edgeadapt.online.pipeline import AdaptConfig
+    from edgeadapt.pruning.checkpoint import save_pruned
+
+    with pytest.raises(ValidationError, match="9 classes.*10 labels"):
+        OfflineConfig(**_offline("tiny-vit", {"name": "digits", "ignore_classes": ["9"]}, tmp_path / "o"))
+    save_pruned(load_adapter("tiny-vit", num_labels=2), tmp_path / "off" / "lora")
+    with pytest.raises(ValidationError, match="2 labels"):
+        AdaptConfig(offline=tmp_path / "off")
 
 
 def test_offline_text_max_length_beyond_positions(tmp_path, capsys):

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgeadapt.artifacts import ArtifactError, atomic_write_text
-from edgeadapt.data.config import DataSection, load_splits
+from edgeadapt.data.config import DataSection, check_offline_fits_model, load_splits
 from edgeadapt.data.registry import dataset_info
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import ModelAdapter
@@ -92,6 +92,12 @@ class OfflineConfig(ModelDataConfig):
     kb: KBStep
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     out: Path = Field(description="Root directory; steps write out/lora, out/kb, out/index.")
+
+    @model_validator(mode="after")
+    def _data_fits_model(self) -> OfflineConfig:
+        """The FM keeps its head: the data's classes, image size and token range must fit it."""
+        check_offline_fits_model(self)
+        return self
 
 
 def step_dir(cfg: OfflineConfig, step: str) -> Path:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edgeadapt.data.config import check_adapt_fits_model
 from edgeadapt.data.registry import build_dataset
 from edgeadapt.data.stream import parse_stream, stream_data
 from edgeadapt.errors import ConfigError
@@ -66,6 +67,7 @@ class AdaptConfig(BaseModel):
     def _one_budget(self) -> AdaptConfig:
         if self.proxy_params is not None and self.proxy_memory_bytes is not None:
             raise ConfigError("proxy_params and proxy_memory_bytes are alternatives; set one of them")
+        check_adapt_fits_model(self)  # the stream must fit the FM in offline/lora, once it exists
         return self
 
     @field_validator("proxy_memory_bytes", mode="before")

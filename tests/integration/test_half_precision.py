@@ -94,7 +94,7 @@ def test_a_half_precision_llama_goes_through_llm_prune(dtype, tmp_path):
     source = half_checkpoint("tiny-llama", dtype, tmp_path / "hf")
     config = write(tmp_path / "prune.yaml", {
         "kind": "llm-prune", "model": str(source), "dataset": "builtin-docs", "seq_len": 32,
-        "batch_size": 8, "param_sparsity": 0.3, "granularity": ["heads", "neurons"],
+        "batch_size": 8, "param_sparsity": 0.3, "targets": ["heads", "neurons"],
         "pruning": {"importance": "taylor", "calibration_batches": 1},
         "recovery": {"method": "lora", "max_train_blocks": 16, "lora": {"rank": 4, "alpha": 8},
                      "learning_rate": 1e-2, "epochs": 1, "patience": None, "precision": precision(dtype)},

@@ -17,7 +17,7 @@ from edgeadapt.pruning.budget import prune_to_param_sparsity
 from edgeadapt.pruning.importance import random_scores
 
 BASE = {"kind": "llm-prune", "model": "tiny-llama", "dataset": "builtin-docs", "seq_len": 32,
-        "batch_size": 16, "param_sparsity": 0.3, "granularity": ["heads", "neurons"],
+        "batch_size": 16, "param_sparsity": 0.3, "targets": ["heads", "neurons"],
         "pruning": {"importance": "taylor", "scope": "global", "calibration_batches": 2},
         "recovery": {"method": "lora", "max_train_blocks": 320, "lora": {"rank": 8, "alpha": 16},
                      "learning_rate": 1e-2, "epochs": 1, "patience": None},

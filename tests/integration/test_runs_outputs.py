@@ -235,7 +235,7 @@ def _invalid_overwrite(command: str, root: Path, out: Path, corrupt: dict[str, P
                   "tracking": {"backends": ["none"]}, "out": str(out.parent)}
     elif command == "llm-prune":
         config = {"kind": "llm-prune", "model": str(corrupt["tiny-llama"]), "seq_len": 32, "batch_size": 4,
-                  "param_sparsity": 0.2, "granularity": ["heads"], "pruning": {"importance": "magnitude"},
+                  "param_sparsity": 0.2, "targets": ["heads"], "pruning": {"importance": "magnitude"},
                   "recovery": {"method": "none"}, "save": str(out), "log_dir": str(root / "logs"),
                   "tracker": "none"}
     elif command == "prune":

@@ -84,7 +84,7 @@ LLM = {"kind": "llm-prune", "model": "tiny-llama", "param_sparsity": 0.2}
 @pytest.mark.parametrize("changes, message", [
     ({"param_sparsity": 1.0}, r"param_sparsity: .*must be in \[0, 1\)"),
     ({"param_sparsity": -0.1}, r"param_sparsity: .*must be in \[0, 1\)"),
-    ({"granularity": ["filters"]}, r"granularity\.0: .*'heads', 'neurons' or 'layers'"),
+    ({"targets": ["filters"]}, r"targets\.0: .*'heads', 'neurons' or 'layers'"),
     ({"dataset": "text-files", "data_root": "/no/such/folder"}, r"data_root: .*does not exist"),
     ({"dataset": "text-files"}, r"data_root: dataset text-files needs local text"),
     ({"tracker": "neptune"}, r"tracker: "),

@@ -1,6 +1,6 @@
 """The ``edgeadapt llm-prune`` configuration: one YAML file from model to pruned, recovered, evaluated LM.
 
-The fields users change most sit at the top level (model, data, budget, granularity, where things
+The fields users change most sit at the top level (model, data, budget, targets, where things
 go); the rest is grouped into ``pruning``, ``recovery`` and ``evaluation`` sections with defaults.
 Everything is validated before any model is loaded, and every error names its field and the fix
 (:func:`edgeadapt.config.load_config`). The vocabulary is the one ``edgeadapt prune`` uses:
@@ -15,7 +15,7 @@ Example (``configs/llm-prune-docs.yaml``)::
     model: runs/ref-llama            # built-in name, HF id, local HF directory or edgeadapt artifact
     dataset: builtin-docs            # builtin-docs | wikitext2 | c4 | text-files (via the data registry)
     param_sparsity: 0.2              # fraction of the block parameters removed (or unit_sparsity)
-    granularity: [heads, neurons]
+    targets: [heads, neurons]
     recovery: {epochs: 2}
     save: runs/llm-prune/model
 """
@@ -40,7 +40,7 @@ from edgeadapt.pruning.select import DEFAULT_SCOPE, check_sparsity
 from edgeadapt.training.config import TrainConfig
 
 DATASETS = ("builtin-docs", "wikitext2", "c4", "text-files")
-GRANULARITIES = ("heads", "neurons", "layers")
+TARGET_KINDS = ("heads", "neurons", "layers")
 # The TrainConfig defaults recovery changes — the only place they differ, and why:
 RECOVERY_DEFAULTS: dict[str, Any] = {
     "epochs": 1,              # a pruned model starts close to a good one: recovery is short
@@ -54,10 +54,12 @@ RECOVERY_DEFAULTS: dict[str, Any] = {
 RETIRED_FIELDS: dict[str, str] = {
     "sparsity": "'sparsity' was split in two budgets: use param_sparsity (the fraction of the block "
                 "parameters removed, found by bisection; what llm-prune's sparsity meant) or unit_sparsity "
-                "(the fraction of the units of each granularity kind removed)",
+                "(the fraction of the units of each target kind removed)",
     "epochs": "moved to recovery.epochs (recovery is the shared TrainConfig)",
     "learning_rate": "moved to recovery.learning_rate (recovery is the shared TrainConfig)",
     "patience": "moved to recovery.patience (recovery is the shared TrainConfig)",
+    "granularity": "renamed to targets (the same list as `edgeadapt prune --target`: heads, neurons, "
+                   "layers)",
     "data_paths": "replaced by data_root: one file or folder, read by the dataset registry exactly like "
                   "`edgeadapt train`'s data.root (text-files: train/val/test subfolders or files, or an "
                   "80/10/10 split by document; wikitext2/c4: local files named by split)",
@@ -186,13 +188,13 @@ class LLMPruneConfig(BaseModel):
     seq_len: int = Field(128, ge=8, description="Tokens per training block and perplexity window.")
     batch_size: int = Field(8, ge=1, description="Sequences per micro-batch (calibration and recovery).")
     unit_sparsity: float | None = Field(None, description="Budget: the fraction of the units of each "
-                                        "granularity kind removed (layers, heads, FFN neurons), in [0, 1). "
+                                        "target kind removed (layers, heads, FFN neurons), in [0, 1). "
                                         "Give this or param_sparsity.")
     param_sparsity: float | None = Field(None, description="Budget: the fraction of the block parameters "
                                          "(attention and FFN weights of the layers) removed, in [0, 1); one "
                                          "unit fraction for every kind, found by bisection. Give this or "
                                          "unit_sparsity.")
-    granularity: list[Literal["heads", "neurons", "layers"]] = Field(
+    targets: list[Literal["heads", "neurons", "layers"]] = Field(
         default_factory=lambda: ["heads", "neurons"], min_length=1,
         description="What is removed: attention heads (KV groups), FFN neurons, whole layers, or a mix.")
     pruning: PruningSection = Field(default_factory=PruningSection)
@@ -229,7 +231,7 @@ class LLMPruneConfig(BaseModel):
     def _sparsity(cls, value: float | None, info: Any) -> float | None:
         return None if value is None else check_sparsity(value, info.field_name)
 
-    @field_validator("granularity")
+    @field_validator("targets")
     @classmethod
     def _dedupe(cls, value: list[str]) -> list[str]:
         return list(dict.fromkeys(value))

@@ -177,12 +177,12 @@ def recover(cfg: LLMPruneConfig, adapter: HFAdapter, train: Callable[[int], Iter
 def prune_to_budget(cfg: LLMPruneConfig, adapter: HFAdapter, scores: Scores,
                     sparsity: float | None = None, rescore: Rescore | None = None) -> PruneOutcome:
     """Prune ``adapter`` in place to the configured budget (or to ``sparsity`` of the same kind of
-    budget), with the configured granularity, scope, floors and protected layers; in
+    budget), with the configured targets, scope, floors and protected layers; in
     ``pruning.iterative_steps`` steps re-scored by ``rescore`` when it is given, else in one shot."""
     kind, configured = cfg.budget
     p = cfg.pruning
     fn = prune_to_unit_sparsity if kind == "unit" else prune_to_param_sparsity
-    return fn(adapter, configured if sparsity is None else sparsity, cfg.granularity, scores, scope=p.scope,
+    return fn(adapter, configured if sparsity is None else sparsity, cfg.targets, scores, scope=p.scope,
               min_keep=p.min_keep, protect_first=p.protect_first, protect_last=p.protect_last,
               iterative_steps=p.iterative_steps if rescore is not None else 1, rescore=rescore)
 
@@ -206,7 +206,7 @@ def _run_train(cfg: LLMPruneConfig) -> dict[str, Any]:
     device = select_device(cfg.use_gpu, cfg.gpu_ids)
     adapter = load_lm(cfg)
     p = cfg.pruning  # a request that removes nothing is refused before any perplexity or score
-    check_request(adapter, cfg.granularity, *cfg.budget, p.scope, p.min_keep, p.protect_first, p.protect_last)
+    check_request(adapter, cfg.targets, *cfg.budget, p.scope, p.min_keep, p.protect_first, p.protect_last)
     train_ids = token_ids(adapter, corpus(cfg, "train"))
     val_ids = token_ids(adapter, corpus(cfg, "val"), cfg.evaluation.max_eval_tokens)
     train = token_blocks(train_ids, cfg.seq_len, cfg.batch_size, shuffle=True, seed=cfg.seed,
@@ -229,7 +229,7 @@ def _run_train(cfg: LLMPruneConfig) -> dict[str, Any]:
                 warnings.simplefilter("ignore", UserWarning)
                 outcome = prune_to_budget(cfg, probe, scores, s)
         except ValueError:
-            continue  # beyond what this granularity can remove, or removing nothing
+            continue  # beyond what these targets can remove, or removing nothing
         sweep.append({"target": s, "budget": f"{budget}_sparsity", "param_sparsity": outcome.param_sparsity,
                       "ppl": _ppl(cfg, probe, val_ids, device), "params": outcome.params_after})
     outcome = prune_to_budget(cfg, adapter, scores, rescore=lambda a: score(a, p.importance, calibration,
@@ -264,7 +264,7 @@ def _run_train(cfg: LLMPruneConfig) -> dict[str, Any]:
     adapter.model.cpu()
     metrics = {"dense_ppl": dense_ppl, "pruned_ppl": pruned_ppl, "recovered_ppl": recovered_ppl,
                "budget": {f"{budget}_sparsity": target}, "prune": outcome.to_dict(), "sweep": sweep,
-               "recovery": recovery, "importance": p.importance, "granularity": cfg.granularity}
+               "recovery": recovery, "importance": p.importance, "targets": cfg.targets}
     if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch every rank holds the same model
         save_pruned(adapter, cfg.save, config=cfg.model_dump(mode="json"))
         atomic_write_text(cfg.save / METRICS, json.dumps(metrics, indent=1))

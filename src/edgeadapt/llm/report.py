@@ -71,7 +71,7 @@ def write_report(results: dict[str, Any], cfg: Any) -> Path:
         budget = ", ".join(f"{k} {v:g}" for k, v in m.get("budget", {}).items())
         lines += [f"Pruned {m['prune']['param_sparsity']:.1%} of the block parameters ({m['prune']['plan']}; "
                   f"budget {budget}) by "
-                  f"{m['importance']} importance, granularity {', '.join(m['granularity'])}; recovery: "
+                  f"{m['importance']} importance, targets {', '.join(m['targets'])}; recovery: "
                   f"{cfg.recovery.method}.", "",
                   "| validation | perplexity |", "|---|---|",
                   f"| dense | {m['dense_ppl']:.2f} |", f"| pruned, before recovery | {m['pruned_ppl']:.2f} |",

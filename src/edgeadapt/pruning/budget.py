@@ -42,7 +42,7 @@ from edgeadapt.pruning.importance import Scores
 from edgeadapt.pruning.plan import BlockPlan, PlanError, PruningPlan
 from edgeadapt.pruning.request import (
     Removal,
-    check_granularity,
+    check_targets,
     check_request,
     just_above,
     refuse_or_warn,
@@ -193,14 +193,14 @@ def plan_at(meta: ModelAdapter, scores: Scores, units: Sequence[str], fraction: 
     return current_plan(probe)
 
 
-def layers_to_drop(param_sparsity: float, n_layers: int, granularity: Sequence[str],
+def layers_to_drop(param_sparsity: float, n_layers: int, targets: Sequence[str],
                    protected: int = 0) -> int:
     """Whole layers removed for a parameter budget: ``round(p * L)`` when layers are the only
-    granularity; in a mix, layers take at most half the target (``floor(p * L / 2)``) and
+    targets; in a mix, layers take at most half the target (``floor(p * L / 2)``) and
     heads/neurons the rest."""
-    if "layers" not in granularity:
+    if "layers" not in targets:
         return 0
-    alone = all(k == "layers" for k in granularity)
+    alone = all(k == "layers" for k in targets)
     n = round(param_sparsity * n_layers) if alone else math.floor(param_sparsity * n_layers / 2 + 1e-9)
     return min(n, n_layers - 1, n_layers - protected)
 
@@ -208,9 +208,9 @@ def layers_to_drop(param_sparsity: float, n_layers: int, granularity: Sequence[s
 class _Budget:
     """Shared set-up of both budget searches: a dense meta copy and its parameter counts."""
 
-    def __init__(self, adapter: ModelAdapter, granularity: Sequence[str]) -> None:
-        self.granularity = list(dict.fromkeys(granularity))
-        check_granularity(self.granularity)
+    def __init__(self, adapter: ModelAdapter, targets: Sequence[str]) -> None:
+        self.targets = list(dict.fromkeys(targets))
+        check_targets(self.targets)
         if getattr(adapter, "plan", None) is not None and not adapter.plan.is_dense():
             raise ConfigError("pruning to a budget expects a dense model (scores index its units); "
                               "this one is already pruned")
@@ -220,7 +220,7 @@ class _Budget:
         self.n_layers = len(dense.blocks)
         self.before = params_under(self.meta, dense, self.layers)
         self.total_before = params_under(self.meta, dense)
-        self.units = [k for k in ("heads", "neurons") if k in self.granularity]
+        self.units = [k for k in ("heads", "neurons") if k in self.targets]
 
     def removed(self, plan: PruningPlan) -> float:
         return 1.0 - params_under(self.meta, plan, self.layers) / self.before
@@ -232,12 +232,12 @@ class _Budget:
         return PruneOutcome(plan, fraction, drop, self.before, after, self.total_before, total_after)
 
 
-def prune_to_unit_sparsity(adapter: ModelAdapter, unit_sparsity: float, granularity: Sequence[str],
+def prune_to_unit_sparsity(adapter: ModelAdapter, unit_sparsity: float, targets: Sequence[str],
                            scores: Scores, scope: str = DEFAULT_SCOPE, min_keep: int = 1,
                            protect_first: int = 0, protect_last: int = 0, iterative_steps: int = 1,
                            rescore: Rescore | None = None) -> PruneOutcome:
     """Prune ``adapter`` in place, removing ``unit_sparsity`` of the units of each kind in
-    ``granularity``: ``round(s * L)`` layers, then ``s`` of the heads and of the FFN neurons of the
+    ``targets``: ``round(s * L)`` layers, then ``s`` of the heads and of the FFN neurons of the
     layers left; ``scores`` are per-group scores of the dense model.
 
     ``iterative_steps=k`` reaches the budget in ``k`` steps of unit sparsity ``s * i / k``,
@@ -245,30 +245,30 @@ def prune_to_unit_sparsity(adapter: ModelAdapter, unit_sparsity: float, granular
     module docstring); the last step removes exactly what one shot would (``round(s * L)`` layers,
     ``s`` of each kind), only which units differs.
 
-    Raises :class:`ConfigError` for a sparsity outside [0, 1), a granularity the model lacks, or
+    Raises :class:`ConfigError` for a sparsity outside [0, 1), a target kind the model lacks, or
     ``iterative_steps`` below 1 (above 1 without ``rescore``), and :class:`PlanError` when protected
     layers leave too few layers to drop."""
     check_sparsity(unit_sparsity, "unit_sparsity")
     steps = check_steps(iterative_steps, rescore, needs_rescore=True)
     protected = protect_first + protect_last
-    budget = _Budget(adapter, granularity)
-    check_request(adapter, budget.granularity, "unit", unit_sparsity, scope, min_keep, protect_first,
+    budget = _Budget(adapter, targets)
+    check_request(adapter, budget.targets, "unit", unit_sparsity, scope, min_keep, protect_first,
                   protect_last)
-    drop = round(unit_sparsity * budget.n_layers) if "layers" in budget.granularity else 0
+    drop = round(unit_sparsity * budget.n_layers) if "layers" in budget.targets else 0
     if drop and (drop >= budget.n_layers or drop > budget.n_layers - protected):
         raise PlanError(f"unit_sparsity: removing {drop} of {budget.n_layers} layers is impossible with "
                         f"{protected} protected (at least one layer stays); lower unit_sparsity")
     kw = {"scope": scope, "min_keep": min_keep, "protect_first": protect_first, "protect_last": protect_last}
     dense = current_plan(budget.meta)
     for s in schedule(unit_sparsity, steps)[:-1]:
-        n_drop = round(s * budget.n_layers) if "layers" in budget.granularity else 0
+        n_drop = round(s * budget.n_layers) if "layers" in budget.targets else 0
         apply_plan(adapter, plan_at(budget.meta, scores, budget.units, s, n_drop, **kw))
         scores = lift(rescore(adapter), current_plan(adapter), dense)
     plan = plan_at(budget.meta, scores, budget.units, unit_sparsity, drop, **kw)
     return budget.apply(adapter, plan, unit_sparsity, drop)
 
 
-def prune_to_param_sparsity(adapter: ModelAdapter, param_sparsity: float, granularity: Sequence[str],
+def prune_to_param_sparsity(adapter: ModelAdapter, param_sparsity: float, targets: Sequence[str],
                             scores: Scores, scope: str = DEFAULT_SCOPE, min_keep: int = 1,
                             protect_first: int = 0, protect_last: int = 0, iterative_steps: int = 1,
                             rescore: Rescore | None = None) -> PruneOutcome:
@@ -281,14 +281,14 @@ def prune_to_param_sparsity(adapter: ModelAdapter, param_sparsity: float, granul
     layer count (found first, from ``scores``), so the parameter share is the one-shot's on
     architectures whose layers are alike; intermediate fractions never pass it.
 
-    Raises :class:`ConfigError` for a sparsity outside [0, 1), a granularity the model lacks, a
+    Raises :class:`ConfigError` for a sparsity outside [0, 1), a target kind the model lacks, a
     target beyond what floors and protected layers allow (naming the largest achievable), or
     ``iterative_steps`` below 1 (above 1 without ``rescore``)."""
     check_sparsity(param_sparsity, "param_sparsity")
     steps = check_steps(iterative_steps, rescore, needs_rescore=True)
     protected = protect_first + protect_last
-    budget = _Budget(adapter, granularity)
-    check_request(adapter, budget.granularity, "param", param_sparsity, scope, min_keep, protect_first,
+    budget = _Budget(adapter, targets)
+    check_request(adapter, budget.targets, "param", param_sparsity, scope, min_keep, protect_first,
                   protect_last)
     kw = {"scope": scope, "min_keep": min_keep, "protect_first": protect_first, "protect_last": protect_last}
 
@@ -296,7 +296,7 @@ def prune_to_param_sparsity(adapter: ModelAdapter, param_sparsity: float, granul
                ) -> tuple[float, int, PruningPlan]:
         """The unit fraction (within [lowest, highest]), layer count and plan whose removed share is
         closest to ``target``."""
-        drop = layers_to_drop(target, budget.n_layers, budget.granularity, protected)
+        drop = layers_to_drop(target, budget.n_layers, budget.targets, protected)
 
         def removed(fraction: float) -> tuple[float, PruningPlan]:
             plan = plan_at(budget.meta, scores, budget.units, fraction, drop, **kw)
@@ -308,9 +308,9 @@ def prune_to_param_sparsity(adapter: ModelAdapter, param_sparsity: float, granul
             cap, _ = removed(top)
             if cap < target:
                 raise ConfigError(f"param_sparsity: {target:.3f} of the block parameters cannot be "
-                                  f"removed with granularity {budget.granularity}, min_keep={min_keep} and "
+                                  f"removed with targets {budget.targets}, min_keep={min_keep} and "
                                   f"{protected} protected layers; the most achievable is {cap:.3f}. Lower "
-                                  "param_sparsity or add a granularity (e.g. layers)")
+                                  "param_sparsity or add a target (e.g. layers)")
             lo, hi = 0.0, top  # removed(lo) <= target <= removed(hi)
             for _ in range(30):
                 mid = (lo + hi) / 2
@@ -343,7 +343,7 @@ def _check_param_removes(budget: _Budget, scores: Scores, plan: PruningPlan, par
     :class:`InfeasibleError` naming the smallest share one removal takes (and the smallest
     ``param_sparsity`` that gets it); a target that loses nothing while others do is a warning."""
     removed = removed_units(current_plan(budget.meta), plan)
-    kinds = budget.granularity
+    kinds = budget.targets
     what = f"param_sparsity {param_sparsity:g}"
     removals = unit_removals(budget.meta, budget.units, 1.0 - 1e-9, **kw)
     if any(removed[k] for k in kinds):

@@ -23,12 +23,12 @@ from edgeadapt.pruning.plan import PruningPlan
 from edgeadapt.pruning.select import DEFAULT_SCOPE, open_positions, removal_count
 
 
-def check_granularity(granularity: Sequence[str]) -> None:
-    """Refuse a granularity that is not a pruning kind. Whether the model has units of a kind to
+def check_targets(targets: Sequence[str]) -> None:
+    """Refuse a target that is not a pruning kind. Whether the model has units of a kind to
     remove is :func:`check_request`'s question."""
-    for kind in granularity:
+    for kind in targets:
         if kind not in KINDS:
-            raise ConfigError(f"granularity: {kind!r} is not one of {', '.join(KINDS)}")
+            raise ConfigError(f"targets: {kind!r} is not one of {', '.join(KINDS)}")
 
 
 UNIT_NAMES = {"layers": "layers", "heads": "KV head units", "neurons": "FFN neurons"}
@@ -145,7 +145,7 @@ def check_request(adapter: ModelAdapter, targets: Sequence[str], budget: str, sp
       protected, ...) is refused or warned about the same way; whether the share rounds to zero
       is known only after the search (``prune_to_param_sparsity`` checks that).
     """
-    check_granularity(targets)
+    check_targets(targets)
     kinds = list(dict.fromkeys(targets))
     if sparsity == 0:
         return

@@ -29,6 +29,13 @@ def test_old_sparsity_field_is_refused_naming_both_budgets():
         cfg(sparsity=0.2)
 
 
+def test_granularity_is_refused_naming_targets_as_in_prune():
+    with pytest.raises(ConfigError, match=r"granularity: renamed to targets \(the same list as "
+                                          r"`edgeadapt prune --target`"):
+        cfg(param_sparsity=0.2, granularity=["heads"])
+    assert cfg(param_sparsity=0.2, targets=["layers", "heads", "layers"]).targets == ["layers", "heads"]
+
+
 @pytest.mark.parametrize("fields", [{}, {"unit_sparsity": 0.2, "param_sparsity": 0.2}])
 def test_exactly_one_budget(fields):
     with pytest.raises(ConfigError, match="give exactly one budget: unit_sparsity .* or param_sparsity"):
@@ -96,9 +103,9 @@ def test_unit_and_param_budgets_in_llm_prune_do_what_they_say():
     adapter = load_adapter("tiny-llama")
     scores = score(adapter, "taylor", make_batches(adapter, n=2, size=4, length=16))
     unit = load_adapter("tiny-llama")
-    outcome = prune_to_budget(cfg(unit_sparsity=0.5, granularity=["neurons"]), unit, scores)
+    outcome = prune_to_budget(cfg(unit_sparsity=0.5, targets=["neurons"]), unit, scores)
     assert [layer.mlp.gate_proj.out_features for layer in unit.model.model.layers] == [64, 64]
     assert outcome.unit_sparsity == 0.5
     param = load_adapter("tiny-llama")
-    outcome = prune_to_budget(cfg(param_sparsity=0.5, granularity=["neurons"]), param, scores)
+    outcome = prune_to_budget(cfg(param_sparsity=0.5, targets=["neurons"]), param, scores)
     assert abs(outcome.param_sparsity - 0.5) < 0.01 and outcome.unit_sparsity > 0.6

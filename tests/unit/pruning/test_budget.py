@@ -26,11 +26,11 @@ def llama():
     return adapter, make_batches(adapter, n=2, size=4, length=16)
 
 
-@pytest.mark.parametrize("granularity", [["heads", "neurons"], ["layers"], ["heads", "neurons", "layers"]])
-def test_zero_sparsity_is_the_identity(llama, granularity):
+@pytest.mark.parametrize("targets", [["heads", "neurons"], ["layers"], ["heads", "neurons", "layers"]])
+def test_zero_sparsity_is_the_identity(llama, targets):
     adapter, batches = llama
     before, n = outputs(adapter, batches[0]), params(adapter)
-    outcome = prune_to_param_sparsity(adapter, 0.0, granularity, score(adapter, "taylor", batches))
+    outcome = prune_to_param_sparsity(adapter, 0.0, targets, score(adapter, "taylor", batches))
     assert outcome.param_sparsity == 0.0 and params(adapter) == n
     torch.testing.assert_close(outputs(adapter, batches[0]), before, rtol=0, atol=0)
 
@@ -114,7 +114,7 @@ def test_bad_input_is_refused(llama):
     scores = random_scores(adapter)
     with pytest.raises(ValueError, match=r"param_sparsity must be in \[0, 1\)"):
         prune_to_param_sparsity(adapter, 1.0, ["neurons"], scores)
-    with pytest.raises(ValueError, match="granularity: 'filters'"):
+    with pytest.raises(ValueError, match="targets: 'filters'"):
         prune_to_param_sparsity(adapter, 0.2, ["filters"], scores)
     with pytest.raises(ValueError, match="most achievable"):
         prune_to_param_sparsity(adapter, 0.9, ["heads"], scores)
@@ -122,7 +122,7 @@ def test_bad_input_is_refused(llama):
         score(adapter, "psychic", batches)
 
 
-def test_granularity_the_architecture_lacks_is_refused():
+def test_targets_the_architecture_lacks_is_refused():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from edgeadapt.models.registry import wrap

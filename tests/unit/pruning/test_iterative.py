@@ -81,14 +81,14 @@ def test_budget_functions_with_one_step_never_rescore(llama, budget):
 
 
 @pytest.mark.parametrize("scope", ["uniform", "global"])
-@pytest.mark.parametrize("granularity", [["heads", "neurons"], ["layers", "neurons"]])
-def test_unit_budget_in_k_steps_removes_exactly_the_one_shot_counts(bert, scope, granularity):
+@pytest.mark.parametrize("targets", [["heads", "neurons"], ["layers", "neurons"]])
+def test_unit_budget_in_k_steps_removes_exactly_the_one_shot_counts(bert, scope, targets):
     dense, batches = bert
     scores = score(dense, "taylor", batches)
-    one = prune_to_unit_sparsity(copy.deepcopy(dense), 0.5, granularity, scores, scope=scope)
+    one = prune_to_unit_sparsity(copy.deepcopy(dense), 0.5, targets, scores, scope=scope)
     a = copy.deepcopy(dense)
     rescore, seen = counting("taylor", batches)
-    it = prune_to_unit_sparsity(a, 0.5, granularity, scores, scope=scope, iterative_steps=4, rescore=rescore)
+    it = prune_to_unit_sparsity(a, 0.5, targets, scores, scope=scope, iterative_steps=4, rescore=rescore)
     assert len(seen) == 3  # re-scored before steps 2, 3 and 4
     if scope == "uniform":
         assert widths(it.plan) == [(i, h, n) for i, h, n in widths(one.plan)]
@@ -191,7 +191,7 @@ def test_llm_prune_config_exposes_iterative_steps_and_the_sweep_stays_one_shot(l
 
     dense, batches = llama
     cfg = parse_config({"kind": "llm-prune", "model": "tiny-llama", "param_sparsity": 0.3,
-                        "granularity": ["neurons"], "pruning": {"iterative_steps": 3}})
+                        "targets": ["neurons"], "pruning": {"iterative_steps": 3}})
     assert cfg.pruning.iterative_steps == 3
     assert parse_config({"kind": "llm-prune", "model": "tiny-llama", "param_sparsity": 0.3}
                         ).pruning.iterative_steps == 1

@@ -161,7 +161,7 @@ def test_cli_prune_tiny_llama_heads_and_neurons_warns_on_stderr(tmp_path, capsys
 
 def test_llm_prune_refuses_before_any_compute(mistral_dir, tmp_path, capsys):
     config = {"kind": "llm-prune", "model": str(mistral_dir), "unit_sparsity": 0.5,
-              "granularity": ["heads"], "seq_len": 32, "batch_size": 2, "save": str(tmp_path / "save"),
+              "targets": ["heads"], "seq_len": 32, "batch_size": 2, "save": str(tmp_path / "save"),
               "log_dir": str(tmp_path / "logs"), "tracker": "none", "recovery": {"method": "none"}}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))

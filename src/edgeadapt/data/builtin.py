@@ -3,6 +3,7 @@
 - ``digits``: scikit-learn's handwritten digits as 3-channel images (offline).
 - ``digits-c``: digits under one of CIFAR-10-C's 19 corruptions, its parameters at 32×32 (offline).
 - ``builtin-docs``: Python's bundled documentation text (offline).
+- ``stdlib-text``: text shipped with Python by ``source`` (docs, docstrings, code, e-mail, licences), offline.
 - ``text-files``: local .txt/.jsonl/.json/.parquet files (``root`` = a file or folder).
 - ``wikitext2``, ``c4``: Hugging Face datasets by name (``root`` = a folder of local files).
 - ``image-folder``: ``root/<class>/<image>`` (or ``root/{train,val,test}/<class>/...``).
@@ -83,6 +84,28 @@ class BuiltinDocs:
 
         _no_root("builtin-docs", root)
         return TextSplit(tuple(builtin_paragraphs(split)))
+
+
+@register_dataset(name="stdlib-text", task="language-modeling")
+class StdlibText:
+    """Text that ships with Python, by ``source``: pydoc-topics, docstrings, source-code, email, licences.
+
+    The built-in text drift stream (:data:`edgeadapt.data.text_domains.DEFAULT_TEXT_STREAM`); splits
+    by document hash; ``max_chars`` bounds the characters read per source."""
+
+    splits = ("train", "val", "test")
+
+    def __init__(self, source: str = "pydoc-topics", max_chars: int = 400_000):
+        from edgeadapt.data.text_domains import check_source
+
+        check_source(source, max_chars)
+        self.source, self.max_chars = source, max_chars
+
+    def load(self, root: Path | None, split: str) -> TextSplit:
+        from edgeadapt.data.text_domains import domain_texts
+
+        _no_root("stdlib-text", root)
+        return TextSplit(tuple(domain_texts(self.source, split, self.max_chars)))
 
 
 @register_dataset(name="text-files", task="language-modeling")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import torch
@@ -16,10 +17,13 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom_adapter.py"
 
 
 def _example():
-    spec = importlib.util.spec_from_file_location("custom_adapter", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The example as a module (registered in ``sys.modules``, as its dataclasses need)."""
+    if "custom_adapter" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("custom_adapter", EXAMPLE)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["custom_adapter"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["custom_adapter"]
 
 
 def test_custom_adapter_satisfies_the_protocol_and_prunes():

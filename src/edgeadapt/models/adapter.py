@@ -18,17 +18,38 @@ from torch import nn
 
 from edgeadapt.errors import ArtifactError, ConfigError
 from edgeadapt.models.spec import AttentionSpec, BlockSpec, MLPSpec, Slice
-from edgeadapt.models.tasks import Task
+from edgeadapt.models.tasks import Task, model_inputs
 
 
 @runtime_checkable
 class ModelAdapter(Protocol):
-    """What edgeadapt needs to know about a model. Paths are dotted, from the model root."""
+    """What edgeadapt needs to know about a model. Paths are dotted, from the model root.
+
+    Every stage (pruning, LoRA, knowledge base, neuron index, proxy extraction, retraining, sync)
+    uses only these members, so a model that implements them goes through the whole loop
+    (``examples/custom_adapter.py``). What a stage needs beyond them, it says:
+
+    * LoRA (:mod:`edgeadapt.offline.lora`) wraps the q/k/v/o and MLP projections that
+      :meth:`blocks` names with peft; they must be ``nn.Linear`` (or transformers' ``Conv1D``).
+    * Saving artifacts (:func:`edgeadapt.offline.artifacts.check_saveable`) needs a Hugging Face
+      model, rebuilt from its config; a custom model's KB, proxies and synced FM live in memory.
+    * Gradient checkpointing during training needs a Hugging Face model; leave it off otherwise.
+
+    ``fingerprint()`` must hold at least ``num_layers``, ``hidden_size`` (the block input width the
+    knowledge-base gates read), ``num_heads``, ``num_kv_heads`` (head *units* per block) and
+    ``ffn_width`` (FFN neurons per block), all of the unpruned base model.
+
+    Two fields are written by the stages, so an adapter starts them at ``None``: ``plan`` (the
+    ``PruningPlan`` the model realises, set by ``pruning.apply_plan``) and ``neuron_index`` (set on
+    a knowledge base by ``offline.neuron_index.to_kb``; ``None`` for a foundation model).
+    """
 
     model: nn.Module
     family: str
     task: Task
     modality: str  # "image" or "text"
+    plan: Any
+    neuron_index: Any
 
     def blocks(self) -> list[BlockSpec]:
         """The transformer blocks, in order, described from the live (possibly pruned) weights."""
@@ -59,6 +80,31 @@ class ModelAdapter(Protocol):
 
     def evaluate(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
         """The task metric(s) over some batches."""
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Run the model once on ``batch`` (its inputs; ``labels`` ignored) and return the head's
+        output (class logits ``[B, C]``, token logits ``[B, T, V]``), or ``None`` when
+        :meth:`head` is ``None``. Always one forward pass through the head module, so hooks on it
+        (the knowledge base captures features, the gates read saliency) see exactly this call."""
+
+    def base_hash(self) -> str:
+        """SHA-256 of the *base* weights (:func:`weights_hash`), taken once and cached before the
+        model is pruned or reordered: a proxy, a pruned model and a knowledge base copied from the
+        adapter keep reporting it, which is how an index or a proxy is matched to its FM."""
+
+    def rebase(self) -> None:
+        """Declare the current dense weights a new base (after LoRA is merged): forget the cached
+        hash so :meth:`base_hash` is taken afresh, and reset ``plan`` to ``None``."""
+
+
+def weights_hash(model: nn.Module) -> str:
+    """SHA-256 over a model's state (names, shapes, dtypes, bytes): what :meth:`ModelAdapter.base_hash`
+    caches. Any adapter can use it; two models hash equal only when their weights are identical."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -348,11 +394,7 @@ class HFAdapter:
         if self._base_hash is None:
             if self.plan is not None:
                 raise RuntimeError("base weights are gone: base_hash() must be taken before pruning")
-            h = hashlib.sha256()
-            for name, t in sorted(self.model.state_dict().items()):
-                h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-                h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-            self._base_hash = h.hexdigest()
+            self._base_hash = weights_hash(self.model)
         return self._base_hash
 
     def rebase(self) -> None:
@@ -372,6 +414,10 @@ class HFAdapter:
 
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.task.features(self.model, batch)
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        out = self.model(**model_inputs(batch))
+        return out.logits if self.head() is not None else None
 
     def evaluate(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
         was_training = self.model.training

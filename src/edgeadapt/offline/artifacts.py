@@ -12,6 +12,13 @@ Layout::
 
 Loading checks kind, version and hashes, that the index and the model agree, and (when asked)
 that the KB was built from the expected foundation model.
+
+**Which models can be saved.** An artifact is rebuilt from the model's Hugging Face config plus
+its plan (never a pickled module), so only :class:`~edgeadapt.models.adapter.HFAdapter` models
+are saved. A custom :class:`~edgeadapt.models.adapter.ModelAdapter` goes through every stage in
+memory (LoRA, KB, index, proxy, retraining, sync), and :func:`check_saveable` refuses to save it
+(:class:`~edgeadapt.errors.ConfigError`, before anything is written); the neuron index, which
+holds no weights, saves for any model (:func:`edgeadapt.offline.neuron_index.save_index`).
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from edgeadapt.artifacts import (
     replacing_dir,
     write_manifest,
 )
+from edgeadapt.errors import ConfigError
+from edgeadapt.models.adapter import HFAdapter, ModelAdapter
 from edgeadapt.offline.gates import GateSet
 from edgeadapt.offline.knowledge_base import KBSettings, KnowledgeBase
 from edgeadapt.offline.neuron_index import NeuronIndex
@@ -37,11 +46,25 @@ from edgeadapt.pruning.checkpoint import load_pruned, save_pruned
 KIND, VERSION = "knowledge-base", 1
 
 
+def check_saveable(adapter: ModelAdapter, what: str) -> None:
+    """Refuse to save a model edgeadapt cannot rebuild: anything but a Hugging Face
+    :class:`~edgeadapt.models.adapter.HFAdapter` (its artifact stores the HF config to rebuild the
+    module from). Raises :class:`~edgeadapt.errors.ConfigError` naming ``what`` and the way out."""
+    if not isinstance(adapter, HFAdapter):
+        raise ConfigError(
+            f"{what}: {type(adapter).__name__} is a custom model adapter, and edgeadapt artifacts are "
+            "rebuilt from a Hugging Face config (weights are never pickled), so it cannot be saved. "
+            "Keep a custom model's LoRA-merged model, knowledge base and proxies in memory (the whole "
+            "offline -> online -> sync loop runs on them), save its weights yourself with "
+            "safetensors.torch.save_model(adapter.model, path), or wrap a Hugging Face model instead")
+
+
 def save_kb(kb: KnowledgeBase, directory: str | Path, config: dict | None = None) -> Path:
     """Write ``kb`` to ``directory``. The new KB is written beside it, verified and swapped in
     (:func:`~edgeadapt.artifacts.replacing_dir`), so a kill at any moment leaves the previous valid KB
     (or, once swapped, the new one) and never a mix; the directory's other entries (``run.json``,
-    checkpoints, logs) are kept."""
+    checkpoints, logs) are kept. A KB of a custom adapter is refused (:func:`check_saveable`)."""
+    check_saveable(kb.adapter, "save_kb")
     directory = Path(directory)
     with replacing_dir(directory) as staged:
         kb.gates.detach()  # hooks are runtime state, not weights

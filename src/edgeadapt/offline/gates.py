@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from edgeadapt.errors import ConfigError
-from edgeadapt.models.adapter import HFAdapter
+from edgeadapt.models.adapter import ModelAdapter
 from edgeadapt.models.spec import BlockSpec
 from edgeadapt.pruning.groups import block_members
 
@@ -88,7 +88,7 @@ class GateSet(nn.Module):
     ``"sample"`` selects per input (classic feature boosting and suppression).
     """
 
-    def __init__(self, adapter: HFAdapter, bottleneck: int = 16, pooling: str = "batch", seed: int = 0):
+    def __init__(self, adapter: ModelAdapter, bottleneck: int = 16, pooling: str = "batch", seed: int = 0):
         super().__init__()
         blocks = adapter.blocks()
         hidden = adapter.fingerprint()["hidden_size"]
@@ -103,7 +103,7 @@ class GateSet(nn.Module):
         self.last: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(blocks)
         self._handles: list = []
 
-    def attach(self, adapter: HFAdapter) -> GateSet:
+    def attach(self, adapter: ModelAdapter) -> GateSet:
         """Register the hooks on ``adapter.model`` (idempotent)."""
         self.detach()
         model = adapter.model

@@ -28,8 +28,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgeadapt.errors import ConfigError
-from edgeadapt.models.adapter import HFAdapter
-from edgeadapt.models.tasks import model_inputs
+from edgeadapt.models.adapter import ModelAdapter
 from edgeadapt.offline.gates import GateSet
 from edgeadapt.offline.neuron_index import NeuronIndex, build_index, to_kb
 from edgeadapt.pruning.importance import check_importance, score
@@ -73,15 +72,16 @@ def check_width(width: float) -> float:
     return float(width)
 
 
-def outputs(adapter: HFAdapter, batch: Batch) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Logits (None for encoders) and features (the head's input, or the pooled embedding) of one forward."""
+def outputs(adapter: ModelAdapter, batch: Batch) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Logits (None for encoders) and features (the head's input, or the pooled embedding) of one
+    forward, through the adapter's :meth:`~edgeadapt.models.adapter.ModelAdapter.logits`."""
     head = adapter.head()
     if head is None:
         return None, adapter.features(batch)
     captured: list[torch.Tensor] = []
     handle = adapter.model.get_submodule(head).register_forward_pre_hook(lambda _m, a: captured.append(a[0]))
     try:
-        logits = adapter.model(**model_inputs(batch)).logits
+        logits = adapter.logits(batch)
     finally:
         handle.remove()
     return logits, captured[0]
@@ -110,7 +110,7 @@ def distill_loss(student: tuple, teacher: tuple, batch: Batch, s: KBSettings) ->
 class KnowledgeBase:
     """A reordered FM plus gates; ``width`` selects how much of every block runs."""
 
-    def __init__(self, adapter: HFAdapter, gates: GateSet, index: NeuronIndex, settings: KBSettings):
+    def __init__(self, adapter: ModelAdapter, gates: GateSet, index: NeuronIndex, settings: KBSettings):
         self.adapter, self.gates, self.index, self.settings = adapter, gates, index, settings
         gates.attach(adapter)
 
@@ -126,7 +126,7 @@ class KnowledgeBase:
         finally:
             self.set_width(1.0)
 
-    def sandwich_loss(self, teacher: HFAdapter) -> Callable[[HFAdapter, Batch], torch.Tensor]:
+    def sandwich_loss(self, teacher: ModelAdapter) -> Callable[[ModelAdapter, Batch], torch.Tensor]:
         """The training loss for :func:`edgeadapt.training.loop.fit`: smallest, random and full
         widths per step, each distilled from ``teacher`` plus task loss and gate L1.
 
@@ -136,7 +136,7 @@ class KnowledgeBase:
         sequence at every resume)."""
         s = self.settings
 
-        def loss_fn(adapter: HFAdapter, batch: Batch) -> torch.Tensor:
+        def loss_fn(adapter: ModelAdapter, batch: Batch) -> torch.Tensor:
             device = next(adapter.model.parameters()).device
             teacher.model.to(device)
             with torch.no_grad():
@@ -156,7 +156,7 @@ class KnowledgeBase:
         return loss_fn
 
 
-def _task_loss(adapter: HFAdapter, logits: torch.Tensor | None, batch: Batch) -> torch.Tensor:
+def _task_loss(adapter: ModelAdapter, logits: torch.Tensor | None, batch: Batch) -> torch.Tensor:
     """Task loss reusing the logits already computed (a second forward only for encoders)."""
     name = adapter.task.name
     if name == "classification" and "labels" in batch:
@@ -169,7 +169,7 @@ def _task_loss(adapter: HFAdapter, logits: torch.Tensor | None, batch: Batch) ->
     return adapter.task_loss(batch)
 
 
-def init_kb(fm: HFAdapter, calibration: list[Batch], settings: KBSettings, seed: int = 0) -> KnowledgeBase:
+def init_kb(fm: ModelAdapter, calibration: list[Batch], settings: KBSettings, seed: int = 0) -> KnowledgeBase:
     """Score the FM's groups on ``calibration`` data, reorder into KB order and add saturated gates
     (no training yet: at full width it computes exactly what the FM computes)."""
     data_free = settings.importance in ("magnitude", "magnitude-l2")
@@ -180,8 +180,8 @@ def init_kb(fm: HFAdapter, calibration: list[Batch], settings: KBSettings, seed:
     return KnowledgeBase(kb_adapter, gates, index, settings)
 
 
-def build_kb(fm: HFAdapter, train: Callable[[int], Iterable[Batch]], cfg: TrainConfig, settings: KBSettings,
-             calibration: list[Batch], val: Callable[[], Iterable[Batch]] | None = None,
+def build_kb(fm: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: TrainConfig,
+             settings: KBSettings, calibration: list[Batch], val: Callable[[], Iterable[Batch]] | None = None,
              monitor: str = "loss", logger: Any = None,
              checkpoint_dir: Any = None) -> tuple[KnowledgeBase, TrainResult]:
     """Initialise the KB from ``fm`` and train it with the sandwich rule through the shared loop.

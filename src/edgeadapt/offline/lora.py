@@ -6,8 +6,8 @@ the adapter names — q/k/v/o and the MLP input/output projections from ``adapte
 from module-name sniffing — and the task head trains fully. LoRA layers are injected *in place*
 with peft's LoRA tuner, so module paths stay the same and ``adapter.blocks()``, hooks and the
 task loss keep working on the adapted model. Merging folds ``B @ A * scaling`` into the base
-weights and removes the LoRA modules, leaving a plain Hugging Face model with the original
-parameter names; :func:`lora_tune` checks the merge is exact before it commits to it (in float32,
+weights and removes the LoRA modules, leaving the plain model (Hugging Face or custom) with the
+original parameter names; :func:`lora_tune` checks the merge is exact before it commits to it (in float32,
 then the rounding back to a bf16/fp16 model's own dtype, each within the dtype's tolerance).
 """
 
@@ -24,10 +24,11 @@ from torch import nn
 
 from edgeadapt.artifacts import ArtifactError, atomic_write_text, read_manifest, replacing_dir, write_manifest
 from edgeadapt.errors import ConfigError
-from edgeadapt.models.adapter import HFAdapter
+from edgeadapt.models.adapter import HFAdapter, ModelAdapter
 from edgeadapt.models.spec import BlockSpec
-from edgeadapt.models.tasks import model_inputs
 from edgeadapt.numerics import floating_dtype, fp32_master, max_error
+from edgeadapt.offline.artifacts import check_saveable
+from edgeadapt.pruning import ops
 from edgeadapt.training.config import TrainConfig
 from edgeadapt.training.device import to_device
 from edgeadapt.training.loop import TrainResult, fit
@@ -67,7 +68,7 @@ def _roles(block: BlockSpec) -> dict[str, list[str]]:
             "mlp_in": [s.module for s in m.inputs], "mlp_out": [m.output.module]}
 
 
-def lora_target_modules(adapter: HFAdapter, targets: Iterable[str]) -> list[str]:
+def lora_target_modules(adapter: ModelAdapter, targets: Iterable[str]) -> list[str]:
     """Full dotted paths of the modules that get LoRA for ``targets``, in block order, deduplicated.
 
     >>> lora_target_modules(load_adapter("tiny-gpt2"), ["q", "k", "v"])  # doctest: +SKIP
@@ -97,7 +98,7 @@ def lora_target_modules(adapter: HFAdapter, targets: Iterable[str]) -> list[str]
     return list(out)
 
 
-def _head_params(adapter: HFAdapter) -> list[nn.Parameter]:
+def _head_params(adapter: ModelAdapter) -> list[nn.Parameter]:
     """Head parameters that belong to the head alone (an LM head tied to the embeddings does not)."""
     head = adapter.head()
     if head is None:
@@ -108,7 +109,7 @@ def _head_params(adapter: HFAdapter) -> list[nn.Parameter]:
     return [p for p in adapter.model.get_submodule(head).parameters() if id(p) not in shared]
 
 
-def add_lora(adapter: HFAdapter, settings: LoraSettings, seed: int = 0) -> list[str]:
+def add_lora(adapter: ModelAdapter, settings: LoraSettings, seed: int = 0) -> list[str]:
     """Inject LoRA into ``adapter.model`` in place and freeze everything else (but the head when
     ``settings.train_head``). LoRA A is seeded by ``seed`` (global RNG untouched); B starts at zero,
     so the model's outputs do not change. Returns the trainable parameter names."""
@@ -120,8 +121,11 @@ def add_lora(adapter: HFAdapter, settings: LoraSettings, seed: int = 0) -> list[
     if adapter.plan is None:
         adapter.base_hash()  # the artifact's base identity is the weights *before* LoRA
     modules = lora_target_modules(adapter, settings.targets)
+    _check_linear(adapter, modules)
+    # read from the modules, not from a family table: GPT-2's Conv1D stores weights [in, out]
+    transposed = any(ops.is_transposed(adapter.model.get_submodule(m)) for m in modules)
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=modules, fan_in_fan_out=adapter.transposed, bias="none")
+                        target_modules=modules, fan_in_fan_out=transposed, bias="none")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         # The tuner replaces each target with a LoRA wrapper at the same path, marks only lora_*
@@ -133,13 +137,27 @@ def add_lora(adapter: HFAdapter, settings: LoraSettings, seed: int = 0) -> list[
     return [n for n, p in adapter.model.named_parameters() if p.requires_grad]
 
 
+def _check_linear(adapter: ModelAdapter, modules: list[str]) -> None:
+    """What LoRA needs from any model, custom ones included: every target the adapter's
+    ``blocks()`` names is an ``nn.Linear`` (or transformers' ``Conv1D``, all of one layout), so
+    peft can wrap it in place; :class:`~edgeadapt.errors.ConfigError` naming the module otherwise."""
+    kinds = {m: adapter.model.get_submodule(m) for m in modules}
+    bad = [f"{m} ({type(x).__name__})" for m, x in kinds.items()
+           if not (isinstance(x, nn.Linear) or ops.is_transposed(x))]
+    if bad:
+        raise ConfigError(f"LoRA needs nn.Linear projections, but {', '.join(bad[:3])} are not; make the "
+                          "adapter's blocks() name Linear layers or drop those roles from lora targets")
+    if len({ops.is_transposed(x) for x in kinds.values()}) > 1:
+        raise ConfigError("LoRA targets mix nn.Linear and Conv1D layouts; choose targets of one layout")
+
+
 def _lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     from peft.tuners.lora import LoraLayer
 
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
 
 
-def _unload(adapter: HFAdapter) -> None:
+def _unload(adapter: ModelAdapter) -> None:
     """Replace every (already merged) LoRA wrapper by its base layer; unfreeze the model."""
     model = adapter.model
     for name, layer in _lora_layers(model):
@@ -155,7 +173,7 @@ def _unload(adapter: HFAdapter) -> None:
         adapter.rebase()
 
 
-def merge_lora(adapter: HFAdapter) -> None:
+def merge_lora(adapter: ModelAdapter) -> None:
     """Fold every LoRA update into its base weight and remove the LoRA modules, so
     ``adapter.model`` is a plain HF model with the parameter names it had before :func:`add_lora`
     (all parameters trainable again). A bf16/fp16 model merges in float32 and is rounded to its
@@ -170,7 +188,7 @@ def merge_lora(adapter: HFAdapter) -> None:
     _unload(adapter)
 
 
-def discard_lora(adapter: HFAdapter) -> None:
+def discard_lora(adapter: ModelAdapter) -> None:
     """Remove every LoRA module *without* merging: the model computes exactly what it did before
     :func:`add_lora` (apart from a head trained with ``train_head``)."""
     layers = _lora_layers(adapter.model)
@@ -182,7 +200,7 @@ def discard_lora(adapter: HFAdapter) -> None:
     _unload(adapter)
 
 
-def train_lora(adapter: HFAdapter, train: Callable[[int], Iterable[Batch]], cfg: TrainConfig,
+def train_lora(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: TrainConfig,
                settings: LoraSettings, val: Callable[[], Iterable[Batch]] | None = None,
                monitor: str = "loss", logger: Any | None = None,
                checkpoint_dir: str | Path | None = None) -> TrainResult:
@@ -192,16 +210,16 @@ def train_lora(adapter: HFAdapter, train: Callable[[int], Iterable[Batch]], cfg:
 
 
 @torch.no_grad()
-def _outputs(adapter: HFAdapter, batch: Batch) -> torch.Tensor:
-    """The model's main output (logits, or the last hidden state of an encoder) in eval mode."""
+def _outputs(adapter: ModelAdapter, batch: Batch) -> torch.Tensor:
+    """The model's main output (logits, or the features of an encoder) in eval mode, through the
+    adapter's ``logits``/``features`` (so a custom adapter is checked like a Hugging Face one)."""
     model = adapter.model.eval()
-    device = next(model.parameters()).device
-    out = model(**model_inputs(to_device(batch, device)))
-    logits = getattr(out, "logits", None)
-    return (logits if logits is not None else out.last_hidden_state).float()
+    batch = to_device(batch, next(model.parameters()).device)
+    logits = adapter.logits(batch)
+    return (logits if logits is not None else adapter.features(batch)).float()
 
 
-def merge_checked(adapter: HFAdapter, held: Batch) -> dict[str, Any]:
+def merge_checked(adapter: ModelAdapter, held: Batch) -> dict[str, Any]:
     """Merge every LoRA layer, checking on ``held`` that the merge is exact; returns the diffs.
 
     The merge and its check run in float32 (:func:`~edgeadapt.numerics.fp32_master`; a bf16/fp16
@@ -240,7 +258,7 @@ def merge_checked(adapter: HFAdapter, held: Batch) -> dict[str, Any]:
     return report
 
 
-def lora_tune(adapter: HFAdapter, train: Callable[[int], Iterable[Batch]], cfg: TrainConfig,
+def lora_tune(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: TrainConfig,
               settings: LoraSettings, val: Callable[[], Iterable[Batch]] | None = None,
               monitor: str = "loss", out: str | Path | None = None, logger: Any | None = None,
               checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
@@ -270,12 +288,15 @@ def lora_tune(adapter: HFAdapter, train: Callable[[int], Iterable[Batch]], cfg: 
     return report
 
 
-def save_lora_artifact(adapter: HFAdapter, out: str | Path, settings: LoraSettings,
+def save_lora_artifact(adapter: ModelAdapter, out: str | Path, settings: LoraSettings,
                        report: dict[str, Any], config: dict[str, Any]) -> Path:
     """Write the merged model as a ``pruned-model`` artifact tagged ``stage: lora``, plus
-    ``lora.json`` (settings and report), covered by the manifest's hashes. Returns the directory."""
+    ``lora.json`` (settings and report), covered by the manifest's hashes. Returns the directory.
+    A custom (non-Hugging Face) adapter is refused before anything is written
+    (:func:`~edgeadapt.offline.artifacts.check_saveable`): keep its merged model in memory."""
     from edgeadapt.pruning.checkpoint import KIND, VERSION, save_pruned
 
+    check_saveable(adapter, "save_lora_artifact")
     if _lora_layers(adapter.model):
         raise ConfigError("save_lora_artifact: merge_lora() the model first (it still has LoRA layers)")
     out = Path(out)

@@ -98,7 +98,8 @@ class NeuronIndex:
         if not isinstance(d, Mapping) or d.get("format") != FORMAT:
             raise ConfigError(f"not an edgeadapt neuron index (expected format {FORMAT!r})")
         if d.get("version") != VERSION:
-            raise ConfigError(f"neuron index version {d.get('version')} is not supported (expected {VERSION})")
+            raise ConfigError(f"neuron index version {d.get('version')} is not supported "
+                              f"(expected {VERSION})")
         try:
             blocks = [BlockIndex(int(b["index"]), tuple(int(u) for u in b["heads"]),
                                  tuple(int(u) for u in b["neurons"])) for b in d["blocks"]]

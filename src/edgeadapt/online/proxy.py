@@ -2,8 +2,9 @@
 
 The gates of the knowledge base (KB) say, per input, which heads and neurons matter. Over a window
 of current samples their saliency is averaged; per block the most salient units are kept, the KB
-is physically shrunk to them (:func:`edgeadapt.pruning.apply.apply_plan`, so the proxy is a plain
-Hugging Face model with a plan relative to the KB) and each kept unit's mean gate value is folded
+is physically shrunk to them (:func:`edgeadapt.pruning.apply.apply_plan`, so the proxy is an
+ordinary model of the KB's kind — Hugging Face or a custom ``ModelAdapter`` — with a plan relative
+to the KB) and each kept unit's mean gate value is folded
 into the output-projection columns it feeds. The plan doubles as the index map back into the KB.
 """
 
@@ -17,8 +18,7 @@ from typing import Any
 import torch
 
 from edgeadapt.errors import ConfigError
-from edgeadapt.models.adapter import HFAdapter
-from edgeadapt.models.tasks import model_inputs
+from edgeadapt.models.adapter import ModelAdapter
 from edgeadapt.offline.gates import gate_point, kwta
 from edgeadapt.offline.knowledge_base import KnowledgeBase, units_at
 from edgeadapt.online.retrain import step_memory
@@ -54,7 +54,7 @@ def window_saliency(kb: KnowledgeBase, window: Iterable[Batch], width: float = 1
     count = 0
     for batch in window:
         batch = {k: v.to(device) for k, v in batch.items()}
-        kb.adapter.model(**model_inputs(batch))
+        kb.adapter.logits(batch)  # one forward: the gates record their saliency in kb.gates.last
         for pos, (h, n) in enumerate(kb.gates.last):
             for key, sal in (("h", h), ("n", n)):
                 k = units_at(width, sal.shape[-1])
@@ -89,7 +89,7 @@ def plan_from_saliency(kb: KnowledgeBase, sal: WindowSaliency, width: float) -> 
 class Proxy:
     """A small model cut from the KB: the adapter, its plan (KB-relative indices) and folded scales."""
 
-    adapter: HFAdapter
+    adapter: ModelAdapter
     plan: PruningPlan
     saliency: WindowSaliency
 
@@ -135,7 +135,7 @@ def _first_units_plan(kb: KnowledgeBase, width: float) -> PruningPlan:
                               for b in kb.adapter.blocks()])
 
 
-def _meta_copy(kb: KnowledgeBase) -> HFAdapter:
+def _meta_copy(kb: KnowledgeBase) -> ModelAdapter:
     """A weightless (meta-device) copy of the KB's model, for counting shapes."""
     kb.gates.detach()
     try:
@@ -144,7 +144,7 @@ def _meta_copy(kb: KnowledgeBase) -> HFAdapter:
         kb.gates.attach(kb.adapter)
 
 
-def proxy_params(kb: KnowledgeBase, width: float, _meta: HFAdapter | None = None) -> int:
+def proxy_params(kb: KnowledgeBase, width: float, _meta: ModelAdapter | None = None) -> int:
     """Parameters of a proxy at ``width`` (independent of which units are kept)."""
     return params_under(_meta if _meta is not None else _meta_copy(kb), _first_units_plan(kb, width))
 
@@ -176,7 +176,7 @@ def width_for_params(kb: KnowledgeBase, params: int, name: str = "proxy_params")
     return width_for_budget(kb, lambda w: proxy_params(kb, w, meta), params, name)
 
 
-def proxy_step_memory(kb: KnowledgeBase, width: float, loss: Callable[[HFAdapter], Any], batch: Batch,
+def proxy_step_memory(kb: KnowledgeBase, width: float, loss: Callable[[ModelAdapter], Any], batch: Batch,
                       lr: float = 3e-4, device: str = "auto", checkpointing: bool = False) -> int:
     """Peak bytes of one retraining step of a proxy at ``width`` (parameters, gradients, AdamW state
     and activations), measured on a proxy with the first units of every block."""
@@ -190,7 +190,7 @@ def proxy_step_memory(kb: KnowledgeBase, width: float, loss: Callable[[HFAdapter
     return step_memory(probe, loss(probe), batch, lr, resolve_device(device), checkpointing)
 
 
-def width_for_memory(kb: KnowledgeBase, memory_bytes: int, loss: Callable[[HFAdapter], Any], batch: Batch,
+def width_for_memory(kb: KnowledgeBase, memory_bytes: int, loss: Callable[[ModelAdapter], Any], batch: Batch,
                      lr: float = 3e-4, device: str = "auto", checkpointing: bool = False,
                      name: str = "proxy_memory_bytes") -> float:
     """The widest proxy whose retraining step (with ``loss`` on ``batch``) peaks at most ``memory_bytes``."""

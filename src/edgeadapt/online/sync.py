@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from edgeadapt.errors import ConfigError
-from edgeadapt.models.adapter import HFAdapter
+from edgeadapt.models.adapter import ModelAdapter
 from edgeadapt.offline.gates import gate_point
 from edgeadapt.offline.knowledge_base import KnowledgeBase
 from edgeadapt.offline.neuron_index import check_index_matches, index_of, kb_state_to_fm
@@ -100,7 +100,7 @@ def proxy_to_kb(kb: KnowledgeBase, proxy: Proxy, blend: float = 1.0) -> dict[str
     return {"tensors_updated": tensors, "values_updated": values}
 
 
-def kb_to_fm(kb: KnowledgeBase, fm: HFAdapter, blend: float = 1.0) -> int:
+def kb_to_fm(kb: KnowledgeBase, fm: ModelAdapter, blend: float = 1.0) -> int:
     """Blend the KB, mapped back into FM order by the neuron index, into ``fm`` in place:
     ``new = (1 - blend) * fm + blend * kb``. Refuses (``ValueError``, nothing written) a bad
     ``blend``, a KB passed as ``fm``, a pruned FM, or an FM the index was not built for. Returns
@@ -129,7 +129,7 @@ def kb_to_fm(kb: KnowledgeBase, fm: HFAdapter, blend: float = 1.0) -> int:
     return changed
 
 
-def sync(kb: KnowledgeBase, proxy: Proxy, fm: HFAdapter | None = None, blend_kb: float = 1.0,
+def sync(kb: KnowledgeBase, proxy: Proxy, fm: ModelAdapter | None = None, blend_kb: float = 1.0,
          blend_fm: float = 1.0) -> dict[str, int]:
     """:func:`proxy_to_kb`, then (when ``fm`` is given) :func:`kb_to_fm`. Every argument is checked
     before anything is written. Returns proxy_to_kb's counts plus ``fm_tensors_changed`` with an FM."""
@@ -185,7 +185,7 @@ def _check_proxy(kb: KnowledgeBase, proxy: Proxy) -> PruningPlan:
     return plan
 
 
-def _check_fm(kb: KnowledgeBase, fm: HFAdapter) -> None:
+def _check_fm(kb: KnowledgeBase, fm: ModelAdapter) -> None:
     if index_of(fm) is not None:
         raise ConfigError("kb_to_fm needs the foundation model, got a knowledge base")
     plan = getattr(fm, "plan", None)
@@ -235,7 +235,7 @@ def _feature_maps(kb: KnowledgeBase, proxy: Proxy, plan: PruningPlan) -> dict[Ke
     return maps
 
 
-def _dim_maps(adapter: HFAdapter, path: str, attr: str, maps: dict[Key, _AxisMap]) -> dict[int, _AxisMap]:
+def _dim_maps(adapter: ModelAdapter, path: str, attr: str, maps: dict[Key, _AxisMap]) -> dict[int, _AxisMap]:
     """The storage dimensions of parameter ``path.attr`` that units own (Conv1D stores ``[in, out]``)."""
     if attr not in ("weight", "bias") or not any((path, a) in maps for a in ("out", "in")):
         return {}

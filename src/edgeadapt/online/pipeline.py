@@ -1,36 +1,31 @@
 """``edgeadapt adapt``: every method over a drift stream, from one config, into a report directory.
 
-Reads the offline stage's artifacts (``offline/lora`` = the foundation model, ``offline/kb`` =
-the knowledge base), computes the source statistics the edge keeps (feature bank, moments,
-class prior, a small replay buffer), builds the static baseline once, runs the stream and writes
-``results.json`` (benchmark schema), ``per_domain.csv``, ``report.md``/``report.html`` and plots.
+Config → the offline stage's artifacts (``offline/lora`` = the foundation model, ``offline/kb`` =
+the knowledge base, which records the source dataset) → a claimed output directory →
+:func:`edgeadapt.online.api.adapt` (source statistics, static baseline, every method over the
+stream) → ``results.json`` (benchmark schema), ``per_domain.csv``, ``report.md``/``report.html``
+and plots.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edgeadapt.data.config import check_adapt_fits_model
-from edgeadapt.data.registry import build_dataset
-from edgeadapt.data.stream import parse_stream, stream_data
+from edgeadapt.data.config import DataSection, check_adapt_fits_model
+from edgeadapt.data.stream import DriftStream
 from edgeadapt.errors import ConfigError
 from edgeadapt.memory.accounting import parse_bytes
-from edgeadapt.offline.artifacts import load_kb
 from edgeadapt.offline.lora import load_lora_artifact
-from edgeadapt.online.losses import AdaptLossConfig, adaptation_loss, source_stats
-from edgeadapt.online.proxy import width_for_memory, width_for_params
+from edgeadapt.online.api import adapt
+from edgeadapt.online.losses import AdaptLossConfig
 from edgeadapt.online.report import write_report
-from edgeadapt.online.retrain import RetrainBudget, unlabeled
-from edgeadapt.online.runner import METHODS, build_methods, run_stream
-from edgeadapt.pruning.prune import prune
+from edgeadapt.online.retrain import RetrainBudget
+from edgeadapt.online.runner import METHODS
 from edgeadapt.rundir import claim_output
 from edgeadapt.tracking.run import make_logger
-from edgeadapt.training.config import TrainConfig
-from edgeadapt.training.loop import fit
 
 
 def _loss_config() -> Any:
@@ -45,8 +40,14 @@ class AdaptConfig(BaseModel):
     kind: Literal["adapt"] = "adapt"
     offline: Path = Field(Path("runs/offline-vit"), description="Directory of `edgeadapt offline all` "
                           "(reads lora/ and kb/).")
-    stream: str | list[Any] | None = Field(None, description="'gaussian_noise:5,fog:3', a YAML list, a "
-                                           "YAML file, or null for the default 10-domain stream.")
+    stream: str | list[Any] | None = Field(None, description="The drift stream: 'gaussian_noise:5,fog:3' "
+                                           "(digits-c), a YAML file, a list of domains ({dataset: NAME, "
+                                           "options: {...}, labelled: false}, 'fog:3' or {corruption, "
+                                           "severity}), or null for the default 10-domain stream.")
+    source: str | dict[str, Any] | None = Field(None, description="Labelled source data for the source "
+                                                "statistics and the static baseline: a registered dataset "
+                                                "name or a data: mapping; null: the dataset the offline "
+                                                "stage recorded in its knowledge base.")
     methods: list[str] = Field(default_factory=lambda: list(METHODS), description="Methods to compare.")
     width: float = Field(0.75, gt=0, le=1, description="Proxy width: the fraction of heads and FFN neurons "
                          "kept per block (and the static baseline's width).")
@@ -89,43 +90,21 @@ class AdaptConfig(BaseModel):
     @field_validator("stream")
     @classmethod
     def _stream(cls, spec: Any) -> Any:
-        parse_stream(spec)
+        DriftStream.parse(spec)
         return spec
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, source: Any) -> Any:
+        if source is not None:
+            DataSection(**({"name": source} if isinstance(source, str) else source))
+        return source
 
     @field_validator("loss")
     @classmethod
     def _loss(cls, fields: dict[str, Any]) -> dict[str, Any]:
         AdaptLossConfig(**fields)
         return fields
-
-
-def static_baseline(fm: Any, width: float, epochs: int, seed: int = 0) -> Any:
-    """The FM magnitude-pruned once to ``width`` and fine-tuned on the labeled source data."""
-    model = copy.deepcopy(fm)
-    if width < 1:
-        prune(model, ["heads", "neurons"], "magnitude", unit_sparsity=1.0 - width, device="cpu")
-    if epochs > 0:
-        data = build_dataset("digits", size=fm.model.config.image_size)
-        fit(model, lambda e: data.train.batches(64, shuffle=True, seed=seed + e),
-            TrainConfig(epochs=epochs, learning_rate=2e-3, seed=seed, progress=False),
-            val=lambda: data.val.batches(256), monitor="accuracy")
-    model.model.cpu()
-    return model
-
-
-def proxy_width(cfg: AdaptConfig, kb: Any, stats: Any, loss_cfg: Any, first: Any) -> float:
-    """The proxy width the budget allows: ``cfg.width``, or the widest proxy within
-    ``cfg.proxy_params`` parameters / ``cfg.proxy_memory_bytes`` bytes of retraining memory
-    (measured with our loss on a batch of the first domain)."""
-    if cfg.proxy_params is not None:
-        return width_for_params(kb, cfg.proxy_params)
-    if cfg.proxy_memory_bytes is not None:
-        batch = next(iter(unlabeled(first.adapt.batches(cfg.budget.batch_size))))
-        b = cfg.budget
-        loss = lambda m: adaptation_loss(m, stats, loss_cfg)  # noqa: E731
-        return width_for_memory(kb, cfg.proxy_memory_bytes, loss, batch, b.learning_rate, b.device,
-                                b.gradient_checkpointing)
-    return cfg.width
 
 
 def run_adapt(cfg: AdaptConfig, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
@@ -147,25 +126,21 @@ def run_adapt(cfg: AdaptConfig, progress: bool = True, overwrite: bool = False) 
 
 def _run_adapt(cfg: AdaptConfig, progress: bool) -> dict[str, Any]:
     fm = load_lora_artifact(cfg.offline / "lora")
-    kb = load_kb(cfg.offline / "kb", expect_base_hash=fm.base_hash())
-    size = fm.model.config.image_size
-    source = build_dataset("digits", size=size)
-    stats = source_stats(fm, source.train.batches(64, shuffle=True, seed=cfg.seed), seed=cfg.seed)
-    domains = stream_data(parse_stream(cfg.stream), size=size, seed=cfg.seed)
-    loss_cfg = AdaptLossConfig(**cfg.loss)
-    width = proxy_width(cfg, kb, stats, loss_cfg, domains[0])
-    static = (lambda: static_baseline(fm, width, cfg.static_epochs, cfg.seed)) \
-        if "static" in cfg.methods else None
-    methods = build_methods(cfg.methods, fm, kb, stats, loss_cfg, width, static, cfg.trainable)
     logger = make_logger(cfg.out / "logs", ["tensorboard", "csv"])
     try:
-        results = run_stream(methods, domains, cfg.budget, seed=cfg.seed, logger=logger, progress=progress)
+        # the KB as its directory: checked against the FM, and it records the source dataset
+        results = adapt(fm, cfg.offline / "kb", DriftStream.parse(cfg.stream), methods=cfg.methods,
+                        budget=cfg.budget, width=cfg.width, source=cfg.source, seed=cfg.seed,
+                        progress=progress, loss=cfg.loss, trainable=cfg.trainable,
+                        static_epochs=cfg.static_epochs, proxy_params=cfg.proxy_params,
+                        proxy_memory_bytes=cfg.proxy_memory_bytes, logger=logger)
     finally:
         logger.close()
-    clean = fm.evaluate(source.test.batches(256))["accuracy"]
-    results.update(config=cfg.model_dump(mode="json"), clean_accuracy=clean, proxy_width=width)
-    notes = (f"Source model clean accuracy {clean:.3f}. Proxy width {width:.0%}; {cfg.budget.steps} "
-             f"retraining steps of {cfg.budget.batch_size} unlabeled images per domain; methods adapt "
-             "continually along the stream.")
+    results["config"] = cfg.model_dump(mode="json")
+    clean = next(((k[len("clean_"):], v) for k, v in results.items() if k.startswith("clean_")), None)
+    quality = f"Source model clean {clean[0]} {clean[1]:.3f}. " if clean else ""
+    notes = (f"{quality}Proxy width {results['proxy_width']:.0%}; {cfg.budget.steps} retraining steps of "
+             f"{cfg.budget.batch_size} unlabeled samples per domain; methods adapt continually along the "
+             "stream.")
     write_report(results, cfg.out, notes=notes)
     return results

@@ -16,7 +16,8 @@ def test_parse_string_list_and_yaml_agree(tmp_path):
     b = parse_stream([{"corruption": "gaussian_noise", "severity": 5}, "fog:3"])
     path = tmp_path / "s.yaml"
     path.write_text("stream:\n  - gaussian_noise:5\n  - {corruption: fog, severity: 3}\n")
-    assert a == b == parse_stream(path) == [Domain("gaussian_noise", 5), Domain("fog", 3)]
+    assert a == b == parse_stream(path) == [Domain.corrupted("gaussian_noise", 5),
+                                                   Domain.corrupted("fog", 3)]
 
 
 def test_default_stream_has_ten_domains_mixing_easy_and_hard():

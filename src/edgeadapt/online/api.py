@@ -1,0 +1,206 @@
+"""The online stage as one library call: adaptation methods side by side over a drift stream.
+
+:func:`adapt` takes a foundation model (any model adapter whose task has a label-free adaptation
+loss and a metric), its knowledge base, a :class:`~edgeadapt.data.stream.DriftStream` and method
+names, and returns the results dict of :func:`edgeadapt.online.runner.run_stream` (per-method rows,
+per-domain rows, the domains) plus the source model's clean metric and the proxy width. The
+``edgeadapt adapt`` command (:func:`edgeadapt.online.pipeline.run_adapt`) is config → artifacts →
+this call → report.
+
+Example::
+
+    from edgeadapt import adapt, DriftStream
+    from edgeadapt.offline.artifacts import load_kb
+    from edgeadapt.offline.lora import load_lora_artifact
+
+    fm = load_lora_artifact("runs/offline-vit/lora")
+    results = adapt(fm, "runs/offline-vit/kb", DriftStream.parse("fog:5,contrast:4"),
+                    methods=["source", "edgeadapt"], budget={"steps": 15})
+    print(results["rows"])
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgeadapt.artifacts import read_manifest
+from edgeadapt.data.config import DataSection, load_splits
+from edgeadapt.data.registry import dataset_info
+from edgeadapt.data.stream import DriftStream, ModelInputs, for_model
+from edgeadapt.errors import ConfigError
+from edgeadapt.offline.artifacts import KIND as KB_KIND
+from edgeadapt.offline.artifacts import VERSION as KB_VERSION
+from edgeadapt.offline.artifacts import load_kb
+from edgeadapt.online.losses import AdaptLossConfig, adaptation_loss, source_stats
+from edgeadapt.online.proxy import width_for_memory, width_for_params
+from edgeadapt.online.retrain import RetrainBudget, unlabeled
+from edgeadapt.online.runner import METHODS, build_methods, run_stream
+from edgeadapt.pruning.prune import prune
+from edgeadapt.training.config import TrainConfig
+from edgeadapt.training.loop import fit
+
+Batch = dict[str, torch.Tensor]
+BATCH_SIZE = 64    # source batches for statistics and the static baseline's fine-tuning
+EVAL_BATCH = 256   # batches for scoring
+# What a result calls the model's quality, in order of preference among what evaluate() returns.
+METRICS = ("accuracy", "perplexity", "loss")
+
+
+@dataclass
+class SourceData:
+    """The labelled source data: ``train(epoch)`` batches (shuffled by epoch), optional ``val()``
+    and ``test()`` batches, and what it is (``name``)."""
+
+    train: Callable[[int], Iterable[Batch]]
+    val: Callable[[], Iterable[Batch]] | None = None
+    test: Callable[[], Iterable[Batch]] | None = None
+    name: str = "batches"
+
+
+def recorded_source(kb_dir: str | Path) -> tuple[DataSection, int] | None:
+    """The ``data:`` section and seed of the offline config recorded in the knowledge base's
+    manifest (what the FM and KB were built from), or ``None`` when it records none."""
+    manifest = read_manifest(Path(kb_dir), KB_KIND, KB_VERSION, verify=False)
+    offline = (manifest.get("config") or {}).get("offline") or {}
+    if not isinstance(offline.get("data"), dict):
+        return None
+    return DataSection(**offline["data"]), int(offline.get("seed", 0))
+
+
+def source_data(source: Any, inputs: ModelInputs, seed: int = 0, split_seed: int = 0) -> SourceData:
+    """Resolve ``source`` into :class:`SourceData`: a registered dataset name, a ``data:`` mapping
+    or :class:`~edgeadapt.data.config.DataSection` (built at the model's input size / with its
+    tokenizer; ``split_seed`` cuts a missing validation split), a per-epoch batch factory
+    ``f(epoch)``, or an iterable of batches (kept in memory)."""
+    if isinstance(source, str):
+        source = DataSection(name=source)
+    elif isinstance(source, Mapping):
+        source = DataSection(**source)
+    if isinstance(source, DataSection):
+        image = dataset_info(source.name).task == "image-classification"
+        splits = load_splits(source, inputs.image_size if image else None, split_seed)
+        train, val, test = (for_model(s, inputs, f"source ({source.name})") for s in splits)
+        return SourceData(lambda e: train.batches(BATCH_SIZE, shuffle=True, seed=seed + e),
+                          lambda: val.batches(EVAL_BATCH), lambda: test.batches(EVAL_BATCH), source.name)
+    if callable(source):
+        return SourceData(source)
+    if isinstance(source, Iterable):
+        batches = list(source)
+        if not batches:
+            raise ConfigError("source: the batches are empty; give labelled source batches or a dataset name")
+        return SourceData(lambda _e: batches)
+    raise ConfigError(f"source: expected a registered dataset name, a data mapping, a batch factory or "
+                      f"batches, got {type(source).__name__}")
+
+
+def static_baseline(fm: Any, width: float, epochs: int, train: Callable[[int], Iterable[Batch]],
+                    val: Callable[[], Iterable[Batch]] | None = None, seed: int = 0) -> Any:
+    """The FM magnitude-pruned once to ``width`` and fine-tuned for ``epochs`` on the labelled
+    source batches ``train(epoch)`` (best epoch by ``val()`` accuracy, or loss for tasks without
+    accuracy)."""
+    model = copy.deepcopy(fm)
+    if width < 1:
+        prune(model, ["heads", "neurons"], "magnitude", unit_sparsity=1.0 - width, device="cpu")
+    if epochs > 0:
+        monitor = "accuracy" if getattr(getattr(fm, "task", None), "name", "") == "classification" else "loss"
+        fit(model, train, TrainConfig(epochs=epochs, learning_rate=2e-3, seed=seed, progress=False),
+            val=val, monitor=monitor if val is not None else "loss")
+    model.model.cpu()
+    return model
+
+
+def resolve_width(kb: Any, width: float, proxy_params: int | None, proxy_memory_bytes: int | None,
+                  stats: Any, loss_cfg: Any, first: Any, budget: RetrainBudget) -> float:
+    """The proxy width the budget allows: ``width``, or the widest proxy within ``proxy_params``
+    parameters / ``proxy_memory_bytes`` bytes of retraining memory (measured with our loss on a
+    batch of the first domain, ``first``)."""
+    if proxy_params is not None and proxy_memory_bytes is not None:
+        raise ConfigError("proxy_params and proxy_memory_bytes are alternatives; set one of them")
+    if proxy_params is not None:
+        return width_for_params(kb, proxy_params)
+    if proxy_memory_bytes is not None:
+        batch = next(iter(unlabeled(first.adapt.batches(budget.batch_size))))
+        loss = lambda m: adaptation_loss(m, stats, loss_cfg)  # noqa: E731
+        return width_for_memory(kb, proxy_memory_bytes, loss, batch, budget.learning_rate, budget.device,
+                                budget.gradient_checkpointing)
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 1:
+        raise ConfigError(f"width: {width!r} is not a fraction of the model; give a number in (0, 1]")
+    return float(width)
+
+
+def main_metric(metrics: Mapping[str, float]) -> str:
+    """The metric a result is reported in: the first of :data:`METRICS` that ``metrics`` has."""
+    for name in METRICS:
+        if name in metrics:
+            return name
+    raise ConfigError(f"the model's evaluate() returned {sorted(metrics)}; it needs one of {list(METRICS)}")
+
+
+def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | None = None,
+          methods: Sequence[str] | None = None, budget: RetrainBudget | Mapping[str, Any] | None = None,
+          width: float = 0.75, source: Any = None, seed: int = 0, progress: bool = True, *,
+          loss: AdaptLossConfig | Mapping[str, Any] | None = None, trainable: str = "all",
+          static_epochs: int = 8, proxy_params: int | None = None, proxy_memory_bytes: int | None = None,
+          max_length: int = 128, logger: Any = None) -> dict[str, Any]:
+    """Run ``methods`` (default: every one) side by side over ``stream`` and return the results.
+
+    - ``fm``: the foundation model (a model adapter; its task's loss and ``evaluate`` are used).
+    - ``kb``: its knowledge base, or the directory ``edgeadapt offline kb`` wrote (then checked
+      against ``fm`` and, without ``source``, the source dataset recorded there is used).
+    - ``stream``: a :class:`DriftStream` or anything :meth:`DriftStream.parse` takes (``None``:
+      the default stream); its data is built for ``fm`` (image side, tokenizer, ``max_length``).
+    - ``budget``: retraining per domain (:class:`~edgeadapt.online.retrain.RetrainBudget` fields).
+    - ``width`` or ``proxy_params``/``proxy_memory_bytes``: the proxy's (and static baseline's) size.
+    - ``source``: the labelled source data for the statistics the edge keeps and the static
+      baseline's fine-tuning — a registered dataset name, a ``data:`` mapping, a batch factory or
+      batches; default: the dataset recorded in the knowledge base directory.
+    - ``loss``: :class:`~edgeadapt.online.losses.AdaptLossConfig` fields of our loss;
+      ``trainable``: which parameters retrain; ``static_epochs``: the static baseline's fine-tuning.
+
+    Returns :func:`~edgeadapt.online.runner.run_stream`'s dict (``rows``, ``per_domain``,
+    ``domains``) plus ``proxy_width``, ``source`` (its name) and ``clean_<metric>`` (the FM on the
+    source test split, e.g. ``clean_accuracy``) when the source has a test split. Bad input is a
+    :class:`~edgeadapt.errors.ConfigError` raised before any training."""
+    for needed in ("evaluate", "task_loss", "model"):
+        if not hasattr(fm, needed):
+            raise ConfigError(f"fm: {type(fm).__name__} is not a model adapter (it has no {needed!r}); wrap "
+                              "the model with edgeadapt.models.registry.wrap or implement ModelAdapter")
+    split_seed = 0
+    if isinstance(kb, (str, Path)):
+        kb_dir = Path(kb)
+        if source is None:
+            recorded = recorded_source(kb_dir)
+            if recorded is None:
+                raise ConfigError(f"source: {kb_dir} records no source dataset; pass source= (a registered "
+                                  "dataset name or labelled batches)")
+            source, split_seed = recorded
+        kb = load_kb(kb_dir, expect_base_hash=fm.base_hash() if hasattr(fm, "base_hash") else None)
+    elif source is None:
+        raise ConfigError("source: give the source data (a registered dataset name or labelled batches), or "
+                          "pass the knowledge base as its directory, whose manifest records the dataset")
+    names = list(METHODS if methods is None else methods)
+    budget = budget if isinstance(budget, RetrainBudget) else RetrainBudget(**(budget or {}))
+    loss_cfg = loss if isinstance(loss, AdaptLossConfig) else AdaptLossConfig(**(loss or {}))
+    stream = DriftStream.parse(stream)
+    inputs = ModelInputs.of(fm, max_length)
+
+    src = source_data(source, inputs, seed, split_seed)
+    stats = source_stats(fm, src.train(0), seed=seed)
+    domains = stream.build(inputs=inputs, seed=seed)
+    width = resolve_width(kb, width, proxy_params, proxy_memory_bytes, stats, loss_cfg, domains[0], budget)
+    static = (lambda: static_baseline(fm, width, static_epochs, src.train, src.val, seed)) \
+        if "static" in names else None
+    states = build_methods(names, fm, kb, stats, loss_cfg, width, static, trainable)
+    results = run_stream(states, domains, budget, seed=seed, logger=logger, progress=progress)
+    results.update(proxy_width=width, source=src.name)
+    if src.test is not None:
+        metrics = fm.evaluate(src.test())
+        metric = main_metric(metrics)
+        results[f"clean_{metric}"] = metrics[metric]
+    return results

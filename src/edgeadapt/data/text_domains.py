@@ -110,7 +110,7 @@ def _parse(path: Path) -> tuple[str, ast.Module] | None:
 _DOC_NODES = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 
 
-def _docstrings(path: Path) -> list[str]:
+def docstring_paragraphs(path: Path) -> list[str]:
     parsed = _parse(path)
     if parsed is None:
         return []
@@ -123,7 +123,7 @@ def _docstrings(path: Path) -> list[str]:
     return texts
 
 
-def _code(path: Path) -> list[str]:
+def code_chunks(path: Path) -> list[str]:
     """Top-level statement groups of a module (a def, a class, a run of other statements), with
     every docstring's lines removed."""
     parsed = _parse(path)
@@ -218,9 +218,9 @@ def _documents(source: str) -> Iterator[Doc]:
     if source == "pydoc-topics":
         return _docs_pydoc()
     if source == "docstrings":
-        return _docs_modules(_docstrings)
+        return _docs_modules(docstring_paragraphs)
     if source == "source-code":
-        return _docs_modules(_code)
+        return _docs_modules(code_chunks)
     if source == "email":
         return _docs_email()
     return _docs_licences()

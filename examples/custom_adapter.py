@@ -56,7 +56,8 @@ class MyAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
-        q, k, v = (p(x).view(b, t, self.heads, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+        q, k, v = (p(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
+                   for p in (self.q, self.k, self.v))
         y = F.scaled_dot_product_attention(q, k, v)
         return self.o(y.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
 
@@ -127,7 +128,8 @@ class MyAdapter:
             a = blk.attn
             attn = AttentionSpec(f"{root}.attn", *(Slice(f"{root}.attn.{p}", "out") for p in "qkv"),
                                  Slice(f"{root}.attn.o", "in"), a.heads, a.heads, a.head_dim)
-            mlp = MLPSpec((Slice(f"{root}.fc_in", "out"),), Slice(f"{root}.fc_out", "in"), blk.fc_in.out_features)
+            width = blk.fc_in.weight.shape[0]  # from the live weights: right after pruning too
+            mlp = MLPSpec((Slice(f"{root}.fc_in", "out"),), Slice(f"{root}.fc_out", "in"), width)
             out.append(BlockSpec(i, root, attn, mlp, (f"{root}.norm1", f"{root}.norm2")))
         return out
 
@@ -206,16 +208,19 @@ class LoopResult:
     """Everything the loop produced, for printing and for tests."""
 
     fm_before: dict[str, torch.Tensor]  # the FM's weights before sync (after LoRA)
+    kb_before: dict[str, torch.Tensor]  # the KB's weights before sync (KB unit order)
     fm: Any                              # the synced FM (MyAdapter)
     kb: Any                              # the knowledge base, synced
     proxy: Any                           # the retrained proxy
     metrics: dict[str, float]
 
 
-def run_loop(width: float = 0.5, trainable: str = "all", steps: int = 20, seed: int = 0) -> LoopResult:
+def run_loop(width: float = 0.5, trainable: str = "all", steps: int = 20, seed: int = 0,
+             train_kb: bool = True) -> LoopResult:
     """offline (pretrain, LoRA, KB, index) → proxy for a drifted window → label-free retraining →
-    sync into the KB and the FM. Returns the objects and target accuracies along the way."""
-    from edgeadapt.offline.knowledge_base import KBSettings, build_kb
+    sync into the KB and the FM. Returns the objects and target accuracies along the way.
+    ``train_kb=False`` keeps the KB as initialised (reordered FM, saturated gates: exactly the FM)."""
+    from edgeadapt.offline.knowledge_base import KBSettings, build_kb, init_kb
     from edgeadapt.offline.lora import LoraSettings, lora_tune
     from edgeadapt.online.losses import adaptation_loss, set_trainable, source_stats
     from edgeadapt.online.proxy import extract_proxy
@@ -234,8 +239,12 @@ def run_loop(width: float = 0.5, trainable: str = "all", steps: int = 20, seed: 
     fit(fm, lambda e: source, TrainConfig(epochs=6, learning_rate=3e-3, **quiet))
     lora = lora_tune(fm, lambda e: source, TrainConfig(epochs=2, learning_rate=1e-3, **quiet),
                      LoraSettings(rank=4, alpha=8), val=lambda: held)
-    kb, _ = build_kb(fm, lambda e: source, TrainConfig(epochs=2, learning_rate=1e-3, **quiet),
-                     KBSettings(bottleneck=8, min_width=0.5), calibration=source[:2])
+    settings = KBSettings(bottleneck=8, min_width=0.5)
+    if train_kb:  # sandwich training of the elastic KB, distilled from the FM
+        kb, _ = build_kb(fm, lambda e: source, TrainConfig(epochs=2, learning_rate=1e-3, **quiet),
+                         settings, calibration=source[:2])
+    else:
+        kb = init_kb(fm, source[:2], settings, seed=seed)
     stats = source_stats(fm, source, replay_size=0)  # what the edge device keeps about the source
 
     # online, on the edge: a proxy for the current window, retrained without labels
@@ -248,7 +257,7 @@ def run_loop(width: float = 0.5, trainable: str = "all", steps: int = 20, seed: 
     after = proxy.adapter.evaluate(target)["accuracy"]
 
     # sync: proxy -> KB -> FM
-    fm_before = copy.deepcopy(fm.model.state_dict())
+    fm_before, kb_before = (copy.deepcopy(a.model.state_dict()) for a in (fm, kb.adapter))
     fm_target = fm.evaluate(target)["accuracy"]
     counts = sync(kb, proxy, fm)
     metrics = {"fm_source_accuracy": fm.evaluate(held)["accuracy"], "lora_merge_max_abs_diff":
@@ -257,7 +266,7 @@ def run_loop(width: float = 0.5, trainable: str = "all", steps: int = 20, seed: 
                fm.evaluate(target)["accuracy"], "fm_tensors_changed": counts["fm_tensors_changed"],
                "proxy_params": sum(p.numel() for p in proxy.adapter.model.parameters()),
                "fm_params": sum(p.numel() for p in fm.model.parameters())}
-    return LoopResult(fm_before, fm, kb, proxy, metrics)
+    return LoopResult(fm_before, kb_before, fm, kb, proxy, metrics)
 
 
 if __name__ == "__main__":
@@ -271,7 +280,16 @@ if __name__ == "__main__":
     plan = prune(adapter, ["heads", "neurons"], "taylor", batches, unit_sparsity=0.5)
     print(plan.summary())
 
-    print("\nthe whole loop: pretrain + LoRA -> KB + index -> proxy (width 0.5) -> label-free retrain -> sync")
+    print("\nthe whole loop: pretrain + LoRA -> KB + index -> proxy (width 0.5) -> label-free retrain "
+          "-> sync")
     result = run_loop()
     for name, value in result.metrics.items():
         print(f"  {name:32s} {value:.4g}" if isinstance(value, float) else f"  {name:32s} {value}")
+
+    from edgeadapt.errors import ConfigError
+    from edgeadapt.offline.artifacts import save_kb
+
+    try:  # the rule for artifacts: a custom model stays in memory (refused before anything is written)
+        save_kb(result.kb, "custom-kb")
+    except ConfigError as exc:
+        print(f"\n{exc}")

@@ -145,8 +145,9 @@ def _check_linear(adapter: ModelAdapter, modules: list[str]) -> None:
     bad = [f"{m} ({type(x).__name__})" for m, x in kinds.items()
            if not (isinstance(x, nn.Linear) or ops.is_transposed(x))]
     if bad:
-        raise ConfigError(f"LoRA needs nn.Linear projections, but {', '.join(bad[:3])} are not; make the "
-                          "adapter's blocks() name Linear layers or drop those roles from lora targets")
+        raise ConfigError(f"LoRA wraps nn.Linear projections; these targets named by the adapter's blocks() "
+                          f"are not: {', '.join(bad[:3])}. Build those projections as nn.Linear or drop "
+                          "their roles from the LoRA targets")
     if len({ops.is_transposed(x) for x in kinds.values()}) > 1:
         raise ConfigError("LoRA targets mix nn.Linear and Conv1D layouts; choose targets of one layout")
 

@@ -174,10 +174,16 @@ def mmd(x: torch.Tensor, y: torch.Tensor, bandwidths: Sequence[float] | None = N
     return xx + yy - 2 * kxy.mean()
 
 
+def sample_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of the softmax over the last dimension, one value per sample (``[...]``
+    for logits ``[..., C]``): what EATA and SAR filter samples by."""
+    logp = F.log_softmax(logits.float(), -1)
+    return -(logp.exp() * logp).sum(-1)
+
+
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Mean Shannon entropy (nats) of the softmax over the last dimension."""
-    logp = F.log_softmax(logits.float(), -1)
-    return -(logp.exp() * logp).sum(-1).mean()
+    return sample_entropy(logits).mean()
 
 
 def diversity(logits: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:

@@ -4,10 +4,20 @@ It is the shared training loop with an adaptation loss (:mod:`edgeadapt.online.l
 choice of trainable parameters, and a peak-memory measurement of one representative step
 (tensor accounting on CPU, ``max_memory_allocated`` on CUDA), so every method in the stream
 runner is trained and measured the same way.
+
+A method whose update is not "one loss, one backward, one optimizer step" (SAR's sharpness-aware
+step takes two forward/backward passes; EATA skips the update when no sample passes its filters)
+supplies a :data:`StepFn` instead of a loss: it gets the adapter, the batch and the optimizer and
+does the whole update. :func:`retrain` then runs a plain step loop with the same budget, seed,
+device, memory measures and memory/time measurement as the loss path (which stays on
+:func:`~edgeadapt.training.loop.fit`).
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
+import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -19,13 +29,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgeadapt.errors import ConfigError
 from edgeadapt.memory.accounting import measure_peak
 from edgeadapt.models.adapter import HFAdapter
-from edgeadapt.numerics import upcast
+from edgeadapt.numerics import fp32_master, upcast
 from edgeadapt.training.config import TrainConfig
 from edgeadapt.training.device import resolve_device, to_device
-from edgeadapt.training.loop import fit, set_checkpointing
+from edgeadapt.training.loop import fit, own_rng, set_checkpointing
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[HFAdapter, Batch], torch.Tensor]
+StepFn = Callable[[HFAdapter, Batch, torch.optim.Optimizer], torch.Tensor]
+"""One whole update: ``step(adapter, batch, optimizer)`` runs the forward/backward pass(es), calls
+``optimizer.step()`` (or decides not to), leaves the gradients zeroed and returns the (detached)
+loss it minimised. A stateful step is an object; :func:`step_memory` probes a deep copy of it."""
 
 
 class RetrainBudget(BaseModel):
@@ -52,13 +66,31 @@ class RetrainResult:
     trainable_params: int
 
 
-def step_memory(adapter: HFAdapter, loss_fn: LossFn, batch: Batch, lr: float, device: torch.device,
-                checkpointing: bool = False) -> int:
-    """Peak bytes of one retraining step (forward, backward, AdamW update) including parameters,
-    gradients and optimizer state, measured on a throwaway copy so training is unaffected. A
-    bf16/fp16 model is measured on float32 master weights, as :func:`fit` trains it."""
-    import copy
+def loss_step(loss_fn: LossFn) -> StepFn:
+    """The ordinary update as a :data:`StepFn`: one forward through ``loss_fn``, one backward, one
+    optimizer step."""
 
+    def step(adapter: HFAdapter, batch: Batch, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(adapter, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
+
+
+def step_memory(adapter: HFAdapter, loss_fn: LossFn | None, batch: Batch, lr: float, device: torch.device,
+                checkpointing: bool = False, *, step: StepFn | None = None) -> int:
+    """Peak bytes of one retraining step (forward, backward(s), AdamW update) including parameters,
+    gradients and optimizer state, measured on a throwaway copy so training is unaffected. A
+    bf16/fp16 model is measured on float32 master weights, as :func:`fit` trains it. With ``step``
+    the method's own update is measured (on a deep copy of it, so a stateful step keeps its state)
+    instead of ``loss_fn``'s."""
+    if step is None and loss_fn is None:
+        raise ConfigError("step_memory needs a loss function or a step function")
+    update = copy.deepcopy(step) if step is not None else loss_step(loss_fn)  # type: ignore[arg-type]
     probe = copy.deepcopy(adapter)
     probe.model.to(device).train()
     upcast(probe.model)
@@ -67,27 +99,34 @@ def step_memory(adapter: HFAdapter, loss_fn: LossFn, batch: Batch, lr: float, de
     opt = torch.optim.AdamW(params, lr=lr)
     batch = to_device(batch, device)
 
-    def step() -> None:
-        loss_fn(probe, batch).backward()
-        opt.step()
-
-    _, report = measure_peak(step, device=device, modules=[probe.model], optimizer=opt)
+    _, report = measure_peak(lambda: update(probe, batch, opt), device=device, modules=[probe.model],
+                             optimizer=opt)
     return report.total_bytes
 
 
-def retrain(adapter: HFAdapter, batches: Callable[[int], Iterable[Batch]], loss_fn: LossFn,
-            budget: RetrainBudget, seed: int = 0, measure: bool = True, constrained: bool = True
-            ) -> RetrainResult:
+def retrain(adapter: HFAdapter, batches: Callable[[int], Iterable[Batch]], loss_fn: LossFn | None,
+            budget: RetrainBudget, seed: int = 0, measure: bool = True, constrained: bool = True, *,
+            step: StepFn | None = None) -> RetrainResult:
     """Train ``adapter`` (its ``requires_grad`` parameters) on ``batches(epoch)`` with ``loss_fn``
     for ``budget.steps`` optimizer steps (or ``budget.seconds``). ``constrained`` methods run under
-    the edge's memory measures (``budget.gradient_checkpointing``)."""
+    the edge's memory measures (``budget.gradient_checkpointing``). With ``step`` (then ``loss_fn``
+    may be ``None``) each update is the method's own (:data:`StepFn`), on an AdamW optimizer with
+    the budget's learning rate and weight decay, no clipping; a step that skips its update still
+    counts against the budget, as a batch the device spent time on."""
+    if step is None and loss_fn is None:
+        raise ConfigError("retrain needs a loss function or a step function")
     checkpointing = budget.gradient_checkpointing and constrained
     device = resolve_device(budget.device)
     trainable = sum(p.numel() for p in adapter.model.parameters() if p.requires_grad)
     if trainable == 0:
         raise ConfigError("trainable: no parameter of the model is trainable; choose another 'trainable' set")
     peak = step_memory(adapter, loss_fn, next(iter(batches(0))), budget.learning_rate, device,
-                       checkpointing) if measure else 0
+                       checkpointing, step=step) if measure else 0
+    if step is not None:
+        start = time.perf_counter()
+        steps = _step_loop(adapter, batches, step, budget, seed, device, checkpointing)
+        adapter.model.eval()
+        return RetrainResult(time.perf_counter() - start, steps, peak, trainable)
     per_epoch = sum(1 for _ in batches(0))
     cfg = TrainConfig(epochs=max(1, -(-budget.steps // per_epoch)), max_steps=budget.steps,
                       max_seconds=budget.seconds, learning_rate=budget.learning_rate,
@@ -97,6 +136,39 @@ def retrain(adapter: HFAdapter, batches: Callable[[int], Iterable[Batch]], loss_
     result = fit(adapter, batches, cfg, loss_fn=loss_fn)
     adapter.model.eval()
     return RetrainResult(time.perf_counter() - start, result.steps, peak, trainable)
+
+
+def _step_loop(adapter: HFAdapter, batches: Callable[[int], Iterable[Batch]], step: StepFn,
+               budget: RetrainBudget, seed: int, device: torch.device, checkpointing: bool) -> int:
+    """Run ``step`` over ``batches(0), batches(1), ...`` until ``budget.steps`` (or ``budget.seconds``);
+    seeded on private RNG streams and on float32 master weights, like :func:`fit`. Returns the steps run."""
+    model = adapter.model
+    with own_rng(device), fp32_master(model):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        model.to(device).train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=budget.learning_rate, weight_decay=budget.weight_decay)
+        set_checkpointing(model, checkpointing)
+        done, start = 0, time.perf_counter()
+        try:
+            for epoch in itertools.count():
+                seen = 0
+                for batch in batches(epoch):
+                    seen += 1
+                    loss = step(adapter, to_device(batch, device), opt)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"loss is {loss.item()} at step {done}; lower learning_rate")
+                    done += 1
+                    out_of_time = budget.seconds is not None and time.perf_counter() - start >= budget.seconds
+                    if done >= budget.steps or out_of_time:
+                        return done
+                if seen == 0:
+                    raise ConfigError("train data is empty: an epoch yielded no batches")
+        finally:
+            set_checkpointing(model, False)
+            model.eval()
+    return done  # pragma: no cover - the loop above only exits by returning
 
 
 def unlabeled(batches: Iterable[Batch]) -> Iterable[Batch]:

@@ -1,10 +1,11 @@
 """The stream runner: adaptation methods side by side over a drift stream, domain after domain.
 
-For every domain of the stream, each method sees the domain's unlabeled adaptation images,
-adapts within the same step budget, and is scored on the domain's labeled test images.
-Methods are *continual*: what a model learned on one domain carries into the next. The two edge
-methods (``static``, ``edgeadapt``) retrain under the edge budget's memory measures (activation
-checkpointing by default); ``full`` and ``tent`` are the unconstrained references.
+For every domain of the stream, each method sees the domain's unlabeled adaptation data, adapts
+within the same step budget, and is scored on the domain's held-out evaluation data with the
+task's metric (``accuracy`` for classifiers). Methods are *continual*: what a model learned on one
+domain carries into the next. The edge methods (``static``, ``edgeadapt``) retrain under the edge
+budget's memory measures (activation checkpointing by default); the others are unconstrained
+references. The methods live in a registry (:mod:`edgeadapt.online.methods`, one module each):
 
 - ``source``: the source model, never adapted.
 - ``tent``: entropy minimisation on the full model's norm parameters (TENT).
@@ -13,14 +14,15 @@ checkpointing by default); ``full`` and ``tent`` are the unconstrained reference
   source data, then retrained on every domain with our loss.
 - ``edgeadapt``: per domain, a proxy cut from the knowledge base for the current window,
   retrained with our loss, synced back into the knowledge base (and foundation model).
+- ``eata``: EATA, entropy on reliable, non-redundant samples plus a Fisher anti-forgetting term.
+- ``sar``: SAR, sharpness-aware entropy on reliable samples with a reset on collapse.
 """
 
 from __future__ import annotations
 
-import copy
+import statistics
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,37 +31,46 @@ from tqdm.auto import tqdm
 from edgeadapt.data.stream import DomainData
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter
-from edgeadapt.online.losses import adaptation_loss, set_trainable, tent_loss
-from edgeadapt.online.proxy import extract_proxy
+from edgeadapt.online.losses import set_trainable
+from edgeadapt.online.methods import MethodContext, MethodState, build, method_names
 from edgeadapt.online.retrain import RetrainBudget, retrain, unlabeled
-from edgeadapt.online.sync import sync
 from edgeadapt.progress import bar_enabled
 from edgeadapt.training.device import to_device
 
-METHODS = ("source", "tent", "full", "static", "edgeadapt")
+__all__ = ["METHODS", "MethodState", "accuracy", "build_methods", "metric_name", "run_stream", "score",
+           "summarize"]
+
+METHODS = method_names()  # the built-ins, registered on import (a method registered later is still accepted)
+
+
+def metric_name(adapter: HFAdapter) -> tuple[str, bool]:
+    """The task's headline metric and whether higher is better (``("accuracy", True)`` for a task that
+    does not say)."""
+    return getattr(adapter.task, "metric", "accuracy"), getattr(adapter.task, "higher_is_better", True)
+
+
+def score(adapter: HFAdapter, batches: Iterable[dict[str, torch.Tensor]], metric: str | None = None) -> float:
+    """``adapter.evaluate(batches)[metric]`` on the model's device; ``metric`` defaults to the task's.
+    A metric the task does not produce raises :class:`~edgeadapt.errors.ConfigError` naming those it does."""
+    metric = metric or metric_name(adapter)[0]
+    device = next(adapter.model.parameters()).device
+    result = adapter.evaluate(to_device(b, device) for b in batches)
+    if metric not in result:
+        raise ConfigError(f"metric: the task's evaluation gives {sorted(result)}, not {metric!r}")
+    return float(result[metric])
 
 
 def accuracy(adapter: HFAdapter, batches: Iterable[dict[str, torch.Tensor]]) -> float:
-    device = next(adapter.model.parameters()).device
-    return adapter.evaluate(to_device(b, device) for b in batches)["accuracy"]
-
-
-@dataclass
-class MethodState:
-    """What one method carries from domain to domain."""
-
-    name: str
-    prepare: Callable[[DomainData], HFAdapter]          # the model to adapt on this domain
-    loss: Callable[[HFAdapter], Any] | None              # adaptation loss factory (None: no adaptation)
-    trainable: str = "all"
-    finish: Callable[[HFAdapter], None] = lambda _a: None  # e.g. sync the proxy back
-    constrained: bool = False                            # runs under the edge budget's memory measures
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    """Classification accuracy (:func:`score` with ``metric="accuracy"``)."""
+    return score(adapter, batches, "accuracy")
 
 
 def run_stream(methods: list[MethodState], domains: list[DomainData], budget: RetrainBudget, seed: int = 0,
                logger: Any = None, progress: bool = True) -> dict[str, Any]:
-    """Run every method over ``domains``; returns per-domain rows and per-method summaries."""
+    """Run every method over ``domains``; returns per-domain rows and per-method summaries.
+
+    Each per-domain row names the task's ``metric`` and holds its value after adaptation under that
+    name (``accuracy``, ``perplexity``, …) and before it under ``<metric>_before``."""
     bar = tqdm(total=len(domains) * len(methods), desc="stream", disable=not bar_enabled(progress),
                leave=False)
     for i, domain in enumerate(domains):
@@ -70,22 +81,25 @@ def run_stream(methods: list[MethodState], domains: list[DomainData], budget: Re
             bar.set_postfix(domain=str(domain.domain), method=m.name)
             start = time.perf_counter()
             model = m.prepare(domain)
-            before = accuracy(model, test)
+            metric, higher = metric_name(model)
             row: dict[str, Any] = {"method": m.name, "domain": str(domain.domain), "index": i,
-                                   "accuracy_before": before, "retrain_seconds": 0.0, "peak_memory_bytes": 0,
+                                   "metric": metric, "higher_is_better": higher,
+                                   f"{metric}_before": score(model, test, metric),
+                                   "retrain_seconds": 0.0, "peak_memory_bytes": 0,
                                    "params": sum(p.numel() for p in model.model.parameters())}
-            if m.loss is not None:
-                set_trainable(model, m.trainable)
-                result = retrain(model, adapt, m.loss(model), budget, seed=seed + i,
-                                 constrained=m.constrained)
+            if m.adapts:
+                set_trainable(model, m.trainable)  # type: ignore[arg-type]
+                result = retrain(model, adapt, m.loss(model) if m.loss is not None else None, budget,
+                                 seed=seed + i, constrained=m.constrained,
+                                 step=m.step(model) if m.step is not None else None)
                 row.update(retrain_seconds=result.seconds, peak_memory_bytes=result.peak_memory_bytes,
                            steps=result.steps, trainable_params=result.trainable_params)
-            row["accuracy"] = accuracy(model, test)
+            row[metric] = score(model, test, metric)
             m.finish(model)
             row["total_seconds"] = time.perf_counter() - start
             m.rows.append(row)
             if logger is not None:
-                logger.log_metrics({f"{m.name}/accuracy": row["accuracy"],
+                logger.log_metrics({f"{m.name}/{metric}": row[metric],
                                     f"{m.name}/retrain_seconds": row["retrain_seconds"]}, i)
             bar.update(1)
     bar.close()
@@ -93,15 +107,19 @@ def run_stream(methods: list[MethodState], domains: list[DomainData], budget: Re
 
 
 def summarize(methods: list[MethodState], domains: list[DomainData]) -> dict[str, Any]:
-    """The benchmark schema: per-method mean accuracy, median per-domain retraining seconds (robust
-    to a noisy shared machine; methods alternate within every domain), peak memory, every row."""
-    import statistics
-
+    """The benchmark schema: per method the task's ``metric`` and its mean over domains as
+    ``mean_<metric>`` (``mean_accuracy`` for classifiers), the median per-domain retraining seconds
+    (robust to a noisy shared machine; methods alternate within every domain), peak memory,
+    parameters; plus every per-domain row."""
     rows = []
     for m in methods:
+        if not m.rows:
+            continue
+        metric = m.rows[0].get("metric", "accuracy")
         adapted = [r for r in m.rows if r["retrain_seconds"] > 0] or m.rows
-        rows.append({"method": m.name,
-                     "mean_accuracy": statistics.mean(r["accuracy"] for r in m.rows),
+        rows.append({"method": m.name, "metric": metric,
+                     "higher_is_better": m.rows[0].get("higher_is_better", True),
+                     f"mean_{metric}": statistics.mean(r[metric] for r in m.rows),
                      "retrain_seconds": statistics.median(r["retrain_seconds"] for r in adapted),
                      "peak_memory_bytes": max(r["peak_memory_bytes"] for r in m.rows),
                      "params": max(r["params"] for r in m.rows)})
@@ -110,38 +128,12 @@ def summarize(methods: list[MethodState], domains: list[DomainData]) -> dict[str
 
 
 def build_methods(names: list[str], fm: HFAdapter, kb: Any, stats: Any, loss_cfg: Any, width: float,
-                  static_model: Callable[[], HFAdapter] | None, trainable: str = "all") -> list[MethodState]:
-    """The method table: each entry knows how to get its model for a domain and how to adapt it."""
-    unknown = [n for n in names if n not in METHODS]
-    if unknown or not names:
-        raise ConfigError(f"methods: unknown {unknown}; choose from {', '.join(METHODS)}")
-    ours = lambda model: adaptation_loss(model, stats, loss_cfg)  # noqa: E731
-    out = []
-    for name in names:
-        if name == "source":
-            out.append(MethodState(name, lambda d, m=fm: m, None))
-        elif name == "tent":
-            model = copy.deepcopy(fm)
-            out.append(MethodState(name, lambda d, m=model: m, lambda a: tent_loss(a), trainable="norm"))
-        elif name == "full":
-            model = copy.deepcopy(fm)
-            out.append(MethodState(name, lambda d, m=model: m, ours, trainable=trainable))
-        elif name == "static":
-            if static_model is None:
-                raise ConfigError("methods: 'static' needs a statically pruned model")
-            model = static_model()
-            out.append(MethodState(name, lambda d, m=model: m, ours, trainable=trainable, constrained=True))
-        else:
-            edge_fm = copy.deepcopy(fm)
-            holder: dict[str, Any] = {}
-
-            def prepare(d: DomainData, holder=holder) -> HFAdapter:
-                holder["proxy"] = extract_proxy(kb, unlabeled(d.adapt.batches(256)), width)
-                return holder["proxy"].adapter
-
-            def finish(_model: HFAdapter, holder=holder, edge_fm=edge_fm) -> None:
-                holder["proxy"].adapter.model.cpu()
-                sync(kb, holder["proxy"], edge_fm)
-
-            out.append(MethodState(name, prepare, ours, trainable=trainable, finish=finish, constrained=True))
-    return out
+                  static_model: Callable[[], HFAdapter] | None, trainable: str = "all", *,
+                  budget: RetrainBudget | None = None, options: dict[str, dict[str, Any]] | None = None
+                  ) -> list[MethodState]:
+    """The named methods from the registry (:mod:`edgeadapt.online.methods`), each built from one
+    :class:`~edgeadapt.online.methods.MethodContext`; ``options`` holds per-method settings by name
+    (e.g. ``{"eata": {"d_margin": 0.4}}``). Unknown, repeated or no names raise ConfigError."""
+    ctx = MethodContext(fm=fm, kb=kb, stats=stats, loss_cfg=loss_cfg, width=width, static_model=static_model,
+                        trainable=trainable, budget=budget, options=dict(options or {}))
+    return build(list(names), ctx)

@@ -1,0 +1,84 @@
+"""What every adaptation method is made of: the state the stream runner carries for it from domain
+to domain (:class:`MethodState`) and what a method factory is built from (:class:`MethodContext`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from edgeadapt.data.stream import DomainData
+from edgeadapt.errors import ConfigError
+from edgeadapt.models.adapter import HFAdapter
+from edgeadapt.models.tasks import model_inputs
+from edgeadapt.online.losses import LossFn
+from edgeadapt.online.retrain import RetrainBudget, StepFn
+
+
+@dataclass
+class MethodState:
+    """What one method carries from domain to domain.
+
+    ``prepare(domain)`` returns the model to adapt and score on that domain; ``loss(model)`` builds
+    the adaptation loss for it (``None``: not adapted), or ``step(model)`` builds a whole update
+    (:data:`~edgeadapt.online.retrain.StepFn`) for methods whose update is more than one backward
+    (SAR) or may be skipped (EATA); ``finish(model)`` runs after scoring (e.g. sync the proxy back)."""
+
+    name: str
+    prepare: Callable[[DomainData], HFAdapter]          # the model to adapt on this domain
+    loss: Callable[[HFAdapter], LossFn] | None           # adaptation loss factory (None: no adaptation)
+    trainable: str | list[str] = "all"                    # a set name of set_trainable, or parameter names
+    finish: Callable[[HFAdapter], None] = lambda _a: None  # e.g. sync the proxy back
+    constrained: bool = False                            # runs under the edge budget's memory measures
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    step: Callable[[HFAdapter], StepFn] | None = None     # the method's own update (instead of ``loss``)
+
+    @property
+    def adapts(self) -> bool:
+        """Whether the method retrains at all (``source`` does not)."""
+        return self.loss is not None or self.step is not None
+
+
+@dataclass
+class MethodContext:
+    """Everything a method factory may build from; each factory takes only what it needs.
+
+    ``fm`` is the foundation (source) model, ``kb`` the knowledge base, ``stats`` the
+    :class:`~edgeadapt.online.losses.SourceStats` the edge keeps (feature bank, class prior, replay
+    buffer), ``loss_cfg`` our :class:`~edgeadapt.online.losses.AdaptLossConfig`, ``width`` the proxy
+    width, ``static_model`` builds the statically pruned baseline, ``trainable`` is what our loss
+    retrains, ``budget`` the per-domain retraining budget, and ``options`` per-method settings by
+    method name (e.g. ``{"eata": {"d_margin": 0.4}}``)."""
+
+    fm: HFAdapter
+    kb: Any = None
+    stats: Any = None
+    loss_cfg: Any = None
+    width: float = 1.0
+    static_model: Callable[[], HFAdapter] | None = None
+    trainable: str | list[str] = "all"
+    budget: RetrainBudget | None = None
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def num_classes(self, method: str) -> int:
+        """The classifier's class count (the width of its logits); methods that filter by prediction
+        entropy need it and refuse a model without class logits."""
+        n = getattr(self.fm.model.config, "num_labels", None)
+        if self.fm.head() is None or not n or getattr(self.fm.task, "name", "") != "classification":
+            raise ConfigError(f"methods: {method!r} adapts classifiers (it filters samples by prediction "
+                              f"entropy); this model's task is {getattr(self.fm.task, 'name', '?')!r}")
+        return int(n)
+
+
+def entropy_scale(num_classes: int) -> float:
+    """``ln C / ln 1000``: EATA and SAR set their entropy thresholds for ImageNet's 1000 classes;
+    multiplying by this keeps a threshold at the same fraction of the maximum entropy ``ln C``."""
+    return math.log(num_classes) / math.log(1000)
+
+
+def class_logits(adapter: HFAdapter, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Class logits ``[B, C]`` of one forward of ``adapter.model`` on ``batch``'s model inputs."""
+    return adapter.model(**model_inputs(batch)).logits

@@ -1,0 +1,17 @@
+"""``full``: the whole source model retrained with our adaptation loss, without a memory budget (the
+unconstrained reference edgeadapt's proxy is compared against)."""
+
+from __future__ import annotations
+
+import copy
+
+from edgeadapt.online.losses import adaptation_loss
+from edgeadapt.online.methods.base import MethodContext, MethodState
+
+
+def full(ctx: MethodContext) -> MethodState:
+    """A copy of ``ctx.fm`` retrained with :func:`~edgeadapt.online.losses.adaptation_loss`."""
+    model = copy.deepcopy(ctx.fm)
+    return MethodState("full", lambda d, m=model: m,
+                       lambda a: adaptation_loss(a, ctx.stats, ctx.loss_cfg), trainable=ctx.trainable)
+

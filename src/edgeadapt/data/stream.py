@@ -205,8 +205,8 @@ def for_model(split: ImageSplit | TextSplit, inputs: ModelInputs | None, where: 
         return split
     kind = "image" if isinstance(split, ImageSplit) else "text"
     if inputs.modality is not None and inputs.modality != kind:
-        raise ConfigError(f"{where}: the dataset holds {kind} data but the model takes {inputs.modality}; "
-                          f"use a {inputs.modality} dataset")
+        raise ConfigError(f"{where}: the data is {kind} but the model takes {inputs.modality} input; choose "
+                          f"a dataset of {inputs.modality} data (see `edgeadapt data list`)")
     if isinstance(split, ImageSplit) or (inputs.tokenizer is None and inputs.modality is None):
         return split  # no text model known: the texts as they are
     if inputs.tokenizer is None:
@@ -421,7 +421,7 @@ class DriftStream:
                                       f"(options/root) or choose another {key}")
                 if key == "eval_split" and isinstance(raw, ImageSplit) and raw.labels is None:
                     raise ConfigError(f"{what} has no labels to score on; choose a labelled eval_split")
-                data = for_model(raw, inputs, where)
+                data = for_model(raw, inputs, f"{where} ({d})")
                 if len(data) == 0:
                     raise ConfigError(f"{what} has fewer than {inputs.max_length} tokens, so the domain is "
                                       f"empty ({key}); give it more text or use a shorter max_length")
@@ -436,17 +436,17 @@ class DriftStream:
         split sizes (images, or texts) read from the registry."""
         lines = []
         for i, d in enumerate(self.domains):
-            if d.dataset == CORRUPTED and set(d.options) == {"corruption", "severity"} and not d.name:
-                text = f"{i + 1:>2}. {d.corruption:<18} severity {d.severity}"
-            else:
-                text = f"{i + 1:>2}. {str(d):<40} dataset {d.dataset}"
-            if d.labelled:
-                text += " (labelled)"
+            text = f"{i + 1:>2}. {str(d):<28} {d.dataset:<14}"
+            opts = {k: v for k, v in d.options.items() if str(d) != f"{d.corruption}:{d.severity}"}
+            if opts and d.name:
+                text += " " + ", ".join(f"{k}={v}" for k, v in sorted(opts.items()))
             if sizes:
                 splits = self.raw_splits(i, seed=seed)
-                text += (f"  adapt {len(getattr(splits, d.adapt_split))} ({d.adapt_split}), "
-                         f"eval {len(getattr(splits, d.eval_split))} ({d.eval_split})")
-            lines.append(text)
+                text += (f" adapt {len(getattr(splits, d.adapt_split)):>5} ({d.adapt_split})"
+                         f"  eval {len(getattr(splits, d.eval_split)):>5} ({d.eval_split})")
+            if d.labelled:
+                text += "  labelled"
+            lines.append(text.rstrip())
         return "\n".join(lines)
 
 

@@ -195,9 +195,10 @@ def cmd_data_list(args: argparse.Namespace) -> int:
 
 def cmd_data_show(args: argparse.Namespace) -> int:
     """A dataset's splits and classes, or a drift stream's domains; optionally a PNG sample grid.
-    Python: ``edgeadapt.data.summary.summarize_dataset(NAME)`` / ``summarize_stream(parse_stream(S))``."""
+    Python: ``edgeadapt.data.summary.summarize_dataset(NAME)`` / ``summarize_stream(parse_stream(S))``
+    (digits-c streams) / ``DriftStream.parse(S).describe(sizes=True)`` (streams of other datasets)."""
     from edgeadapt.data import summary
-    from edgeadapt.data.stream import parse_stream
+    from edgeadapt.data.stream import DriftStream
 
     options = _options(args.option)
     if args.grid is not None:
@@ -205,10 +206,15 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     if "size" in options:
         summary.check_image_size(options["size"], "--option size")
     if args.name == "stream" or args.stream is not None:
-        domains = parse_stream(args.stream)
+        stream = DriftStream.parse(args.stream)
         size = int(options.get("size", 16))
-        print(summary.format_stream_summary(summary.summarize_stream(domains, size=size)))
-        corruptions = list(dict.fromkeys(d.corruption for d in domains))
+        if all(d.corruption is not None for d in stream):  # digits-c only: sizes and pixel shift
+            print(summary.format_stream_summary(summary.summarize_stream(list(stream), size=size)))
+        else:  # other datasets: each domain's dataset, options and split sizes
+            print(stream.describe(sizes=True))
+        corruptions = list(dict.fromkeys(d.corruption for d in stream if d.corruption is not None))
+        if args.grid is not None and not corruptions:
+            raise ConfigError("--grid: the stream has no digits-c domains to preview; drop --grid")
     else:
         s = summary.summarize_dataset(args.name, root=args.root, **options)
         print(json.dumps(s, indent=1) if args.json else summary.format_dataset_summary(s))

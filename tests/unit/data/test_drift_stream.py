@@ -183,3 +183,19 @@ def test_domains_compare_by_value_and_keep_names():
     assert str(Domain("digits-c", {"corruption": "fog", "severity": 3, "size": 32})) == \
         "digits-c(corruption=fog,severity=3,size=32)"
     assert str(Domain("builtin-docs")) == "builtin-docs" and Domain("builtin-docs").corruption is None
+
+
+def test_data_show_stream_prints_domains_of_any_dataset(tmp_path, capsys):
+    from edgeadapt.cli.main import main
+
+    path = tmp_path / "mixed.yaml"
+    path.write_text("stream:\n  - {dataset: digits-c, options: {corruption: fog, severity: 3}}\n"
+                    "  - {dataset: builtin-docs, labelled: true}\n")
+    assert main(["data", "show", "stream", "--stream", str(path)]) == 0
+    fog, docs = capsys.readouterr().out.strip().splitlines()
+    assert fog.split()[:3] == ["1.", "fog:3", "digits-c"] and "180 (val)" in fog
+    assert docs.split()[:3] == ["2.", "builtin-docs", "builtin-docs"] and docs.endswith("labelled")
+    assert main(["data", "show", "stream", "--stream", str(path), "--grid", str(tmp_path / "g.png")]) == 0
+    path.write_text("- {dataset: builtin-docs, options: {size: 3}}\n")
+    assert main(["data", "show", "stream", "--stream", str(path)]) == 2
+    assert "stream[0].options: ['size'] are not options of dataset 'builtin-docs'" in capsys.readouterr().err

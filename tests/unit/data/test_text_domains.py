@@ -105,3 +105,11 @@ def test_a_docs_trained_lm_has_clearly_different_perplexity_per_domain() -> None
         ppl[name] = lm.evaluate(batches)["perplexity"]
     for name in DEFAULT_TEXT_STREAM[1:]:
         assert ppl[name] > 1.2 * ppl["pydoc-topics"], ppl
+
+
+def test_shipped_text_adapt_config_streams_the_default_text_stream() -> None:
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).parents[3] / "configs" / "adapt-llama-text.yaml").read_text())
+    assert [d["dataset"] for d in config["stream"]] == ["stdlib-text"] * len(DEFAULT_TEXT_STREAM)
+    assert tuple(d["options"]["source"] for d in config["stream"]) == DEFAULT_TEXT_STREAM

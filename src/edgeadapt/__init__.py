@@ -16,6 +16,8 @@ _LAZY = {
     "apply_plan": "edgeadapt.pruning.apply",
     "save_pruned": "edgeadapt.pruning.checkpoint",
     "load_pruned": "edgeadapt.pruning.checkpoint",
+    "adapt": "edgeadapt.online.api",
+    "DriftStream": "edgeadapt.data.stream",
 }
 
 

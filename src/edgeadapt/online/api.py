@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from edgeadapt.artifacts import read_manifest
 from edgeadapt.data.config import DataSection, load_splits
@@ -78,10 +79,12 @@ def source_data(source: Any, inputs: ModelInputs, seed: int = 0, split_seed: int
     or :class:`~edgeadapt.data.config.DataSection` (built at the model's input size / with its
     tokenizer; ``split_seed`` cuts a missing validation split), a per-epoch batch factory
     ``f(epoch)``, or an iterable of batches (kept in memory)."""
-    if isinstance(source, str):
-        source = DataSection(name=source)
-    elif isinstance(source, Mapping):
-        source = DataSection(**source)
+    if isinstance(source, (str, Mapping)):
+        try:
+            source = DataSection(**({"name": source} if isinstance(source, str) else source))
+        except ValidationError as exc:
+            why = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+            raise ConfigError(f"source: {why}") from None
     if isinstance(source, DataSection):
         image = dataset_info(source.name).task == "image-classification"
         splits = load_splits(source, inputs.image_size if image else None, split_seed)

@@ -152,7 +152,7 @@ def to_kb(fm_adapter: ModelAdapter, index: NeuronIndex) -> ModelAdapter:
         raise ConfigError("this adapter is already a knowledge base (made by to_kb); pass the FM")
     kb = copy.deepcopy(fm_adapter)
     reorder_units(kb, index.orders())
-    kb.neuron_index = index  # the adapter's declared KB tag (HFAdapter.neuron_index)
+    kb.neuron_index = index  # the declared KB tag (ModelAdapter.neuron_index)
     return kb
 
 

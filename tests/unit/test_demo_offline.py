@@ -23,6 +23,6 @@ def test_demo_retrain_reruns_every_offline_step_with_overwrite_and_deletes_nothi
         return {}
 
     monkeypatch.setattr(offline_pipeline, "run_offline", fake_run_offline)
-    run_offline_cached(Path("runs/source-vit"), out)
-    run_offline_cached(Path("runs/source-vit"), out, fresh=True)
+    run_offline_cached(Path("tiny-vit"), out)
+    run_offline_cached(Path("tiny-vit"), out, fresh=True)
     assert calls == [([], False), (list(offline_pipeline.STEPS), True)]

@@ -412,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("adapt", help="edge stage: adapt over a drift stream, all methods, with a report")
     s.add_argument("--config", type=Path, default=None, help="an adapt config (configs/adapt-vit-digits.yaml)")
     s.add_argument("--stream", type=nonempty_str, default=None,
-                   help="'gaussian_noise:5,fog:3,...' or a YAML file; default stream")
+                   help="'gaussian_noise:5,fog:3,...' (digits-c) or a YAML file of domains "
+                   "({dataset, options} or that shorthand); default stream")
     s.add_argument("--methods", type=comma_list, default=None,
                    help="comma list of source,tent,full,static,edgeadapt")
     s.add_argument("--offline", type=Path, default=None, help="output of `edgeadapt offline all` (default runs/offline-vit)")

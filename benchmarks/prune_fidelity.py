@@ -54,7 +54,7 @@ from edgeadapt.models.tasks import model_inputs  # noqa: E402
 from edgeadapt.pruning.prune import prune  # noqa: E402
 
 TARGETS = {"ffn": "neurons", "heads": "heads"}
-METHODS = ("magnitude", "taylor", "tp-magnitude", "tp-taylor")
+METHODS = ("magnitude", "taylor", "fisher", "tp-magnitude", "tp-taylor")
 
 
 @torch.no_grad()
@@ -155,8 +155,8 @@ def main() -> None:
     ap.add_argument("--iterative-steps", type=int, default=1, help="prune in K steps, re-scoring in "
                     "between, for both libraries alike (default 1: one shot)")
     ap.add_argument("--targets", default=",".join(TARGETS), help="subset of ffn,heads")
-    ap.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)} (and "
-                    "fisher: edgeadapt's second-order importance)")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)} (fisher: "
+                    "edgeadapt's second-order importance)")
     ap.add_argument("--calibration-batches", type=int, default=None, help="batches of 16 pairs "
                     "(default 16; --quick 8, --smoke 2)")
     args = ap.parse_args()

@@ -21,6 +21,7 @@ from edgeadapt.offline.neuron_index import load_index, save_index
 from edgeadapt.online.proxy import extract_proxy
 from edgeadapt.online.sync import sync
 from edgeadapt.pruning.apply import apply_plan
+from edgeadapt.pruning.checkpoint import save_pruned
 from edgeadapt.pruning.plan import PruningPlan
 from edgeadapt.pruning.prune import prune
 
@@ -125,7 +126,8 @@ def test_a_custom_models_artifacts_are_refused_before_writing_and_its_index_save
     _, fm, batches = _fm_and_batches()
     kb = init_kb(fm, batches, KBSettings(importance="magnitude", bottleneck=4))
     for call in (lambda: save_kb(kb, tmp_path / "kb"),
-                 lambda: save_lora_artifact(fm, tmp_path / "lora", LoraSettings(), {}, {})):
+                 lambda: save_lora_artifact(fm, tmp_path / "lora", LoraSettings(), {}, {}),
+                 lambda: save_pruned(fm, tmp_path / "model")):  # was an AttributeError on base_config
         with pytest.raises(ConfigError, match="custom model adapter.*in memory"):
             call()
     assert list(tmp_path.iterdir()) == []

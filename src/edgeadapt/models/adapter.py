@@ -31,7 +31,7 @@ class ModelAdapter(Protocol):
 
     * LoRA (:mod:`edgeadapt.offline.lora`) wraps the q/k/v/o and MLP projections that
       :meth:`blocks` names with peft; they must be ``nn.Linear`` (or transformers' ``Conv1D``).
-    * Saving artifacts (:func:`edgeadapt.offline.artifacts.check_saveable`) needs a Hugging Face
+    * Saving artifacts (:func:`edgeadapt.pruning.checkpoint.check_saveable`) needs a Hugging Face
       model, rebuilt from its config; a custom model's KB, proxies and synced FM live in memory.
     * Gradient checkpointing during training needs a Hugging Face model; leave it off otherwise.
 

@@ -36,27 +36,12 @@ from edgeadapt.artifacts import (
     replacing_dir,
     write_manifest,
 )
-from edgeadapt.errors import ConfigError
-from edgeadapt.models.adapter import HFAdapter, ModelAdapter
 from edgeadapt.offline.gates import GateSet
 from edgeadapt.offline.knowledge_base import KBSettings, KnowledgeBase
 from edgeadapt.offline.neuron_index import NeuronIndex
-from edgeadapt.pruning.checkpoint import load_pruned, save_pruned
+from edgeadapt.pruning.checkpoint import check_saveable, load_pruned, save_pruned
 
 KIND, VERSION = "knowledge-base", 1
-
-
-def check_saveable(adapter: ModelAdapter, what: str) -> None:
-    """Refuse to save a model edgeadapt cannot rebuild: anything but a Hugging Face
-    :class:`~edgeadapt.models.adapter.HFAdapter` (its artifact stores the HF config to rebuild the
-    module from). Raises :class:`~edgeadapt.errors.ConfigError` naming ``what`` and the way out."""
-    if not isinstance(adapter, HFAdapter):
-        raise ConfigError(
-            f"{what}: {type(adapter).__name__} is a custom model adapter, and edgeadapt artifacts are "
-            "rebuilt from a Hugging Face config (weights are never pickled), so it cannot be saved. "
-            "Keep a custom model's LoRA-merged model, knowledge base and proxies in memory (the whole "
-            "offline -> online -> sync loop runs on them), save its weights yourself with "
-            "safetensors.torch.save_model(adapter.model, path), or wrap a Hugging Face model instead")
 
 
 def save_kb(kb: KnowledgeBase, directory: str | Path, config: dict | None = None) -> Path:

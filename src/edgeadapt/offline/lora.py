@@ -27,8 +27,8 @@ from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter, ModelAdapter
 from edgeadapt.models.spec import BlockSpec
 from edgeadapt.numerics import floating_dtype, fp32_master, max_error
-from edgeadapt.offline.artifacts import check_saveable
 from edgeadapt.pruning import ops
+from edgeadapt.pruning.checkpoint import check_saveable
 from edgeadapt.training.config import TrainConfig
 from edgeadapt.training.device import to_device
 from edgeadapt.training.loop import TrainResult, fit
@@ -294,7 +294,7 @@ def save_lora_artifact(adapter: ModelAdapter, out: str | Path, settings: LoraSet
     """Write the merged model as a ``pruned-model`` artifact tagged ``stage: lora``, plus
     ``lora.json`` (settings and report), covered by the manifest's hashes. Returns the directory.
     A custom (non-Hugging Face) adapter is refused before anything is written
-    (:func:`~edgeadapt.offline.artifacts.check_saveable`): keep its merged model in memory."""
+    (:func:`~edgeadapt.pruning.checkpoint.check_saveable`): keep its merged model in memory."""
     from edgeadapt.pruning.checkpoint import KIND, VERSION, save_pruned
 
     check_saveable(adapter, "save_lora_artifact")

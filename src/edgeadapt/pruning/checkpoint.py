@@ -22,7 +22,8 @@ from edgeadapt.artifacts import (
     replacing_dir,
     write_manifest,
 )
-from edgeadapt.models.adapter import HFAdapter
+from edgeadapt.errors import ConfigError
+from edgeadapt.models.adapter import HFAdapter, ModelAdapter
 from edgeadapt.models.registry import load_adapter
 from edgeadapt.numerics import match_stored_dtypes
 from edgeadapt.pruning.apply import apply_plan, current_plan
@@ -33,9 +34,23 @@ VERSION = 1
 WEIGHTS = "model.safetensors"
 
 
+def check_saveable(adapter: ModelAdapter, what: str) -> None:
+    """Refuse to save a model edgeadapt cannot rebuild: anything but a Hugging Face
+    :class:`~edgeadapt.models.adapter.HFAdapter` (its artifact stores the HF config to rebuild the
+    module from). Raises :class:`~edgeadapt.errors.ConfigError` naming ``what`` and the way out."""
+    if not isinstance(adapter, HFAdapter):
+        raise ConfigError(
+            f"{what}: {type(adapter).__name__} is a custom model adapter, and edgeadapt artifacts are "
+            "rebuilt from a Hugging Face config (weights are never pickled), so it cannot be saved. "
+            "Keep a custom model's LoRA-merged model, knowledge base and proxies in memory (the whole "
+            "offline -> online -> sync loop runs on them), save its weights yourself with "
+            "safetensors.torch.save_model(adapter.model, path), or wrap a Hugging Face model instead")
+
+
 def save_pruned(adapter: HFAdapter, directory: str | Path, config: dict | None = None) -> Path:
     """Write ``adapter``'s model (pruned or not) to ``directory``; ``config`` is recorded as the
     producing configuration. Returns the directory."""
+    check_saveable(adapter, "save_pruned")
     directory = Path(directory)
     plan = current_plan(adapter)
     # staged beside ``directory`` and swapped in by renames: a kill mid-write leaves the previous

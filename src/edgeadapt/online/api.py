@@ -39,9 +39,10 @@ from edgeadapt.offline.artifacts import KIND as KB_KIND
 from edgeadapt.offline.artifacts import VERSION as KB_VERSION
 from edgeadapt.offline.artifacts import load_kb
 from edgeadapt.online.losses import AdaptLossConfig, adaptation_loss, source_stats
+from edgeadapt.online.methods import method_names
 from edgeadapt.online.proxy import width_for_memory, width_for_params
 from edgeadapt.online.retrain import RetrainBudget, unlabeled
-from edgeadapt.online.runner import METHODS, build_methods, run_stream
+from edgeadapt.online.runner import build_methods, run_stream
 from edgeadapt.pruning.prune import prune
 from edgeadapt.training.config import TrainConfig
 from edgeadapt.training.loop import fit
@@ -137,6 +138,20 @@ def resolve_width(kb: Any, width: float, proxy_params: int | None, proxy_memory_
     return float(width)
 
 
+def check_methods(names: Sequence[str]) -> None:
+    """Refuse, before any compute, an empty list, an unknown or a repeated method name
+    (:class:`~edgeadapt.errors.ConfigError` listing the registered methods)."""
+    known = method_names()
+    if not names:
+        raise ConfigError(f"methods: the list is empty, so nothing would run; choose from {', '.join(known)}")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"methods: unknown {unknown}; choose from {', '.join(known)}")
+    repeated = sorted({n for n in names if list(names).count(n) > 1})
+    if repeated:
+        raise ConfigError(f"methods: {repeated} listed more than once")
+
+
 def main_metric(metrics: Mapping[str, float]) -> str:
     """The metric a result is reported in: the first of :data:`METRICS` that ``metrics`` has."""
     for name in METRICS:
@@ -150,8 +165,9 @@ def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | N
           width: float = 0.75, source: Any = None, seed: int = 0, progress: bool = True, *,
           loss: AdaptLossConfig | Mapping[str, Any] | None = None, trainable: str = "all",
           static_epochs: int = 8, proxy_params: int | None = None, proxy_memory_bytes: int | None = None,
-          max_length: int = 128, logger: Any = None) -> dict[str, Any]:
-    """Run ``methods`` (default: every one) side by side over ``stream`` and return the results.
+          max_length: int = 128, method_options: Mapping[str, Mapping[str, Any]] | None = None,
+          logger: Any = None) -> dict[str, Any]:
+    """Run ``methods`` (default: every registered one) side by side over ``stream`` and return the results.
 
     - ``fm``: the foundation model (a model adapter; its task's loss and ``evaluate`` are used).
     - ``kb``: its knowledge base, or the directory ``edgeadapt offline kb`` wrote (then checked
@@ -164,12 +180,15 @@ def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | N
       baseline's fine-tuning — a registered dataset name, a ``data:`` mapping, a batch factory or
       batches; default: the dataset recorded in the knowledge base directory.
     - ``loss``: :class:`~edgeadapt.online.losses.AdaptLossConfig` fields of our loss;
-      ``trainable``: which parameters retrain; ``static_epochs``: the static baseline's fine-tuning.
+      ``trainable``: which parameters retrain; ``static_epochs``: the static baseline's fine-tuning;
+      ``method_options``: per-method settings by name (e.g. ``{"eata": {"d_margin": 0.4}}``).
 
     Returns :func:`~edgeadapt.online.runner.run_stream`'s dict (``rows``, ``per_domain``,
     ``domains``) plus ``proxy_width``, ``source`` (its name) and ``clean_<metric>`` (the FM on the
     source test split, e.g. ``clean_accuracy``) when the source has a test split. Bad input is a
     :class:`~edgeadapt.errors.ConfigError` raised before any training."""
+    names = list(method_names() if methods is None else methods)
+    check_methods(names)
     for needed in ("evaluate", "task_loss", "model"):
         if not hasattr(fm, needed):
             raise ConfigError(f"fm: {type(fm).__name__} is not a model adapter (it has no {needed!r}); wrap "
@@ -187,7 +206,6 @@ def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | N
     elif source is None:
         raise ConfigError("source: give the source data (a registered dataset name or labelled batches), or "
                           "pass the knowledge base as its directory, whose manifest records the dataset")
-    names = list(METHODS if methods is None else methods)
     budget = budget if isinstance(budget, RetrainBudget) else RetrainBudget(**(budget or {}))
     loss_cfg = loss if isinstance(loss, AdaptLossConfig) else AdaptLossConfig(**(loss or {}))
     stream = DriftStream.parse(stream)
@@ -199,7 +217,8 @@ def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | N
     width = resolve_width(kb, width, proxy_params, proxy_memory_bytes, stats, loss_cfg, domains[0], budget)
     static = (lambda: static_baseline(fm, width, static_epochs, src.train, src.val, seed)) \
         if "static" in names else None
-    states = build_methods(names, fm, kb, stats, loss_cfg, width, static, trainable)
+    states = build_methods(names, fm, kb, stats, loss_cfg, width, static, trainable, budget=budget,
+                           options=method_options)
     results = run_stream(states, domains, budget, seed=seed, logger=logger, progress=progress)
     results.update(proxy_width=width, source=src.name)
     if src.test is not None:

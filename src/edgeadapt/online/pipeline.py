@@ -19,11 +19,11 @@ from edgeadapt.data.stream import DriftStream
 from edgeadapt.errors import ConfigError
 from edgeadapt.memory.accounting import parse_bytes
 from edgeadapt.offline.lora import load_lora_artifact
-from edgeadapt.online.api import adapt
+from edgeadapt.online.api import adapt, check_methods
 from edgeadapt.online.losses import AdaptLossConfig
+from edgeadapt.online.methods import method_names
 from edgeadapt.online.report import write_report
 from edgeadapt.online.retrain import RetrainBudget
-from edgeadapt.online.runner import METHODS
 from edgeadapt.rundir import claim_output
 from edgeadapt.tracking.run import make_logger
 
@@ -48,7 +48,8 @@ class AdaptConfig(BaseModel):
                                                 "statistics and the static baseline: a registered dataset "
                                                 "name or a data: mapping; null: the dataset the offline "
                                                 "stage recorded in its knowledge base.")
-    methods: list[str] = Field(default_factory=lambda: list(METHODS), description="Methods to compare.")
+    methods: list[str] = Field(default_factory=lambda: list(method_names()), description="Methods to "
+                               "compare (registered names, `edgeadapt.online.methods`); default: all.")
     width: float = Field(0.75, gt=0, le=1, description="Proxy width: the fraction of heads and FFN neurons "
                          "kept per block (and the static baseline's width).")
     proxy_params: int | None = Field(None, ge=1, description="Budget as a parameter count: the widest "
@@ -79,12 +80,7 @@ class AdaptConfig(BaseModel):
     @field_validator("methods")
     @classmethod
     def _methods(cls, names: list[str]) -> list[str]:
-        if not names:
-            raise ConfigError(f"methods: the list is empty, so nothing would run; choose from "
-                              f"{', '.join(METHODS)}")
-        unknown = [n for n in names if n not in METHODS]
-        if unknown:
-            raise ConfigError(f"methods: unknown {unknown}; choose from {', '.join(METHODS)}")
+        check_methods(names)
         return names
 
     @field_validator("stream")

@@ -18,6 +18,7 @@ from edgeadapt.offline.artifacts import save_kb
 from edgeadapt.offline.knowledge_base import KBSettings, init_kb
 from edgeadapt.offline.lora import LoraSettings, save_lora_artifact
 from edgeadapt.online.api import adapt, static_baseline
+from edgeadapt.online.methods import method_names
 from edgeadapt.online.pipeline import AdaptConfig, run_adapt
 
 BUDGET = {"steps": 2, "batch_size": 16}
@@ -91,6 +92,10 @@ def test_bad_adapt_arguments_are_refused_before_training(vit_kb):
         adapt(fm, kb, "fog:5", methods=["source"], width=0, source="digits", progress=False)
     with pytest.raises(ConfigError, match=r"source: .*dataset 'nope' is unknown"):
         adapt(fm, kb, "fog:5", source="nope")
+    with pytest.raises(ConfigError, match=r"methods: unknown \['nope'\]; choose from source, tent"):
+        adapt(fm, kb, "fog:5", methods=["source", "nope"], source="digits")
+    with pytest.raises(ConfigError, match=r"methods: \['source'\] listed more than once"):
+        adapt(fm, kb, "fog:5", methods=["source", "source"], source="digits")
 
 
 def test_run_adapt_writes_the_same_results_schema(vit_kb, tmp_path):
@@ -115,3 +120,6 @@ def test_adapt_config_takes_the_new_stream_forms_and_a_source():
         AdaptConfig(stream=["fog:3", {"dataset": "builtin-docs", "options": {"size": 8}}])
     with pytest.raises(ValueError, match=r"dataset 'nope' is unknown"):
         AdaptConfig(source="nope")
+    assert AdaptConfig().methods == list(method_names())  # every registered method, EATA and SAR too
+    with pytest.raises(ValueError, match=r"methods: unknown \['nope'\]"):
+        AdaptConfig(methods=["nope"])

@@ -211,9 +211,9 @@ def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | N
     stream = DriftStream.parse(stream)
     inputs = ModelInputs.of(fm, max_length)
 
+    domains = stream.build(inputs=inputs, seed=seed)  # a domain the model cannot take fails here, cheaply
     src = source_data(source, inputs, seed, split_seed)
     stats = source_stats(fm, src.train(0), seed=seed)
-    domains = stream.build(inputs=inputs, seed=seed)
     width = resolve_width(kb, width, proxy_params, proxy_memory_bytes, stats, loss_cfg, domains[0], budget)
     static = (lambda: static_baseline(fm, width, static_epochs, src.train, src.val, seed)) \
         if "static" in names else None

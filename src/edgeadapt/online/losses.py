@@ -33,7 +33,6 @@ from torch import nn
 from edgeadapt.artifacts import atomic_write_bytes
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter
-from edgeadapt.models.tasks import model_inputs
 from edgeadapt.offline.knowledge_base import outputs
 
 Batch = dict[str, torch.Tensor]
@@ -271,7 +270,7 @@ def adaptation_loss(adapter: HFAdapter, stats: SourceStats, cfg: AdaptLossConfig
             n = len(replay["labels"])
             pick = torch.randperm(n, generator=g)[:cfg.replay_batch].to(bank.device)
             sub = {k: v[pick] for k, v in replay.items()}
-            r_logits = a.model(**model_inputs(sub)).logits
+            r_logits = a.logits(sub)  # the ModelAdapter protocol: custom models too
             total = total + cfg.replay * F.cross_entropy(r_logits.float().reshape(-1, r_logits.shape[-1]),
                                                          sub["labels"].flatten())
         return total

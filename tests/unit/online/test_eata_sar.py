@@ -46,8 +46,15 @@ class Toy(nn.Module):
         return SimpleNamespace(logits=self.head(self.norm(pixel_values)))
 
 
-def toy(seed: int = 0) -> SimpleNamespace:
-    adapter = SimpleNamespace(model=Toy(seed=seed))
+class ToyAdapter(SimpleNamespace):
+    """The part of the ModelAdapter protocol EATA and SAR use: ``model`` and ``logits``."""
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(batch["pixel_values"]).logits
+
+
+def toy(seed: int = 0) -> ToyAdapter:
+    adapter = ToyAdapter(model=Toy(seed=seed))
     adapter.model.head.requires_grad_(False)  # norm affines only, as EATA and SAR adapt
     return adapter
 

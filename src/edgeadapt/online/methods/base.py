@@ -12,8 +12,7 @@ import torch
 
 from edgeadapt.data.stream import DomainData
 from edgeadapt.errors import ConfigError
-from edgeadapt.models.adapter import HFAdapter
-from edgeadapt.models.tasks import model_inputs
+from edgeadapt.models.adapter import HFAdapter, ModelAdapter
 from edgeadapt.online.losses import LossFn
 from edgeadapt.online.retrain import RetrainBudget, StepFn
 
@@ -66,7 +65,11 @@ class MethodContext:
     def num_classes(self, method: str) -> int:
         """The classifier's class count (the width of its logits); methods that filter by prediction
         entropy need it and refuse a model without class logits."""
-        n = getattr(self.fm.model.config, "num_labels", None)
+        head = self.fm.head()
+        n = None
+        if head is not None:  # HF: config.num_labels; a custom model has no config: the head's width
+            n = getattr(getattr(self.fm.model, "config", None), "num_labels", None) or \
+                getattr(self.fm.model.get_submodule(head), "out_features", None)
         if self.fm.head() is None or not n or getattr(self.fm.task, "name", "") != "classification":
             raise ConfigError(f"methods: {method!r} adapts classifiers (it filters samples by prediction "
                               f"entropy); this model's task is {getattr(self.fm.task, 'name', '?')!r}")
@@ -79,6 +82,7 @@ def entropy_scale(num_classes: int) -> float:
     return math.log(num_classes) / math.log(1000)
 
 
-def class_logits(adapter: HFAdapter, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Class logits ``[B, C]`` of one forward of ``adapter.model`` on ``batch``'s model inputs."""
-    return adapter.model(**model_inputs(batch)).logits
+def class_logits(adapter: ModelAdapter, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Class logits ``[B, C]`` of one forward of ``adapter`` on ``batch`` (``adapter.logits``: any
+    :class:`~edgeadapt.models.adapter.ModelAdapter`, custom models included)."""
+    return adapter.logits(batch)

@@ -39,7 +39,7 @@ from edgeadapt.offline.artifacts import KIND as KB_KIND
 from edgeadapt.offline.artifacts import VERSION as KB_VERSION
 from edgeadapt.offline.artifacts import load_kb
 from edgeadapt.online.losses import AdaptLossConfig, adaptation_loss, source_stats
-from edgeadapt.online.methods import method_names
+from edgeadapt.online.methods import method_names, methods_for
 from edgeadapt.online.proxy import width_for_memory, width_for_params
 from edgeadapt.online.retrain import RetrainBudget, unlabeled
 from edgeadapt.online.runner import build_methods, run_stream
@@ -167,7 +167,8 @@ def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | N
           static_epochs: int = 8, proxy_params: int | None = None, proxy_memory_bytes: int | None = None,
           max_length: int = 128, method_options: Mapping[str, Mapping[str, Any]] | None = None,
           logger: Any = None) -> dict[str, Any]:
-    """Run ``methods`` (default: every registered one) side by side over ``stream`` and return the results.
+    """Run ``methods`` (default: every registered method that can adapt ``fm``'s task,
+    :func:`~edgeadapt.online.methods.methods_for`) side by side over ``stream``; return the results.
 
     - ``fm``: the foundation model (a model adapter; its task's loss and ``evaluate`` are used).
     - ``kb``: its knowledge base, or the directory ``edgeadapt offline kb`` wrote (then checked
@@ -187,7 +188,7 @@ def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | N
     ``domains``) plus ``proxy_width``, ``source`` (its name) and ``clean_<metric>`` (the FM on the
     source test split, e.g. ``clean_accuracy``) when the source has a test split. Bad input is a
     :class:`~edgeadapt.errors.ConfigError` raised before any training."""
-    names = list(method_names() if methods is None else methods)
+    names = list(methods_for(getattr(getattr(fm, "task", None), "name", None)) if methods is None else methods)
     check_methods(names)
     for needed in ("evaluate", "task_loss", "model"):
         if not hasattr(fm, needed):

@@ -21,7 +21,6 @@ from edgeadapt.memory.accounting import parse_bytes
 from edgeadapt.offline.lora import load_lora_artifact
 from edgeadapt.online.api import adapt, check_methods
 from edgeadapt.online.losses import AdaptLossConfig
-from edgeadapt.online.methods import method_names
 from edgeadapt.online.report import write_report
 from edgeadapt.online.retrain import RetrainBudget
 from edgeadapt.rundir import claim_output
@@ -48,8 +47,9 @@ class AdaptConfig(BaseModel):
                                                 "statistics and the static baseline: a registered dataset "
                                                 "name or a data: mapping; null: the dataset the offline "
                                                 "stage recorded in its knowledge base.")
-    methods: list[str] = Field(default_factory=lambda: list(method_names()), description="Methods to "
-                               "compare (registered names, `edgeadapt.online.methods`); default: all.")
+    methods: list[str] | None = Field(None, description="Methods to compare (registered names, "
+                                      "`edgeadapt.online.methods`); null: every registered method that "
+                                      "can adapt the model's task (eata and sar need a classifier).")
     width: float = Field(0.75, gt=0, le=1, description="Proxy width: the fraction of heads and FFN neurons "
                          "kept per block (and the static baseline's width).")
     proxy_params: int | None = Field(None, ge=1, description="Budget as a parameter count: the widest "
@@ -79,8 +79,9 @@ class AdaptConfig(BaseModel):
 
     @field_validator("methods")
     @classmethod
-    def _methods(cls, names: list[str]) -> list[str]:
-        check_methods(names)
+    def _methods(cls, names: list[str] | None) -> list[str] | None:
+        if names is not None:
+            check_methods(names)
         return names
 
     @field_validator("stream")

@@ -155,3 +155,13 @@ def test_summary_names_the_tasks_metric(monkeypatch):
     with pytest.raises(ConfigError, match=r"gives \['loss', 'perplexity'\], not 'accuracy'"):
         runner.accuracy(adapter, [{}])
     assert summarize([MethodState("empty", lambda d: adapter, None)], [domain])["rows"] == []
+
+
+def test_default_methods_fit_the_models_task():
+    """EATA and SAR filter by class-prediction entropy: the default list for a language model leaves
+    them out (before: every registered method, so a default text adapt failed on them)."""
+    from edgeadapt.online.methods import method_names, methods_for
+
+    assert methods_for("classification") == method_names()
+    assert "eata" not in methods_for("causal-lm") and "sar" not in methods_for("causal-lm")
+    assert {"source", "full", "static", "edgeadapt", "tent"} <= set(methods_for("causal-lm"))

@@ -14,19 +14,21 @@ from edgeadapt.online.methods.registry import (
     MethodFactory,
     get_method,
     method_names,
+    methods_for,
     register_method,
     unregister_method,
 )
 
 __all__ = ["BUILTIN", "MethodContext", "MethodFactory", "MethodState", "build", "class_logits",
-           "get_method", "method_names", "register_method", "unregister_method"]
+           "get_method", "method_names", "methods_for", "register_method", "unregister_method"]
 
 
 BUILTIN: tuple[tuple[str, MethodFactory], ...] = (
     ("source", source.source), ("tent", tent.tent), ("full", full.full), ("static", static.static),
     ("edgeadapt", edgeadapt.edgeadapt), ("eata", eata.eata), ("sar", sar.sar))
+CLASSIFIERS_ONLY = frozenset({"eata", "sar"})  # they filter samples by class-prediction entropy
 for _name, _factory in BUILTIN:
-    register_method(_name, _factory)
+    register_method(_name, _factory, tasks={"classification"} if _name in CLASSIFIERS_ONLY else None)
 
 
 def build(names: list[str], ctx: MethodContext) -> list[MethodState]:

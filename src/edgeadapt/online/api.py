@@ -40,6 +40,7 @@ from edgeadapt.offline.artifacts import VERSION as KB_VERSION
 from edgeadapt.offline.artifacts import load_kb
 from edgeadapt.online.losses import AdaptLossConfig, adaptation_loss, source_stats
 from edgeadapt.online.methods import method_names, methods_for
+from edgeadapt.online.methods.base import loss_config_for
 from edgeadapt.online.proxy import width_for_memory, width_for_params
 from edgeadapt.online.retrain import RetrainBudget, unlabeled
 from edgeadapt.online.runner import build_methods, run_stream
@@ -188,7 +189,8 @@ def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | N
     ``domains``) plus ``proxy_width``, ``source`` (its name) and ``clean_<metric>`` (the FM on the
     source test split, e.g. ``clean_accuracy``) when the source has a test split. Bad input is a
     :class:`~edgeadapt.errors.ConfigError` raised before any training."""
-    names = list(methods_for(getattr(getattr(fm, "task", None), "name", None)) if methods is None else methods)
+    task = getattr(getattr(fm, "task", None), "name", None)
+    names = list(methods_for(task) if methods is None else methods)
     check_methods(names)
     for needed in ("evaluate", "task_loss", "model"):
         if not hasattr(fm, needed):
@@ -208,7 +210,7 @@ def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | N
         raise ConfigError("source: give the source data (a registered dataset name or labelled batches), or "
                           "pass the knowledge base as its directory, whose manifest records the dataset")
     budget = budget if isinstance(budget, RetrainBudget) else RetrainBudget(**(budget or {}))
-    loss_cfg = loss if isinstance(loss, AdaptLossConfig) else AdaptLossConfig(**(loss or {}))
+    loss_cfg = loss_config_for(task, loss)
     stream = DriftStream.parse(stream)
     inputs = ModelInputs.of(fm, max_length)
 

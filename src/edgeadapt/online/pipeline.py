@@ -20,15 +20,11 @@ from edgeadapt.errors import ConfigError
 from edgeadapt.memory.accounting import parse_bytes
 from edgeadapt.offline.lora import load_lora_artifact
 from edgeadapt.online.api import adapt, check_methods
-from edgeadapt.online.losses import AdaptLossConfig
+from edgeadapt.online.methods.base import loss_config_for
 from edgeadapt.online.report import write_report
 from edgeadapt.online.retrain import RetrainBudget
 from edgeadapt.rundir import claim_output
 from edgeadapt.tracking.run import make_logger
-
-
-def _loss_config() -> Any:
-    return AdaptLossConfig()
 
 
 class AdaptConfig(BaseModel):
@@ -59,7 +55,9 @@ class AdaptConfig(BaseModel):
                                            "the widest proxy that fits (overrides width).")
     trainable: str = Field("all", description="Parameters retrained: all, norm, norm+head, attention, mlp.")
     budget: RetrainBudget = Field(default_factory=RetrainBudget)
-    loss: dict[str, Any] = Field(default_factory=dict, description="AdaptLossConfig fields (our loss).")
+    loss: dict[str, Any] = Field(default_factory=dict, description="Fields of our loss for the FM's task: "
+                                 "AdaptLossConfig (classifiers), LMAdaptLossConfig (causal LMs: next_token, "
+                                 "distill, temperature, replay) or EncoderAdaptLossConfig (encoders).")
     static_epochs: int = Field(8, ge=0, description="Source fine-tuning epochs of the static baseline "
                                "after pruning.")
     seed: int = Field(0, description="Seed for shuffling and corruption noise.")
@@ -100,8 +98,16 @@ class AdaptConfig(BaseModel):
     @field_validator("loss")
     @classmethod
     def _loss(cls, fields: dict[str, Any]) -> dict[str, Any]:
-        AdaptLossConfig(**fields)
-        return fields
+        # which loss applies depends on the FM's task (read when the run loads it): here the fields
+        # must fit one of them; the run checks them against the task before any training
+        errors = []
+        for task in ("classification", "causal-lm", "sentence-embedding"):
+            try:
+                loss_config_for(task, fields)
+                return fields
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
 
 
 def run_adapt(cfg: AdaptConfig, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:

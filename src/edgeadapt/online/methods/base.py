@@ -9,11 +9,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ValidationError
 
 from edgeadapt.data.stream import DomainData
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter, ModelAdapter
-from edgeadapt.online.losses import LossFn
+from edgeadapt.online.lm_losses import (
+    EncoderAdaptLossConfig,
+    LMAdaptLossConfig,
+    encoder_adaptation_loss,
+    lm_adaptation_loss,
+)
+from edgeadapt.online.losses import AdaptLossConfig, LossFn, adaptation_loss
 from edgeadapt.online.retrain import RetrainBudget, StepFn
 
 
@@ -86,3 +93,45 @@ def class_logits(adapter: ModelAdapter, batch: dict[str, torch.Tensor]) -> torch
     """Class logits ``[B, C]`` of one forward of ``adapter`` on ``batch`` (``adapter.logits``: any
     :class:`~edgeadapt.models.adapter.ModelAdapter`, custom models included)."""
     return adapter.logits(batch)
+
+
+def loss_config_for(task: str | None, fields: Any = None) -> Any:
+    """The config of our adaptation loss for a model whose task is named ``task``, from ``fields``
+    (a mapping, or a config instance passed through): :class:`~edgeadapt.online.lm_losses.LMAdaptLossConfig`
+    for a causal LM, :class:`~edgeadapt.online.lm_losses.EncoderAdaptLossConfig` for a sentence
+    encoder, :class:`~edgeadapt.online.losses.AdaptLossConfig` otherwise. Unknown fields for that
+    task are a :class:`~edgeadapt.errors.ConfigError` naming the task."""
+    cls = {"causal-lm": LMAdaptLossConfig, "sentence-embedding": EncoderAdaptLossConfig}.get(task or "",
+                                                                                             AdaptLossConfig)
+    if isinstance(fields, BaseModel):
+        if not isinstance(fields, cls):
+            raise ConfigError(f"loss: a {type(fields).__name__} was given but a {task!r} model adapts with "
+                              f"{cls.__name__}")
+        return fields
+    try:
+        return cls(**dict(fields or {}))
+    except ValidationError as exc:
+        bad = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"loss: {bad} (a {task!r} model adapts with {cls.__name__}: fields "
+                          f"{', '.join(cls.model_fields)})") from None
+
+
+def our_loss(ctx: MethodContext) -> Callable[[Any], Any]:
+    """Our adaptation loss for ``ctx.fm``'s task, as the factory a :class:`MethodState` takes
+    (``adapter -> loss_fn``): next-token loss + distillation from the FM + source-text replay for a
+    causal LM (:func:`~edgeadapt.online.lm_losses.lm_adaptation_loss`), MMD (+ masked tokens) for a
+    sentence encoder, and MMD + diversity + replay for a classifier
+    (:func:`~edgeadapt.online.losses.adaptation_loss`)."""
+    cfg = ctx.loss_cfg
+    if isinstance(cfg, LMAdaptLossConfig):
+        replay = ctx.stats.replay if ctx.stats is not None else None
+        size = ctx.budget.batch_size if ctx.budget is not None else 8
+        source = []
+        if replay:
+            n = len(next(iter(replay.values())))
+            source = [{k: v[i:i + size] for k, v in replay.items()} for i in range(0, n, size)]
+        teacher = ctx.fm  # the frozen source FM, evaluated without gradients
+        return lambda a: lm_adaptation_loss(a, source, cfg, teacher=teacher)
+    if isinstance(cfg, EncoderAdaptLossConfig):
+        return lambda a: encoder_adaptation_loss(a, ctx.stats, cfg)
+    return lambda a: adaptation_loss(a, ctx.stats, cfg)

@@ -11,8 +11,7 @@ from typing import Any
 from edgeadapt.data.stream import DomainData
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter
-from edgeadapt.online.losses import adaptation_loss
-from edgeadapt.online.methods.base import MethodContext, MethodState
+from edgeadapt.online.methods.base import MethodContext, MethodState, our_loss
 from edgeadapt.online.proxy import extract_proxy
 from edgeadapt.online.retrain import unlabeled
 from edgeadapt.online.sync import sync
@@ -34,6 +33,6 @@ def edgeadapt(ctx: MethodContext) -> MethodState:
         holder["proxy"].adapter.model.cpu()
         sync(kb, holder["proxy"], edge_fm)
 
-    return MethodState("edgeadapt", prepare, lambda a: adaptation_loss(a, ctx.stats, ctx.loss_cfg),
+    return MethodState("edgeadapt", prepare, our_loss(ctx),
                        trainable=ctx.trainable, finish=finish, constrained=True)
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import copy
 
-from edgeadapt.online.losses import adaptation_loss
-from edgeadapt.online.methods.base import MethodContext, MethodState
+from edgeadapt.online.methods.base import MethodContext, MethodState, our_loss
 
 
 def full(ctx: MethodContext) -> MethodState:
     """A copy of ``ctx.fm`` retrained with :func:`~edgeadapt.online.losses.adaptation_loss`."""
     model = copy.deepcopy(ctx.fm)
     return MethodState("full", lambda d, m=model: m,
-                       lambda a: adaptation_loss(a, ctx.stats, ctx.loss_cfg), trainable=ctx.trainable)
+                       our_loss(ctx), trainable=ctx.trainable)
 

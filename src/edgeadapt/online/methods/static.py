@@ -5,8 +5,7 @@ device gets without a knowledge base to cut a fresh proxy from."""
 from __future__ import annotations
 
 from edgeadapt.errors import ConfigError
-from edgeadapt.online.losses import adaptation_loss
-from edgeadapt.online.methods.base import MethodContext, MethodState
+from edgeadapt.online.methods.base import MethodContext, MethodState, our_loss
 
 
 def static(ctx: MethodContext) -> MethodState:
@@ -15,6 +14,6 @@ def static(ctx: MethodContext) -> MethodState:
         raise ConfigError("methods: 'static' needs a statically pruned model")
     model = ctx.static_model()
     return MethodState("static", lambda d, m=model: m,
-                       lambda a: adaptation_loss(a, ctx.stats, ctx.loss_cfg), trainable=ctx.trainable,
+                       our_loss(ctx), trainable=ctx.trainable,
                        constrained=True)
 

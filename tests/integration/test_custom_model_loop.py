@@ -5,10 +5,7 @@ keep their values bit for bit) and the FM becomes the KB in FM order."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,18 +14,7 @@ from edgeadapt.offline.neuron_index import kb_state_to_fm
 from edgeadapt.online.proxy import extract_proxy
 from edgeadapt.online.sync import sync
 from edgeadapt.pruning.groups import block_members, num_units
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom_adapter.py"
-
-
-def example():
-    """The example as a module (registered in ``sys.modules``, as its dataclasses need)."""
-    if "custom_adapter" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("custom_adapter", EXAMPLE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["custom_adapter"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["custom_adapter"]
+from tests.unit.test_custom_adapter_example import _example as example
 
 
 def unit_masks(adapter, units: dict[tuple[int, str], list[int]]) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from edgeadapt.data.corruptions import check_corruption
 from edgeadapt.data.external import HF_TEXT_DATASETS
-from edgeadapt.data.registry import build_dataset, dataset_info, resolve_class
+from edgeadapt.data.registry import build_dataset, dataset_info, options_at_size, resolve_class
 from edgeadapt.data.splits import Splits
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.inspect import check_context, model_limits
@@ -96,12 +96,7 @@ def load_splits(data: DataSection, image_size: int | None = None, seed: int = 0)
     """The dataset's train/val/test splits. For an image dataset with a ``size`` option,
     ``image_size`` (the model's input side in pixels) is the default size, and a different
     ``data.options.size`` is refused (:class:`~edgeadapt.errors.ConfigError`)."""
-    info = dataset_info(data.name)
-    options = dict(data.options)
-    if image_size is not None and info.task == "image-classification" and "size" in info.options:
-        if options.setdefault("size", image_size) != image_size:
-            raise ConfigError(f"data.options.size is {options['size']} but the model takes {image_size}x"
-                              f"{image_size} images; remove the option or set it to {image_size}")
+    options = options_at_size(data.name, data.options, image_size, "data.options.size")
     return build_dataset(data.name, root=data.root, ignore_classes=data.ignore_classes, remap=data.remap,
                          val_fraction=data.val_fraction, seed=seed, **options)
 

@@ -198,3 +198,17 @@ def _relabel(info: DatasetInfo, split: ImageSplit | TextSplit, ignore: Sequence[
     for old, new in remap.items():
         table[old] = new
     return replace(split, images=split.images[keep], labels=table[split.labels[keep]], classes=tuple(names))
+
+
+def options_at_size(name: str, options: dict[str, Any], image_size: int | None, field: str) -> dict[str, Any]:
+    """``options`` for dataset ``name`` with its ``size`` option defaulting to ``image_size`` (the
+    model's input side in pixels) when the dataset is an image dataset that takes ``size``; a
+    different explicit size is a :class:`~edgeadapt.errors.ConfigError` naming ``field`` (e.g.
+    ``data.options.size`` or ``stream[2].options.size``), both sizes and the fix."""
+    options = dict(options)
+    info = dataset_info(name)
+    if image_size is not None and info.task == "image-classification" and "size" in info.options:
+        if options.setdefault("size", image_size) != image_size:
+            raise ConfigError(f"{field}: {options['size']} but the model takes {image_size}x{image_size} "
+                              f"images; remove the option or set it to {image_size}")
+    return options

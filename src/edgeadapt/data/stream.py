@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from edgeadapt.data.external import HF_TEXT_DATASETS
-from edgeadapt.data.registry import build_dataset, dataset_info, list_datasets
+from edgeadapt.data.registry import build_dataset, dataset_info, list_datasets, options_at_size
 from edgeadapt.data.splits import ImageSplit, Splits, TextSplit
 from edgeadapt.errors import ConfigError
 
@@ -385,12 +385,7 @@ class DriftStream:
         ``size`` option is built at ``image_size`` unless the domain sets it (a different explicit
         size is refused); digits-c's ``corruption_seed`` defaults to ``seed``."""
         d, where = self.domains[index], f"stream[{index}]"
-        options = dict(d.options)
-        info = dataset_info(d.dataset)
-        if image_size is not None and info.task == "image-classification" and "size" in info.options:
-            if options.setdefault("size", image_size) != image_size:
-                raise ConfigError(f"{where}.options.size: {options['size']} but the model takes {image_size}x"
-                                  f"{image_size} images; remove the option or set it to {image_size}")
+        options = options_at_size(d.dataset, d.options, image_size, f"{where}.options.size")
         if d.dataset == CORRUPTED:
             options.setdefault("corruption_seed", seed)
         try:

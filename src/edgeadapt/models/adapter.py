@@ -252,7 +252,30 @@ def check_structure(adapter: HFAdapter, shape_of: ShapeOf | None = None, source:
                             "fix config.json")
 
 
-class HFAdapter:
+class BaseIdentity:
+    """The identity part of :class:`ModelAdapter` for any adapter with ``model``, ``plan`` and
+    ``_base_hash`` attributes: :meth:`base_hash` (SHA-256 of the base weights, taken once, before
+    pruning) and :meth:`rebase`. Custom adapters inherit it instead of re-implementing it."""
+
+    model: nn.Module
+    plan: Any
+    _base_hash: str | None
+
+    def base_hash(self) -> str:
+        """SHA-256 over the base weights (names, shapes, bytes); computed once, before pruning.
+        Raises ``RuntimeError`` when first asked after the model was pruned."""
+        if self._base_hash is None:
+            if self.plan is not None:
+                raise RuntimeError("base weights are gone: base_hash() must be taken before pruning")
+            self._base_hash = weights_hash(self.model)
+        return self._base_hash
+
+    def rebase(self) -> None:
+        """Declare the current dense weights a new base: forget the cached hash and the plan."""
+        self._base_hash, self.plan = None, None
+
+
+class HFAdapter(BaseIdentity):
     """A :class:`ModelAdapter` for a Hugging Face model, driven by an :class:`ArchSpec`.
 
     >>> adapter = load_adapter("tiny-llama")   # doctest: +SKIP
@@ -388,14 +411,6 @@ class HFAdapter:
 
     def fingerprint(self) -> dict[str, Any]:
         return dict(self._base)
-
-    def base_hash(self) -> str:
-        """SHA-256 over the base weights (names, shapes, bytes); computed once, before pruning."""
-        if self._base_hash is None:
-            if self.plan is not None:
-                raise RuntimeError("base weights are gone: base_hash() must be taken before pruning")
-            self._base_hash = weights_hash(self.model)
-        return self._base_hash
 
     def rebase(self) -> None:
         """Declare the current (dense) weights a new base model: the old base hash becomes

@@ -94,6 +94,10 @@ def run_stream(methods: list[MethodState], domains: list[DomainData], budget: Re
                                  step=m.step(model) if m.step is not None else None)
                 row.update(retrain_seconds=result.seconds, peak_memory_bytes=result.peak_memory_bytes,
                            steps=result.steps, trainable_params=result.trainable_params)
+                if m.settle is not None:  # e.g. a label-free safeguard keeps the adapted or previous model
+                    model = m.settle(model, adapt(0))
+                    row.update(m.notes)
+                    m.notes.clear()
             row[metric] = score(model, test, metric)
             m.finish(model)
             row["total_seconds"] = time.perf_counter() - start

@@ -4,7 +4,7 @@ to domain (:class:`MethodState`) and what a method factory is built from (:class
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,11 @@ class MethodState:
     constrained: bool = False                            # runs under the edge budget's memory measures
     rows: list[dict[str, Any]] = field(default_factory=list)
     step: Callable[[HFAdapter], StepFn] | None = None     # the method's own update (instead of ``loss``)
+    # after retraining, before scoring: ``settle(model, window)`` returns the model to keep (the adapted
+    # one or the previous one, e.g. a label-free safeguard, edgeadapt.online.safeguard) from an unlabeled
+    # window; what it records for the domain's row goes into ``notes`` (the runner moves it there)
+    settle: Callable[[HFAdapter, Iterable[dict[str, torch.Tensor]]], HFAdapter] | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def adapts(self) -> bool:

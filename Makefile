@@ -43,7 +43,8 @@ bench: setup
 	$(BIN)/python benchmarks/prune_fidelity.py --seeds 0,1,2
 	$(BIN)/python benchmarks/drift_severity.py
 	$(BIN)/python benchmarks/kb_widths.py --seeds 0,1,2
-	$(BIN)/python benchmarks/online_stream.py --seeds 0,1,2 --rebuild
+	$(BIN)/python benchmarks/online_stream.py --modality image --seeds 0,1,2 --rebuild
+	$(BIN)/python benchmarks/online_stream.py --modality text --seeds 0,1,2 --rebuild
 	$(BIN)/python benchmarks/llm_prune.py --seeds 0,1,2
 	$(BIN)/python benchmarks/readme_tables.py
 

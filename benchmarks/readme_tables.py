@@ -87,6 +87,77 @@ def kb_widths(result: Result) -> list[str]:
 
 
 def online_stream(result: Result) -> list[str]:
+    """The image online benchmark: one table per stream when the JSON holds ``streams`` (with the
+    gap closed and the worst domain against source), else the round-1 single table."""
+    if "streams" not in result:
+        return online_stream_single(result)
+    lines: list[str] = []
+    for name, stream in result["streams"].items():
+        if lines:
+            lines.append("")
+        domains = stream["domains"]
+        lines += [f"**{name}** ({len(domains)} domains: {', '.join(domains)})", ""] + stream_table(stream)
+    return lines + footer(result)
+
+
+def worst_vs_source(per_domain: list[dict[str, Any]], method: str, metric: str = "accuracy") -> float | None:
+    """The smallest per-domain ``metric(method) − metric(source)`` (means over seeds); ``None``
+    without source rows."""
+    base = {r["index"]: r[metric] for r in per_domain if r["method"] == "source"}
+    diffs = [r[metric] - base[r["index"]] for r in per_domain if r["method"] == method and r["index"] in base]
+    return min(diffs) if diffs else None
+
+
+def stream_table(stream: Result) -> list[str]:
+    """One image stream: mean accuracy, gap closed (source→oracle), worst domain against source,
+    retraining time and memory, parameters."""
+    rows = {r["method"]: r for r in stream["rows"]}
+    full = rows.get("full")
+    top = max(r["mean_accuracy"] for r in stream["rows"] if r["method"] != "oracle")
+    lines = ["| method | mean accuracy | gap closed | worst domain vs source | retrain s / domain (ratio to "
+             "full) | peak retrain memory | params |", "|---|---|---|---|---|---|---|"]
+    for r in stream["rows"]:
+        seconds, memory = r["retrain_seconds"], r["peak_memory_bytes"]
+        time_cell = "–" if not seconds else (f"{seconds / full['retrain_seconds']:.2f}x" if full
+                                             else f"{seconds:.2f} s")
+        mem_cell = "–" if not memory else f"{memory / 2**20:.1f} MiB"
+        if memory and full and r["method"] == "edgeadapt":
+            mem_cell += f" ({memory / full['peak_memory_bytes']:.2f}x)"
+        gap = r.get("gap_closed")
+        shown = gap is not None and r["method"] not in ("source", "oracle")
+        gap_cell = pm(r, "gap_closed", "{:.0%}") if shown else "–"
+        worst = worst_vs_source(stream["per_domain"], r["method"])
+        worst_cell = "–" if worst is None or r["method"] == "source" else f"{worst * 100:+.1f} pts"
+        lines.append(f"| {r['method']} | {bold(pm(r, 'mean_accuracy'), r['mean_accuracy'] == top)} | "
+                     f"{gap_cell} | {worst_cell} | {time_cell} | {mem_cell} | {r['params']:,} |")
+    return lines
+
+
+def online_stream_text(result: Result) -> list[str]:
+    """The text online benchmark: per-domain and mean perplexity (lowest in bold, the oracle aside),
+    retraining time, peak memory (edgeadapt's as a ratio to full's) and parameters."""
+    domains = result["domains"]
+    cell = {(r["method"], r["index"]): r for r in result["per_domain"]}
+    rows = {r["method"]: r for r in result["rows"]}
+    full = rows.get("full")
+    top = min(r["mean_perplexity"] for r in result["rows"] if r["method"] != "oracle")
+    lines = ["| method | " + " | ".join(domains) + " | mean perplexity | retrain s / domain | "
+             "peak retrain memory | params |", "|---|" + "---|" * len(domains) + "---|---|---|---|"]
+    for r in result["rows"]:
+        per = [pm(cell[(r["method"], i)], "perplexity", "{:.1f}") for i in range(len(domains))]
+        memory = r["peak_memory_bytes"]
+        mem_cell = "–" if not memory else f"{memory / 2**20:.1f} MiB"
+        if memory and full and r["method"] == "edgeadapt":
+            mem_cell += f" ({memory / full['peak_memory_bytes']:.2f}x)"
+        time_cell = "–" if not r["retrain_seconds"] else f"{r['retrain_seconds']:.2f} s"
+        mean = bold(pm(r, "mean_perplexity", "{:.1f}"), r["mean_perplexity"] == top)
+        lines.append(f"| {r['method']} | " + " | ".join(per) + f" | {mean} | {time_cell} | {mem_cell} | "
+                     f"{r['params']:,} |")
+    return lines + footer(result)
+
+
+def online_stream_single(result: Result) -> list[str]:
+    """The round-1 image table (one stream, no oracle)."""
     rows = {r["method"]: r for r in result["rows"]}
     full = rows.get("full")
     top = max(r["mean_accuracy"] for r in result["rows"])
@@ -158,7 +229,8 @@ def drift_severity(result: Result) -> list[str]:
 
 
 RENDERERS: dict[str, Callable[[Result], list[str]]] = {
-    "kb_widths": kb_widths, "online_stream": online_stream, "prune_fidelity": prune_fidelity,
+    "kb_widths": kb_widths, "online_stream": online_stream, "online_stream_text": online_stream_text,
+    "prune_fidelity": prune_fidelity,
     "llm_prune": llm_prune, "drift_severity": drift_severity}
 
 

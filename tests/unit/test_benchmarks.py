@@ -101,9 +101,15 @@ def test_committed_readme_tables_match_committed_json():
     assert tables.main(["--check"]) == 0
 
 
+# Renderers whose first full run is not committed yet (issue 13: the text online benchmark); the
+# coordinator removes a name here when its JSON and README block land.
+NOT_YET_RUN = {"online_stream_text"}
+
+
 def test_every_committed_result_has_a_readme_table():
     blocks = {m["name"] for m in tables.BLOCK.finditer((BENCH.parent / "README.md").read_text())}
-    assert blocks == {p.stem for p in (BENCH / "results").glob("*.json")} == set(tables.RENDERERS)
+    stems = {p.stem for p in (BENCH / "results").glob("*.json")}
+    assert blocks == stems == set(tables.RENDERERS) - (NOT_YET_RUN - stems)
 
 
 def test_check_fails_on_a_hand_edited_table_and_regeneration_fixes_it(tmp_path, capsys):
@@ -137,3 +143,40 @@ def test_check_refuses_a_readme_without_blocks(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# nothing here\n")
     assert tables.main(["--check", "--readme", str(readme)]) == 1
+
+
+def _stream(acc: dict[str, float], per_domain: dict[str, list[float]] | None = None) -> dict:
+    """One image stream, one seed: rows of mean accuracy and per-domain rows."""
+    rows = [{"method": m, "mean_accuracy": a, "gap_closed": None, "retrain_seconds": 1.0,
+             "peak_memory_bytes": 2**20, "params": 10} for m, a in acc.items()]
+    per_domain = per_domain or {m: [a, a] for m, a in acc.items()}
+    domains = [{"method": m, "index": i, "accuracy": v}
+               for m, vs in per_domain.items() for i, v in enumerate(vs)]
+    return {"rows": rows, "domains": ["fog:5", "contrast:5"], "per_domain": domains}
+
+
+def test_online_stream_renders_one_table_per_stream_with_gap_and_worst_domain():
+    stream = _stream({"source": 0.5, "edgeadapt": 0.6, "oracle": 0.7},
+                     {"source": [0.5, 0.5], "edgeadapt": [0.72, 0.48], "oracle": [0.7, 0.7]})
+    stream["rows"][1]["gap_closed"] = 0.5
+    out = "\n".join(tables.online_stream({"seeds": [0], "streams": {"severe": stream, "unseen": stream}}))
+    assert "**severe** (2 domains: fog:5, contrast:5)" in out and "**unseen**" in out
+    assert "| edgeadapt | **0.600** | 50% | -2.0 pts |" in out  # best of the non-oracle rows in bold
+    assert "| oracle | 0.700 | – |" in out
+
+
+def test_online_stream_text_renders_per_domain_perplexity_and_memory_ratio():
+    def row(m: str, ppl: float, mem: int) -> dict:
+        return {"method": m, "mean_perplexity": ppl, "retrain_seconds": 0.5 if mem else 0.0,
+                "peak_memory_bytes": mem, "params": 100}
+
+    result = {"seeds": [0], "domains": ["docstrings", "email"],
+              "rows": [row("source", 300.0, 0), row("full", 100.0, 40 * 2**20),
+                       row("edgeadapt", 101.0, 10 * 2**20), row("oracle", 80.0, 40 * 2**20)],
+              "per_domain": [{"method": m, "index": i, "perplexity": p + i}
+                             for m, p in (("source", 300.0), ("full", 100.0), ("edgeadapt", 101.0),
+                                          ("oracle", 80.0)) for i in range(2)]}
+    out = "\n".join(tables.online_stream_text(result))
+    assert "| method | docstrings | email | mean perplexity |" in out
+    assert "| edgeadapt | 101.0 | 102.0 | 101.0 | 0.50 s | 10.0 MiB (0.25x) | 100 |" in out
+    assert "| full | 100.0 | 101.0 | **100.0** |" in out  # lowest apart from the oracle

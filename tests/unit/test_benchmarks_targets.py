@@ -95,3 +95,89 @@ def test_llm_prune_targets_pick_the_lowest_perplexity_of_each_side():
     assert targets["ours (ours-taylor) <= 1.05x dense ppl after recovery at 20%"]["met"]
     assert targets["ours (ours-taylor) faster than dense in inference at 20%"]["met"]
     assert not targets["ours (ours-taylor) faster than dense in training at 20%"]["met"]
+
+
+def _acc_row(method: str, acc: list[float], memory: float = 10.0, seconds: float = 1.0) -> dict:
+    return {"method": method, "mean_accuracy": sum(acc) / len(acc), "mean_accuracy_seeds": acc,
+            "retrain_seconds": seconds, "retrain_seconds_seeds": [seconds] * len(acc),
+            "peak_memory_bytes": memory, "peak_memory_bytes_seeds": [memory] * len(acc)}
+
+
+def test_gap_closed_is_the_ratio_of_stream_means_per_seed():
+    online_stream = _load("online_stream")
+    assert online_stream.gap_closed(0.7, 0.5, 0.9) == pytest.approx(0.5)
+    assert online_stream.gap_closed(0.4, 0.5, 0.9) == pytest.approx(-0.25)  # worse than source
+    assert online_stream.gap_closed(0.6, 0.5, 0.5) is None  # no gap: the oracle is not above source
+    rows = online_stream.add_gap_closed([_acc_row("source", [0.5, 0.6]), _acc_row("edgeadapt", [0.7, 0.7]),
+                                         _acc_row("oracle", [0.9, 0.8])])
+    ours = rows[1]
+    assert ours["gap_closed_seeds"] == pytest.approx([0.5, 0.5]) and ours["gap_closed"] == pytest.approx(0.5)
+    assert rows[2]["gap_closed"] == pytest.approx(1.0) and rows[0]["gap_closed"] == pytest.approx(0.0)
+    # without an oracle row nothing is added
+    assert "gap_closed" not in online_stream.add_gap_closed([_acc_row("source", [0.5])])[0]
+
+
+def _image_stream(online_stream, accs: dict[str, list[float]], worst: float = 0.0) -> dict:
+    rows = online_stream.add_gap_closed([_acc_row(m, a, memory=28.0 if m == "edgeadapt" else 100.0,
+                                                  seconds=0.4 if m == "edgeadapt" else 1.0)
+                                         for m, a in accs.items()])
+    per_domain = []
+    for m, a in accs.items():
+        for i in range(2):  # the edgeadapt domain 1 is ``worst`` off its mean, domain 0 the opposite
+            shift = (-worst if i else worst) if m == "edgeadapt" else 0.0
+            per_domain.append({"method": m, "index": i, "accuracy_seeds": [v + shift for v in a],
+                               "accuracy": sum(a) / len(a) + shift})
+    return {"rows": rows, "per_domain": per_domain, "domains": ["a", "b"]}
+
+
+def test_image_targets_per_stream_peers_source_gap_and_worst_domain():
+    online_stream = _load("online_stream")
+    good = {"source": [0.60, 0.62], "tent": [0.62, 0.63], "eata": [0.64, 0.64], "sar": [0.63, 0.66],
+            "static": [0.65, 0.65], "full": [0.70, 0.70], "edgeadapt": [0.70, 0.71], "oracle": [0.75, 0.77]}
+    weak = {**good, "edgeadapt": [0.64, 0.65]}  # below sar/static, only +3.5 pts over source
+    result = {"seeds": [0, 1], "streams": {"default": _image_stream(online_stream, good),
+                                           "severe": _image_stream(online_stream, good, worst=0.12),
+                                           "unseen": _image_stream(online_stream, weak)}}
+    t = _by_name(online_stream.image_targets(result))
+    peers = "edgeadapt >= every peer (eata, sar, tent, static)"
+    assert t[f"default: {peers}"]["seeds"] == pytest.approx([0.05, 0.05])
+    assert t["default: edgeadapt >= source + 5 pts"]["met"]
+    assert not t[f"unseen: {peers}"]["met"]
+    assert not t["unseen: edgeadapt >= source + 5 pts"]["met"]
+    # severe: same means, but one domain 12 pts lower (minus source, which is flat): 0.10 - 0.12 < -1 pt
+    worst = t["severe: no domain below source by > 1 pt (worst domain)"]
+    assert worst["seeds"] == pytest.approx([-0.02, -0.03]) and not worst["met"]
+    assert t["default: no domain below source by > 1 pt (worst domain)"]["met"]
+    # counted per seed: two of three streams meet each, so ">= 3 streams" is missed
+    assert t["streams where edgeadapt >= every peer: >= 3"]["seeds"] == [2, 2]
+    assert not t["streams where edgeadapt >= source + 5 pts: >= 3"]["met"]
+    gap = t["edgeadapt closes >= 60% of the source->oracle gap (mean over streams)"]
+    g_good, g_weak = (0.10 / 0.15, 0.09 / 0.15), (0.04 / 0.15, 0.03 / 0.15)
+    assert gap["seeds"] == pytest.approx([(2 * g_good[0] + g_weak[0]) / 3, (2 * g_good[1] + g_weak[1]) / 3])
+    assert gap["met"] is False  # 0.50 on average
+    assert t["memory <= 50% of full"]["met"] and t["time <= 50% of full"]["met"]
+    result["streams"]["unseen"] = _image_stream(online_stream, good)
+    t = _by_name(online_stream.image_targets(result))
+    assert t["streams where edgeadapt >= every peer: >= 3"]["met"]
+    assert t["edgeadapt closes >= 60% of the source->oracle gap (mean over streams)"]["met"]
+
+
+def test_text_targets_are_paired_perplexity_and_memory_ratios():
+    online_stream = _load("online_stream")
+
+    def row(method: str, ppl: list[float], memory: float) -> dict:
+        return {"method": method, "mean_perplexity": sum(ppl) / len(ppl), "mean_perplexity_seeds": ppl,
+                "peak_memory_bytes": memory, "peak_memory_bytes_seeds": [memory] * len(ppl)}
+
+    rows = [row("source", [300.0, 320.0], 0), row("full", [200.0, 200.0], 100.0),
+            row("static", [230.0, 240.0], 30.0), row("edgeadapt", [204.0, 208.0], 40.0)]
+    t = _by_name(online_stream.text_targets({"rows": rows}))
+    assert t["edgeadapt perplexity <= 0.9x source (>= 10% lower)"]["seeds"] == pytest.approx([0.68, 0.65])
+    assert t["edgeadapt perplexity <= static"]["met"]
+    full = t["edgeadapt perplexity within 3% of full"]  # 1.02x and 1.04x: met on the mean, within noise
+    assert full["met"] and full["within_std"] and full["seeds"] == pytest.approx([1.02, 1.04])
+    assert t["memory <= 50% of full"]["met"] and t["memory <= 50% of full"]["value"] == "0.40x ± 0.00x"
+    rows[3] = row("edgeadapt", [250.0, 250.0], 60.0)
+    t = _by_name(online_stream.text_targets({"rows": rows}))
+    assert not t["edgeadapt perplexity <= static"]["met"] and not t["memory <= 50% of full"]["met"]
+    assert online_stream.text_targets({"rows": rows[:2]}) == []

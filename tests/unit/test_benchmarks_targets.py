@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from edgeadapt.online.methods import method_names, unregister_method
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -181,3 +184,44 @@ def test_text_targets_are_paired_perplexity_and_memory_ratios():
     t = _by_name(online_stream.text_targets({"rows": rows}))
     assert not t["edgeadapt perplexity <= static"]["met"] and not t["memory <= 50% of full"]["met"]
     assert online_stream.text_targets({"rows": rows[:2]}) == []
+
+
+def test_importing_the_online_benchmark_leaves_the_method_registry_alone():
+    online_stream = _load("online_stream")
+    assert "oracle" not in method_names()  # registered only when the benchmark runs (register_oracle)
+    online_stream.register_oracle()
+    try:
+        online_stream.register_oracle()  # idempotent
+        assert method_names().count("oracle") == 1
+    finally:
+        unregister_method("oracle")
+
+
+class _Toy:
+    """A one-layer regressor with the adapter's ``task_loss`` (mean squared error on ``labels``)."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        self.model = torch.nn.Linear(2, 1)
+
+    def task_loss(self, batch: dict) -> torch.Tensor:
+        return ((self.model(batch["x"]).squeeze(-1) - batch["labels"]) ** 2).mean()
+
+
+def test_the_oracle_step_trains_on_its_labelled_batches_not_the_unlabeled_one():
+    online_stream = _load("online_stream")
+    toy = _Toy()
+    labelled = [{"x": torch.ones(4, 2), "labels": torch.full((4,), 3.0)},
+                {"x": -torch.ones(4, 2), "labels": torch.full((4,), -3.0)}]
+    step = online_stream.LabelledSteps(labelled)
+    opt = torch.optim.SGD(toy.model.parameters(), lr=0.05)
+    expected = toy.task_loss(labelled[0]).item()
+    before = [p.detach().clone() for p in toy.model.parameters()]
+    unlabeled = {"x": torch.zeros(4, 2)}  # what the runner hands every method: no labels
+    assert step(toy, unlabeled, opt).item() == pytest.approx(expected)
+    assert step.done == 1 and all(p.grad is None for p in toy.model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, toy.model.parameters()))
+    losses = [step(toy, unlabeled, opt).item() for _ in range(60)]  # cycles through both batches
+    assert losses[-1] < 0.1 * expected and step.done == 61
+    with pytest.raises(ValueError, match="at least one labelled batch"):
+        online_stream.LabelledSteps([])

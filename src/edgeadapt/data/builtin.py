@@ -1,6 +1,7 @@
 """The datasets edgeadapt knows by name: built-in offline data and real loaders for local and hub data.
 
-- ``digits``: scikit-learn's handwritten digits as 3-channel images (offline).
+- ``digits``: scikit-learn's handwritten digits as 3-channel images (offline); ``only_classes`` keeps
+  a subset of the digits with their labels unchanged (also on ``digits-c``), for class-incremental streams.
 - ``digits-c``: digits under one of CIFAR-10-C's 19 corruptions, its parameters at 32×32 (offline).
 - ``builtin-docs``: Python's bundled documentation text (offline).
 - ``stdlib-text``: text shipped with Python by ``source`` (docs, docstrings, code, e-mail, licences), offline.
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from edgeadapt.data.registry import register_dataset
 from edgeadapt.data.splits import ImageSplit, TextSplit
 from edgeadapt.errors import ConfigError
@@ -20,6 +23,32 @@ from edgeadapt.errors import ConfigError
 DIGITS = tuple(str(i) for i in range(10))
 _NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _SPLIT_SEED = {"train": 0, "val": 1, "test": 2}
+
+
+def parse_only_classes(spec: str | int | None) -> tuple[int, ...] | None:
+    """The digit classes an ``only_classes`` option keeps: ``"0-4"``, ``"5,7,9"``, ``"0-2,8"`` or one
+    digit (a string, so the registry's cache key stays hashable); ``None`` keeps all ten. A class
+    outside 0-9, an empty or malformed list is a :class:`~edgeadapt.errors.ConfigError`."""
+    if spec is None:
+        return None
+    out: set[int] = set()
+    try:
+        for part in str(spec).split(","):
+            lo, _, hi = part.strip().partition("-")
+            out.update(range(int(lo), int(hi if hi else lo) + 1))
+    except ValueError:
+        out = set()
+    if not out or not out <= set(range(len(DIGITS))):
+        raise ConfigError(f"only_classes: {spec!r} must list digit classes 0-9, e.g. '0-4' or '5,7,9'")
+    return tuple(sorted(out))
+
+
+def keep_classes(split: ImageSplit, only: tuple[int, ...] | None) -> ImageSplit:
+    """``split`` restricted to the samples of the classes ``only`` (labels and class names unchanged,
+    so a model's head keeps its ten outputs: class-incremental streams); all of it for ``None``."""
+    if only is None:
+        return split
+    return split.subset(torch.isin(split.labels, torch.tensor(only)).nonzero().flatten())
 
 
 def _no_root(name: str, root: Path | None) -> None:
@@ -33,15 +62,16 @@ class Digits:
 
     splits = ("train", "val", "test")
 
-    def __init__(self, size: int = 16):
+    def __init__(self, size: int = 16, only_classes: str | int | None = None):
         self.size = size
+        self.only = parse_only_classes(only_classes)
 
     def load(self, root: Path | None, split: str) -> ImageSplit:
         from edgeadapt.data.digits import digits_tensors
 
         _no_root("digits", root)
         x, y = digits_tensors(split, size=self.size)
-        return ImageSplit(x, y, DIGITS)
+        return keep_classes(ImageSplit(x, y, DIGITS), self.only)
 
 
 @register_dataset(name="digits-c", task="image-classification", classes=DIGITS,
@@ -55,13 +85,14 @@ class DigitsC:
     splits = ("train", "val", "test")
 
     def __init__(self, corruption: str = "gaussian_noise", severity: int = 3, size: int = 16,
-                 corruption_seed: int = 0):
+                 corruption_seed: int = 0, only_classes: str | int | None = None):
         from edgeadapt.data.corruptions import check_corruption
 
         check_corruption(corruption, severity)
         if isinstance(size, bool) or not isinstance(size, int) or size < 8:
             raise ConfigError(f"digits-c: size must be an integer >= 8, got {size!r}")
         self.corruption, self.severity, self.size, self.seed = corruption, severity, size, corruption_seed
+        self.only = parse_only_classes(only_classes)
 
     def load(self, root: Path | None, split: str) -> ImageSplit:
         from edgeadapt.data.corruptions import REFERENCE_SIZE, corrupt
@@ -70,7 +101,7 @@ class DigitsC:
         # Each split gets its own noise so a model cannot memorise the corruption pattern.
         seed = self.seed * 10 + _SPLIT_SEED[split]
         images = corrupt(clean.images, self.corruption, self.severity, seed=seed, size=self.size)
-        return ImageSplit(images, clean.labels, DIGITS)
+        return keep_classes(ImageSplit(images, clean.labels, DIGITS), self.only)
 
 
 @register_dataset(name="builtin-docs", task="language-modeling")

@@ -3,7 +3,17 @@
 For every domain of the stream, each method sees the domain's unlabeled adaptation data, adapts
 within the same step budget, and is scored on the domain's held-out evaluation data with the
 task's metric (``accuracy`` for classifiers). Methods are *continual*: what a model learned on one
-domain carries into the next. The edge methods (``static``, ``edgeadapt``) retrain under the edge
+domain carries into the next.
+
+A domain flagged ``labelled`` (new classes, or a new task, arriving with labels) hands every
+adapting method its *labelled* adaptation batches; elsewhere labels are stripped. Our loss
+(:func:`~edgeadapt.online.methods.base.our_loss`: ``full``, ``static``, ``edgeadapt``) then trains
+on the task loss — cross-entropy for a classifier — plus the same source replay that guards the
+unsupervised loss against collapse (for a causal LM nothing changes: its next-token loss needs no
+labels). Label-free methods (``tent``, ``eata``, ``sar``) ignore the labels and keep their update;
+``source`` is never adapted. A method's label-free ``settle`` check (edgeadapt's safeguard) is
+skipped on a labelled domain: the update was trained on ground truth. Every per-domain row
+records ``labelled``. The edge methods (``static``, ``edgeadapt``) retrain under the edge
 budget's memory measures (activation checkpointing by default); the others are unconstrained
 references. The methods live in a registry (:mod:`edgeadapt.online.methods`, one module each):
 
@@ -37,8 +47,8 @@ from edgeadapt.online.retrain import RetrainBudget, retrain, unlabeled
 from edgeadapt.progress import bar_enabled
 from edgeadapt.training.device import to_device
 
-__all__ = ["METHODS", "MethodState", "accuracy", "build_methods", "metric_name", "run_stream", "score",
-           "summarize"]
+__all__ = ["METHODS", "MethodState", "accuracy", "adaptation_batches", "build_methods", "metric_name",
+           "run_stream", "score", "summarize"]
 
 METHODS = method_names()  # the built-ins, registered on import (a method registered later is still accepted)
 
@@ -70,20 +80,22 @@ def run_stream(methods: list[MethodState], domains: list[DomainData], budget: Re
     """Run every method over ``domains``; returns per-domain rows and per-method summaries.
 
     Each per-domain row names the task's ``metric`` and holds its value after adaptation under that
-    name (``accuracy``, ``perplexity``, …) and before it under ``<metric>_before``."""
+    name (``accuracy``, ``perplexity``, …) and before it under ``<metric>_before``, and ``labelled``:
+    whether the domain arrived with labels (then its adaptation batches keep them)."""
     bar = tqdm(total=len(domains) * len(methods), desc="stream", disable=not bar_enabled(progress),
                leave=False)
     for i, domain in enumerate(domains):
         test = list(domain.test.batches(256))
-        adapt = lambda epoch, d=domain: unlabeled(d.adapt.batches(budget.batch_size, shuffle=True,  # noqa: E731
-                                                                  seed=seed + epoch))
+        labelled = bool(getattr(domain, "labelled", False))
+        adapt = lambda epoch, d=domain, keep=labelled: adaptation_batches(  # noqa: E731
+            d, budget.batch_size, seed + epoch, keep)
         for m in methods:
             bar.set_postfix(domain=str(domain.domain), method=m.name)
             start = time.perf_counter()
             model = m.prepare(domain)
             metric, higher = metric_name(model)
             row: dict[str, Any] = {"method": m.name, "domain": str(domain.domain), "index": i,
-                                   "metric": metric, "higher_is_better": higher,
+                                   "metric": metric, "higher_is_better": higher, "labelled": labelled,
                                    f"{metric}_before": score(model, test, metric),
                                    "retrain_seconds": 0.0, "peak_memory_bytes": 0,
                                    "params": sum(p.numel() for p in model.model.parameters())}
@@ -94,8 +106,8 @@ def run_stream(methods: list[MethodState], domains: list[DomainData], budget: Re
                                  step=m.step(model) if m.step is not None else None)
                 row.update(retrain_seconds=result.seconds, peak_memory_bytes=result.peak_memory_bytes,
                            steps=result.steps, trainable_params=result.trainable_params)
-                if m.settle is not None:  # e.g. a label-free safeguard keeps the adapted or previous model
-                    model = m.settle(model, adapt(0))
+                if m.settle is not None and not labelled:  # a label-free check: moot when labels came
+                    model = m.settle(model, unlabeled(adapt(0)))
                     row.update(m.notes)
                     m.notes.clear()
             row[metric] = score(model, test, metric)
@@ -108,6 +120,15 @@ def run_stream(methods: list[MethodState], domains: list[DomainData], budget: Re
             bar.update(1)
     bar.close()
     return summarize(methods, domains)
+
+
+def adaptation_batches(domain: DomainData, batch_size: int, seed: int, labelled: bool
+                       ) -> Iterable[dict[str, torch.Tensor]]:
+    """One shuffled epoch (order seeded by ``seed``) of ``domain``'s adaptation split in batches of
+    ``batch_size``: with its labels when ``labelled`` (the domain arrived with them), else stripped
+    (what an edge device sees)."""
+    batches = domain.adapt.batches(batch_size, shuffle=True, seed=seed)
+    return batches if labelled else unlabeled(batches)
 
 
 def summarize(methods: list[MethodState], domains: list[DomainData]) -> dict[str, Any]:

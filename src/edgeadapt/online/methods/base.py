@@ -126,7 +126,14 @@ def our_loss(ctx: MethodContext) -> Callable[[Any], Any]:
     (``adapter -> loss_fn``): next-token loss + distillation from the FM + source-text replay for a
     causal LM (:func:`~edgeadapt.online.lm_losses.lm_adaptation_loss`), MMD (+ masked tokens) for a
     sentence encoder, and MMD + diversity + replay for a classifier
-    (:func:`~edgeadapt.online.losses.adaptation_loss`)."""
+    (:func:`~edgeadapt.online.losses.adaptation_loss`).
+
+    A classifier's loss is built with ``supervised=True``: on a batch that carries labels — the
+    runner keeps them only on a ``labelled`` stream domain (new classes or a new task) — it trains on
+    the task loss, cross-entropy, plus the same source replay; on unlabeled batches it is the
+    unsupervised loss above. The stream's ``labelled:`` flag is the switch; ``supervised`` in the
+    loss config matters only where :func:`~edgeadapt.online.losses.adaptation_loss` is called
+    directly."""
     cfg = ctx.loss_cfg
     if isinstance(cfg, LMAdaptLossConfig):
         replay = ctx.stats.replay if ctx.stats is not None else None
@@ -139,4 +146,5 @@ def our_loss(ctx: MethodContext) -> Callable[[Any], Any]:
         return lambda a: lm_adaptation_loss(a, source, cfg, teacher=teacher)
     if isinstance(cfg, EncoderAdaptLossConfig):
         return lambda a: encoder_adaptation_loss(a, ctx.stats, cfg)
-    return lambda a: adaptation_loss(a, ctx.stats, cfg)
+    labelled = (cfg or AdaptLossConfig()).model_copy(update={"supervised": True})
+    return lambda a: adaptation_loss(a, ctx.stats, labelled)

@@ -1,5 +1,6 @@
 """``full``: the whole source model retrained with our adaptation loss, without a memory budget (the
-unconstrained reference edgeadapt's proxy is compared against)."""
+unconstrained reference edgeadapt's proxy is compared against). On a ``labelled`` domain our loss is
+the task loss (cross-entropy) plus source replay (:func:`~edgeadapt.online.methods.base.our_loss`)."""
 
 from __future__ import annotations
 

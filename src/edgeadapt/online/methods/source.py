@@ -1,4 +1,5 @@
-"""``source``: the source (foundation) model as it is, never adapted: the floor every method must beat."""
+"""``source``: the source (foundation) model as it is, never adapted — not even on a ``labelled``
+domain: the floor every method must beat."""
 
 from __future__ import annotations
 

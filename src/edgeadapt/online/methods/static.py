@@ -1,6 +1,7 @@
 """``static``: the source model pruned once to the proxy's width (magnitude) and fine-tuned on the
 source data, then retrained on every domain with our loss under the edge's memory measures: what a
-device gets without a knowledge base to cut a fresh proxy from."""
+device gets without a knowledge base to cut a fresh proxy from. On a ``labelled`` domain our loss is
+the task loss (cross-entropy) plus source replay (:func:`~edgeadapt.online.methods.base.our_loss`)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """``tent``: TENT (Wang et al., ICLR 2021), entropy minimisation on the full model's norm affines.
 
 No memory budget (an unconstrained reference) and no guard against collapse: on low-contrast or
-foggy domains it can drive the model to one class (DESIGN.md §5)."""
+foggy domains it can drive the model to one class (DESIGN.md §5). Label-free by definition: on a
+``labelled`` domain it ignores the labels and keeps minimising entropy, so it cannot learn new
+classes (EATA and SAR likewise)."""
 
 from __future__ import annotations
 

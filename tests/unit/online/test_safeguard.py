@@ -5,6 +5,7 @@ edge FM byte-identical and scores the proxy as it was before retraining; rows ca
 from __future__ import annotations
 
 import copy
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -15,6 +16,7 @@ from edgeadapt.errors import ConfigError
 from edgeadapt.models.registry import load_adapter
 from edgeadapt.offline.knowledge_base import KBSettings, init_kb
 from edgeadapt.online.losses import AdaptLossConfig, source_stats
+from edgeadapt.online.methods import MethodContext, get_method
 from edgeadapt.online.retrain import RetrainBudget
 from edgeadapt.online.runner import build_methods, run_stream
 from edgeadapt.online.safeguard import SafeguardConfig, judge
@@ -76,9 +78,23 @@ def test_an_update_that_breaks_shift_consistency_is_rejected():
         local.model[1].bias.zero_()
     g = torch.Generator().manual_seed(4)
     noisy = [{"pixel_values": torch.randn(16, 3, 8, 8, generator=g)} for _ in range(8)]
-    verdict = judge(local, previous, noisy, SafeguardConfig(collapse_ratio=0.0))
+    verdict = judge(local, previous, noisy, SafeguardConfig(collapse_ratio=0.0, margin=0.0))
+    assert judge(local, previous, noisy, SafeguardConfig(collapse_ratio=0.0)).accepted  # recorded only
     assert verdict.adapted["consistency"] < verdict.previous["consistency"] - 0.2
     assert not verdict.accepted and verdict.reason.startswith("consistency")
+
+
+def test_an_update_on_a_window_the_previous_model_is_already_sure_of_is_rejected():
+    previous = Toy()
+    with torch.no_grad():
+        previous.model[1].weight.mul_(200.0)  # near one-hot predictions: entropy ≈ 0 on the window
+    adapted = copy.deepcopy(previous)
+    with torch.no_grad():
+        adapted.model[1].weight.add_(0.01 * torch.randn_like(adapted.model[1].weight))
+    verdict = judge(adapted, previous, window())
+    assert verdict.previous["entropy"] < 0.025 * math.log(CLASSES)
+    assert not verdict.accepted and verdict.reason.startswith("no shift")
+    assert judge(adapted, previous, window(), SafeguardConfig(confident=0.0)).accepted
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +147,8 @@ def test_a_rejected_edgeadapt_update_leaves_the_kb_and_edge_fm_untouched(setting
 
 
 def test_an_accepted_update_is_synced_and_rows_carry_the_verdict(setting):
-    row, before, after = edgeadapt_run(setting, options={"safeguard": {"collapse_ratio": 0.0, "margin": 1.0}})
+    never = {"safeguard": {"collapse_ratio": 0.0, "confident": 0.0}}  # every update accepted
+    row, before, after = edgeadapt_run(setting, options=never)
     assert row["safeguard"] == "accepted"
     for k in ("entropy", "marginal_entropy", "consistency", "agreement_ref"):
         assert {f"safeguard_{k}_adapted", f"safeguard_{k}_previous"} <= set(row), k
@@ -150,3 +167,11 @@ def test_the_safeguard_can_be_turned_off_and_bad_options_are_refused(setting):
     with pytest.raises(ConfigError, match="collapse_ratio"):
         build_methods(["edgeadapt"], fm, kb, stats, AdaptLossConfig(), 0.5, None,
                       options={"edgeadapt": {"safeguard": {"collapse_ratio": 2}}})
+
+
+def test_a_model_without_class_predictions_adapts_without_the_safeguard(setting):
+    fm = SimpleNamespace(task=SimpleNamespace(name="causal-lm"), model=torch.nn.Linear(1, 1))
+    state = get_method("edgeadapt")(MethodContext(fm=fm, kb=object()))
+    assert state.settle is None
+    state = get_method("edgeadapt")(MethodContext(fm=setting[0], kb=object()))
+    assert state.settle is not None

@@ -7,7 +7,8 @@ A label-free safeguard (:mod:`edgeadapt.online.safeguard`) judges every update o
 window before it is scored: a rejected update is dropped — the proxy as extracted (before this
 domain's retraining) is scored, and nothing is synced, so the KB and the edge FM stay as they were.
 Settings: ``method_options: {edgeadapt: {safeguard: {...}}}``
-(:class:`~edgeadapt.online.safeguard.SafeguardConfig`; ``{enabled: false}`` turns it off)."""
+(:class:`~edgeadapt.online.safeguard.SafeguardConfig`; ``{enabled: false}`` turns it off). Classifiers
+only: its criteria read class predictions, so other tasks adapt without it."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def edgeadapt(ctx: MethodContext) -> MethodState:
         guard = guard if isinstance(guard, SafeguardConfig) else SafeguardConfig(**dict(guard or {}))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"method options: edgeadapt.safeguard: {exc}") from None
+    # the criteria read class predictions: a language model or an encoder adapts without the safeguard
+    guarded = guard.enabled and getattr(getattr(ctx.fm, "task", None), "name", "") == "classification"
     kb, width = ctx.kb, ctx.width
     edge_fm = copy.deepcopy(ctx.fm)
     holder: dict[str, Any] = {}
@@ -49,7 +52,7 @@ def edgeadapt(ctx: MethodContext) -> MethodState:
     def prepare(d: DomainData) -> HFAdapter:
         holder["proxy"] = extract_proxy(kb, unlabeled(d.adapt.batches(256)), width)
         holder["accepted"] = True
-        if guard.enabled:  # the model before this domain's retraining, to return to
+        if guarded:  # the model before this domain's retraining, to return to
             holder["previous"] = copy.deepcopy(holder["proxy"].adapter)
         return holder["proxy"].adapter
 
@@ -66,5 +69,5 @@ def edgeadapt(ctx: MethodContext) -> MethodState:
             sync(kb, holder["proxy"], edge_fm)
 
     state = MethodState("edgeadapt", prepare, our_loss(ctx), trainable=ctx.trainable, finish=finish,
-                        constrained=True, settle=settle if guard.enabled else None)
+                        constrained=True, settle=settle if guarded else None)
     return state

@@ -230,7 +230,7 @@ def drift_severity(result: Result) -> list[str]:
 
 RENDERERS: dict[str, Callable[[Result], list[str]]] = {
     "kb_widths": kb_widths, "online_stream": online_stream, "online_stream_text": online_stream_text,
-    "prune_fidelity": prune_fidelity,
+    "prune_fidelity": prune_fidelity, "prune_fidelity_iter4": prune_fidelity,
     "llm_prune": llm_prune, "drift_severity": drift_severity}
 
 

@@ -20,6 +20,7 @@ from edgeadapt.errors import ConfigError
 from edgeadapt.memory.accounting import parse_bytes
 from edgeadapt.offline.lora import load_lora_artifact
 from edgeadapt.online.api import adapt, check_methods
+from edgeadapt.online.methods import method_names
 from edgeadapt.online.methods.base import loss_config_for
 from edgeadapt.online.report import write_report
 from edgeadapt.online.retrain import RetrainBudget
@@ -60,6 +61,9 @@ class AdaptConfig(BaseModel):
                                  "distill, temperature, replay) or EncoderAdaptLossConfig (encoders).")
     static_epochs: int = Field(8, ge=0, description="Source fine-tuning epochs of the static baseline "
                                "after pruning.")
+    method_options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per-method "
+                                                      "settings by method name, e.g. {eata: {d_margin: 0.4}} "
+                                                      "or {edgeadapt: {safeguard: {enabled: false}}}.")
     seed: int = Field(0, description="Seed for shuffling and corruption noise.")
     out: Path = Field(Path("runs/adapt"), description="Report directory.")
 
@@ -81,6 +85,15 @@ class AdaptConfig(BaseModel):
         if names is not None:
             check_methods(names)
         return names
+
+    @field_validator("method_options")
+    @classmethod
+    def _method_options(cls, options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        unknown = sorted(set(options) - set(method_names()))
+        if unknown:
+            raise ConfigError(f"method_options: {unknown} are not registered methods; choose from "
+                              f"{', '.join(method_names())}")
+        return options
 
     @field_validator("stream")
     @classmethod
@@ -136,6 +149,7 @@ def _run_adapt(cfg: AdaptConfig, progress: bool) -> dict[str, Any]:
                         budget=cfg.budget, width=cfg.width, source=cfg.source, seed=cfg.seed,
                         progress=progress, loss=cfg.loss, trainable=cfg.trainable,
                         static_epochs=cfg.static_epochs, proxy_params=cfg.proxy_params,
+                        method_options=cfg.method_options,
                         proxy_memory_bytes=cfg.proxy_memory_bytes, logger=logger)
     finally:
         logger.close()

@@ -122,3 +122,15 @@ def test_adapt_config_takes_the_new_stream_forms_and_a_source():
     assert AdaptConfig().methods is None  # every registered method that fits the model (methods_for)
     with pytest.raises(ValueError, match=r"methods: unknown \['nope'\]"):
         AdaptConfig(methods=["nope"])
+
+
+def test_adapt_config_passes_method_options_and_refuses_unknown_methods(vit_kb):
+    """Before: an adapt YAML could not set per-method settings (the safeguard, EATA's margin)."""
+    cfg = AdaptConfig(method_options={"edgeadapt": {"safeguard": {"enabled": False}}})
+    assert cfg.method_options == {"edgeadapt": {"safeguard": {"enabled": False}}}
+    with pytest.raises(ValueError, match=r"method_options: \['nope'\] are not registered methods"):
+        AdaptConfig(method_options={"nope": {}})
+    fm, kb = vit_kb
+    with pytest.raises(ConfigError, match="safeguard"):  # a misspelt setting is refused by name
+        adapt(fm, kb, "fog:5", methods=["edgeadapt"], budget=BUDGET, source="digits", progress=False,
+              method_options={"edgeadapt": {"safeguard": {"enabeld": False}}})

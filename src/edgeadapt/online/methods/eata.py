@@ -1,5 +1,8 @@
 """``eata``: EATA (Niu et al., ICML 2022, "Efficient Test-Time Model Adaptation without Forgetting").
 
+Label-free by definition: on a ``labelled: true`` stream domain it ignores the labels and adapts as
+on any other (it cannot learn new classes; ``full``/``static``/``edgeadapt`` train on them).
+
 Entropy minimisation on the norm-layer affine parameters, but only on samples that are
 
 * reliable: prediction entropy ``H(x) < E0`` (the paper's ``E0 = 0.4 · ln C``), and

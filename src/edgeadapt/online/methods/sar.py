@@ -1,5 +1,8 @@
 """``sar``: SAR (Niu et al., ICLR 2023, "Towards Stable Test-Time Adaptation in Dynamic Wild World").
 
+Label-free by definition: on a ``labelled: true`` stream domain it ignores the labels and adapts as
+on any other (it cannot learn new classes; ``full``/``static``/``edgeadapt`` train on them).
+
 Sharpness-aware and reliable entropy minimisation on norm-layer affine parameters:
 
 * reliable samples only: prediction entropy ``H(x) < E0`` (the paper's ``E0 = 0.4 · ln C``), the

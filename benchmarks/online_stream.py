@@ -3,7 +3,8 @@
 **Image** (``--modality image``, the default): trains (or reuses) the source ViT, then per seed
 builds the offline artifacts (LoRA, knowledge base, neuron index; ``configs/offline-vit-digits.yaml``
 with that seed) and, on every stream of ``--streams`` (``default``: the built-in 10-domain stream,
-``severe``: ``configs/streams/severe-2.yaml``, ``unseen``: ``configs/streams/unseen-corruptions.yaml``),
+``severe``: ``configs/streams/severe-2.yaml``, ``unseen``: ``configs/streams/unseen-corruptions.yaml``,
+``shuffled``: the default stream's domains in a fixed random order),
 runs source / tent / eata / sar / full / static / edgeadapt / oracle through the stream runner with
 the same step budget and that seed. ``oracle`` is registered here: the source model fine-tuned
 *with* each domain's labels (its labelled adaptation split, the task loss) for the same steps,
@@ -30,7 +31,7 @@ its ``train`` split, for the same steps), peak memory and time. Text targets: ed
 perplexity ≤ 0.9× source's, ≤ static's, ≤ 1.03× full's, at ≤ 0.5× full's peak retraining memory.
 
     python benchmarks/online_stream.py [--modality image|text] [--seeds 0,1,2] [--steps 30]
-                                       [--streams default,severe,unseen] [--stream "fog:3"]
+                                       [--streams default,severe,unseen,shuffled] [--stream "fog:3"]
                                        [--rebuild] [--quick] [--out DIR]
 
 Writes ``benchmarks/results/online_stream.json`` (image) as ``{"seeds", "rows": [{"method",
@@ -49,6 +50,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import random
 import shutil
 import statistics
 import sys
@@ -93,9 +95,20 @@ from edgeadapt.training.device import to_device  # noqa: E402
 OFFLINE_CONFIG = REPO / "configs" / "offline-vit-digits.yaml"
 OFFLINE_TEXT_CONFIG = REPO / "configs" / "offline-llama-docs.yaml"
 SMOKE_STREAM = "fog:3,contrast:4"
+SHUFFLE_SEED = 13  # the ``shuffled`` stream: the default stream's domains in this seeded random order
+
+
+def shuffled(spec: Any, seed: int = SHUFFLE_SEED) -> list[dict[str, Any]]:
+    """The domains of stream ``spec`` in a random order fixed by ``seed`` (issue 13: random orders)."""
+    domains = DriftStream.parse(spec).to_list()
+    random.Random(seed).shuffle(domains)
+    return domains
+
+
 STREAMS: dict[str, Any] = {"default": DEFAULT_STREAM,
                            "severe": str(REPO / "configs" / "streams" / "severe-2.yaml"),
-                           "unseen": str(REPO / "configs" / "streams" / "unseen-corruptions.yaml")}
+                           "unseen": str(REPO / "configs" / "streams" / "unseen-corruptions.yaml"),
+                           "shuffled": shuffled(DEFAULT_STREAM)}
 IMAGE_METHODS = ["source", "tent", "eata", "sar", "full", "static", "edgeadapt", "oracle"]
 PEERS = ("eata", "sar", "tent", "static")  # the methods edgeadapt must match or beat on every stream
 TEXT_METHODS = ["source", "full", "static", "edgeadapt", "oracle"]
@@ -458,7 +471,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="comma list; rows are means ± std over seeds")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--width", type=float, default=AdaptConfig.model_fields["width"].default)
-    parser.add_argument("--streams", default="default,severe,unseen",
+    parser.add_argument("--streams", default="default,severe,unseen,shuffled",
                         help=f"image: comma list of {', '.join(STREAMS)}")
     parser.add_argument("--stream", default=None, help="image: one custom stream instead of --streams")
     parser.add_argument("--runs", type=Path, default=Path("runs"),

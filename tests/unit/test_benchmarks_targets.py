@@ -225,3 +225,11 @@ def test_the_oracle_step_trains_on_its_labelled_batches_not_the_unlabeled_one():
     assert losses[-1] < 0.1 * expected and step.done == 61
     with pytest.raises(ValueError, match="at least one labelled batch"):
         online_stream.LabelledSteps([])
+
+
+def test_the_shuffled_stream_is_the_default_stream_in_a_fixed_other_order():
+    online_stream = _load("online_stream")
+    default = online_stream.DriftStream.parse(online_stream.DEFAULT_STREAM).to_list()
+    order = online_stream.shuffled(online_stream.DEFAULT_STREAM)
+    assert order == online_stream.shuffled(online_stream.DEFAULT_STREAM) != default
+    assert sorted(map(str, order)) == sorted(map(str, default))

@@ -55,7 +55,7 @@ def test_prune_by_plan_file(tmp_path, capsys):
     (["prune", "tiny-llama", "--out", "x"], "exactly one of --plan"),
     (["prune", "tiny-llama", "--plan", "missing.json", "--out", "x"], "does not exist"),
     (["prune", "tiny-llama", "--unit-sparsity", "0.5", "--target", "filters", "--out", "x",
-      "--importance", "magnitude"], "targets must be"),
+      "--importance", "magnitude"], "is not a pruning target"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

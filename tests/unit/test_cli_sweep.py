@@ -60,6 +60,7 @@ CASES: list[tuple[list[str], str]] = [
     ([*PR, "--param-sparsity", ""], "--param-sparsity"),
     ([*PRS, "--target", ""], "--target"),
     ([*PRS, "--target", "heads,,neurons"], "--target"),
+    ([*PRS, "--target", "head"], "--target"),  # a typo: refused before the model loads
     ([*PRS, "--importance", ""], "--importance"),
     ([*PRS, "--importance", "psychic"], "--importance"),
     ([*PRS, "--scope", "local"], "--scope"),

@@ -69,3 +69,21 @@ def test_scoring_and_perplexity_bars_follow_the_same_rule(capsys):
     score(llama, "taylor", [{"input_ids": ids, "attention_mask": torch.ones_like(ids)}], progress=True)
     perplexity(llama, ids.reshape(-1), max_length=8, progress=True)
     assert "\r" not in capsys.readouterr().err
+
+
+def test_transformers_loading_bar_follows_edgeadapt_rule_in_a_log(tmp_path, capsys):
+    """Before: every inspect/prune/train of a local HF directory wrote transformers' `\\rLoading
+    weights: ...` bar into a redirected log, even with --quiet."""
+    import transformers
+
+    from edgeadapt.cli.main import main
+    from edgeadapt.models.registry import load_adapter
+
+    load_adapter("tiny-vit").model.save_pretrained(tmp_path / "vit")
+    transformers.utils.logging.enable_progress_bar()
+    try:
+        capsys.readouterr()
+        assert main(["inspect", str(tmp_path / "vit")]) == 0  # stderr is not a terminal here
+        assert "Loading weights" not in capsys.readouterr().err
+    finally:
+        transformers.utils.logging.enable_progress_bar()

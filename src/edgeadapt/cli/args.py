@@ -19,6 +19,8 @@ import math
 from collections.abc import Callable
 from typing import NoReturn
 
+from edgeadapt.pruning.groups import KINDS
+
 
 def _int(text: str) -> int:
     try:
@@ -77,6 +79,17 @@ def comma_list(text: str) -> list[str]:
     if not text.strip() or any(not item for item in items):
         raise argparse.ArgumentTypeError(f"must be a comma list of names without empty items, got {text!r}")
     return items
+
+
+def target_list(text: str) -> list[str]:
+    """``--target``: a comma list of pruning kinds (heads, neurons, layers), refused by name before
+    any model is loaded."""
+    items = comma_list(text)
+    unknown = [item for item in items if item not in KINDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(map(repr, unknown))} is not a pruning target; give a "
+                                         f"comma list of {', '.join(KINDS)}")
+    return list(dict.fromkeys(items))
 
 
 def nonempty_str(text: str) -> str:

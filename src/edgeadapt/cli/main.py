@@ -21,6 +21,7 @@ from edgeadapt.cli.args import (
     nonempty_str,
     nonnegative_int,
     positive_int,
+    target_list,
     unit_interval,
 )
 from edgeadapt.errors import ConfigError, EdgeAdaptError
@@ -208,13 +209,17 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     if args.name == "stream" or args.stream is not None:
         stream = DriftStream.parse(args.stream)
         size = int(options.get("size", 16))
-        if all(d.corruption is not None for d in stream):  # digits-c only: sizes and pixel shift
+        corruptions = list(dict.fromkeys(d.corruption for d in stream if d.corruption is not None))
+        if args.grid is not None and not corruptions:  # before any output
+            raise ConfigError("--grid: the stream has no digits-c domains to preview; drop --grid")
+        digits_c = all(d.corruption is not None for d in stream)
+        if args.json:
+            s = summary.summarize_stream(list(stream), size=size) if digits_c else {"domains": stream.to_list()}
+            print(json.dumps(s, indent=1))
+        elif digits_c:  # digits-c only: sizes and pixel shift
             print(summary.format_stream_summary(summary.summarize_stream(list(stream), size=size)))
         else:  # other datasets: each domain's dataset, options and split sizes
             print(stream.describe(sizes=True))
-        corruptions = list(dict.fromkeys(d.corruption for d in stream if d.corruption is not None))
-        if args.grid is not None and not corruptions:
-            raise ConfigError("--grid: the stream has no digits-c domains to preview; drop --grid")
     else:
         s = summary.summarize_dataset(args.name, root=args.root, **options)
         print(json.dumps(s, indent=1) if args.json else summary.format_dataset_summary(s))
@@ -275,7 +280,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     if args.steps is not None:
         data.setdefault("budget", {})
         data["budget"] = {**dict(data["budget"]), "steps": args.steps}
-    cfg = parse_config(data, kind="adapt", source=str(args.config or "the adapt flags"))
+    cfg = parse_config(data, kind="adapt", source=str(args.config or "the adapt command line"))
     check_output_dir(cfg.out, "--out" if args.out is not None else "out")
     results = run_adapt(cfg, progress=bar_enabled(), overwrite=args.overwrite)
     print(summary_table(results))
@@ -360,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="budget: the fraction of the block parameters removed, in [0, 1) (one unit "
                    "fraction for every --target kind, by bisection)")
     s.add_argument("--sparsity", type=float, help=argparse.SUPPRESS)  # retired: refused with the new names
-    s.add_argument("--target", type=comma_list, default=["neurons"],
+    s.add_argument("--target", type=target_list, default=["neurons"],
                    help="comma list of heads,neurons,layers (default neurons)")
     s.add_argument("--importance", default=DEFAULT_IMPORTANCE, metavar="NAME",
                    help="how groups are scored (default %(default)s): " + "; ".join(
@@ -485,6 +490,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.quiet:
         os.environ[QUIET_ENV] = "1"
+    if not bar_enabled():  # transformers' own "Loading weights" bar follows edgeadapt's rule too
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
         with warnings.catch_warnings():

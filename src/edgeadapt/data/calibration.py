@@ -84,7 +84,9 @@ def calibration_batches(adapter: ModelAdapter, num_batches: int = 8, batch_size:
 
     if getattr(adapter, "tokenizer", None) is None:
         raise ConfigError(f"model {getattr(adapter, 'name', '?')!r} has no tokenizer; text calibration "
-                          "needs one")
+                          "needs one: save the model's tokenizer into its directory "
+                          "(tokenizer.save_pretrained(DIR)), or use an importance that needs no data "
+                          "(--importance magnitude or magnitude-l2)")
     config = getattr(adapter.model, "config", None)
     positions = limits_from_config(config.to_dict()).positions if config is not None else None
     if positions is not None:

@@ -35,6 +35,7 @@ from edgeadapt.data.config import DataSection, load_splits
 from edgeadapt.data.registry import dataset_info
 from edgeadapt.data.stream import DriftStream, ModelInputs, for_model
 from edgeadapt.errors import ConfigError
+from edgeadapt.models.inspect import check_context, limits_from_config
 from edgeadapt.offline.artifacts import KIND as KB_KIND
 from edgeadapt.offline.artifacts import VERSION as KB_VERSION
 from edgeadapt.offline.artifacts import load_kb
@@ -161,12 +162,31 @@ def main_metric(metrics: Mapping[str, float]) -> str:
     raise ConfigError(f"the model's evaluate() returned {sorted(metrics)}; it needs one of {list(METRICS)}")
 
 
+def as_budget(budget: RetrainBudget | Mapping[str, Any] | None) -> RetrainBudget:
+    """``budget`` as a :class:`~edgeadapt.online.retrain.RetrainBudget`; bad fields are a
+    :class:`~edgeadapt.errors.ConfigError` naming them (``budget.steps: …``), not a pydantic dump."""
+    if isinstance(budget, RetrainBudget):
+        return budget
+    try:
+        return RetrainBudget(**dict(budget or {}))
+    except ValidationError as exc:
+        raise ConfigError("; ".join(f"budget.{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e['input']!r})"
+                                    for e in exc.errors())) from None
+
+
+def model_positions(fm: Any) -> int | None:
+    """The number of token positions ``fm``'s config allows (``None``: not bounded or not known)."""
+    config = getattr(getattr(fm, "model", None), "config", None)
+    config = config.to_dict() if hasattr(config, "to_dict") else config
+    return limits_from_config(config if isinstance(config, dict) else {}).positions
+
+
 def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | None = None,
           methods: Sequence[str] | None = None, budget: RetrainBudget | Mapping[str, Any] | None = None,
           width: float = 0.75, source: Any = None, seed: int = 0, progress: bool = True, *,
           loss: AdaptLossConfig | Mapping[str, Any] | None = None, trainable: str = "all",
           static_epochs: int = 8, proxy_params: int | None = None, proxy_memory_bytes: int | None = None,
-          max_length: int = 128, method_options: Mapping[str, Mapping[str, Any]] | None = None,
+          max_length: int | None = None, method_options: Mapping[str, Mapping[str, Any]] | None = None,
           logger: Any = None) -> dict[str, Any]:
     """Run ``methods`` (default: every registered method that can adapt ``fm``'s task,
     :func:`~edgeadapt.online.methods.methods_for`) side by side over ``stream``; return the results.
@@ -209,10 +229,12 @@ def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | N
     elif source is None:
         raise ConfigError("source: give the source data (a registered dataset name or labelled batches), or "
                           "pass the knowledge base as its directory, whose manifest records the dataset")
-    budget = budget if isinstance(budget, RetrainBudget) else RetrainBudget(**(budget or {}))
+    budget = as_budget(budget)
     loss_cfg = loss_config_for(task, loss)
     stream = DriftStream.parse(stream)
-    inputs = ModelInputs.of(fm, max_length)
+    if max_length is not None:  # an explicit length must fit; the default is 128 capped at the positions
+        check_context(max_length, model_positions(fm), "max_length")
+    inputs = ModelInputs.of(fm, 128 if max_length is None else max_length)
 
     domains = stream.build(inputs=inputs, seed=seed)  # a domain the model cannot take fails here, cheaply
     src = source_data(source, inputs, seed, split_seed)

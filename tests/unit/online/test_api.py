@@ -134,3 +134,15 @@ def test_adapt_config_passes_method_options_and_refuses_unknown_methods(vit_kb):
     with pytest.raises(ConfigError, match="safeguard"):  # a misspelt setting is refused by name
         adapt(fm, kb, "fog:5", methods=["edgeadapt"], budget=BUDGET, source="digits", progress=False,
               method_options={"edgeadapt": {"safeguard": {"enabeld": False}}})
+
+
+def test_bad_budget_and_a_max_length_beyond_the_positions_are_config_errors(vit_kb):
+    """Before: budget={"steps": 0} raised a raw pydantic ValidationError, and max_length=5000 on a
+    256-position model was silently capped."""
+    fm, kb = vit_kb
+    with pytest.raises(ConfigError, match=r"budget.steps: .*greater than or equal to 1 \(got 0\)"):
+        adapt(fm, kb, "fog:5", methods=["source"], budget={"steps": 0}, source="digits", progress=False)
+    gpt2 = load_adapter("tiny-gpt2")
+    with pytest.raises(ConfigError, match=r"max_length: 5000 tokens is more than the model's 256 positions"):
+        adapt(gpt2, kb, [{"dataset": "stdlib-text", "options": {"source": "email"}}], methods=["source"],
+              source="builtin-docs", max_length=5000, progress=False)

@@ -108,6 +108,18 @@ def worst_vs_source(per_domain: list[dict[str, Any]], method: str, metric: str =
     return min(diffs) if diffs else None
 
 
+def time_memory_cells(r: dict[str, Any], full: dict[str, Any] | None) -> tuple[str, str]:
+    """A method row's retraining time (ratio to ``full``'s when there is one) and peak memory
+    (with edgeadapt's ratio to ``full``'s) cells; "–" for a method that does not retrain."""
+    seconds, memory = r["retrain_seconds"], r["peak_memory_bytes"]
+    time_cell = "–" if not seconds else (f"{seconds / full['retrain_seconds']:.2f}x" if full
+                                         else f"{seconds:.2f} s")
+    mem_cell = "–" if not memory else f"{memory / 2**20:.1f} MiB"
+    if memory and full and r["method"] == "edgeadapt":
+        mem_cell += f" ({memory / full['peak_memory_bytes']:.2f}x)"
+    return time_cell, mem_cell
+
+
 def stream_table(stream: Result) -> list[str]:
     """One image stream: mean accuracy, gap closed (source→oracle), worst domain against source,
     retraining time and memory, parameters."""
@@ -117,12 +129,7 @@ def stream_table(stream: Result) -> list[str]:
     lines = ["| method | mean accuracy | gap closed | worst domain vs source | retrain s / domain (ratio to "
              "full) | peak retrain memory | params |", "|---|---|---|---|---|---|---|"]
     for r in stream["rows"]:
-        seconds, memory = r["retrain_seconds"], r["peak_memory_bytes"]
-        time_cell = "–" if not seconds else (f"{seconds / full['retrain_seconds']:.2f}x" if full
-                                             else f"{seconds:.2f} s")
-        mem_cell = "–" if not memory else f"{memory / 2**20:.1f} MiB"
-        if memory and full and r["method"] == "edgeadapt":
-            mem_cell += f" ({memory / full['peak_memory_bytes']:.2f}x)"
+        time_cell, mem_cell = time_memory_cells(r, full)
         gap = r.get("gap_closed")
         shown = gap is not None and r["method"] not in ("source", "oracle")
         gap_cell = pm(r, "gap_closed", "{:.0%}") if shown else "–"
@@ -164,12 +171,7 @@ def online_stream_single(result: Result) -> list[str]:
     lines = ["| method | mean accuracy | retrain s / domain (ratio to full) | peak retrain memory | params |",
              "|---|---|---|---|---|"]
     for r in result["rows"]:
-        seconds, memory = r["retrain_seconds"], r["peak_memory_bytes"]
-        time_cell = "–" if not seconds else (f"{seconds / full['retrain_seconds']:.2f}x" if full
-                                             else f"{seconds:.2f} s")
-        mem_cell = "–" if not memory else f"{memory / 2**20:.1f} MiB"
-        if memory and full and r["method"] == "edgeadapt":
-            mem_cell += f" ({memory / full['peak_memory_bytes']:.2f}x)"
+        time_cell, mem_cell = time_memory_cells(r, full)
         lines.append(f"| {r['method']} | {bold(pm(r, 'mean_accuracy'), r['mean_accuracy'] == top)} | "
                      f"{time_cell} | {mem_cell} | {r['params']:,} |")
     return lines + footer(result)

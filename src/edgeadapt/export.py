@@ -80,8 +80,9 @@ class ExportResult:
 
     def summary(self) -> str:
         w = self.widths
-        shape = (f"{self.layers} layers, {w.heads} heads ({w.kv_heads} KV) x head_dim {w.head_dim}, "
-                 f"FFN {w.ffn}") if w else f"{self.layers} layers"
+        layers = f"{self.layers} layer{'s' if self.layers != 1 else ''}"
+        shape = (f"{layers}, {w.heads} heads ({w.kv_heads} KV) x head_dim {w.head_dim}, "
+                 f"FFN {w.ffn}") if w else layers
         check = "" if self.max_abs_diff is None else f"; reloaded outputs differ by {self.max_abs_diff:.2g}"
         return (f"{self.architecture} ({shape}) -> {self.out}{check}; load it with "
                 f"transformers.{self.auto_class}.from_pretrained({str(self.out)!r})")

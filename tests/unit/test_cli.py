@@ -121,3 +121,23 @@ def test_adapt_flag_errors_are_one_paragraph_not_a_pydantic_traceback(tmp_path, 
     assert code == 2 and "fogg" in err and "Traceback" not in err
     assert main(["adapt", "--offline", str(tmp_path), "--width", "0", "--out", str(tmp_path / "o")]) == 2
     assert "width" in capsys.readouterr().err
+
+
+def test_output_piped_into_a_reader_that_leaves_early_is_not_a_traceback(monkeypatch):
+    """Before: `edgeadapt data show digits --json | head -1` could end in a BrokenPipeError traceback.
+    Here stdout is a real pipe whose reader has already gone, so the first flush fails with EPIPE."""
+    import os
+    import signal
+    import sys
+
+    if hasattr(signal, "SIGPIPE"):
+        assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN  # Python's default: EPIPE, not a signal
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    stdout = os.fdopen(write_end, "w")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    try:
+        assert main(["data", "show", "digits", "--json"]) == 0
+    finally:
+        monkeypatch.undo()
+        stdout.close()

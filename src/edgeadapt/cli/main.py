@@ -436,12 +436,17 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             if not args.debug:  # edgeadapt's own warnings as one line, like its errors
                 warnings.showwarning = _one_line_warning(args.command)
-            return handler(args)
+            code = handler(args)
+            sys.stdout.flush()  # a closed pipe shows here, inside the try, not at interpreter exit
+            return code
     except EdgeAdaptError as exc:
         if args.debug:
             raise
         print(f"edgeadapt {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `edgeadapt ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _one_line_warning(command: str) -> Callable[..., None]:

@@ -40,13 +40,17 @@ def setting():
     torch.manual_seed(0)
     kb = init_kb(fm, source[:1], KBSettings(importance="magnitude"))
     stats = source_stats(fm, source, bank_size=32, replay_size=16)
-    g = torch.Generator().manual_seed(1)
+    return fm, kb, stats, toy_domain(fm, adapt=16, test=8)
+
+
+def toy_domain(fm, adapt: int, test: int, seed: int = 1) -> SimpleNamespace:
+    """A seeded random-image domain for ``fm``: ``adapt`` unlabeled and ``test`` labeled images."""
+    g = torch.Generator().manual_seed(seed)
     c = fm.model.config
-    images = torch.randn(24, c.num_channels, c.image_size, c.image_size, generator=g)
-    labels = torch.randint(0, c.num_labels, (24,), generator=g)
-    domain = SimpleNamespace(domain="toy:1", adapt=ImageSplit(images[:16], None),
-                             test=ImageSplit(images[16:], labels[16:]))
-    return fm, kb, stats, domain
+    images = torch.randn(adapt + test, c.num_channels, c.image_size, c.image_size, generator=g)
+    labels = torch.randint(0, c.num_labels, (adapt + test,), generator=g)
+    return SimpleNamespace(domain="toy:1", adapt=ImageSplit(images[:adapt], None),
+                           test=ImageSplit(images[adapt:], labels[adapt:]))
 
 
 def test_builtins_are_registered_in_order_and_methods_comes_from_the_registry():

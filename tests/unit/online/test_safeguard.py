@@ -11,7 +11,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from edgeadapt.data.splits import ImageSplit
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.registry import load_adapter
 from edgeadapt.offline.knowledge_base import KBSettings, init_kb
@@ -21,6 +20,7 @@ from edgeadapt.online.retrain import RetrainBudget
 from edgeadapt.online.runner import build_methods, run_stream
 from edgeadapt.online.safeguard import SafeguardConfig, judge
 from tests.conftest import make_batches
+from tests.unit.online.test_methods import toy_domain
 
 CLASSES = 5
 
@@ -102,13 +102,7 @@ def setting():
     fm = load_adapter("tiny-vit", seed=0)
     source = make_batches(fm, n=2, size=16)
     stats = source_stats(fm, source, bank_size=32, replay_size=16)
-    g = torch.Generator().manual_seed(1)
-    c = fm.model.config
-    images = torch.randn(48, c.num_channels, c.image_size, c.image_size, generator=g)
-    labels = torch.randint(0, c.num_labels, (48,), generator=g)
-    domain = SimpleNamespace(domain="toy:1", adapt=ImageSplit(images[:32], None),
-                             test=ImageSplit(images[32:], labels[32:]))
-    return fm, source, stats, domain
+    return fm, source, stats, toy_domain(fm, adapt=32, test=16)
 
 
 def edgeadapt_run(setting, loss=None, lr: float = 3e-4, options=None):

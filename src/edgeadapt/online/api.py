@@ -39,9 +39,9 @@ from edgeadapt.models.inspect import check_context, limits_from_config
 from edgeadapt.offline.artifacts import KIND as KB_KIND
 from edgeadapt.offline.artifacts import VERSION as KB_VERSION
 from edgeadapt.offline.artifacts import load_kb
-from edgeadapt.online.losses import AdaptLossConfig, adaptation_loss, source_stats
+from edgeadapt.online.losses import AdaptLossConfig, source_stats
 from edgeadapt.online.methods import method_names, methods_for
-from edgeadapt.online.methods.base import loss_config_for
+from edgeadapt.online.methods.base import MethodContext, loss_config_for, our_loss
 from edgeadapt.online.proxy import width_for_memory, width_for_params
 from edgeadapt.online.retrain import RetrainBudget, unlabeled
 from edgeadapt.online.runner import build_methods, run_stream
@@ -122,17 +122,19 @@ def static_baseline(fm: Any, width: float, epochs: int, train: Callable[[int], I
 
 
 def resolve_width(kb: Any, width: float, proxy_params: int | None, proxy_memory_bytes: int | None,
-                  stats: Any, loss_cfg: Any, first: Any, budget: RetrainBudget) -> float:
+                  stats: Any, loss_cfg: Any, first: Any, budget: RetrainBudget, fm: Any = None) -> float:
     """The proxy width the budget allows: ``width``, or the widest proxy within ``proxy_params``
-    parameters / ``proxy_memory_bytes`` bytes of retraining memory (measured with our loss on a
-    batch of the first domain, ``first``)."""
+    parameters / ``proxy_memory_bytes`` bytes of retraining memory, measured with our loss *for the
+    model's task* (``loss_cfg``'s kind: next-token + distillation from ``fm`` for a causal LM, MMD
+    (+ masked tokens) for an encoder, MMD + diversity + replay for a classifier) on a batch of the
+    first domain, ``first``."""
     if proxy_params is not None and proxy_memory_bytes is not None:
         raise ConfigError("proxy_params and proxy_memory_bytes are alternatives; set one of them")
     if proxy_params is not None:
         return width_for_params(kb, proxy_params)
     if proxy_memory_bytes is not None:
         batch = next(iter(unlabeled(first.adapt.batches(budget.batch_size))))
-        loss = lambda m: adaptation_loss(m, stats, loss_cfg)  # noqa: E731
+        loss = our_loss(MethodContext(fm=fm, kb=kb, stats=stats, loss_cfg=loss_cfg, budget=budget))
         return width_for_memory(kb, proxy_memory_bytes, loss, batch, budget.learning_rate, budget.device,
                                 budget.gradient_checkpointing)
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 1:
@@ -239,12 +241,14 @@ def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | N
     domains = stream.build(inputs=inputs, seed=seed)  # a domain the model cannot take fails here, cheaply
     src = source_data(source, inputs, seed, split_seed)
     stats = source_stats(fm, src.train(0), seed=seed)
-    width = resolve_width(kb, width, proxy_params, proxy_memory_bytes, stats, loss_cfg, domains[0], budget)
+    width = resolve_width(kb, width, proxy_params, proxy_memory_bytes, stats, loss_cfg, domains[0], budget,
+                          fm=fm)
     static = (lambda: static_baseline(fm, width, static_epochs, src.train, src.val, seed)) \
         if "static" in names else None
     states = build_methods(names, fm, kb, stats, loss_cfg, width, static, trainable, budget=budget,
                            options=method_options)
-    results = run_stream(states, domains, budget, seed=seed, logger=logger, progress=progress)
+    results = run_stream(states, domains, budget, seed=seed, logger=logger, progress=progress,
+                         on_labelled=lambda batches, k: stats.absorb(batches, 1 / (k + 1), seed=seed + k))
     results.update(proxy_width=width, source=src.name)
     if src.test is not None:
         metrics = fm.evaluate(src.test())

@@ -76,6 +76,45 @@ class SourceStats:
         atomic_write_bytes(path, save(self.to_dict(), metadata={"kind": KIND, "version": str(VERSION)}))
         return path
 
+    @torch.no_grad()
+    def absorb(self, batches: Iterable[Batch], weight: float, seed: int = 0) -> None:
+        """Fold a *labelled* stream domain into the statistics, in place, so that later unlabelled
+        domains are judged against everything the device has been taught, not the source alone.
+
+        EdgeTA-style class-incremental streams bring new classes with labels; without this the
+        diversity term keeps pulling predictions towards the *source* class prior (which gives the
+        new classes zero mass) and the replay buffer rehearses only the old classes.
+
+        ``weight`` in (0, 1] is the new domain's share: the class prior becomes
+        ``(1 - weight) * prior + weight * label_histogram`` and that share of the replay buffer is
+        replaced by a seeded random sample of the domain's labelled examples (the buffer keeps its
+        size). The feature bank (MMD target) is kept: it is a distribution of FM features, which
+        does not know the new classes either way. Batches without ``labels`` are ignored.
+
+        Raises :class:`~edgeadapt.errors.ConfigError` for a weight outside (0, 1].
+        """
+        if not 0 < weight <= 1:
+            raise ConfigError(f"weight: {weight!r} must be in (0, 1]")
+        kept = [{k: v.cpu() for k, v in b.items()} for b in batches if "labels" in b]
+        if not kept:
+            return
+        labels = torch.cat([b["labels"].flatten() for b in kept])
+        if self.class_prior.numel():
+            size = max(self.class_prior.numel(), int(labels.max()) + 1)
+            hist = torch.bincount(labels, minlength=size).double()
+            prior = F.pad(self.class_prior.double(), (0, size - self.class_prior.numel()))
+            self.class_prior = ((1 - weight) * prior + weight * hist / hist.sum()).float()
+        if self.replay:
+            g = torch.Generator().manual_seed(seed)
+            n = len(next(iter(self.replay.values())))
+            new = {k: _stack([b[k] for b in kept]) for k in self.replay if all(k in b for b in kept)}
+            if set(new) != set(self.replay):
+                return  # the domain's inputs are not the replay's (another task): keep the old buffer
+            take = min(max(1, round(n * weight)), len(labels))
+            old_idx = torch.randperm(n, generator=g)[:n - take]
+            new_idx = torch.randperm(len(labels), generator=g)[:take]
+            self.replay = {k: _stack([self.replay[k][old_idx], new[k][new_idx]]) for k in self.replay}
+
     @classmethod
     def load(cls, path: str | Path) -> SourceStats:
         with safe_open(str(path), framework="pt") as f:

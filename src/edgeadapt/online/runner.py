@@ -76,14 +76,22 @@ def accuracy(adapter: HFAdapter, batches: Iterable[dict[str, torch.Tensor]]) -> 
 
 
 def run_stream(methods: list[MethodState], domains: list[DomainData], budget: RetrainBudget, seed: int = 0,
-               logger: Any = None, progress: bool = True) -> dict[str, Any]:
+               logger: Any = None, progress: bool = True,
+               on_labelled: Callable[[Iterable[dict[str, torch.Tensor]], int], None] | None = None
+               ) -> dict[str, Any]:
     """Run every method over ``domains``; returns per-domain rows and per-method summaries.
+
+    ``on_labelled(batches, k)`` is called once after every method has run a labelled domain, with
+    that domain's labelled adaptation batches and ``k``, the number of labelled domains so far
+    (1, 2, …): :func:`~edgeadapt.online.api.adapt` folds them into the shared source statistics
+    (:meth:`~edgeadapt.online.losses.SourceStats.absorb`) so later domains see the new classes.
 
     Each per-domain row names the task's ``metric`` and holds its value after adaptation under that
     name (``accuracy``, ``perplexity``, …) and before it under ``<metric>_before``, and ``labelled``:
     whether the domain arrived with labels (then its adaptation batches keep them)."""
     bar = tqdm(total=len(domains) * len(methods), desc="stream", disable=not bar_enabled(progress),
                leave=False)
+    seen = 0
     for i, domain in enumerate(domains):
         test = list(domain.test.batches(256))
         labelled = bool(getattr(domain, "labelled", False))
@@ -118,6 +126,9 @@ def run_stream(methods: list[MethodState], domains: list[DomainData], budget: Re
                 logger.log_metrics({f"{m.name}/{metric}": row[metric],
                                     f"{m.name}/retrain_seconds": row["retrain_seconds"]}, i)
             bar.update(1)
+        if labelled and on_labelled is not None:
+            seen += 1
+            on_labelled(adapt(0), seen)
     bar.close()
     return summarize(methods, domains)
 

@@ -44,3 +44,19 @@ def test_the_lm_loss_config_is_chosen_by_task_and_checked_by_name():
     assert isinstance(loss_config_for("causal-lm", {"distill": 0.0}), LMAdaptLossConfig)
     with pytest.raises(ConfigError, match=r"loss: mmd: .*'causal-lm' model adapts with LMAdaptLossConfig"):
         loss_config_for("causal-lm", {"mmd": 1.0})
+
+
+def test_a_memory_budget_for_an_lm_proxy_is_measured_with_the_lm_loss_and_holds(llama_kb):
+    """``proxy_memory_bytes`` picks the widest proxy whose retraining step fits; for a causal LM
+    that step is next-token + distillation from the FM + replay (the teacher's forward costs
+    memory), so the width must be chosen with that loss and the measured retraining peak must stay
+    within the budget."""
+    fm, kb = llama_kb
+    budget = {"steps": 2, "batch_size": 4, "learning_rate": 3e-3}
+    full = adapt(fm, kb, STREAM[:1], methods=["edgeadapt"], budget=budget, width=1.0,
+                 source={"name": "builtin-docs"}, max_length=32, progress=False)
+    limit = full["per_domain"][0]["peak_memory_bytes"] - 1  # just below what the full width needs
+    results = adapt(fm, kb, STREAM[:1], methods=["edgeadapt"], budget=budget, proxy_memory_bytes=limit,
+                    source={"name": "builtin-docs"}, max_length=32, progress=False)
+    assert results["proxy_width"] < 1.0
+    assert 0 < results["per_domain"][0]["peak_memory_bytes"] <= limit

@@ -17,7 +17,7 @@ from edgeadapt.errors import ConfigError
 from edgeadapt.models.registry import load_adapter
 from edgeadapt.offline.knowledge_base import KBSettings, init_kb
 from edgeadapt.online.api import adapt
-from edgeadapt.online.losses import AdaptLossConfig, entropy, source_stats
+from edgeadapt.online.losses import AdaptLossConfig, SourceStats, entropy, source_stats
 from edgeadapt.online.methods import MethodContext, MethodState
 from edgeadapt.online.methods.base import our_loss
 from edgeadapt.online.retrain import RetrainBudget
@@ -98,6 +98,49 @@ def test_our_classifier_loss_on_a_labelled_batch_is_cross_entropy_plus_replay(di
         unsupervised = our_loss(MethodContext(fm=fm, stats=stats, loss_cfg=cfg))(fm)
         other = unsupervised(fm, {"pixel_values": batch["pixel_values"]})
         assert float(other) != pytest.approx(float(expected), rel=1e-3)
+
+
+def test_absorbing_a_labelled_domain_moves_the_prior_and_the_replay_to_the_new_classes():
+    old = SourceStats(torch.zeros(4, 3), torch.zeros(3), torch.ones(3),
+                      torch.tensor([0.5, 0.5, 0.0, 0.0]),
+                      {"pixel_values": torch.zeros(10, 2), "labels": torch.tensor([0, 1] * 5)})
+    new = [{"pixel_values": torch.ones(6, 2), "labels": torch.tensor([2, 3, 2, 3, 2, 3])}]
+    old.absorb(new, weight=0.5, seed=0)
+    assert old.class_prior.tolist() == pytest.approx([0.25, 0.25, 0.25, 0.25])
+    labels = old.replay["labels"].tolist()
+    assert len(labels) == 10 and sum(c in (2, 3) for c in labels) == 5  # half the buffer, same size
+    # inputs stay paired with their labels
+    pixels = old.replay["pixel_values"]
+    assert all((pixels[i] == (1.0 if c in (2, 3) else 0.0)).all() for i, c in enumerate(labels))
+    # a label beyond the prior's width widens it
+    old.absorb([{"pixel_values": torch.ones(2, 2), "labels": torch.tensor([5, 5])}], weight=1 / 3)
+    assert old.class_prior.shape == (6,) and old.class_prior[5] == pytest.approx(1 / 3)
+    with pytest.raises(ConfigError, match="weight"):
+        old.absorb(new, weight=0.0)
+
+
+def test_the_runner_reports_each_labelled_domain_once_after_every_method_ran(digits):
+    fm = load_adapter("tiny-vit")
+    calls: list[tuple[int, bool, int]] = []
+    order: list[str] = []
+
+    def prepare(d):
+        order.append("prepare")
+        return fm
+
+    state = MethodState("recorder", prepare, lambda _a: (lambda a, b: entropy(a.logits(b))), trainable="norm")
+    domains = [DomainData(Domain("digits", labelled=flag), digits.val if flag else digits.val.unlabeled(),
+                          digits.test) for flag in (True, False, True)]
+
+    def on_labelled(batches, k):
+        batches = list(batches)
+        order.append("labelled")
+        calls.append((len(order), all("labels" in b for b in batches), k))
+
+    run_stream([state, state], domains, RetrainBudget(steps=1, batch_size=16), progress=False,
+               on_labelled=on_labelled)
+    assert [(ok, k) for _, ok, k in calls] == [(True, 1), (True, 2)]
+    assert order == ["prepare", "prepare", "labelled", "prepare", "prepare", "prepare", "prepare", "labelled"]
 
 
 def test_the_class_incremental_stream_parses_and_its_label_set_grows():

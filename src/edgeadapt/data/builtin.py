@@ -23,6 +23,7 @@ from edgeadapt.errors import ConfigError
 DIGITS = tuple(str(i) for i in range(10))
 _NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _SPLIT_SEED = {"train": 0, "val": 1, "test": 2}
+MIN_TEXT_DOCUMENTS = 3  # text-files without split files: one each for train, val and test
 
 
 def parse_only_classes(spec: str | int | None) -> tuple[int, ...] | None:
@@ -143,8 +144,12 @@ class StdlibText:
 class TextFiles:
     """Local text files (.txt/.jsonl/.json/.parquet): ``root`` is a file or a folder.
 
-    A folder with ``train``/``val``/``test`` subfolders (or files named so) gives those splits; otherwise the
-    registry holds out seeded validation and test documents."""
+    A folder with ``train``/``val``/``test`` subfolders (or files named so) gives those splits; with
+    train and test but no val files, seeded 10% (at least one) of the train documents are the
+    validation split (empty for a single train document). Otherwise seeded documents (paragraphs of a
+    .txt, records of a .jsonl/.json/.parquet) are held out: 80/10/10, and for a small corpus (3-7
+    documents) one validation and one test document. Fewer than :data:`MIN_TEXT_DOCUMENTS` documents
+    cannot fill three splits: a :class:`ConfigError` says so, with the count and the fix."""
 
     splits = ("train", "val", "test")
 
@@ -154,9 +159,28 @@ class TextFiles:
         if root is None:
             raise ConfigError("dataset 'text-files' needs root: a text file or a folder of them")
         parts = _split_paths(root, split)
+        train_parts = _split_paths(root, "train")
+        if split != "test" and train_parts is not None and _split_paths(root, "val") is None:
+            # Named train files but no val: carve val from train, never from the test files.
+            docs = TextSplit(tuple(load_text_files(train_parts)))
+            train, val = docs.split(0.1, seed=0) if len(docs) > 1 else (docs, TextSplit(()))
+            return train if split == "train" else val
         if parts is not None:
             return TextSplit(tuple(load_text_files(parts)))
-        train, rest = TextSplit(tuple(load_text_files(root))).split(0.2, seed=0)
+        docs = TextSplit(tuple(load_text_files(root)))
+        n = len(docs)
+        if n < MIN_TEXT_DOCUMENTS:
+            chars = sum(map(len, docs.texts))
+            raise ConfigError(
+                f"dataset 'text-files': {root} holds {n} document{'s' * (n != 1)} ({chars} characters; a "
+                f"document is a paragraph of a .txt file, separated by blank lines, or a record of a "
+                f".jsonl/.json/.parquet file), so the 'val' split would be empty: train, val and test need "
+                f"one document each, at least {MIN_TEXT_DOCUMENTS} in all; add text (or blank lines between "
+                f"paragraphs), or give the splits yourself as train/val/test files or subfolders")
+        # 20% held out (then halved), but at least one document each for val and test; for 8+ documents
+        # this is exactly the 80/10/10 split of earlier versions.
+        held_out = 0.2 if round(0.2 * n) >= 2 else 2 / n
+        train, rest = docs.split(held_out, seed=0)
         val, test = rest.split(0.5, seed=0)
         return {"train": train, "val": val, "test": test}[split]
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from edgeadapt.data.corruptions import check_corruption
 from edgeadapt.data.external import HF_TEXT_DATASETS
 from edgeadapt.data.registry import build_dataset, dataset_info, options_at_size, resolve_class
-from edgeadapt.data.splits import Splits
+from edgeadapt.data.splits import Splits, TextSplit
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.inspect import check_context, model_limits
 from edgeadapt.models.registry import minilm_path, model_config_dict, task_of
@@ -95,10 +95,19 @@ class DataSection(BaseModel):
 def load_splits(data: DataSection, image_size: int | None = None, seed: int = 0) -> Splits:
     """The dataset's train/val/test splits. For an image dataset with a ``size`` option,
     ``image_size`` (the model's input side in pixels) is the default size, and a different
-    ``data.options.size`` is refused (:class:`~edgeadapt.errors.ConfigError`)."""
+    ``data.options.size`` is refused (:class:`~edgeadapt.errors.ConfigError`), and so is an empty
+    split (every stage trains, validates or tests on each), naming it and the three sizes."""
     options = options_at_size(data.name, data.options, image_size, "data.options.size")
-    return build_dataset(data.name, root=data.root, ignore_classes=data.ignore_classes, remap=data.remap,
-                         val_fraction=data.val_fraction, seed=seed, **options)
+    splits = build_dataset(data.name, root=data.root, ignore_classes=data.ignore_classes, remap=data.remap,
+                           val_fraction=data.val_fraction, seed=seed, **options)
+    for name, split in splits._asdict().items():
+        if len(split) == 0:
+            unit = "documents" if isinstance(split, TextSplit) else "samples"
+            sizes = ", ".join(f"{k} {len(v)}" for k, v in splits._asdict().items())
+            raise ConfigError(f"data: the {name!r} split of dataset {data.name!r} is empty ({sizes} {unit}; "
+                              f"root {data.root}); every split needs at least one: give more data, or "
+                              f"the {name} split explicitly (a {name} file or subfolder under data.root)")
+    return splits
 
 
 def hub_dataset_cached(name: str) -> bool:

@@ -52,8 +52,10 @@ def token_blocks(ids: torch.Tensor, seq_len: int, batch_size: int, shuffle: bool
         raise ConfigError(f"seq_len, batch_size and max_blocks must be >= 1, got {seq_len}, {batch_size}, "
                           f"{max_blocks}")
     if len(ids) < seq_len:
-        raise ConfigError(f"seq_len: the corpus has {len(ids)} tokens, fewer than seq_len={seq_len}; "
-                          "lower seq_len or give more text")
+        raise ConfigError(f"seq_len: the text has {len(ids)} tokens, fewer than one block of "
+                          f"seq_len={seq_len} (each split a model trains or evaluates on — train, val, test "
+                          "— needs at least one); lower seq_len (data.max_length) or give more text to the "
+                          "short split")
     blocks = ids[: len(ids) // seq_len * seq_len].view(-1, seq_len)[:max_blocks]
 
     def batches(epoch: int) -> Iterator[Batch]:

@@ -16,6 +16,7 @@ from torch import nn
 
 from edgeadapt.errors import ArtifactError, ConfigError, EdgeAdaptError
 from edgeadapt.models.adapter import HFAdapter, check_structure
+from edgeadapt.models.cnn import CNNAdapter, cnn_class, cnn_family, wrap_cnn
 from edgeadapt.models.families import family_for
 from edgeadapt.models.tasks import CausalLM, Classification, SentenceEncoder, Task
 from edgeadapt.models.tiny import TINY
@@ -47,10 +48,13 @@ def task_of(class_name: str) -> str:
 
 
 def wrap(model: nn.Module, tokenizer: Any = None, name: str | None = None,
-         base_hash: str | None = None) -> HFAdapter:
+         base_hash: str | None = None) -> HFAdapter | CNNAdapter:
     """Adapter for an already-built transformers model (family and modality from
-    ``config.model_type``'s family table). ``base_hash`` declares the base weights' hash when
-    they are no longer the model's (a pruned model rebuilt from an artifact)."""
+    ``config.model_type``'s family table; a :class:`~edgeadapt.models.cnn.CNNAdapter` for the CNN
+    families). ``base_hash`` declares the base weights' hash when they are no longer the model's
+    (a pruned model rebuilt from an artifact)."""
+    if cnn_family(model.config.model_type) is not None:
+        return wrap_cnn(model, name, base_hash=base_hash)
     spec = family_for(model.config.model_type)
     return HFAdapter(model, spec, make_task(task_of(type(model).__name__)), tokenizer=tokenizer, name=name,
                      base_hash=base_hash)
@@ -77,9 +81,10 @@ def _class_for(spec_classes: dict[str, str], family: str, task: str) -> Any:
 
 def build_from_config(config: Any, task: str | None = None, seed: int = 0) -> nn.Module:
     """A random-init model for ``config`` (seeded without touching the global RNG)."""
-    spec = family_for(config.model_type)
+    cnn = cnn_family(config.model_type)
+    spec = cnn or family_for(config.model_type)
     task = task or next(iter(spec.classes))
-    cls = _class_for(dict(spec.classes), spec.family, task)
+    cls = cnn_class(cnn, task) if cnn else _class_for(dict(spec.classes), spec.family, task)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(config)
@@ -87,7 +92,7 @@ def build_from_config(config: Any, task: str | None = None, seed: int = 0) -> nn
 
 
 def load_adapter(name_or_path: str | Path, task: str | None = None, seed: int = 0,
-                 num_labels: int | None = None) -> HFAdapter:
+                 num_labels: int | None = None) -> HFAdapter | CNNAdapter:
     """Load a built-in name or local HF directory and wrap it.
 
     >>> adapter = load_adapter("tiny-llama")  # doctest: +SKIP
@@ -103,7 +108,7 @@ def load_adapter(name_or_path: str | Path, task: str | None = None, seed: int = 
             config.num_labels = num_labels
         model = build_from_config(config, task or default_task, seed)
         tokenizer = None
-        if family_for(config.model_type).modality == "text":
+        if cnn_family(config.model_type) is None and family_for(config.model_type).modality == "text":
             from edgeadapt.data.text import bpe_tokenizer
 
             tokenizer = bpe_tokenizer(config.vocab_size)
@@ -141,7 +146,9 @@ def model_config_dict(model: str | Path) -> dict[str, Any] | None:
 def model_modality(model: str | Path) -> str:
     """'image' or 'text' for a built-in name, local HF directory or artifact, from its family table
     (:attr:`ArchSpec.modality`), without loading weights."""
-    return family_for(_model_type(model)).modality
+    model_type = _model_type(model)
+    cnn = cnn_family(model_type)
+    return cnn.modality if cnn else family_for(model_type).modality
 
 
 def model_image_size(model: str | Path) -> int:
@@ -171,12 +178,14 @@ EXPORT_HINT = ("A model pruned and saved with plain `model.save_pretrained(DIR)`
                "Hugging Face checkpoint with `edgeadapt export ARTIFACT --format hf --out DIR`")
 
 
-def _load_local(path: Path, task: str | None, num_labels: int | None, name: str) -> HFAdapter:
+def _load_local(path: Path, task: str | None, num_labels: int | None, name: str) -> HFAdapter | CNNAdapter:
     from transformers import AutoConfig
 
     if not (path / "config.json").exists():
         raise ConfigError(f"{path} is not a Hugging Face model directory (no config.json)")
     config = AutoConfig.from_pretrained(path)
+    if cnn_family(config.model_type) is not None:
+        return _load_local_cnn(path, config, task, num_labels, name)
     spec = family_for(config.model_type)
     if task is None:
         archs = getattr(config, "architectures", None) or []
@@ -201,6 +210,24 @@ def _load_local(path: Path, task: str | None, num_labels: int | None, name: str)
 
         tokenizer = AutoTokenizer.from_pretrained(path)
     return wrap(model, tokenizer, name)
+
+
+def _load_local_cnn(path: Path, config: Any, task: str | None, num_labels: int | None,
+                    name: str) -> CNNAdapter:
+    """A local directory of a CNN family (:mod:`edgeadapt.models.cnn`): loaded with transformers,
+    a size mismatch (a model pruned outside edgeadapt) reported as an :class:`ArtifactError`."""
+    cls = cnn_class(cnn_family(config.model_type), task or "image-classification")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+        raise ArtifactError(f"{path}: config.json but no weights (*.safetensors or pytorch_model.bin); "
+                            "copy the model's weight files next to its config")
+    kwargs = {"num_labels": num_labels} if num_labels is not None else {}
+    try:
+        model = cls.from_pretrained(path, **kwargs).eval()
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArtifactError(f"{path}: transformers cannot load this model directory ({first}). "
+                            f"{EXPORT_HINT}") from None
+    return wrap_cnn(model, name)
 
 
 def checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:

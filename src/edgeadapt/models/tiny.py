@@ -1,7 +1,8 @@
 """Seeded, random-init tiny configurations of every built-in family (for tests and demos).
 
 They resolve offline by name (``tiny-vit``, ``tiny-bert``, ``tiny-gpt2``, ``tiny-opt``,
-``tiny-llama``). Text models share a BPE tokenizer trained on the built-in corpus.
+``tiny-llama``; the CNNs ``tiny-resnet``, ``tiny-regnet``, ``tiny-mobilenetv2``,
+``tiny-mobilevit``). Text models share a BPE tokenizer trained on the built-in corpus.
 """
 
 from __future__ import annotations
@@ -60,6 +61,37 @@ def _llama_ref() -> Any:
                        bos_token_id=5, eos_token_id=6, pad_token_id=0, tie_word_embeddings=False)
 
 
+def _resnet() -> Any:
+    """ResNet with basic blocks (the ResNet-18 design), 3 stages of one block, digits at 32x32."""
+    from transformers import ResNetConfig
+
+    return ResNetConfig(num_channels=3, embedding_size=16, hidden_sizes=[16, 32, 64], depths=[1, 1, 1],
+                        layer_type="basic", num_labels=10, image_size=32)
+
+
+def _regnet() -> Any:
+    """RegNetX: grouped 3x3 bottlenecks (the ResNeXt design) with groups of 8 channels."""
+    from transformers import RegNetConfig
+
+    return RegNetConfig(num_channels=3, embedding_size=16, hidden_sizes=[16, 32, 64], depths=[1, 1, 1],
+                        groups_width=8, layer_type="x", num_labels=10, image_size=32)
+
+
+def _mobilenetv2() -> Any:
+    from transformers import MobileNetV2Config
+
+    return MobileNetV2Config(num_channels=3, image_size=32, depth_multiplier=0.25, finegrained_output=False,
+                             num_labels=10, classifier_dropout_prob=0.0)
+
+
+def _mobilevit() -> Any:
+    from transformers import MobileViTConfig
+
+    return MobileViTConfig(num_channels=3, image_size=32, hidden_sizes=[16, 24, 32],
+                           neck_hidden_sizes=[8, 16, 24, 32, 40, 48, 96], num_attention_heads=2,
+                           num_labels=10, hidden_dropout_prob=0.0, classifier_dropout_prob=0.0)
+
+
 TINY: dict[str, tuple[Callable[[], Any], str]] = {
     # name: (config factory, task); modality comes from the family table, like any model's
     "tiny-vit": (_vit, "image-classification"),
@@ -68,4 +100,9 @@ TINY: dict[str, tuple[Callable[[], Any], str]] = {
     "tiny-opt": (_opt, "causal-lm"),
     "tiny-llama": (_llama, "causal-lm"),
     "tiny-llama-ref": (_llama_ref, "causal-lm"),
+    # CNN families (models/cnn.py): digits at 32x32, channel pruning instead of heads/neurons
+    "tiny-resnet": (_resnet, "image-classification"),
+    "tiny-regnet": (_regnet, "image-classification"),
+    "tiny-mobilenetv2": (_mobilenetv2, "image-classification"),
+    "tiny-mobilevit": (_mobilevit, "image-classification"),
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import ArchSpec
+from edgeadapt.models.cnn import cnn_model_types
 from edgeadapt.models.families.bert import BERT
 from edgeadapt.models.families.gpt2 import GPT2
 from edgeadapt.models.families.llama import LLAMA
@@ -46,7 +47,8 @@ def family_for(model_type: str) -> ArchSpec:
     except KeyError:
         raise ConfigError(
             f"no edgeadapt adapter for model_type {model_type!r}; supported: "
-            f"{', '.join(sorted(_BY_MODEL_TYPE))}. Implement the ModelAdapter protocol for other "
+            f"{', '.join(sorted(_BY_MODEL_TYPE))} (and the CNNs {', '.join(cnn_model_types())}, "
+            "adapted by edgeadapt.models.cnn). Implement the ModelAdapter protocol for other "
             "models (see examples/custom_adapter.py)."
         ) from None
 

@@ -80,3 +80,61 @@ def test_a_text_shorter_than_one_block_says_so_with_the_fix():
     with pytest.raises(ConfigError, match=r"5 tokens, fewer than one block of seq_len=32.*lower seq_len "
                                           r"\(data.max_length\) or give more text"):
         token_blocks(torch.arange(5), seq_len=32, batch_size=2)
+
+
+# -- 2. only_classes and a model with fewer labels ------------------------------------------------
+
+TRAIN = {"epochs": 1, "batch_size": 32, "learning_rate": 1e-3}
+
+
+@pytest.fixture(scope="module")
+def vit3(tmp_path_factory) -> Path:
+    """A tiny ViT saved as a plain Hugging Face directory with a 3-label head."""
+    from edgeadapt.models.registry import load_adapter
+
+    path = tmp_path_factory.mktemp("vit") / "vit3"
+    load_adapter("tiny-vit", num_labels=3).model.save_pretrained(path)
+    return path
+
+
+def _train_cfg(model: Path, data: dict, out: Path) -> dict:
+    return {"kind": "train", "model": str(model), "data": data, "train": TRAIN, "out": str(out)}
+
+
+@pytest.mark.parametrize("only", ["0-2", [0, 1, 2]])
+def test_a_three_label_model_takes_three_digits_by_only_classes(vit3, tmp_path, only):
+    """Before: refused as '10 classes but 3 labels' (the list form crashed with a TypeError);
+    `train` then asked transformers for a 10-output head on the 3-label checkpoint."""
+    import yaml
+
+    from edgeadapt.cli.main import main
+
+    cfg = _train_cfg(vit3, {"name": "digits", "options": {"only_classes": only}}, tmp_path / "out")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["--quiet", "train", "--config", str(tmp_path / "c.yaml")]) == 0
+    assert (tmp_path / "out" / "metrics.json").is_file()
+
+
+def test_only_classes_beyond_the_models_labels_names_field_values_and_fix(vit3, tmp_path):
+    from edgeadapt.config import parse_config
+
+    with pytest.raises(ConfigError) as info:
+        parse_config(_train_cfg(vit3, {"name": "digits", "options": {"only_classes": "5,7,9"}}, tmp_path))
+    msg = str(info.value)
+    for needed in ("data.options.only_classes", "[5, 7, 9]", "num_labels 3", "keep classes below 3",
+                   "ignore_classes: [0, 1, 2, 3, 4, 6, 8]"):
+        assert needed in msg, (needed, msg)
+    # the suggested fix is accepted
+    parse_config(_train_cfg(vit3, {"name": "digits", "ignore_classes": [0, 1, 2, 3, 4, 6, 8]}, tmp_path))
+
+
+def test_label_values_follow_only_classes_then_ignore_classes():
+    from edgeadapt.data.config import DataSection
+
+    assert DataSection(name="digits").label_values() is None
+    assert DataSection(name="digits", options={"only_classes": [0, 1, 2]}).label_values() == (0, 1, 2)
+    # ignoring digit 0 renumbers 1..9 to 0..8, so 5, 7, 9 arrive as 4, 6, 8
+    only = DataSection(name="digits", options={"only_classes": "5,7,9"}, ignore_classes=[0])
+    assert only.label_values() == (4, 6, 8)
+    splits = build_dataset("digits", only_classes="5,7,9", ignore_classes=[0])
+    assert sorted(set(splits.train.labels.tolist())) == [4, 6, 8]

@@ -26,12 +26,14 @@ _SPLIT_SEED = {"train": 0, "val": 1, "test": 2}
 MIN_TEXT_DOCUMENTS = 3  # text-files without split files: one each for train, val and test
 
 
-def parse_only_classes(spec: str | int | None) -> tuple[int, ...] | None:
-    """The digit classes an ``only_classes`` option keeps: ``"0-4"``, ``"5,7,9"``, ``"0-2,8"`` or one
-    digit (a string, so the registry's cache key stays hashable); ``None`` keeps all ten. A class
-    outside 0-9, an empty or malformed list is a :class:`~edgeadapt.errors.ConfigError`."""
+def parse_only_classes(spec: str | int | list[int] | tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """The digit classes an ``only_classes`` option keeps: ``"0-4"``, ``"5,7,9"``, ``"0-2,8"``, one
+    digit, or a list of digits (``[0, 1, 2]`` in YAML); ``None`` keeps all ten. A class outside 0-9,
+    an empty or malformed list is a :class:`~edgeadapt.errors.ConfigError`."""
     if spec is None:
         return None
+    if isinstance(spec, (list, tuple)):
+        spec = ",".join(map(str, spec))
     out: set[int] = set()
     try:
         for part in str(spec).split(","):

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from edgeadapt.data.builtin import parse_only_classes
 from edgeadapt.data.corruptions import check_corruption
 from edgeadapt.data.external import HF_TEXT_DATASETS
 from edgeadapt.data.registry import build_dataset, dataset_info, options_at_size, resolve_class
@@ -78,6 +80,21 @@ class DataSection(BaseModel):
         if self.remap is not None:
             return len(set(self.remap.values()))
         return len(info.classes) - len(dropped)
+
+    def label_values(self) -> tuple[int, ...] | None:
+        """The label values the data yields when ``options.only_classes`` keeps a subset of the classes
+        (only_classes leaves labels unchanged; ``ignore_classes``/``remap`` then renumber as for the
+        whole set), e.g. ``(0, 1, 2)`` for ``only_classes: [0, 1, 2]``; ``None`` without only_classes."""
+        info = dataset_info(self.name)
+        if "only_classes" not in info.options or not info.classes:
+            return None
+        only = parse_only_classes(self.options.get("only_classes"))
+        if only is None:
+            return None
+        dropped = {resolve_class(info, info.classes, c) for c in self.ignore_classes}
+        kept = [i for i in range(len(info.classes)) if i not in dropped]
+        table = self.remap if self.remap is not None else {old: new for new, old in enumerate(kept)}
+        return tuple(sorted({int(table[c]) for c in only if c in table}))
 
     @model_validator(mode="after")
     def _options(self) -> DataSection:
@@ -214,12 +231,17 @@ def check_vocab(tokens: int | None, vocab: int | None, field: str, model: str, f
 
 
 def check_images_fit_model(model: str, dataset: str, classes: int | None, size: int | None = None,
-                           field: str = "data", head_from_data: bool = False) -> None:
+                           field: str = "data", head_from_data: bool = False,
+                           label_values: Sequence[int] | None = None) -> None:
     """Refuse images of ``dataset`` (``classes`` classes, ``size`` pixels a side when the config
     sets it) that image model ``model`` cannot take, naming ``field`` and both numbers
     (:class:`~edgeadapt.errors.ConfigError`): another input side than ``image_size``, other channels
     than ``num_channels``, and — for a classifier whose head is not built for the data
-    (``head_from_data``) — another number of classes than ``num_labels``."""
+    (``head_from_data``) — another number of classes than ``num_labels``. When the data keeps a
+    subset of its classes (``label_values``: the labels ``only_classes`` yields, unchanged), what the
+    head needs is an output per label instead: every value below ``num_labels`` (so a 3-label model
+    takes digits ``only_classes: [0, 1, 2]``; for ``[5, 7, 9]`` drop the other digits with
+    ``ignore_classes``, which renumbers the kept ones 0, 1, 2)."""
     config, limits = model_config(model), model_limits(model)
     side = limits.image_size
     if size is not None and side is not None and size != side:
@@ -233,7 +255,17 @@ def check_images_fit_model(model: str, dataset: str, classes: int | None, size: 
                           f"num_channels {IMAGE_CHANNELS}")
     classifier = model_task(model) == "image-classification"
     labels = num_labels(config) if classifier else None
-    if classifier and not head_from_data and None not in (classes, labels) and classes != labels:
+    if classifier and not head_from_data and labels is not None and label_values is not None:
+        beyond = [v for v in label_values if v >= labels]
+        if beyond:
+            others = [c for c in range(classes or 0) if c not in label_values]
+            raise ConfigError(f"{field}.options.only_classes: dataset {dataset!r} keeps classes "
+                              f"{list(label_values)} with their labels unchanged, but model {model!r} has "
+                              f"{labels} labels (num_labels {labels}, outputs 0..{labels - 1}), so label(s) "
+                              f"{beyond} have no output; keep classes below {labels}, or instead of "
+                              f"only_classes set ignore_classes: {others}, which renumbers the kept classes "
+                              f"from 0")
+    elif classifier and not head_from_data and None not in (classes, labels) and classes != labels:
         raise ConfigError(f"{field}: dataset {dataset!r} has {classes} classes but model {model!r} has "
                           f"{labels} labels (num_labels {labels}); give data with {labels} classes or a "
                           f"model trained on these {classes} classes")
@@ -259,7 +291,7 @@ def check_data_fits_model(data: DataSection, model: str, head_from_data: bool = 
     if dataset_info(data.name).task == "image-classification":
         size = data.options.get("size")
         check_images_fit_model(model, data.name, data.num_classes(), size if isinstance(size, int) else None,
-                               "data", head_from_data)
+                               "data", head_from_data, data.label_values())
         return
     limits = model_limits(model)
     check_context(data.max_length, limits.positions, "data.max_length")

@@ -137,7 +137,8 @@ def build_dataset(name: str, root: str | Path | None = None, transform: Callable
         raise ConfigError(f"dataset {name!r} has no option(s) {unknown}; it takes {list(info.options)}")
     if not 0 < val_fraction < 1:
         raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    key = (name, str(root), tuple(sorted(options.items())), val_fraction, seed)
+    # repr: an option may be a list (only_classes: [0, 1, 2] in YAML), which a tuple cannot hash.
+    key = (name, str(root), repr(sorted(options.items())), val_fraction, seed)
     if key not in _CACHE:
         _CACHE[key] = _load_raw(info, root, val_fraction, seed, options)
     splits = _CACHE[key]

@@ -98,7 +98,9 @@ def _run_training(recipe: TrainRecipe) -> TrainOutcome:
     info = dataset_info(recipe.data.name)
     image = info.task == "image-classification"
     splits = load_splits(recipe.data, model_image_size(recipe.model) if image else None, recipe.seed)
-    num_labels = len(splits.train.classes) if image else None
+    # A tiny-* model gets a head for the data's classes; any other keeps its own (checked to fit the data,
+    # which may use only some of its outputs: digits' only_classes keeps labels unchanged).
+    num_labels = len(splits.train.classes) if image and recipe.model in TINY else None
     adapter = load_adapter(recipe.model, task=recipe.task, seed=recipe.seed, num_labels=num_labels)
     if recipe.data.tokenizer == "bpe" and not image:
         adapter.tokenizer = bpe_tokenizer(adapter.model.config.vocab_size, list(splits.train.texts))

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import random
 import shutil
@@ -408,7 +409,7 @@ def run(args: argparse.Namespace, seed: int, stream: str, spec: Any, report: Pat
     ORACLE.seed, ORACLE.max_length, ORACLE.split = seed, 128, None
     cfg = AdaptConfig(offline=offline, stream=spec, width=args.width, seed=seed, methods=IMAGE_METHODS,
                       static_epochs=1 if args.smoke else AdaptConfig.model_fields["static_epochs"].default,
-                      budget={"steps": args.steps}, out=report)
+                      budget={"steps": args.steps}, out=report, loss=args.loss)
     results = run_adapt(cfg)
     write_json(report / "results.json", results)  # run_adapt wrote it with absolute paths
     return {**results, "seed": seed, "stream": stream, "spec": spec,
@@ -481,6 +482,9 @@ def main() -> None:
                         help="2 domains per stream, 2 steps, short offline stage; results to "
                         "runs/bench-smoke/")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--loss", type=json.loads, default={},
+                        help='image: fields of our loss as JSON, e.g. \'{"distill": 1.0}\' '
+                        '(default: the shipped loss)')
     args = parser.parse_args()
     if args.smoke:
         args.steps = 2

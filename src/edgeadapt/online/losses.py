@@ -18,10 +18,11 @@ Every loss here has the ``loss_fn(adapter, batch)`` signature of :func:`edgeadap
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -246,6 +247,52 @@ def pseudo_label_loss(logits: torch.Tensor, threshold: float = 0.9) -> torch.Ten
     return F.cross_entropy(logits[keep], label[keep])
 
 
+def teacher_probs(teacher: Any, batch: Batch, classes: int) -> torch.Tensor:
+    """The frozen teacher's class probabilities ``[B, C]`` (float32) on ``batch``, computed without
+    gradients in eval mode (its mode is restored afterwards)."""
+    was = teacher.model.training
+    teacher.model.eval()
+    try:
+        with torch.no_grad():
+            return F.softmax(teacher.logits(batch).float().reshape(-1, classes), -1)
+    finally:
+        teacher.model.train(was)
+
+
+def confident_distillation(logits: torch.Tensor, teacher: Any, batch: Batch, threshold: float,
+                           target: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(teacher ‖ student) averaged over the samples whose teacher max-probability is at least
+    ``threshold``; ``logits`` ``[B, C]`` are the student's, the teacher runs without gradients on
+    ``batch`` (:func:`teacher_probs`) unless its probabilities ``target`` ``[B, C]`` are given.
+    0 (attached to the graph) when no sample qualifies."""
+    if target is None:
+        target = teacher_probs(teacher, batch, logits.shape[-1])
+    keep = target.max(-1).values >= threshold
+    logits = logits.float().reshape(-1, logits.shape[-1])
+    if not keep.any():
+        return logits.sum() * 0.0
+    return F.kl_div(F.log_softmax(logits[keep], -1), target[keep], reduction="batchmean")
+
+
+def domain_gate(target: torch.Tensor, prior: torch.Tensor, marginal: dict[str, Any],
+                temperature: float) -> float:
+    """How much to trust the teacher on the current domain, in (0, 1]: ``exp(-KL / temperature)``
+    where KL is from the teacher's running mean prediction over the domain so far (``marginal``
+    accumulates ``target`` ``[B, C]``) to the class ``prior`` ``[C]``, minus the KL a sample of
+    that size shows by chance, ``(C - 1) / 2n``. A shift that makes the teacher predict a few
+    classes for everything (confidently wrong) moves its mean prediction away from the prior; one
+    it still handles does not. ``temperature == 0`` (or no prior) turns the gate off (1.0)."""
+    if temperature == 0 or prior.numel() != target.shape[-1]:
+        return 1.0
+    batch_sum = target.sum(0)
+    marginal["sum"] = batch_sum if marginal["sum"] is None else marginal["sum"] + batch_sum
+    marginal["n"] += len(target)
+    mean = (marginal["sum"] / marginal["n"]).clamp_min(1e-8)
+    p = prior.float().clamp_min(1e-8)
+    kl = float((mean * (mean.log() - p.log())).sum()) - (len(p) - 1) / (2 * marginal["n"])
+    return math.exp(-max(kl, 0.0) / temperature)
+
+
 # -- the combined objective -----------------------------------------------------------------
 class AdaptLossConfig(BaseModel):
     """Weights of the adaptation objective (defaults: tuned on digits-c with the tiny ViT)."""
@@ -263,24 +310,43 @@ class AdaptLossConfig(BaseModel):
     replay: float = Field(1.0, ge=0, description="Cross-entropy on the labeled source replay buffer "
                           "(ignored when the stats hold none).")
     replay_batch: int = Field(32, ge=1, description="Replay samples drawn per step.")
+    distill: float = Field(0.0, ge=0, description="KL from the frozen FM's (teacher's) predictions on "
+                           "the target batch, on the samples where the FM is confident (the FM as a "
+                           "reference: keeps the proxy near the source where the source is still right).")
+    distill_threshold: float = Field(0.9, gt=0, le=1, description="Min FM max-probability for a "
+                                     "sample to be distilled.")
+    distill_gate: float = Field(0.05, ge=0, description="Temperature (nats) of the domain gate on "
+                                "distillation: the term is scaled by exp(-KL(FM's mean prediction on "
+                                "this domain so far ‖ the class prior) / gate), so a domain on which the "
+                                "FM's predictions collapse onto a few classes (the FM is confidently "
+                                "wrong) is not distilled. 0 turns the gate off.")
     supervised: bool = Field(False, description="When a batch carries labels, train on cross-entropy "
                              "to them (plus replay) instead of the unsupervised terms.")
     seed: int = Field(0, description="Seed of the replay sampling generator.")
 
     @model_validator(mode="after")
     def _check(self) -> AdaptLossConfig:
-        weights = (self.mmd, self.entropy, self.diversity, self.pseudo_label, self.replay)
+        weights = (self.mmd, self.entropy, self.diversity, self.pseudo_label, self.replay, self.distill)
         if not self.supervised and sum(weights) == 0:
             raise ConfigError("adaptation loss: every weight is 0; set at least one of mmd, entropy, "
-                             "diversity, pseudo_label, replay, or supervised: true")
+                             "diversity, pseudo_label, replay, distill, or supervised: true")
         return self
 
 
-def adaptation_loss(adapter: HFAdapter, stats: SourceStats, cfg: AdaptLossConfig | None = None) -> LossFn:
+def adaptation_loss(adapter: HFAdapter, stats: SourceStats, cfg: AdaptLossConfig | None = None,
+                    teacher: Any = None) -> LossFn:
     """A ``loss_fn`` for :func:`~edgeadapt.training.loop.fit`: one forward on the target batch, then
     the weighted MMD, entropy, diversity and pseudo-label terms (or CE on labels when ``supervised``),
-    plus replay CE on a seeded random draw from ``stats.replay``."""
+    plus replay CE on a seeded random draw from ``stats.replay``, plus (``cfg.distill > 0``) the KL
+    from ``teacher``'s (the frozen FM's) predictions on the samples it is confident about, in the
+    manner of knowledge distillation (Hinton et al., 2015) restricted to confident samples.
+
+    Raises :class:`~edgeadapt.errors.ConfigError` when ``cfg.distill > 0`` and no teacher is given."""
     cfg = cfg or AdaptLossConfig()
+    marginal: dict[str, Any] = {"sum": None, "n": 0}  # the FM's running mean prediction on this domain
+    if cfg.distill and teacher is None:
+        raise ConfigError("loss.distill: distillation needs the FM as the teacher; pass teacher= or set "
+                          "distill: 0")
     g = torch.Generator().manual_seed(cfg.seed)
     cache: dict[str, object] = {}
 
@@ -305,6 +371,11 @@ def adaptation_loss(adapter: HFAdapter, stats: SourceStats, cfg: AdaptLossConfig
                     total = total + cfg.diversity * diversity(logits, prior)
                 if cfg.pseudo_label:
                     total = total + cfg.pseudo_label * pseudo_label_loss(logits, cfg.pseudo_threshold)
+                if cfg.distill:
+                    target = teacher_probs(teacher, batch, logits.shape[-1])
+                    gate = domain_gate(target, prior, marginal, cfg.distill_gate)
+                    total = total + cfg.distill * gate * confident_distillation(
+                        logits, teacher, batch, cfg.distill_threshold, target=target)
         if cfg.replay and replay is not None:
             n = len(replay["labels"])
             pick = torch.randperm(n, generator=g)[:cfg.replay_batch].to(bank.device)

@@ -13,12 +13,15 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.registry import load_adapter
 from edgeadapt.online.losses import (
     AdaptLossConfig,
     SourceStats,
     adaptation_loss,
+    confident_distillation,
     diversity,
+    domain_gate,
     entropy,
     mmd,
     norm_parameters,
@@ -82,6 +85,66 @@ def test_pseudo_labels_ignore_unconfident_samples():
     logits.grad = None
     loss.backward()
     assert logits.grad[1].abs().sum() == 0 and logits.grad[0].abs().sum() > 0
+
+
+class _Teacher:
+    """A stand-in FM with fixed logits (tracks its train/eval mode)."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.model = torch.nn.Linear(1, 1)
+        self.model.train()
+        self.out = logits
+        self.modes: list[bool] = []
+
+    def logits(self, batch):
+        self.modes.append(self.model.training)
+        return self.out
+
+
+def test_confident_distillation_uses_only_the_samples_the_teacher_is_sure_of():
+    teacher = _Teacher(torch.tensor([[9.0, 0.0, 0.0], [0.2, 0.1, 0.0]]))  # sure of sample 0 only
+    student = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 5.0]], requires_grad=True)
+    loss = confident_distillation(student, teacher, {}, threshold=0.9)
+    target = F.softmax(teacher.out[:1], -1)
+    expected = F.kl_div(F.log_softmax(student[:1], -1), target, reduction="batchmean")
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.backward()
+    assert student.grad[1].abs().sum() == 0 and student.grad[0].abs().sum() > 0
+    assert teacher.modes == [False] and teacher.model.training  # evaluated in eval mode, then restored
+    nobody = confident_distillation(student, teacher, {}, threshold=0.9999999)
+    assert nobody.item() == 0.0 and nobody.requires_grad
+
+
+def test_the_domain_gate_trusts_a_teacher_whose_predictions_follow_the_prior_not_a_collapsed_one():
+    prior = torch.full((4,), 0.25)
+    diverse = F.one_hot(torch.arange(64) % 4, 4).float() * 0.9 + 0.025  # confident, all classes
+    collapsed = F.one_hot(torch.zeros(64, dtype=torch.long), 4).float() * 0.9 + 0.025  # one class
+    state = {"sum": None, "n": 0}
+    assert domain_gate(diverse, prior, state, 0.05) == pytest.approx(1.0)
+    assert state["n"] == 64  # it accumulates over the domain's batches
+    assert domain_gate(collapsed, prior, {"sum": None, "n": 0}, 0.05) < 1e-6
+    # half-collapsed over two batches: the running mean, not the last batch, decides
+    two = {"sum": None, "n": 0}
+    domain_gate(diverse, prior, two, 0.05)
+    assert 1e-6 < domain_gate(collapsed, prior, two, 0.5) < 1.0
+    assert domain_gate(collapsed, prior, {"sum": None, "n": 0}, 0.0) == 1.0  # gate off
+    assert domain_gate(collapsed, torch.empty(0), {"sum": None, "n": 0}, 0.05) == 1.0  # no prior kept
+
+
+def test_the_distillation_term_needs_a_teacher_and_pulls_towards_it(vit):
+    stats = _stats(vit, replay_size=0)
+    batch = make_batches(vit, n=1, size=8)[0]
+    del batch["labels"]
+    with pytest.raises(ConfigError, match="loss.distill"):
+        adaptation_loss(vit, stats, AdaptLossConfig(distill=1.0))
+    cfg = AdaptLossConfig(mmd=0.0, diversity=0.0, replay=0.0, distill=1.0, distill_threshold=0.01,
+                          distill_gate=0.0)
+    with torch.no_grad():
+        same = adaptation_loss(vit, stats, cfg, teacher=vit)(vit, batch)
+        assert same.item() == pytest.approx(0.0, abs=1e-6)
+        other = copy.deepcopy(vit)
+        other.model.classifier.weight.add_(torch.randn_like(other.model.classifier.weight))
+        assert adaptation_loss(vit, stats, cfg, teacher=other)(vit, batch).item() > 1e-3
 
 
 def _stats(vit, replay_size: int) -> SourceStats:

@@ -147,4 +147,5 @@ def our_loss(ctx: MethodContext) -> Callable[[Any], Any]:
     if isinstance(cfg, EncoderAdaptLossConfig):
         return lambda a: encoder_adaptation_loss(a, ctx.stats, cfg)
     labelled = (cfg or AdaptLossConfig()).model_copy(update={"supervised": True})
-    return lambda a: adaptation_loss(a, ctx.stats, labelled)
+    teacher = ctx.fm if labelled.distill else None  # the frozen source FM, evaluated without gradients
+    return lambda a: adaptation_loss(a, ctx.stats, labelled, teacher=teacher)

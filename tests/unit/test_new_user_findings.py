@@ -138,3 +138,41 @@ def test_label_values_follow_only_classes_then_ignore_classes():
     assert only.label_values() == (4, 6, 8)
     splits = build_dataset("digits", only_classes="5,7,9", ignore_classes=[0])
     assert sorted(set(splits.train.labels.tolist())) == [4, 6, 8]
+
+
+# -- 3. a hand-written pruning plan ---------------------------------------------------------------
+
+def test_a_plan_missing_fields_names_them_and_shows_a_valid_example(tmp_path):
+    """Before: 'not an edgeadapt pruning plan' / "missing or wrong field ('architecture')"."""
+    import json
+
+    from edgeadapt.pruning.plan import EXAMPLE, PlanError, PruningPlan
+
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"blocks": [{"index": 0, "neurons": [0, 1, 2]}, {"index": 1}]}))
+    missing = r"missing field\(s\) \['format', 'version', 'architecture'\]"
+    with pytest.raises(PlanError, match=missing) as info:
+        PruningPlan.load(path)
+    assert EXAMPLE in str(info.value)
+    data = json.loads(EXAMPLE)  # the example itself is a valid plan
+    assert PruningPlan.from_dict(data).kept_neurons(PruningPlan.from_dict(data).blocks[0]) == [0, 1, 2]
+    del data["architecture"]["ffn_width"]
+    with pytest.raises(PlanError, match=r"architecture is missing field\(s\) \['ffn_width'\]"):
+        PruningPlan.from_dict(data)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda b: b[0].update(neurons=[0, 1, 500]),
+     r"block 0 neurons: index 500 is out of range; .*in \[0, 128\).*got \[0, 1, 500\]"),
+    (lambda b: b[1].update(heads=[0, 2]), r"block 1 heads: index 2 is out of range; .*in \[0, 2\)"),
+    (lambda b: b[0].update(index=7), r"block index 7 is out of range: the model has 2 layers.*\[0, 2\)"),
+])
+def test_an_out_of_range_index_names_the_value_the_range_and_the_block(edit, message):
+    import json
+
+    from edgeadapt.pruning.plan import EXAMPLE, PlanError, PruningPlan
+
+    data = json.loads(EXAMPLE)
+    edit(data["blocks"])
+    with pytest.raises(PlanError, match=message):
+        PruningPlan.from_dict(data)

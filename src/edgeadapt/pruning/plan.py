@@ -3,6 +3,15 @@
 Indices always refer to the *base* (unpruned) architecture, so a plan is meaningful on its own,
 serialises to JSON, and pruning an already-pruned model simply produces a smaller plan. For
 grouped-query attention a head index names a key/value group (see ``AttentionSpec``).
+
+The JSON file (``edgeadapt prune MODEL --plan plan.json``) has four required fields: ``format``,
+``version``, ``architecture`` (the model's identity — ``model_type``, ``num_layers``, ``hidden_size``,
+``num_heads``, ``num_kv_heads``, ``ffn_width`` — checked against the model before anything is cut)
+and ``blocks``: the kept layers by base index, each keeping the listed ``heads`` (key/value groups)
+and ``neurons`` (FFN), ``null`` or absent meaning all of them; a layer not listed is removed. A
+starting point is :data:`EXAMPLE` (tiny-llama, layer 0 keeps FFN neurons 0-2, layer 1 is whole),
+``PruningPlan.dense(load_adapter(MODEL).fingerprint()).save("plan.json")``, or the ``plan.json``
+of any ``edgeadapt prune --out`` artifact.
 """
 
 from __future__ import annotations
@@ -16,6 +25,13 @@ from edgeadapt.errors import PlanError
 
 FORMAT = "edgeadapt.pruning-plan"
 VERSION = 1
+REQUIRED = ("format", "version", "architecture", "blocks")
+IDENTITY = ("model_type", "num_layers", "hidden_size", "num_heads", "num_kv_heads", "ffn_width")
+EXAMPLE = ('{"format": "edgeadapt.pruning-plan", "version": 1, "architecture": {"model_type": "llama", '
+           '"num_layers": 2, "hidden_size": 64, "num_heads": 4, "num_kv_heads": 2, "ffn_width": 128}, '
+           '"blocks": [{"index": 0, "heads": null, "neurons": [0, 1, 2]}, {"index": 1}]}')
+_HOW = (f"a minimal valid plan (tiny-llama): {EXAMPLE}; `architecture` is the model's fingerprint "
+        "(PruningPlan.dense(load_adapter(MODEL).fingerprint()).save('plan.json') writes a full plan to edit)")
 
 
 def is_index(value: Any) -> bool:
@@ -92,7 +108,11 @@ class PruningPlan:
         if bad:
             raise PlanError(f"block index {bad[0]!r} is not an integer; block indices are integers "
                             f"in [0, {a['num_layers']})")
-        if seen != sorted(set(seen)) or any(not 0 <= i < a["num_layers"] for i in seen):
+        outside = [i for i in seen if not 0 <= i < a["num_layers"]]
+        if outside:
+            raise PlanError(f"block index {outside[0]} is out of range: the model has {a['num_layers']} "
+                            f"layers, so block indices are in [0, {a['num_layers']}); got {seen}")
+        if seen != sorted(set(seen)):
             raise PlanError(f"block indices must be unique, ascending and in [0, {a['num_layers']}); "
                             f"got {seen}")
         if not self.blocks:
@@ -111,8 +131,11 @@ class PruningPlan:
                                     f"{kind} are integers in [0, {n}) (not floats, not true/false)")
                 if not values:
                     raise PlanError(f"block {b.index} keeps no {kind}; keep at least one or remove the layer")
-                if values != sorted(set(values)) or values[0] < 0 or values[-1] >= n:
-                    raise PlanError(f"block {b.index} {kind} must be unique ascending indices in [0, {n})")
+                outside = [v for v in values if not 0 <= v < n]
+                if outside or values != sorted(set(values)):
+                    what = f"index {outside[0]} is out of range" if outside else "indices repeat or descend"
+                    raise PlanError(f"block {b.index} {kind}: {what}; {kind} must be unique ascending "
+                                    f"indices in [0, {n}) (the base model has {n} per block), got {values}")
         return self
 
     def check_subset_of(self, current: PruningPlan) -> None:
@@ -134,16 +157,28 @@ class PruningPlan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruningPlan:
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise PlanError(f"not an edgeadapt pruning plan (expected format {FORMAT!r})")
-        if data.get("version") != VERSION:
-            raise PlanError(f"pruning plan version {data.get('version')} is not supported "
-                            f"(expected {VERSION})")
+        """The plan a JSON object describes (see the module docstring); a missing field, another
+        format or version, or a bad index is a :class:`PlanError` naming it, with an example."""
+        if not isinstance(data, dict):
+            raise PlanError(f"a pruning plan is a JSON object, got {type(data).__name__}; {_HOW}")
+        if data.get("format", FORMAT) != FORMAT:
+            raise PlanError(f"not an edgeadapt pruning plan (format {data['format']!r}, expected {FORMAT!r})")
+        missing = [k for k in REQUIRED if k not in data]
+        if missing:
+            raise PlanError(f"pruning plan is missing field(s) {missing}; {_HOW}")
+        if data["version"] != VERSION:
+            raise PlanError(f"pruning plan version {data['version']} is not supported (expected {VERSION})")
+        arch = data["architecture"]
+        missing = [k for k in IDENTITY if not isinstance(arch, dict) or k not in arch]
+        if missing:
+            raise PlanError(f"pruning plan architecture is missing field(s) {missing}; {_HOW}")
         try:
             blocks = [BlockPlan(b["index"], b.get("heads"), b.get("neurons")) for b in data["blocks"]]
-            return cls(dict(data["architecture"]), blocks).validate()
+            return cls(dict(arch), blocks).validate()
         except (KeyError, TypeError, AttributeError) as exc:
-            raise PlanError(f"malformed pruning plan: missing or wrong field ({exc})") from None
+            raise PlanError(f"malformed pruning plan: every entry of 'blocks' is an object with an integer "
+                            f"'index' and optional 'heads'/'neurons' lists ({type(exc).__name__}: {exc}); "
+                            f"{_HOW}") from None
 
     def save(self, path: str | Path) -> None:
         from edgeadapt.artifacts import atomic_write_text
@@ -163,5 +198,4 @@ class PruningPlan:
 
 
 def _identity(architecture: dict[str, Any]) -> dict[str, Any]:
-    keys = ("model_type", "num_layers", "hidden_size", "num_heads", "num_kv_heads", "ffn_width")
-    return {k: architecture.get(k) for k in keys}
+    return {k: architecture.get(k) for k in IDENTITY}

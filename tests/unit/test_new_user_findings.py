@@ -176,3 +176,68 @@ def test_an_out_of_range_index_names_the_value_the_range_and_the_block(edit, mes
     edit(data["blocks"])
     with pytest.raises(PlanError, match=message):
         PruningPlan.from_dict(data)
+
+
+# -- 4. inspect shows the weights' dtype -----------------------------------------------------------
+
+def test_inspect_shows_the_dtype_of_a_bf16_checkpoint(tmp_path, capsys):
+    """Before: nothing in `inspect`'s table or JSON said the weights were bfloat16."""
+    import json
+
+    import torch
+
+    from edgeadapt.cli.main import main
+    from edgeadapt.models.registry import load_adapter
+
+    adapter = load_adapter("tiny-llama")
+    adapter.model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    params = sum(p.numel() for p in adapter.model.parameters())
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "bf16")]) == 0
+    assert f"weights: bfloat16, {params * 2 / 1e3:.2f}kB" in capsys.readouterr().out
+    assert main(["inspect", "tiny-llama", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["dtype"] == "float32" and data["weight_bytes"] == params * 4
+
+
+# -- 5. inspect on a knowledge base ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def offline_out(tmp_path_factory) -> Path:
+    """`edgeadapt offline all` on tiny-vit with one short epoch per step (a few seconds)."""
+    import yaml
+
+    from edgeadapt.cli.main import main
+
+    tmp = tmp_path_factory.mktemp("offline")
+    step = {"epochs": 1, "batch_size": 128, "learning_rate": 2e-3}
+    cfg = {"kind": "offline", "model": "tiny-vit", "data": {"name": "digits"},
+           "lora": {"settings": {"rank": 2, "alpha": 4}, "train": step}, "kb": {"train": step},
+           "out": str(tmp / "off")}
+    (tmp / "off.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["--quiet", "offline", "all", "--config", str(tmp / "off.yaml")]) == 0
+    return tmp / "off"
+
+
+def test_inspect_describes_an_offline_output_and_its_knowledge_base(offline_out, capsys):
+    """Before: 'is not a model: no manifest.json' (the out directory) and "holds a 'knowledge-base'
+    artifact, expected 'pruned-model'" (its kb/) — exit 2, saying neither what it is nor what reads it."""
+    import json
+
+    from edgeadapt.cli.main import main
+
+    capsys.readouterr()
+    assert main(["inspect", str(offline_out)]) == 0
+    out = capsys.readouterr().out
+    for needed in ("an `edgeadapt offline` output, not a model", "foundation model: tiny-vit",
+                   "knowledge base", "neuron index", "proxy widths",
+                   f"edgeadapt adapt --offline {offline_out}", f"{offline_out / 'kb' / 'model'}"):
+        assert needed in out, (needed, out)
+    assert main(["inspect", str(offline_out / "kb"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["what"] == "knowledge-base" and data["model"] == "tiny-vit"
+    assert data["read_by"] == f"edgeadapt adapt --offline {offline_out}"
+    assert data["parts"][0]["bytes"] > 0 and data["architecture"]["num_layers"] == 4
+    # the models inside are still inspected as models
+    assert main(["inspect", str(offline_out / "kb" / "model")]) == 0
+    assert "weights: float32" in capsys.readouterr().out

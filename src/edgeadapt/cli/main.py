@@ -39,8 +39,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         inspect_model,
         model_limits,
     )
+    from edgeadapt.offline.describe import describe_offline, format_offline
     from edgeadapt.pruning.checkpoint import load_model
 
+    offline = describe_offline(args.model)  # a knowledge base is no model: say what it is and what reads it
+    if offline is not None:
+        print(json.dumps(offline, indent=1) if args.json else format_offline(offline))
+        return 0
     if args.context is not None:
         check_context(args.context, model_limits(args.model).positions, "--context")
     adapter = load_model(args.model)  # a config that does not describe its weights: ArtifactError

@@ -100,6 +100,8 @@ class Inspection:
     blocks: list[BlockRow]
     total_params: int
     total_flops: int
+    dtype: str = ""  # the weights' dtype(s): "bfloat16", or "float32+bfloat16" (most parameters first)
+    weight_bytes: int = 0  # bytes the parameters take at that dtype
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +114,18 @@ def _params(module: nn.Module) -> int:
 def _linear_flops(module: nn.Module) -> int:
     return sum(2 * m.weight.numel() for m in module.modules()
                if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D")
+
+
+def weight_dtype(model: nn.Module) -> dict[str, Any]:
+    """``dtype``: the dtype(s) of ``model``'s parameters without ``torch.`` (``"bfloat16"``; a mix as
+    ``"float32+bfloat16"``, most parameters first) and ``weight_bytes``: their size in bytes. Models
+    load at their checkpoint's dtype (transformers' ``dtype="auto"``), so a bf16 checkpoint shows bf16."""
+    count: dict[str, int] = {}
+    for p in model.parameters():
+        name = str(p.dtype).removeprefix("torch.")
+        count[name] = count.get(name, 0) + p.numel()
+    return {"dtype": "+".join(sorted(count, key=lambda k: -count[k])),
+            "weight_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
 
 
 def tokens_per_input(adapter: ModelAdapter, context: int | None = None) -> tuple[str, int]:
@@ -148,7 +162,7 @@ def inspect_model(adapter: ModelAdapter, context: int | None = None) -> Inspecti
     return Inspection(
         name=getattr(adapter, "name", type(model).__name__), family=adapter.family, task=adapter.task.name,
         unit=unit, context=ctx, blocks=rows, total_params=_params(model),
-        total_flops=sum(r.flops for r in rows) + head_flops,
+        total_flops=sum(r.flops for r in rows) + head_flops, **weight_dtype(model),
     )
 
 
@@ -172,4 +186,6 @@ def format_inspection(info: Inspection) -> str:
                  f"{sum(r.ffn_width for r in info.blocks):>6} {_human(info.total_params):>10} "
                  f"{_human(info.total_flops):>10}")
     lines.append(f"(total params include embeddings and head: {info.total_params:,})")
+    if info.dtype:
+        lines.append(f"weights: {info.dtype}, {_human(info.weight_bytes)}B")
     return "\n".join(lines)

@@ -103,6 +103,9 @@ class Region:
     bwd_peak: Line  # peak above the live bytes at its backward start
     input: Line  # bytes of its main input (a block's hidden states), when created in the step
     saved: Line  # saved-activation bytes (unique storages, saved_tensors_hooks)
+    nograd_peak: Line  # peak above its start in a forward pass under no_grad (saving nothing)
+    nograd_top: Line  # that peak above the no_grad pass's start (frozen leading regions replay it)
+    nograd_end: Line  # live bytes after it in the no_grad pass, above the pass's start
     fwd_seconds: float  # at the profiled batch size, untraced
     bwd_seconds: float
     fwd_ops: int  # ATen ops in its forward / backward part
@@ -110,6 +113,7 @@ class Region:
     saves_input: bool  # its backward needs its own main input (a LayerNorm or convolution does)
     saves_output: bool  # its backward needs its own main output (a final ReLU does)
     grad_bytes: int  # gradients of its parameters
+    largest_param: int  # bytes of its largest trainable parameter
     state_bytes: int  # optimizer state of its parameters
 
 
@@ -224,10 +228,12 @@ def _seconds_per_op(device: torch.device) -> float:
 
 def _traced_step(model: nn.Module, chain: BlockChain, adapter: ModelAdapter, batch: Batch, loss_fn: LossFn,
                  opt: torch.optim.Optimizer, device: torch.device,
-                 account: bool = True) -> tuple[_Trace, int]:
+                 mode: Literal["step", "time", "forward"] = "step") -> tuple[_Trace, int]:
     """One step without knobs, split into regions; returns the trace and the measured peak (bytes,
-    the device's own method) of the step. ``account=False`` only times the regions (no storage
-    accounting, so the times are those of a plain step)."""
+    the device's own method) of the step. ``"time"`` only times the regions (no storage
+    accounting, so the times are those of a plain step); ``"forward"`` traces only a forward pass
+    under ``torch.no_grad`` (what frozen and checkpointed regions do)."""
+    account = mode != "time"
     blocks = [model.get_submodule(p) for p in chain.blocks]
     n = len(blocks)
     trace = _Trace(device, sync=not account and device.type == "cuda")
@@ -257,16 +263,20 @@ def _traced_step(model: nn.Module, chain: BlockChain, adapter: ModelAdapter, bat
         with trace if account else nullcontext():
             trace.fwd, trace.bwd = 0, 1 << 30
             trace.enter(("fwd", 0))
-            with torch.autograd.graph.saved_tensors_hooks(trace.pack, trace.unpack):
-                loss = loss_fn(adapter, batch)
-            trace.enter(("bwd", n + 1))
-            trace.bwd = n + 1
-            (loss * 1.0).backward()
-            del loss
-            trace.enter(("post",))
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            trace.enter(("end",))
+            if mode == "forward":
+                with torch.no_grad():
+                    loss_fn(adapter, batch)
+            else:
+                with torch.autograd.graph.saved_tensors_hooks(trace.pack, trace.unpack):
+                    loss = loss_fn(adapter, batch)
+                trace.enter(("bwd", n + 1))
+                trace.bwd = n + 1
+                (loss * 1.0).backward()
+                del loss
+                trace.enter(("post",))
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                trace.enter(("end",))
             trace.enter(None)
         if cuda:
             torch.cuda.synchronize(device)
@@ -331,14 +341,15 @@ def profile(adapter: ModelAdapter, batch: Batch, optimizer: OptimizerName = "ada
     was_training = model.training
     model.train()
     opt = make_optimizer(params, optimizer, lr=0.0)
-    steps = []
+    steps, passes = [], []
     try:
         for b in dict.fromkeys((small, size)):
             part = split_batch(batch, b)[0]
             trace, measured = _traced_step(model, chain, adapter, part, loss_fn, opt, device)
+            forward = _traced_step(model, chain, adapter, part, loss_fn, opt, device, "forward")[0]
             steps.append((b, trace, measured))
-        clock = _traced_step(model, chain, adapter, batch, loss_fn, opt, device, account=False)[0] \
-            if timed else None
+            passes.append((b, forward))
+        clock = _traced_step(model, chain, adapter, batch, loss_fn, opt, device, "time")[0] if timed else None
     finally:
         model.train(was_training)
         with torch.no_grad():
@@ -360,6 +371,12 @@ def profile(adapter: ModelAdapter, batch: Batch, optimizer: OptimizerName = "ada
             return float(end - start if what == "retained" else top - start)
         return _fit([(b, value(t)) for b, t, _ in steps])
 
+    def nograd(key: tuple[Any, ...], what: str) -> Line:
+        def value(t: _Trace) -> float:
+            start, top, end, _, _ = t.records.get(key, (0, 0, 0, 0, 0.0))
+            return float({"peak": top - start, "top": top, "end": end}[what])
+        return _fit([(b, value(t)) for b, t in passes])
+
     def ops(key: tuple[Any, ...]) -> int:
         return last.records.get(key, (0, 0, 0, 0, 0.0))[3]
 
@@ -374,10 +391,12 @@ def profile(adapter: ModelAdapter, batch: Batch, optimizer: OptimizerName = "ada
             name="stem" if r == 0 else "tail" if r == n + 1 else chain.blocks[r - 1],
             retained=line(fwd, "retained"), fwd_peak=line(fwd, "peak"), bwd_delta=line(bwd, "retained"),
             bwd_peak=line(bwd, "peak"), input=line(("input", r), "input"), saved=line(("saved", r), "saved"),
+            nograd_peak=nograd(fwd, "peak"), nograd_top=nograd(fwd, "top"), nograd_end=nograd(fwd, "end"),
             fwd_seconds=seconds(fwd), bwd_seconds=seconds(bwd), fwd_ops=ops(fwd), bwd_ops=ops(bwd),
             saves_input=last.input_ids.get(r, -1) in last.packed.get(r, ()),
             saves_output=last.input_ids.get(r + 1, -1) in last.packed.get(r, ()),
-            grad_bytes=_tensor_bytes(grads, device), state_bytes=sum(state[id(p)] for p in grads)))
+            grad_bytes=_tensor_bytes(grads, device), state_bytes=sum(state[id(p)] for p in grads),
+            largest_param=max((p.numel() * p.element_size() for p in grads), default=0)))
     start, top, _, _, _ = last.records[("post",)]
     prof = Profile(batch_size=size, chain=chain, regions=regions, weights_bytes=bytes_of(model),
                    opt_peak=top - start, opt_seconds=seconds(("post",)),
@@ -426,21 +445,24 @@ def _replay(prof: Profile, plan: MemoryPlan, batch_size: int) -> tuple[float, di
     def micro(fresh: bool) -> float:
         grad, acts = (0.0 if fresh else float(grads)), 0.0
         seen(grad, acts, 0.0)
+        held = 0.0  # the previous region's output while it is alive but kept by nobody
         for r in range(n + 1):  # forward through the stem and the blocks
             reg = regions[r]
-            if r < m:  # the stem or a frozen block feeding another frozen block keeps nothing
-                keep = 0.0
-            elif r == m and m:  # the last frozen region keeps only its output
-                keep = output_kept(r)
-            elif r in in_segment:  # checkpointed: only a segment's output is kept
+            if m and r <= m:  # the frozen stem and blocks replay the no_grad pass exactly
+                seen(grad, acts, q(reg.nograd_top))
+                if r == m:  # what is still alive after them (their output, what Python holds)
+                    acts = q(reg.nograd_end)
+                continue
+            if r in in_segment:  # checkpointed: saves nothing, keeps only the segment's output
                 keep = output_kept(r) if r in last_of else 0.0
+                seen(grad, acts, held + q(reg.nograd_peak))
             else:
                 keep = q(reg.retained)
-            transient = q(reg.fwd_peak) - q(reg.retained) if keep != q(reg.retained) else 0.0
-            seen(grad, acts, max(keep, q(reg.fwd_peak) if not transient else transient + keep))
+                seen(grad, acts, held + q(reg.fwd_peak))
+            held = output_of(r) if keep == 0.0 else 0.0
             acts += keep
         end_of_forward = acts + q(regions[n + 1].retained)
-        seen(grad, acts, q(regions[n + 1].fwd_peak))
+        seen(grad, acts, held + q(regions[n + 1].fwd_peak))
         acts = end_of_forward
         for r in range(n + 1, first - 1, -1):  # backward: tail, trainable blocks (stem if none frozen)
             reg = regions[r]
@@ -463,7 +485,14 @@ def _replay(prof: Profile, plan: MemoryPlan, batch_size: int) -> tuple[float, di
     kept = micro(fresh=True)
     if plan.micro_batches(batch_size) > 1:
         micro(fresh=False)
-    seen(float(grads), 0.0, prof.opt_peak * grads / max(1, sum(r.grad_bytes for r in regions)))
+    # the optimizer's transients: per parameter on CPU (single-tensor loop: the largest one counts),
+    # over all of them on CUDA (foreach kernels)
+    if prof.method == "cuda":
+        share = grads / max(1, sum(r.grad_bytes for r in regions))
+    else:
+        share = max((r.largest_param for r in regions[first:]), default=0) / max(
+            1, max(r.largest_param for r in regions))
+    seen(float(grads), 0.0, prof.opt_peak * share)
     peak, grad, acts, extra = best
     return peak, {"weights": float(prof.weights_bytes), "optimizer_state": float(states), "gradients": grad,
                   "activations": acts, "workspace": extra, "activations_end_of_forward": kept}

@@ -8,8 +8,10 @@ of :mod:`edgeadapt.memory.accounting`, split into *regions* in execution order: 
 the first block), each block, the tail (head and loss) — forward and backward — and the
 optimizer step. Per region the trace gives the bytes it leaves alive (saved activations and
 outputs), its peak above its start (transients), and, through ``saved_tensors_hooks``, the
-saved-activation bytes (unique storages) and where backward is. Every per-region figure is fitted
-as a line in the micro-batch size from the two steps.
+saved-activation bytes (unique storages), whether it saves its own input or output, and where
+backward is. After each step one forward pass under ``torch.no_grad`` is traced the same way:
+what frozen and checkpointed regions cost (tensors that Python code holds included). Every
+per-region figure is fitted as a line in the micro-batch size from the two sizes.
 
 A plan is then *replayed* over the regions (:func:`predict`):
 
@@ -17,11 +19,16 @@ A plan is then *replayed* over the regions (:func:`predict`):
   bytes) and gradients of the trainable parameters only;
 * micro-batch ``b``: every activation figure at ``b``; from the second micro-batch on the
   gradients are alive throughout and accumulate in place;
-* freezing ``m`` leading blocks: stem and those blocks keep nothing (no_grad) but the last frozen
-  block's output, have no backward, and the first trainable block computes no input gradient;
-* checkpointing with ``S`` segments: a segment keeps only its output (the next segment's input)
-  during forward and recomputes its blocks' activations just before their backward (Chen et al.
-  2016: the peak holds the segment boundaries plus one segment's activations).
+* freezing ``m`` leading blocks: stem and those blocks replay the no_grad pass (they keep only
+  what is alive after it, their output), have no backward, and the first trainable block
+  computes no input gradient; their parameters have no gradient and no optimizer state;
+* checkpointing with ``S`` segments: a segment keeps only its output (when the next region saves
+  it or checkpoints from it) during forward, costs its no_grad peak then, and recomputes its
+  blocks' activations just before their backward (Chen et al. 2016, "Training deep nets with
+  sublinear memory cost": the peak holds the segment boundaries plus one segment's activations);
+* the optimizer step: weights, state, all gradients and the optimizer's transients (on CPU
+  Adam's single-tensor loop needs a few copies of the largest trainable parameter; on CUDA the
+  foreach kernels scale with all trainable bytes).
 
 The peak of the replay is scaled by a per-device calibration factor, the ratio of measured to
 replayed peak on the profiled steady-state step: exactly 1 on CPU (both from the same storage
@@ -81,10 +88,12 @@ def make_optimizer(params: list[nn.Parameter], name: OptimizerName = "adam",
 class Estimate:
     """A plan's predicted peak memory (bytes) and optimizer-step time (seconds).
 
-    ``breakdown`` (bytes) splits ``predicted_bytes`` into ``weights`` (parameters and buffers),
-    ``optimizer_state``, ``gradients`` (trainable parameters), ``activations`` (alive at the end of
-    one micro-batch's forward pass) and ``workspace`` (the rest of the peak: transients, gradients
-    of activations, the calibration)."""
+    ``breakdown`` (bytes) splits ``predicted_bytes`` into what is alive at the predicted peak:
+    ``weights`` (parameters and buffers), ``optimizer_state``, ``gradients`` (of trainable
+    parameters, as many as exist at that moment), ``activations`` (saved for backward) and
+    ``workspace`` (transients, gradients of activations, the calibration); they sum to
+    ``predicted_bytes``. ``activations_end_of_forward`` (not part of the sum) is what one
+    micro-batch's forward pass leaves for backward: the figure the knobs shrink."""
 
     predicted_bytes: int
     breakdown: dict[str, int]
@@ -119,8 +128,8 @@ class Region:
 
 @dataclass(frozen=True)
 class Profile:
-    """What two traced steps told about a model, a batch and an optimizer; :func:`predict` turns
-    it into an :class:`Estimate` for any plan without running it."""
+    """What the profiled steps told about a model, a batch and an optimizer; :func:`predict` turns
+    it into an :class:`Estimate` for any plan without running it. Figures are bytes and seconds."""
 
     batch_size: int
     chain: BlockChain
@@ -320,8 +329,10 @@ def profile(adapter: ModelAdapter, batch: Batch, optimizer: OptimizerName = "ada
     and return the :class:`Profile` that :func:`predict` needs.
 
     Two traced steps measure memory, on the batch's first ``max(B // 2, min_samples)`` rows and
-    on all of it (one step at ``B`` when the loss is not per-sample); with ``timed`` one more,
-    untraced step at ``B`` times the regions. The model's weights and buffers are left as they
+    on all of it (one step at ``B`` when the loss is not per-sample), each followed by a traced
+    forward pass under ``no_grad``; with ``timed`` one more, untraced step at ``B`` times the
+    regions. On a CUDA model the steady-state step's ``max_memory_allocated`` calibrates the
+    prediction (:attr:`Profile.scale`). The model's weights and buffers are left as they
     were (the steps run at learning rate 0; BatchNorm statistics are restored). Raises
     :class:`~edgeadapt.errors.ConfigError` when the model has no trainable parameters or the batch
     is smaller than the loss accepts."""

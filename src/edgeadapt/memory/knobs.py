@@ -43,7 +43,8 @@ Batch = dict[str, torch.Tensor]
 LossFn = Callable[[ModelAdapter, Batch], torch.Tensor]
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
-__all__ = ["BlockChain", "KnobHandle", "apply_plan", "block_chain", "split_batch", "train_step"]
+__all__ = ["BlockChain", "KnobHandle", "apply_plan", "batch_size_of", "block_chain", "micro_batches",
+           "split_batch", "train_step"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,17 @@ def _share(micro: Batch, whole: Batch, traits: LossTraits) -> float:
     return batch_size_of(micro) / batch_size_of(whole)
 
 
+def micro_batches(batch: Batch, plan: MemoryPlan, traits: LossTraits) -> list[tuple[Batch, float]]:
+    """``batch`` split as ``plan`` says, each micro-batch with its share of the batch's mean loss
+    (rows, or target tokens for a causal LM); scale each micro-batch's loss by its share and the
+    accumulated gradient is the whole batch's. Micro-batches with no share (no target tokens) are
+    left out. What a training loop needs to honour a plan's micro-batching; raises
+    :class:`~edgeadapt.errors.ConfigError` as :func:`~edgeadapt.memory.plan.check_micro_batching`."""
+    mb = check_micro_batching(plan, batch_size_of(batch), traits)
+    parts = [(micro, _share(micro, batch, traits)) for micro in split_batch(batch, mb)]
+    return [(micro, share) for micro, share in parts if share > 0.0]
+
+
 def train_step(adapter: ModelAdapter, batch: Batch, plan: MemoryPlan, optimizer: torch.optim.Optimizer, *,
                loss_fn: LossFn | None = None, traits: LossTraits | None = None) -> float:
     """One optimizer step on ``batch`` in ``plan.micro_batch_size`` micro-batches; returns the batch's
@@ -119,12 +131,8 @@ def train_step(adapter: ModelAdapter, batch: Batch, plan: MemoryPlan, optimizer:
     """
     traits = traits or (task_loss_traits(adapter.task.name) if loss_fn is None else LossTraits("the loss"))
     loss_fn = loss_fn or (lambda a, b: a.task_loss(b))
-    mb = check_micro_batching(plan, batch_size_of(batch), traits)
     total = 0.0
-    for micro in split_batch(batch, mb):
-        share = _share(micro, batch, traits)
-        if share == 0.0:
-            continue
+    for micro, share in micro_batches(batch, plan, traits):
         loss = loss_fn(adapter, micro)
         (loss * share).backward()
         total += float(loss.detach()) * share

@@ -13,7 +13,7 @@ from torch import nn
 
 from edgeadapt.errors import ConfigError
 from edgeadapt.memory.accounting import measure_peak
-from edgeadapt.memory.knobs import BlockChain, apply_plan, block_chain, split_batch, train_step
+from edgeadapt.memory.knobs import BlockChain, apply_plan, block_chain, micro_batches, split_batch, train_step
 from edgeadapt.memory.plan import ADAPTATION_LOSS, LossTraits, MemoryPlan, check_micro_batching
 from edgeadapt.models.registry import load_adapter
 from tests.conftest import make_batches
@@ -151,6 +151,16 @@ def test_a_loss_that_is_not_per_sample_is_never_micro_batched():
     with pytest.raises(ConfigError, match="adaptation loss"):
         train_step(adapter, _big_batch(adapter), plan, torch.optim.SGD(adapter.model.parameters(), lr=0.1),
                    loss_fn=lambda a, b: a.task_loss(b), traits=ADAPTATION_LOSS)
+
+
+def test_micro_batches_carry_their_share_of_rows_or_tokens():
+    rows = micro_batches({"x": torch.zeros(5, 2)}, MemoryPlan(micro_batch_size=2), LossTraits())
+    assert [share for _, share in rows] == [0.4, 0.4, 0.2]
+    ids = torch.ones(3, 5, dtype=torch.long)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]])
+    tokens = micro_batches({"input_ids": ids, "attention_mask": mask}, MemoryPlan(micro_batch_size=1),
+                           LossTraits(weight="tokens"))
+    assert [share for _, share in tokens] == [0.8, 0.2]  # 4 + 1 targets; the last row has none
 
 
 def test_split_batch_slices_rows_and_shares_the_rest():

@@ -69,6 +69,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def _prune(args: argparse.Namespace) -> int:
     from edgeadapt.data.calibration import calibration_batches
+    from edgeadapt.models.cnn import CNNAdapter
     from edgeadapt.models.inspect import inspect_model
     from edgeadapt.pruning.apply import apply_plan
     from edgeadapt.pruning.budget import BUDGETS, check_budget
@@ -98,6 +99,8 @@ def _prune(args: argparse.Namespace) -> int:
     if args.protect_first + args.protect_last >= blocks and args.plan is None:
         raise ConfigError(f"--protect-first {args.protect_first} + --protect-last {args.protect_last} cover "
                           f"all {blocks} blocks, so nothing would be pruned; lower them")
+    if isinstance(adapter, CNNAdapter):
+        return _prune_channels(args, adapter, before)
     if args.plan is not None:
         apply_plan(adapter, PruningPlan.load(args.plan))
     else:
@@ -113,6 +116,37 @@ def _prune(args: argparse.Namespace) -> int:
     print(adapter.plan.summary())
     print(f"params {before.total_params:,} -> {after.total_params:,} "
           f"({after.total_params / before.total_params:.1%}); FLOPs/{after.unit} "
+          f"{before.total_flops:,} -> {after.total_flops:,} ({after.total_flops / before.total_flops:.1%})")
+    print(f"saved to {args.out}")
+    return 0
+
+
+def _prune_channels(args: argparse.Namespace, adapter: Any, before: Any) -> int:
+    """``prune`` of a CNN: its channel groups through torch-pruning's dependency graph. Python:
+    ``edgeadapt.pruning.channels.prune_channels(...)`` / ``apply_channel_plan(...)`` +
+    ``save_pruned(...)``."""
+    from edgeadapt.data.calibration import calibration_batches
+    from edgeadapt.models.inspect import inspect_model
+    from edgeadapt.pruning.channels import NEEDS_BATCHES, ChannelPlan, apply_channel_plan, prune_channels
+    from edgeadapt.pruning.checkpoint import save_pruned
+
+    if args.param_sparsity is not None or args.target != ["neurons"]:
+        raise ConfigError(f"{args.model} is a CNN ({adapter.family}): it is pruned by channels, with "
+                          "--unit-sparsity S (the fraction of every channel group removed) or --plan; "
+                          "--param-sparsity and --target heads/neurons/layers are for transformers")
+    if args.plan is not None:
+        apply_channel_plan(adapter, ChannelPlan.load(args.plan))
+    else:
+        batches = None
+        if args.importance in NEEDS_BATCHES:
+            batches = calibration_batches(adapter, args.calibration_batches, args.batch_size, seed=args.seed)
+        prune_channels(adapter, args.importance, batches, unit_sparsity=args.unit_sparsity,
+                       protect_first=args.protect_first, protect_last=args.protect_last, seed=args.seed)
+    after = inspect_model(adapter)
+    save_pruned(adapter, args.out, config={k: v for k, v in vars(args).items() if k != "func"})
+    print(adapter.plan.summary())
+    print(f"params {before.total_params:,} -> {after.total_params:,} "
+          f"({after.total_params / before.total_params:.1%}); FLOPs/image "
           f"{before.total_flops:,} -> {after.total_flops:,} ({after.total_flops / before.total_flops:.1%})")
     print(f"saved to {args.out}")
     return 0
@@ -292,13 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("inspect", help="per-block structure, parameters and FLOPs of a model")
     s.add_argument("model", help="built-in name (tiny-vit, tiny-bert, tiny-gpt2, tiny-opt, tiny-llama, "
-                   "minilm), a local HF model directory, or a pruned-model artifact directory")
+                   "minilm; CNNs tiny-resnet, tiny-regnet, tiny-mobilenetv2, tiny-mobilevit), a local HF "
+                   "model directory, or a pruned-model artifact directory")
     s.add_argument("--context", type=positive_int, default=None,
                    help="context length for text FLOPs per token")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(func=cmd_inspect)
 
-    s = sub.add_parser("prune", help="structured pruning of heads / FFN neurons / layers")
+    s = sub.add_parser("prune", help="structured pruning of heads / FFN neurons / layers (CNNs: channels)")
     s.add_argument("model", help="as for inspect")
     s.add_argument("--plan", type=Path, help="a PruningPlan JSON to apply")
     s.add_argument("--unit-sparsity", type=finite_float, metavar="S",

@@ -228,6 +228,58 @@ class CNNAdapter(BaseIdentity):
             self.model.train(was_training)
 
 
+@dataclass(frozen=True)
+class StageCost:
+    """One stage of the chain: its path, output shape ``(channels, height, width)`` for one image
+    at the model's ``image_size``, parameters, and FLOPs per image (multiply-adds × 2 of its
+    convolutions and linear layers; attention score products are not counted)."""
+
+    path: str
+    output_shape: tuple[int, ...]
+    params: int
+    flops: int
+
+
+@torch.no_grad()
+def stage_costs(adapter: CNNAdapter) -> tuple[list[StageCost], int]:
+    """:class:`StageCost` of every stage, and the FLOPs per image outside the stages (the head),
+    measured with forward hooks on one blank image (the model is left as it was)."""
+    model, config = adapter.model, adapter.model.config
+    stages = adapter.stages()
+    flops: dict[str, int] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    names = {m: n for n, m in model.named_modules()}
+
+    def count(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        if isinstance(module, nn.Conv2d):
+            per_out = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            flops[names[module]] = 2 * out.numel() * per_out
+        else:
+            flops[names[module]] = 2 * module.in_features * out.numel()
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for path in stages:
+        hooks.append(model.get_submodule(path).register_forward_hook(
+            lambda m, a, out, path=path: shapes.__setitem__(path, tuple(out.shape[1:]))))
+    param = next(model.parameters())
+    size = config.image_size
+    was_training = model.training
+    model.eval()
+    try:
+        blank = torch.zeros(1, config.num_channels, size, size, device=param.device, dtype=param.dtype)
+        model(pixel_values=blank)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    rows = []
+    for path in stages:
+        inside = sum(f for n, f in flops.items() if n.startswith(path + "."))
+        rows.append(StageCost(path, shapes.get(path, ()),
+                              sum(p.numel() for p in model.get_submodule(path).parameters()), inside))
+    return rows, sum(flops.values()) - sum(r.flops for r in rows)
+
+
 def wrap_cnn(model: nn.Module, name: str | None = None, base_hash: str | None = None) -> CNNAdapter:
     """A :class:`CNNAdapter` for a built transformers CNN; a :class:`ConfigError` for any other
     model type, and for an encoder without a classifier (edgeadapt adapts CNN classifiers)."""

@@ -16,6 +16,7 @@ from torch import nn
 
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import ModelAdapter
+from edgeadapt.models.cnn import CNNAdapter, stage_costs
 from edgeadapt.models.registry import minilm_path, model_config_dict
 from edgeadapt.models.tiny import TINY
 
@@ -102,6 +103,7 @@ class Inspection:
     total_flops: int
     dtype: str = ""  # the weights' dtype(s): "bfloat16", or "float32+bfloat16" (most parameters first)
     weight_bytes: int = 0  # bytes the parameters take at that dtype
+    stages: list[str] | None = None  # CNNs: each row's module path (rows are stages, ffn_width = channels)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,7 +144,9 @@ def inspect_model(adapter: ModelAdapter, context: int | None = None) -> Inspecti
     """Count parameters and FLOPs per block and in total.
 
     Raises :class:`~edgeadapt.errors.ConfigError` when ``context`` is below 1 or beyond the
-    model's positions (text models)."""
+    model's positions (text models). A CNN's rows are its stages (:func:`inspect_cnn`)."""
+    if isinstance(adapter, CNNAdapter):
+        return inspect_cnn(adapter)
     model = adapter.model
     config = getattr(model, "config", None)
     if adapter.modality != "image":
@@ -166,6 +170,17 @@ def inspect_model(adapter: ModelAdapter, context: int | None = None) -> Inspecti
     )
 
 
+def inspect_cnn(adapter: CNNAdapter) -> Inspection:
+    """One row per stage of a CNN (:meth:`~edgeadapt.models.cnn.CNNAdapter.stages`): output channels
+    (in ``ffn_width``; heads are 0), parameters and FLOPs per image at the model's ``image_size``."""
+    costs, head_flops = stage_costs(adapter)
+    rows = [BlockRow(i, 0, 0, c.output_shape[0] if c.output_shape else 0, c.params, c.flops)
+            for i, c in enumerate(costs)]
+    return Inspection(name=adapter.name, family=adapter.family, task=adapter.task.name, unit="image",
+                      context=1, blocks=rows, total_params=_params(adapter.model),
+                      total_flops=sum(r.flops for r in rows) + head_flops, stages=[c.path for c in costs])
+
+
 def _human(n: float) -> str:
     for suffix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= scale:
@@ -175,6 +190,8 @@ def _human(n: float) -> str:
 
 def format_inspection(info: Inspection) -> str:
     """A fixed-width table with totals, as printed by ``edgeadapt inspect``."""
+    if info.stages is not None:
+        return _format_stages(info)
     lines = [f"{info.name}  ({info.family}, {info.task}; FLOPs per {info.unit}"
              f"{'' if info.unit == 'image' else f' at context {info.context}'})",
              f"{'block':>5} {'heads':>5} {'kv':>4} {'ffn':>6} {'params':>10} {'FLOPs':>10}"]
@@ -188,4 +205,15 @@ def format_inspection(info: Inspection) -> str:
     lines.append(f"(total params include embeddings and head: {info.total_params:,})")
     if info.dtype:
         lines.append(f"weights: {info.dtype}, {_human(info.weight_bytes)}B")
+    return "\n".join(lines)
+
+
+def _format_stages(info: Inspection) -> str:
+    """The CNN table: one line per stage with its output channels and module path."""
+    lines = [f"{info.name}  ({info.family}, {info.task}; FLOPs per image; channel-prunable CNN)",
+             f"{'stage':>5} {'channels':>8} {'params':>10} {'FLOPs':>10}  module"]
+    for r, path in zip(info.blocks, info.stages or []):
+        lines.append(f"{r.index:>5} {r.ffn_width:>8} {_human(r.params):>10} {_human(r.flops):>10}  {path}")
+    lines.append(f"{'total':>5} {'':>8} {_human(info.total_params):>10} {_human(info.total_flops):>10}")
+    lines.append(f"(total params include the head: {info.total_params:,})")
     return "\n".join(lines)

@@ -24,9 +24,11 @@ from edgeadapt.artifacts import (
 )
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import HFAdapter, ModelAdapter
+from edgeadapt.models.cnn import CNNAdapter
 from edgeadapt.models.registry import load_adapter
 from edgeadapt.numerics import match_stored_dtypes
 from edgeadapt.pruning.apply import apply_plan, current_plan
+from edgeadapt.pruning.channels import ChannelPlan, apply_channel_plan, current_channel_plan
 from edgeadapt.pruning.plan import PlanError, PruningPlan
 
 KIND = "pruned-model"
@@ -38,7 +40,7 @@ def check_saveable(adapter: ModelAdapter, what: str) -> None:
     """Refuse to save a model edgeadapt cannot rebuild: anything but a Hugging Face
     :class:`~edgeadapt.models.adapter.HFAdapter` (its artifact stores the HF config to rebuild the
     module from). Raises :class:`~edgeadapt.errors.ConfigError` naming ``what`` and the way out."""
-    if not isinstance(adapter, HFAdapter):
+    if not isinstance(adapter, (HFAdapter, CNNAdapter)):
         raise ConfigError(
             f"{what}: {type(adapter).__name__} is a custom model adapter, and edgeadapt artifacts are "
             "rebuilt from a Hugging Face config (weights are never pickled), so it cannot be saved. "
@@ -52,7 +54,8 @@ def save_pruned(adapter: HFAdapter, directory: str | Path, config: dict | None =
     producing configuration. Returns the directory."""
     check_saveable(adapter, "save_pruned")
     directory = Path(directory)
-    plan = current_plan(adapter)
+    # a CNN's plan is a ChannelPlan (kept channels per group); a transformer's a PruningPlan
+    plan = current_channel_plan(adapter) if isinstance(adapter, CNNAdapter) else current_plan(adapter)
     # staged beside ``directory`` and swapped in by renames: a kill mid-write leaves the previous
     # artifact (or nothing) in place, never a half-written one
     with replacing_dir(directory) as staged:
@@ -89,7 +92,10 @@ def load_pruned(directory: str | Path) -> HFAdapter:
     if adapter.fingerprint() != base["architecture"]:
         raise ArtifactError(f"{directory}: base_config.json does not match the manifest's architecture")
     try:
-        apply_plan(adapter, PruningPlan.load(directory / "plan.json"))
+        if isinstance(adapter, CNNAdapter):
+            apply_channel_plan(adapter, ChannelPlan.load(directory / "plan.json"))
+        else:
+            apply_plan(adapter, PruningPlan.load(directory / "plan.json"))
     except PlanError as exc:
         raise ArtifactError(f"{directory}: plan.json does not fit its base model: {exc}") from None
     match_stored_dtypes(adapter.model, directory / WEIGHTS)  # a bf16/fp16 artifact reloads in its dtype

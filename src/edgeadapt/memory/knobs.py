@@ -235,7 +235,7 @@ class KnobHandle:
         self.frozen_parameters: list[nn.Parameter] = []
         self.segments: list[list[str]] = []
         self._requires_grad: list[tuple[nn.Parameter, bool]] = []
-        self._forwards: list[nn.Module] = []
+        self._forwards: list[tuple[nn.Module, Any]] = []  # module, its own earlier instance forward
         self._hooks: list[RemovableHandle] = []
         self._bn_modes: list[tuple[nn.Module, bool]] = []
         self._use_cache: bool | None = None
@@ -248,8 +248,11 @@ class KnobHandle:
         """Restore ``requires_grad``, the blocks' forwards and BatchNorm modes."""
         for p, flag in self._requires_grad:
             p.requires_grad_(flag)
-        for m in self._forwards:
-            m.__dict__.pop("forward", None)
+        for m, earlier in reversed(self._forwards):
+            if earlier is None:
+                m.__dict__.pop("forward", None)
+            else:  # another tool had patched it before us (accelerate hooks): keep theirs
+                m.forward = earlier
         for h in self._hooks:
             h.remove()
         for m, mode in self._bn_modes:
@@ -300,8 +303,8 @@ def apply_plan(model: nn.Module, plan: MemoryPlan, chain: BlockChain) -> KnobHan
                     p.requires_grad_(False)
                     handle.frozen_parameters.append(p)
             for module in blocks[:frozen]:
+                handle._forwards.append((module, module.__dict__.get("forward")))
                 module.forward = _no_grad_forward(module.forward)
-                handle._forwards.append(module)
         _checkpoint(handle, blocks[frozen:], list(chain.blocks[frozen:]), plan.checkpoint_segments)
         _batchnorm(handle, model, plan)
     except BaseException:
@@ -324,10 +327,10 @@ def _checkpoint(handle: KnobHandle, blocks: list[nn.Module], names: list[str], s
     for s in range(segments):
         end = start + size + (s < extra)
         seg = _Segment(blocks[start:end], names[start:end])
+        handle._forwards.extend((b, b.__dict__.get("forward")) for b in blocks[start:end])
         blocks[start].forward = seg.run_first
         for j in range(1, end - start):
             blocks[start + j].forward = (lambda seg, j: lambda *a, **k: seg.run_later(j, *a, **k))(seg, j)
-        handle._forwards.extend(blocks[start:end])
         handle.segments.append(names[start:end])
         start = end
 

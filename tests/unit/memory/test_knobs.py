@@ -116,6 +116,16 @@ def test_frozen_blocks_get_no_gradient_no_optimizer_state_and_store_nothing():
     assert "forward" not in adapter.model.get_submodule(chain.blocks[0]).__dict__
 
 
+def test_close_keeps_a_forward_another_tool_patched_before():
+    adapter = load_adapter("tiny-vit")
+    block = adapter.model.get_submodule(block_chain(adapter).blocks[0])
+    theirs = block.forward  # an instance-level patch, as accelerate's hooks make
+    block.forward = theirs
+    with apply_plan(adapter.model, MemoryPlan(freeze_blocks=1), block_chain(adapter)):
+        assert block.forward is not theirs
+    assert block.__dict__["forward"] is theirs
+
+
 def test_freezing_fraction_and_counts_are_validated():
     assert MemoryPlan(freeze_fraction=0.5).frozen_blocks(5) == 2
     assert MemoryPlan(freeze_fraction=1.0).frozen_blocks(4) == 4

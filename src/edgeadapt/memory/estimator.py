@@ -131,7 +131,8 @@ class Profile:
     """What the profiled steps told about a model, a batch and an optimizer; :func:`predict` turns
     it into an :class:`Estimate` for any plan without running it. Figures are bytes and seconds."""
 
-    batch_size: int
+    batch_size: int  # the effective batch (rows per optimizer step)
+    timed_size: int  # the micro-batch the timing step ran
     chain: BlockChain
     regions: list[Region]  # stem, blocks..., tail
     weights_bytes: int
@@ -324,7 +325,8 @@ def _tensor_bytes(tensors: list[torch.Tensor], device: torch.device) -> int:
 
 def profile(adapter: ModelAdapter, batch: Batch, optimizer: OptimizerName = "adam", *,
             loss_fn: LossFn | None = None, traits: LossTraits | None = None,
-            chain: BlockChain | None = None, timed: bool = True) -> Profile:
+            chain: BlockChain | None = None, timed: bool = True,
+            sizes: tuple[int, int] | None = None) -> Profile:
     """Profile retraining ``adapter.model`` (on its device, without knobs) on ``batch`` of ``B`` rows
     and return the :class:`Profile` that :func:`predict` needs.
 
@@ -332,10 +334,14 @@ def profile(adapter: ModelAdapter, batch: Batch, optimizer: OptimizerName = "ada
     on all of it (one step at ``B`` when the loss is not per-sample), each followed by a traced
     forward pass under ``no_grad``; with ``timed`` one more, untraced step at ``B`` times the
     regions. On a CUDA model the steady-state step's ``max_memory_allocated`` calibrates the
-    prediction (:attr:`Profile.scale`). The model's weights and buffers are left as they
-    were (the steps run at learning rate 0; BatchNorm statistics are restored). Raises
-    :class:`~edgeadapt.errors.ConfigError` when the model has no trainable parameters or the batch
-    is smaller than the loss accepts."""
+    prediction (:attr:`Profile.scale`). ``sizes`` picks the two micro-batch sizes to trace instead
+    (e.g. ``(1, 2)`` when the whole batch without knobs would not fit the device; the figures
+    are then extrapolated to larger micro-batches, and the timing step runs at the larger size).
+
+    The model's weights and buffers are left as they were (the steps run at learning rate 0;
+    BatchNorm statistics are restored). Raises :class:`~edgeadapt.errors.ConfigError` when the
+    model has no trainable parameters, the batch is smaller than the loss accepts, or ``sizes``
+    are out of range."""
     traits = traits or (task_loss_traits(adapter.task.name) if loss_fn is None else LossTraits("the loss"))
     loss_fn = loss_fn or (lambda a, b: a.task_loss(b))
     chain = chain or block_chain(adapter)
@@ -345,6 +351,16 @@ def profile(adapter: ModelAdapter, batch: Batch, optimizer: OptimizerName = "ada
     size = batch_size_of(batch)
     check_micro_batching(MemoryPlan(), size, traits)
     small = size if not traits.per_sample else max(size // 2, traits.min_samples, 1)
+    if sizes is not None:
+        if not traits.per_sample and set(sizes) != {size}:
+            raise ConfigError(f"sizes: {traits.name} is not per-sample, so it is profiled on the whole "
+                              f"batch of {size}; leave sizes unset")
+        if not all(max(1, traits.min_samples) <= b <= size for b in sizes):
+            raise ConfigError(f"sizes: each profiled micro-batch must hold {max(1, traits.min_samples)} to "
+                              f"{size} rows, got {sizes}")
+        small, size_traced = min(sizes), max(sizes)
+    else:
+        size_traced = size
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model has no trainable parameters (all requires_grad=False)")
@@ -354,13 +370,14 @@ def profile(adapter: ModelAdapter, batch: Batch, optimizer: OptimizerName = "ada
     opt = make_optimizer(params, optimizer, lr=0.0)
     steps, passes = [], []
     try:
-        for b in dict.fromkeys((small, size)):
+        for b in dict.fromkeys((small, size_traced)):
             part = split_batch(batch, b)[0]
             trace, measured = _traced_step(model, chain, adapter, part, loss_fn, opt, device)
             forward = _traced_step(model, chain, adapter, part, loss_fn, opt, device, "forward")[0]
             steps.append((b, trace, measured))
             passes.append((b, forward))
-        clock = _traced_step(model, chain, adapter, batch, loss_fn, opt, device, "time")[0] if timed else None
+        clock = _traced_step(model, chain, adapter, split_batch(batch, size_traced)[0], loss_fn, opt, device,
+                             "time")[0] if timed else None
     finally:
         model.train(was_training)
         with torch.no_grad():
@@ -409,12 +426,13 @@ def profile(adapter: ModelAdapter, batch: Batch, optimizer: OptimizerName = "ada
             grad_bytes=_tensor_bytes(grads, device), state_bytes=sum(state[id(p)] for p in grads),
             largest_param=max((p.numel() * p.element_size() for p in grads), default=0)))
     start, top, _, _, _ = last.records[("post",)]
-    prof = Profile(batch_size=size, chain=chain, regions=regions, weights_bytes=bytes_of(model),
+    prof = Profile(batch_size=size, timed_size=size_traced, chain=chain, regions=regions,
+                   weights_bytes=bytes_of(model),
                    opt_peak=top - start, opt_seconds=seconds(("post",)),
                    op_seconds=_seconds_per_op(device) if timed else 0.0, scale=1.0, traits=traits,
                    device=str(device), method="cuda" if device.type == "cuda" else "dispatch",
                    profiled=tuple(b for b, _, _ in steps))
-    replayed = _replay(prof, MemoryPlan(), size)[0]
+    replayed = _replay(prof, MemoryPlan(), size_traced)[0]
     return Profile(**{**prof.__dict__, "scale": steps[-1][2] / replayed if replayed else 1.0})
 
 
@@ -553,7 +571,7 @@ def _seconds(prof: Profile, plan: MemoryPlan, size: int, mb: int) -> float:
 
     def cost(seconds: float, ops: int, b: int) -> float:
         fixed = min(seconds, ops * prof.op_seconds)
-        return fixed + (seconds - fixed) * b / prof.batch_size
+        return fixed + (seconds - fixed) * b / prof.timed_size
 
     total = 0.0
     for b in [min(mb, size - i) for i in range(0, size, mb)]:

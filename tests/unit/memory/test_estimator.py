@@ -63,6 +63,18 @@ def test_knobs_move_the_prediction_the_right_way(profiled):
     assert predict(prof, PLANS["micro-batch 2"]).predicted_bytes < none.predicted_bytes
 
 
+def test_profiling_small_micro_batches_extrapolates_to_the_whole_batch():
+    adapter = load_adapter("tiny-llama")
+    batch = make_batches(adapter, n=1, size=8)[0]
+    prof = profile(adapter, batch, sizes=(2, 4))  # when the whole batch without knobs would not fit
+    assert prof.profiled == (2, 4) and prof.batch_size == 8
+    for plan in (MemoryPlan(), MemoryPlan(micro_batch_size=4, checkpoint_segments=2)):
+        real = measure(adapter, plan, batch)
+        assert abs(predict(prof, plan).predicted_bytes / real.total_bytes - 1) <= 0.05
+    with pytest.raises(ConfigError, match="sizes"):
+        profile(adapter, batch, sizes=(0, 9))
+
+
 def test_profiling_leaves_the_model_as_it_was():
     adapter = load_adapter("tiny-vit")
     before = {k: v.clone() for k, v in adapter.model.state_dict().items()}

@@ -82,6 +82,30 @@ def cnn_class(spec: CNNSpec, task: str) -> Any:
     return getattr(transformers, spec.classes[task])
 
 
+@torch.no_grad()
+def init_from_scratch(model: nn.Module) -> nn.Module:
+    """Re-initialise a random CNN for training from scratch (the torchvision ResNet scheme):
+    Kaiming-normal convolutions (fan-out, ReLU gain), BatchNorm scale 1 and shift 0, classifier
+    ``N(0, 0.01)`` with zero bias. transformers' own init for MobileNetV2/MobileViT (``N(0, 0.02)``
+    everywhere, BatchNorm scales included) is meant to be overwritten by pretrained weights; left
+    as is, a from-scratch model's activations vanish (logits ~1e-26) and it does not train.
+    Uses the global RNG (seed it, or wrap it in ``torch.random.fork_rng``)."""
+    head = getattr(model, "classifier", None)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    for m in head.modules() if isinstance(head, nn.Module) else ():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.01)
+            nn.init.zeros_(m.bias)
+    return model
+
+
 def expand_chain(root: nn.Module, prefix: str, chain: Iterable[str]) -> list[str]:
     """Dotted paths (from the model root) of the blocks ``chain`` names under ``prefix``, expanding
     each ``.*`` over the container's children in order."""

@@ -16,7 +16,7 @@ from torch import nn
 
 from edgeadapt.errors import ArtifactError, ConfigError, EdgeAdaptError
 from edgeadapt.models.adapter import HFAdapter, check_structure
-from edgeadapt.models.cnn import CNNAdapter, cnn_class, cnn_family, wrap_cnn
+from edgeadapt.models.cnn import CNNAdapter, cnn_class, cnn_family, init_from_scratch, wrap_cnn
 from edgeadapt.models.families import family_for
 from edgeadapt.models.tasks import CausalLM, Classification, SentenceEncoder, Task
 from edgeadapt.models.tiny import TINY
@@ -80,7 +80,8 @@ def _class_for(spec_classes: dict[str, str], family: str, task: str) -> Any:
 
 
 def build_from_config(config: Any, task: str | None = None, seed: int = 0) -> nn.Module:
-    """A random-init model for ``config`` (seeded without touching the global RNG)."""
+    """A random-init model for ``config`` (seeded without touching the global RNG); CNN families get
+    a from-scratch init (:func:`~edgeadapt.models.cnn.init_from_scratch`)."""
     cnn = cnn_family(config.model_type)
     spec = cnn or family_for(config.model_type)
     task = task or next(iter(spec.classes))
@@ -88,6 +89,8 @@ def build_from_config(config: Any, task: str | None = None, seed: int = 0) -> nn
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(config)
+        if cnn:  # transformers' CNN init is for loading pretrained weights over it (models.cnn)
+            init_from_scratch(model)
     return model.eval()
 
 

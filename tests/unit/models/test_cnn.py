@@ -100,3 +100,30 @@ def test_rebase_of_a_dense_cnn_takes_a_new_hash():
         next(adapter.model.parameters()).add_(1.0)
     adapter.rebase()
     assert adapter.base_hash() != old and adapter.parent_hash == old
+
+
+@pytest.mark.parametrize("name", CNNS)
+def test_tiny_cnns_start_from_a_trainable_init(name):
+    # transformers' MobileNetV2/MobileViT init (N(0, 0.02), BatchNorm scales too) made logits ~1e-26
+    adapter = load_adapter(name)
+    bns = [m for m in adapter.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in bns)
+    adapter.model.train()
+    batch = make_batches(adapter, n=1, size=8)[0]
+    with torch.no_grad():
+        assert adapter.features(batch).abs().mean() > 1e-2
+
+
+@pytest.mark.slow
+def test_train_recipe_trains_and_saves_a_cnn(tmp_path):
+    from edgeadapt.config import load_config
+    from edgeadapt.pruning.checkpoint import load_model
+    from edgeadapt.recipes.train import run_training
+
+    recipe = load_config("configs/train-resnet-digits.yaml", kind="train")
+    recipe = recipe.model_copy(update={"out": tmp_path / "run", "train": recipe.train.model_copy(
+        update={"epochs": 2})})
+    outcome = run_training(recipe)
+    assert outcome.test["accuracy"] > 0.5
+    again = load_model(tmp_path / "run")
+    assert isinstance(again, CNNAdapter) and again.fingerprint() == load_adapter("tiny-resnet").fingerprint()

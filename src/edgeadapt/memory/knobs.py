@@ -60,18 +60,20 @@ class BlockChain:
 
 
 def block_chain(adapter: ModelAdapter) -> BlockChain:
-    """The chain of an adapter: its ``block_paths()`` when it has that method (CNN adapters list
-    their stages), else the children of ``layers_path()`` (transformers); the stem is
-    ``embeddings()``."""
-    paths = getattr(adapter, "block_paths", None)
-    if callable(paths):
-        blocks = tuple(paths())
+    """The chain of an adapter. The stem is ``embeddings()``; the blocks are, in order of
+    preference, ``block_paths()``, ``stages()`` (CNN adapters: their ordered top-level blocks,
+    less the stem), or the children of ``layers_path()`` (transformers). Raises
+    :class:`~edgeadapt.errors.ConfigError` when that leaves no block."""
+    stem = tuple(adapter.embeddings())
+    listed = getattr(adapter, "block_paths", None) or getattr(adapter, "stages", None)
+    if callable(listed):
+        blocks = tuple(p for p in listed() if p not in stem)
     else:
         layers = adapter.model.get_submodule(adapter.layers_path())
         blocks = tuple(f"{adapter.layers_path()}.{i}" for i in range(len(layers)))
     if not blocks:
         raise ConfigError("the model has no blocks for the memory knobs to act on")
-    return BlockChain(blocks=blocks, stem=tuple(adapter.embeddings()))
+    return BlockChain(blocks=blocks, stem=stem)
 
 
 def split_batch(batch: Batch, micro_batch_size: int) -> list[Batch]:

@@ -173,6 +173,14 @@ def test_micro_batches_carry_their_share_of_rows_or_tokens():
     assert [share for _, share in tokens] == [0.8, 0.2]  # 4 + 1 targets; the last row has none
 
 
+def test_a_cnn_adapter_chain_comes_from_its_stages_less_the_stem():
+    cnn = SimpleNamespace(model=TinyBNNet(), embeddings=lambda: ["stem"],
+                          stages=lambda: ["stem", "stages.0", "stages.1"])
+    assert block_chain(cnn) == BlockChain(blocks=("stages.0", "stages.1"), stem=("stem",))
+    vit = load_adapter("tiny-vit")
+    assert block_chain(vit) == BlockChain(tuple(f"vit.layers.{i}" for i in range(4)), ("vit.embeddings",))
+
+
 def test_split_batch_slices_rows_and_shares_the_rest():
     batch = {"x": torch.arange(10).reshape(5, 2), "scale": torch.tensor(2.0)}
     parts = split_batch(batch, 2)

@@ -130,10 +130,11 @@ def _prune_channels(args: argparse.Namespace, adapter: Any, before: Any) -> int:
     from edgeadapt.pruning.channels import NEEDS_BATCHES, ChannelPlan, apply_channel_plan, prune_channels
     from edgeadapt.pruning.checkpoint import save_pruned
 
-    if args.param_sparsity is not None or args.target != ["neurons"]:
-        raise ConfigError(f"{args.model} is a CNN ({adapter.family}): it is pruned by channels, with "
-                          "--unit-sparsity S (the fraction of every channel group removed) or --plan; "
-                          "--param-sparsity and --target heads/neurons/layers are for transformers")
+    if args.target != ["neurons"]:
+        raise ConfigError(f"{args.model} is a CNN ({adapter.family}): it is pruned by channels "
+                          "(--unit-sparsity S: the fraction of every channel group; --param-sparsity S: "
+                          "of the stages' parameters; or --plan); --target heads/neurons/layers is for "
+                          "transformers")
     if args.plan is not None:
         apply_channel_plan(adapter, ChannelPlan.load(args.plan))
     else:
@@ -141,7 +142,9 @@ def _prune_channels(args: argparse.Namespace, adapter: Any, before: Any) -> int:
         if args.importance in NEEDS_BATCHES:
             batches = calibration_batches(adapter, args.calibration_batches, args.batch_size, seed=args.seed)
         prune_channels(adapter, args.importance, batches, unit_sparsity=args.unit_sparsity,
-                       protect_first=args.protect_first, protect_last=args.protect_last, seed=args.seed)
+                       param_sparsity=args.param_sparsity, protect_first=args.protect_first,
+                       protect_last=args.protect_last, seed=args.seed, device=args.device)
+        adapter.model.cpu()
     after = inspect_model(adapter)
     save_pruned(adapter, args.out, config={k: v for k, v in vars(args).items() if k != "func"})
     print(adapter.plan.summary())

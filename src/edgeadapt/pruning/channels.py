@@ -22,6 +22,7 @@ so its groups are scored and pruned per position across channel groups (torch-pr
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from torch import nn
 from edgeadapt.errors import ConfigError, InfeasibleError, PlanError
 from edgeadapt.models.cnn import CNNAdapter
 from edgeadapt.pruning.plan import is_index
+from edgeadapt.training.device import resolve_device, to_device
 
 FORMAT = "edgeadapt.channel-plan"
 VERSION = 1
@@ -273,44 +275,95 @@ def _stage_of(name: str, stages: list[str]) -> int | None:
     return next((i for i, s in enumerate(stages) if name == s or name.startswith(s + ".")), None)
 
 
-def prune_channels(adapter: CNNAdapter, importance: str = "magnitude",
-                   batches: Iterable[dict[str, torch.Tensor]] | None = None, *, unit_sparsity: float,
-                   min_keep: int = 1, protect_first: int = 0, protect_last: int = 0,
-                   seed: int = 0) -> ChannelPlan:
-    """Remove ``unit_sparsity`` of the channels of every prunable group (uniform), lowest
-    ``importance`` first, and return the plan now realised by ``adapter.model``.
+def _stage_params(adapter: CNNAdapter) -> int:
+    return sum(p.numel() for path in adapter.stages() for p in adapter.model.get_submodule(path).parameters())
 
-    Groups whose root lies in the first ``protect_first`` or last ``protect_last`` stages
-    (:meth:`~edgeadapt.models.cnn.CNNAdapter.stages`) are left alone. A request that removes
-    nothing is an :class:`~edgeadapt.errors.InfeasibleError`."""
-    if not isinstance(adapter, CNNAdapter):
-        raise ConfigError(f"channel pruning is for CNN adapters; {type(adapter).__name__} is pruned by "
-                          "heads/neurons/layers (edgeadapt.pruning.prune.prune)")
-    if not 0.0 <= unit_sparsity < 1.0:
-        raise ConfigError(f"unit_sparsity must be in [0, 1), got {unit_sparsity}")
-    graph = dependency_graph(adapter)
-    groups = prunable_groups(adapter, graph)
-    scores = channel_scores(adapter, importance, batches, seed, graph)
+
+def _plan_at(adapter: CNNAdapter, scores: dict[str, torch.Tensor], groups: dict[str, Any], sparsity: float,
+             open_stages: range, min_keep: int) -> tuple[ChannelPlan, int]:
+    """The plan removing ``sparsity`` of every open group's current channels, and how many it removes."""
     stages = adapter.stages()
-    open_stages = range(protect_first, len(stages) - protect_last)
     current = current_channel_plan(adapter)
     new = {g.module: g for g in current.groups}
     removed = 0
     for name, s in scores.items():
         if _stage_of(name, stages) not in open_stages:
             continue
-        kept_now = select_channels(s, unit_sparsity, _channel_groups(groups[name]), min_keep)
+        kept_now = select_channels(s, sparsity, _channel_groups(groups[name]), min_keep)
         if len(kept_now) == len(s):
             continue
         removed += len(s) - len(kept_now)
         base = current.group(name)
         base_kept = base.kept if base is not None else list(range(len(s)))
         new[name] = ChannelGroup(name, base.channels if base else len(s), [base_kept[i] for i in kept_now])
+    return ChannelPlan(current.architecture, [new[k] for k in sorted(new)]), removed
+
+
+def _unit_for_params(adapter: CNNAdapter, target: float, plan_at: Any) -> float:
+    """The unit sparsity whose plan removes the share of stage parameters closest to ``target``
+    (bisection; removed parameters grow with the unit sparsity), each probe applied to a copy."""
+    before = _stage_params(adapter)
+
+    def removed_share(s: float) -> float:
+        probe = copy.deepcopy(adapter)
+        apply_channel_plan(probe, plan_at(s)[0])
+        return 1 - _stage_params(probe) / before
+
+    lo, hi = 0.0, 0.999
+    best, best_err = 0.0, target
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        share = removed_share(mid)
+        if abs(share - target) < best_err:
+            best, best_err = mid, abs(share - target)
+        lo, hi = (mid, hi) if share < target else (lo, mid)
+    return best
+
+
+def prune_channels(adapter: CNNAdapter, importance: str = "magnitude",
+                   batches: Iterable[dict[str, torch.Tensor]] | None = None, *,
+                   unit_sparsity: float | None = None, param_sparsity: float | None = None,
+                   min_keep: int = 1, protect_first: int = 0, protect_last: int = 0,
+                   seed: int = 0, device: str = "auto") -> ChannelPlan:
+    """Prune the channels of every prunable group (uniform), lowest ``importance`` first, to exactly
+    one budget, and return the plan now realised by ``adapter.model``:
+
+    - ``unit_sparsity=s``: remove ``round(s * n)`` of each group's ``n`` channels;
+    - ``param_sparsity=p``: remove the closest achievable share ``p`` of the stages' parameters
+      (one unit sparsity for every group, found by bisection on the scores of the model as it is).
+
+    Groups whose root lies in the first ``protect_first`` or last ``protect_last`` stages
+    (:meth:`~edgeadapt.models.cnn.CNNAdapter.stages`) are left alone. Scoring runs on ``device``
+    (``"auto"``: CUDA when present); the model stays there. A request that removes nothing is an
+    :class:`~edgeadapt.errors.InfeasibleError`."""
+    if not isinstance(adapter, CNNAdapter):
+        raise ConfigError(f"channel pruning is for CNN adapters; {type(adapter).__name__} is pruned by "
+                          "heads/neurons/layers (edgeadapt.pruning.prune.prune)")
+    if (unit_sparsity is None) == (param_sparsity is None):
+        raise ConfigError("give exactly one budget: unit_sparsity (share of each group's channels) or "
+                          "param_sparsity (share of the stages' parameters)")
+    budget = "unit_sparsity" if unit_sparsity is not None else "param_sparsity"
+    sparsity = float(unit_sparsity if unit_sparsity is not None else param_sparsity)
+    if not 0.0 <= sparsity < 1.0:
+        raise ConfigError(f"{budget} must be in [0, 1), got {sparsity}")
+    adapter.base_hash()  # cached now, so the probes copied below do not hash their weights again
+    dev = resolve_device(device)
+    adapter.model.to(dev)
+    batches = [to_device(b, dev) for b in batches] if batches is not None else None
+    graph = dependency_graph(adapter)
+    groups = prunable_groups(adapter, graph)
+    scores = channel_scores(adapter, importance, batches, seed, graph)
+    open_stages = range(protect_first, len(adapter.stages()) - protect_last)
+
+    def plan_at(s: float) -> tuple[ChannelPlan, int]:
+        return _plan_at(adapter, scores, groups, s, open_stages, min_keep)
+
+    unit = sparsity if budget == "unit_sparsity" else _unit_for_params(adapter, sparsity, plan_at)
+    plan, removed = plan_at(unit)
     if removed == 0:
-        raise InfeasibleError(f"unit_sparsity {unit_sparsity} removes no channel of {adapter.name!r} "
+        raise InfeasibleError(f"{budget} {sparsity} removes no channel of {adapter.name!r} "
                               f"({len(scores)} prunable groups, min_keep {min_keep}, protected stages "
                               f"first {protect_first} / last {protect_last}); raise the sparsity")
-    plan = ChannelPlan(current.architecture, [new[k] for k in sorted(new)])
     apply_channel_plan(adapter, plan, graph=graph)
     return plan
 

@@ -220,5 +220,20 @@ def test_cli_prunes_a_cnn_by_channels_and_inspects_the_artifact(tmp_path, capsys
     assert main(["inspect", str(tmp_path / "p"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["stages"][0] == "resnet.embedder" and info["total_params"] < 79962
-    assert main(["prune", "tiny-resnet", "--param-sparsity", "0.3", "--out", str(tmp_path / "q")]) == 2
+    assert main(["prune", "tiny-resnet", "--unit-sparsity", "0.3", "--target", "heads",
+                 "--out", str(tmp_path / "q")]) == 2
     assert "pruned by channels" in capsys.readouterr().err
+    out = str(tmp_path / "r")
+    assert main(["--quiet", "prune", "tiny-resnet", "--param-sparsity", "0.5", "--out", out]) == 0
+
+
+@pytest.mark.parametrize("name", ["tiny-resnet", "tiny-regnet"])
+def test_param_sparsity_removes_about_that_share_of_the_stage_parameters(name):
+    adapter = load_adapter(name)
+    stage_params = lambda: sum(p.numel() for s in adapter.stages()  # noqa: E731
+                               for p in adapter.model.get_submodule(s).parameters())
+    before = stage_params()
+    prune_channels(adapter, "magnitude", param_sparsity=0.5)
+    assert abs(1 - stage_params() / before - 0.5) < 0.06
+    with pytest.raises(ConfigError, match="exactly one budget"):
+        prune_channels(adapter, "magnitude", unit_sparsity=0.1, param_sparsity=0.1)

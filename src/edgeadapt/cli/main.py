@@ -127,7 +127,8 @@ def _prune_channels(args: argparse.Namespace, adapter: Any, before: Any) -> int:
     ``save_pruned(...)``."""
     from edgeadapt.data.calibration import calibration_batches
     from edgeadapt.models.inspect import inspect_model
-    from edgeadapt.pruning.channels import NEEDS_BATCHES, ChannelPlan, apply_channel_plan, prune_channels
+    from edgeadapt.pruning.channel_plan import ChannelPlan
+    from edgeadapt.pruning.channels import NEEDS_BATCHES, apply_channel_plan, prune_channels
     from edgeadapt.pruning.checkpoint import save_pruned
 
     if args.target != ["neurons"]:

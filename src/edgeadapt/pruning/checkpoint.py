@@ -28,7 +28,8 @@ from edgeadapt.models.cnn import CNNAdapter
 from edgeadapt.models.registry import load_adapter
 from edgeadapt.numerics import match_stored_dtypes
 from edgeadapt.pruning.apply import apply_plan, current_plan
-from edgeadapt.pruning.channels import ChannelPlan, apply_channel_plan, current_channel_plan
+from edgeadapt.pruning.channel_plan import ChannelPlan, current_channel_plan
+from edgeadapt.pruning.channels import apply_channel_plan
 from edgeadapt.pruning.plan import PlanError, PruningPlan
 
 KIND = "pruned-model"

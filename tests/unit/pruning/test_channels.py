@@ -11,9 +11,8 @@ from torch import nn
 from edgeadapt.cli.main import main
 from edgeadapt.errors import ArtifactError, ConfigError, InfeasibleError, PlanError
 from edgeadapt.models.registry import load_adapter
+from edgeadapt.pruning.channel_plan import ChannelGroup, ChannelPlan
 from edgeadapt.pruning.channels import (
-    ChannelGroup,
-    ChannelPlan,
     apply_channel_plan,
     channel_scores,
     dependency_graph,

@@ -474,13 +474,16 @@ def _replay(prof: Profile, plan: MemoryPlan, batch_size: int) -> tuple[float, di
     def micro(fresh: bool) -> float:
         grad, acts = (0.0 if fresh else float(grads)), 0.0
         seen(grad, acts, 0.0)
-        held = 0.0  # the previous region's output while it is alive but kept by nobody
+        held = pyheld = 0.0  # an output alive but kept by nobody; what only Python holds
         for r in range(n + 1):  # forward through the stem and the blocks
             reg = regions[r]
             if m and r <= m:  # the frozen stem and blocks replay the no_grad pass exactly
                 seen(grad, acts, q(reg.nograd_top))
                 if r == m:  # what is still alive after them (their output, what Python holds)
                     acts = q(reg.nograd_end)
+                    # tensors only Python holds (a model's embedding output) die when its forward
+                    # returns, by the head
+                    pyheld = max(0.0, acts - output_kept(r))
                 continue
             if r in in_segment:  # checkpointed: saves nothing, keeps only the segment's output
                 keep = output_kept(r) if r in last_of else 0.0
@@ -490,7 +493,7 @@ def _replay(prof: Profile, plan: MemoryPlan, batch_size: int) -> tuple[float, di
                 seen(grad, acts, held + q(reg.fwd_peak))
             held = output_of(r) if keep == 0.0 else 0.0
             acts += keep
-        end_of_forward = acts + q(regions[n + 1].retained)
+        end_of_forward = acts + q(regions[n + 1].retained) - pyheld
         seen(grad, acts, held + q(regions[n + 1].fwd_peak))
         acts = end_of_forward
         for r in range(n + 1, first - 1, -1):  # backward: tail, trainable blocks (stem if none frozen)

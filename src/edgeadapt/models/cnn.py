@@ -61,6 +61,10 @@ CNN_FAMILIES: tuple[CNNSpec, ...] = (
 )
 _BY_MODEL_TYPE: dict[str, CNNSpec] = {mt: s for s in CNN_FAMILIES for mt in s.model_types}
 
+DEFAULT_IMAGE_SIZE = 224
+"""Input side assumed for a CNN whose config names none (transformers' ResNet and RegNet configs have
+no ``image_size``; their checkpoints were trained at ImageNet's 224×224)."""
+
 
 def cnn_family(model_type: str) -> CNNSpec | None:
     """The :class:`CNNSpec` for ``model_type``, or ``None`` when it is not a CNN family."""
@@ -144,6 +148,11 @@ class CNNAdapter(BaseIdentity):
 
     def __init__(self, model: nn.Module, spec: CNNSpec, task: Task | None = None, name: str | None = None,
                  base_hash: str | None = None) -> None:
+        size = getattr(model.config, "image_size", None)
+        if isinstance(size, (list, tuple)) and size:
+            size = size[0]
+        # what every stage reads as the input side (data, calibration, graph tracing, FLOPs)
+        model.config.image_size = int(size) if isinstance(size, int) else DEFAULT_IMAGE_SIZE
         self.model = model
         self.spec = spec
         self.family = spec.family

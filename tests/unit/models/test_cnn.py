@@ -7,6 +7,7 @@ import torch
 
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.cnn import CNNAdapter
+from edgeadapt.models.inspect import inspect_model
 from edgeadapt.models.registry import load_adapter, model_image_size, model_modality, wrap
 from tests.conftest import make_batches
 
@@ -91,6 +92,10 @@ def test_wrap_builds_a_cnn_adapter_from_a_transformers_model():
     adapter = wrap(model, name="mine")
     assert isinstance(adapter, CNNAdapter) and adapter.head() == "classifier.1"
     assert len(adapter.stages()) == 3  # embedder + one layer per stage
+    # a ResNet config names no image_size (real checkpoints: 224); inspect and tracing need one
+    assert model.config.image_size == 224
+    info = inspect_model(adapter)
+    assert [r.ffn_width for r in info.blocks] == [8, 8, 16] and info.total_flops > 0
 
 
 def test_rebase_of_a_dense_cnn_takes_a_new_hash():

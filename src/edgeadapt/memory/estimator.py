@@ -110,6 +110,7 @@ class Region:
     fwd_peak: Line  # peak above the live bytes at its forward start
     bwd_delta: Line  # net bytes its backward part leaves (gradients created − activations freed)
     bwd_peak: Line  # peak above the live bytes at its backward start
+    bwd_peak_grads: Line  # parameter gradients it had created by that peak (kept when fresh)
     input: Line  # bytes of its main input (a block's hidden states), when created in the step
     saved: Line  # saved-activation bytes (unique storages, saved_tensors_hooks)
     nograd_peak: Line  # peak above its start in a forward pass under no_grad (saving nothing)
@@ -168,6 +169,8 @@ class _Trace(_StorageAccountant):
         self.sync = sync  # synchronize CUDA at region boundaries (timing only)
         self.key: tuple[Any, ...] | None = None
         self.start = self.top = self.ops = 0
+        self.grads_now = self.grads_at_top = 0  # parameter gradients created in this region so far
+        self.peak_grads: dict[tuple[Any, ...], int] = {}  # region -> those created before its peak
         self.t0 = 0.0
         self.records: dict[tuple[Any, ...], tuple[int, int, int, int, float]] = {}
         self.fwd = 0
@@ -184,13 +187,21 @@ class _Trace(_StorageAccountant):
         now = time.perf_counter()
         if self.key is not None:
             self.records[self.key] = (self.start, self.top, self.live, self.ops, now - self.t0)
+            self.peak_grads[self.key] = self.grads_at_top
         self.key, self.start, self.top, self.ops, self.t0 = key, self.live, self.live, 0, now
+        self.grads_now = self.grads_at_top = 0
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
                            kwargs: dict[str, Any] | None = None) -> Any:
         out = super().__torch_dispatch__(func, types, args, kwargs)
-        self.top, self.ops = max(self.top, self.live), self.ops + 1
+        if self.live > self.top:
+            self.top, self.grads_at_top = self.live, self.grads_now
+        self.ops += 1
         return out
+
+    def on_grad(self, p: torch.Tensor) -> None:
+        """A parameter's gradient was accumulated (post-accumulate-grad hook)."""
+        self.grads_now += p.numel() * p.element_size()
 
     def note_input(self, region: int, t: Any) -> None:
         """Record ``t`` as the main input of ``region`` (a block's hidden states)."""
@@ -261,6 +272,8 @@ def _traced_step(model: nn.Module, chain: BlockChain, adapter: ModelAdapter, bat
         hidden = out if isinstance(out, torch.Tensor) else out[0] if isinstance(out, (tuple, list)) else None
         trace.note_input(n + 1, hidden)
     hooks.append(blocks[-1].register_forward_hook(post))
+    hooks += [p.register_post_accumulate_grad_hook(trace.on_grad)
+              for p in model.parameters() if p.requires_grad]
     cuda = device.type == "cuda"
     baseline = bytes_of(model, opt)
     was_enabled = gc.isenabled()
@@ -395,6 +408,8 @@ def profile(adapter: ModelAdapter, batch: Batch, optimizer: OptimizerName = "ada
                 return float(t.inputs.get(key[1], 0))
             if what == "saved":
                 return float(sum(v for k, v in t.saved.items() if t.saved_region[k] == key[1]))
+            if what == "peak_grads":
+                return float(t.peak_grads.get(key, 0))
             start, top, end, _, _ = t.records.get(key, (0, 0, 0, 0, 0.0))
             return float(end - start if what == "retained" else top - start)
         return _fit([(b, value(t)) for b, t, _ in steps])
@@ -418,7 +433,8 @@ def profile(adapter: ModelAdapter, batch: Batch, optimizer: OptimizerName = "ada
         regions.append(Region(
             name="stem" if r == 0 else "tail" if r == n + 1 else chain.blocks[r - 1],
             retained=line(fwd, "retained"), fwd_peak=line(fwd, "peak"), bwd_delta=line(bwd, "retained"),
-            bwd_peak=line(bwd, "peak"), input=line(("input", r), "input"), saved=line(("saved", r), "saved"),
+            bwd_peak=line(bwd, "peak"), bwd_peak_grads=line(bwd, "peak_grads"),
+            input=line(("input", r), "input"), saved=line(("saved", r), "saved"),
             nograd_peak=nograd(fwd, "peak"), nograd_top=nograd(fwd, "top"), nograd_end=nograd(fwd, "end"),
             fwd_seconds=seconds(fwd), bwd_seconds=seconds(bwd), fwd_ops=ops(fwd), bwd_ops=ops(bwd),
             saves_input=last.input_ids.get(r, -1) in last.packed.get(r, ()),
@@ -508,6 +524,8 @@ def _replay(prof: Profile, plan: MemoryPlan, batch_size: int) -> tuple[float, di
             if r == first and m:  # the first trainable block computes no gradient for its input
                 delta -= q(reg.input)
                 top = max(0.0, top - q(reg.input))
+            if not fresh:  # new gradients are added in place and freed, not kept until the peak
+                top = max(0.0, top - q(reg.bwd_peak_grads))
             seen(grad, acts, top)
             if fresh:  # its parameters' gradients appear; otherwise they accumulate in place
                 grad += reg.grad_bytes

@@ -18,7 +18,8 @@ A plan is then *replayed* over the regions (:func:`predict`):
 * weights, plus optimizer state (measured per parameter: Adam 2×, SGD momentum 1× the trainable
   bytes) and gradients of the trainable parameters only;
 * micro-batch ``b``: every activation figure at ``b``; from the second micro-batch on the
-  gradients are alive throughout and accumulate in place;
+  gradients are alive throughout and accumulate in place, so a region's backward peak loses the
+  gradients it had created by then (counted with post-accumulate-grad hooks);
 * freezing ``m`` leading blocks: stem and those blocks replay the no_grad pass (they keep only
   what is alive after it, their output), have no backward, and the first trainable block
   computes no input gradient; their parameters have no gradient and no optimizer state;

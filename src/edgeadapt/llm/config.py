@@ -116,7 +116,10 @@ class PruningSection(BaseModel):
 class RecoverySection(TrainConfig):
     """Recovery training after pruning: the shared loop's :class:`TrainConfig` (every field, with the
     overrides of :data:`RECOVERY_DEFAULTS`) plus the fields only recovery has. ``seed`` and
-    ``device`` come from the top-level ``seed`` and ``use_gpu``/``gpu_ids``."""
+    ``device`` come from the top-level ``seed`` and ``use_gpu``/``gpu_ids``. ``memory`` (a
+    :class:`~edgeadapt.memory.plan.MemoryPlan`: micro-batches weighted by target tokens, frozen
+    leading blocks, checkpointed segments) bounds recovery's peak memory, e.g. ``recovery: {memory:
+    {micro_batch_size: 4, freeze_fraction: 0.5, checkpoint_segments: 2}}``."""
 
     method: Literal["lora", "full", "none"] = Field(
         "lora", description="lora: train LoRA adapters (peft) and merge them; full: fine-tune every "

@@ -1,7 +1,9 @@
 """The typed configuration of one training run, validated before any compute.
 
 Every stage that trains (source training, knowledge-base building, online retraining, pruning
-recovery) fills one :class:`TrainConfig`; YAML files are only its serialisation.
+recovery) fills one :class:`TrainConfig`; YAML files are only its serialisation. Its ``memory``
+field is a :class:`~edgeadapt.memory.plan.MemoryPlan` (micro-batching, freezing, checkpointing)
+that the loop applies for the run.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgeadapt.errors import ConfigError
+from edgeadapt.memory.plan import MemoryPlan
 
 
 class TrainConfig(BaseModel):
@@ -47,9 +50,19 @@ class TrainConfig(BaseModel):
     seed: int = Field(0, description="Seed for shuffling, dropout and any other randomness.")
     device: str = Field("auto", description="'auto' (CUDA if present), 'cpu' or 'cuda[:N]'.")
     progress: bool = Field(True, description="Show a progress bar with live metrics.")
+    memory: MemoryPlan | None = Field(
+        None, description="Memory knobs for the run (edgeadapt.memory.plan.MemoryPlan: micro_batch_size, "
+        "freeze_blocks / freeze_fraction, checkpoint_segments, batchnorm): each batch is split into "
+        "micro-batches whose losses are weighted by their share (same gradient as the whole batch for a "
+        "per-sample loss), leading blocks are frozen (no gradient, no optimizer state) and trainable "
+        "blocks checkpointed in segments. None: no knobs.")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.precision == "fp16" and self.device == "cpu":
             raise ConfigError("precision: fp16 autocast needs CUDA; use 'bf16' on CPU")
+        if self.gradient_checkpointing and self.memory is not None and self.memory.checkpoint_segments:
+            raise ConfigError(f"gradient_checkpointing: memory.checkpoint_segments="
+                              f"{self.memory.checkpoint_segments} already checkpoints the blocks; set "
+                              f"gradient_checkpointing: false (or memory.checkpoint_segments: 0)")
         return self

@@ -4,9 +4,10 @@
 default, or a stage's own: distillation, MMD, entropy). It owns what every stage needs and no
 stage should re-implement: optimizer and warmup schedule (cosine, plateau cut, constant), autocast
 (bf16 on CPU/CUDA, fp16 with loss scaling on CUDA), float32 master weights for a bf16/fp16 model,
-gradient accumulation, gradient checkpointing, clipping, early stopping with best-weight restore,
-step/time budgets, crash-safe checkpoints that resume to the same result, live progress, metric
-logging, and data-parallel training through accelerate when launched on several processes
+gradient accumulation, gradient checkpointing, a memory plan (``cfg.memory``: micro-batches, frozen
+leading blocks, checkpointed segments; :mod:`edgeadapt.memory.knobs`), clipping, early stopping with
+best-weight restore, step/time budgets, crash-safe checkpoints that resume to the same result, live
+progress, metric logging, and data-parallel training through accelerate when launched on several processes
 (``accelerate launch``).
 """
 
@@ -25,6 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from edgeadapt.errors import ConfigError
+from edgeadapt.memory.knobs import apply_plan, block_chain, micro_batches
+from edgeadapt.memory.plan import LossTraits, MemoryPlan, task_loss_traits
 from edgeadapt.models.adapter import ModelAdapter
 from edgeadapt.numerics import fp32_master, missing_kernel
 from edgeadapt.progress import bar_enabled, lines_enabled, progress_line
@@ -34,8 +37,8 @@ from edgeadapt.training.device import resolve_device, to_device
 from edgeadapt.training.distributed import Distributed
 from edgeadapt.training.schedule import LRSchedule
 
-__all__ = ["TrainConfig", "TrainResult", "fit", "own_rng", "seed_everything", "set_checkpointing",
-           "LOWER_IS_BETTER"]
+__all__ = ["TrainConfig", "TrainResult", "fit", "loss_traits_for", "memory_plan", "own_rng",
+           "seed_everything", "set_checkpointing", "LOWER_IS_BETTER"]
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[ModelAdapter, Batch], torch.Tensor]
@@ -147,6 +150,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextmanager
+def memory_plan(adapter: ModelAdapter, plan: MemoryPlan | None) -> Iterator[None]:
+    """Apply ``plan``'s freezing, checkpointing and BatchNorm policy to ``adapter.model`` for the
+    block (:func:`~edgeadapt.memory.knobs.apply_plan` over the adapter's block chain) and undo it
+    afterwards; ``None`` changes nothing. Build the optimizer inside, over ``requires_grad``
+    parameters, so frozen blocks get no optimizer state. Raises
+    :class:`~edgeadapt.errors.ConfigError` for a plan the model cannot take (more frozen blocks or
+    segments than it has)."""
+    if plan is None:
+        yield
+        return
+    with apply_plan(adapter.model, plan, block_chain(adapter)):
+        yield
+
+
+def loss_traits_for(adapter: ModelAdapter, loss_fn: LossFn | None, traits: LossTraits | None) -> LossTraits:
+    """What micro-batching may assume about the training loss: ``traits`` when given, else the
+    adapter's task loss's (:func:`~edgeadapt.memory.plan.task_loss_traits`), else (a stage's own
+    loss without traits) a per-sample mean, as :func:`~edgeadapt.memory.knobs.train_step` assumes."""
+    if traits is not None:
+        return traits
+    task = getattr(getattr(adapter, "task", None), "name", None)
+    return task_loss_traits(task) if loss_fn is None and task else LossTraits("the loss")
+
+
 def _improved(value: float, best: float | None, lower: bool) -> bool:
     return best is None or (value < best if lower else value > best)
 
@@ -155,8 +183,8 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
         val: Callable[[], Iterable[Batch]] | None = None, monitor: str = "loss", *,
         loss_fn: LossFn | None = None, evaluate: Callable[[], dict[str, float]] | None = None,
         logger: Any | None = None, checkpoint_dir: str | Path | None = None, resume: bool = True,
-        callbacks: Sequence[Callable[[StepInfo], None]] = (), modules: Sequence[torch.nn.Module] = ()
-        ) -> TrainResult:
+        callbacks: Sequence[Callable[[StepInfo], None]] = (), modules: Sequence[torch.nn.Module] = (),
+        loss_traits: LossTraits | None = None) -> TrainResult:
     """Train ``adapter.model`` in place and return its history.
 
     ``train(epoch)`` yields that epoch's batches (so shuffling is seeded per epoch). Validation
@@ -167,6 +195,15 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
     up from the last one. ``logger`` is any :class:`edgeadapt.tracking.MetricLogger`. ``modules``
     are extra trainable modules outside the model (e.g. the knowledge base's gates); they are
     optimized, checkpointed and best-restored together with it.
+
+    Memory: with ``cfg.memory`` (a :class:`~edgeadapt.memory.plan.MemoryPlan`) the plan's leading
+    blocks are frozen and its trainable blocks checkpointed for the run (restored afterwards), the
+    optimizer covers only the parameters left trainable, and every batch runs in the plan's
+    micro-batches, each loss weighted by the micro-batch's share of the batch (rows, or target
+    tokens for a causal LM), so the step's gradient is the whole batch's. ``loss_traits`` say what
+    the loss is (default: the task loss's traits, or a per-sample mean for a given ``loss_fn``); a
+    loss that is not per-sample (MMD, in-batch negatives) is refused when the plan would split it
+    (:class:`~edgeadapt.errors.ConfigError`, before its first backward).
 
     Precision: a bf16/fp16 model trains on float32 master weights (an update smaller than the half
     dtype's resolution would be lost) under ``cfg.precision``'s autocast, and leaves ``fit`` in
@@ -184,7 +221,7 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
             TrainConfig(epochs=5, precision="bf16"), val=lambda: image_batches(vx, vy, 256),
             monitor="accuracy", checkpoint_dir="runs/src")
     """
-    loss_fn = loss_fn or (lambda a, b: a.task_loss(b))
+    given, loss_fn = loss_fn, loss_fn or (lambda a, b: a.task_loss(b))
     if cfg.patience is not None and val is None and evaluate is None:
         raise ConfigError("patience: early stopping needs validation data; pass val= or set patience: null")
     dist = Distributed.from_env(cfg.device)
@@ -192,9 +229,9 @@ def fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tra
     # own_rng: the loop's randomness never leaks into the caller's streams; fp32_master: a bf16/fp16
     # model trains on float32 master weights and is rounded back to its dtype once, at the end
     try:
-        with own_rng(device), fp32_master(adapter.model, *modules):
+        with own_rng(device), fp32_master(adapter.model, *modules), memory_plan(adapter, cfg.memory):
             return _fit(adapter, train, cfg, val, monitor, loss_fn, evaluate, logger, checkpoint_dir, resume,
-                        callbacks, modules, dist, device)
+                        callbacks, modules, dist, device, loss_traits_for(adapter, given, loss_traits))
     except RuntimeError as exc:  # a half-precision op the device lacks is the user's to fix, by name
         error = missing_kernel(exc, device)
         if error is None:
@@ -206,7 +243,8 @@ def _fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tr
          val: Callable[[], Iterable[Batch]] | None, monitor: str, loss_fn: LossFn,
          evaluate: Callable[[], dict[str, float]] | None, logger: Any | None,
          checkpoint_dir: str | Path | None, resume: bool, callbacks: Sequence[Callable[[StepInfo], None]],
-         modules: Sequence[torch.nn.Module], dist: Distributed | None, device: torch.device) -> TrainResult:
+         modules: Sequence[torch.nn.Module], dist: Distributed | None, device: torch.device,
+         traits: LossTraits) -> TrainResult:
     model = adapter.model.to(device)
     for extra in modules:
         extra.to(device)
@@ -275,14 +313,21 @@ def _fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tr
             for i, batch in enumerate(batches(epoch)):
                 if i < st["micro"]:  # consumed before the checkpoint we resumed from
                     continue
-                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    loss = loss_fn(adapter, to_device(batch, device))
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {st['step']} (epoch {epoch});"
-                                             " lower learning_rate or use precision: fp32")
-                scaled = loss / cfg.grad_accum_steps
-                (scaler.scale(scaled) if scaler else scaled).backward()
-                st["micro"], st["loss_sum"] = i + 1, st["loss_sum"] + loss.item()
+                batch = to_device(batch, device)
+                # a memory plan's micro-batches, each weighted by its share of the batch's mean loss
+                parts = [(batch, 1.0)] if cfg.memory is None else micro_batches(batch, cfg.memory, traits)
+                batch_loss = 0.0
+                for part, share in parts:
+                    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                        loss = loss_fn(adapter, part)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"loss is {loss.item()} at step {st['step']} "
+                                                 f"(epoch {epoch}); lower learning_rate or use "
+                                                 "precision: fp32")
+                    scaled = loss * share / cfg.grad_accum_steps
+                    (scaler.scale(scaled) if scaler else scaled).backward()
+                    batch_loss += loss.item() * share
+                st["micro"], st["loss_sum"] = i + 1, st["loss_sum"] + batch_loss
                 if (i + 1) % cfg.grad_accum_steps and i + 1 != n_micro:
                     continue
                 if dist:
@@ -304,7 +349,7 @@ def _fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tr
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{avg:.4f}", lr=f"{sched.lr:.2e}")
                 if log is not None and st["step"] % cfg.log_every == 0:
-                    log.log_metrics({"train/loss": loss.item(), "train/lr": sched.lr}, st["step"])
+                    log.log_metrics({"train/loss": batch_loss, "train/lr": sched.lr}, st["step"])
                 if cfg.max_steps is not None and st["step"] >= cfg.max_steps:
                     st["stop_reason"] = "max_steps"
                 elif cfg.max_seconds is not None and st["elapsed"] >= cfg.max_seconds:
@@ -313,7 +358,7 @@ def _fit(adapter: ModelAdapter, train: Callable[[int], Iterable[Batch]], cfg: Tr
                 if periodic and st["stop_reason"] == "epochs":
                     checkpoint()
                 for callback in callbacks:
-                    callback(StepInfo(st["step"], epoch, loss.item(), sched.lr))
+                    callback(StepInfo(st["step"], epoch, batch_loss, sched.lr))
                 if st["stop_reason"] != "epochs":
                     break
             row: dict[str, float] = {"epoch": epoch, "step": st["step"],

@@ -310,12 +310,12 @@ class AdaptLossConfig(BaseModel):
     replay: float = Field(1.0, ge=0, description="Cross-entropy on the labeled source replay buffer "
                           "(ignored when the stats hold none).")
     replay_batch: int = Field(32, ge=1, description="Replay samples drawn per step.")
-    distill: float = Field(0.0, ge=0, description="KL from the frozen FM's (teacher's) predictions on "
+    distill: float = Field(2.0, ge=0, description="KL from the frozen FM's (teacher's) predictions on "
                            "the target batch, on the samples where the FM is confident (the FM as a "
                            "reference: keeps the proxy near the source where the source is still right).")
     distill_threshold: float = Field(0.9, gt=0, le=1, description="Min FM max-probability for a "
                                      "sample to be distilled.")
-    distill_gate: float = Field(0.05, ge=0, description="Temperature (nats) of the domain gate on "
+    distill_gate: float = Field(0.02, ge=0, description="Temperature (nats) of the domain gate on "
                                 "distillation: the term is scaled by exp(-KL(FM's mean prediction on "
                                 "this domain so far ‖ the class prior) / gate), so a domain on which the "
                                 "FM's predictions collapse onto a few classes (the FM is confidently "
@@ -341,9 +341,13 @@ def adaptation_loss(adapter: HFAdapter, stats: SourceStats, cfg: AdaptLossConfig
     from ``teacher``'s (the frozen FM's) predictions on the samples it is confident about, in the
     manner of knowledge distillation (Hinton et al., 2015) restricted to confident samples.
 
-    Raises :class:`~edgeadapt.errors.ConfigError` when ``cfg.distill > 0`` and no teacher is given."""
+    Without a ``teacher`` the distillation term is left out when ``distill`` is at its default;
+    raises :class:`~edgeadapt.errors.ConfigError` when ``distill`` was set explicitly and no
+    teacher is given."""
     cfg = cfg or AdaptLossConfig()
     marginal: dict[str, Any] = {"sum": None, "n": 0}  # the FM's running mean prediction on this domain
+    if teacher is None and "distill" not in cfg.model_fields_set:
+        cfg = cfg.model_copy(update={"distill": 0.0})
     if cfg.distill and teacher is None:
         raise ConfigError("loss.distill: distillation needs the FM as the teacher; pass teacher= or set "
                           "distill: 0")

@@ -181,7 +181,7 @@ def test_supervised_and_tent_losses(vit):
         logits = vit.model(pixel_values=batch["pixel_values"]).logits
         assert tent_loss(vit)(vit, batch).item() == pytest.approx(entropy(logits).item())
     with pytest.raises(ValidationError, match="every weight is 0"):
-        AdaptLossConfig(mmd=0, diversity=0, replay=0)
+        AdaptLossConfig(mmd=0, diversity=0, replay=0, distill=0)
     with pytest.raises(ValidationError):
         AdaptLossConfig(mmd_weight=1.0)
 

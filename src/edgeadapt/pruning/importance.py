@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import ModelAdapter
 from edgeadapt.progress import bar_enabled
+from edgeadapt.pruning.blockwise import NotAChain, blockwise_gradient_scores
 from edgeadapt.pruning.groups import Member, block_members, num_units
 from edgeadapt.pruning.ops import is_transposed, weight_matrix
 
@@ -133,7 +134,8 @@ def magnitude(adapter: ModelAdapter, batches: Iterable[Batch] | None = None, p: 
     return scores
 
 
-def taylor(adapter: ModelAdapter, batches: Iterable[Batch], progress: bool = False) -> Scores:
+def taylor(adapter: ModelAdapter, batches: Iterable[Batch], progress: bool = False,
+           memory_bounded: bool = True) -> Scores:
     """First-order Taylor importance: ``sum |w * dL/dw|`` element-wise over each group, where ``L``
     is the calibration loss, i.e. ``dL/dw`` is the gradient averaged over the calibration batches
     (Molchanov et al., 2019; torch-pruning's ``GroupTaylorImportance`` on gradients accumulated
@@ -141,11 +143,16 @@ def taylor(adapter: ModelAdapter, batches: Iterable[Batch], progress: bool = Fal
 
     The gradient is averaged *before* the absolute value: per-batch ``|w * g_b|`` averaged instead
     also counts gradient noise (a Fisher-like term) and, on MiniLM heads at 50%, kept units that
-    were 0.03 cosine worse (``benchmarks/prune_fidelity.py``)."""
-    return _gradient_scores(adapter, batches, squared=False, progress=progress)
+    were 0.03 cosine worse (``benchmarks/prune_fidelity.py``).
+
+    ``memory_bounded`` (default) walks the exact gradient block by block
+    (:mod:`edgeadapt.pruning.blockwise`): peak memory is the weights plus one block's gradients and
+    activations, scores equal to the whole-model backward's (``False``) within float rounding."""
+    return _gradient_scores(adapter, batches, squared=False, progress=progress, memory_bounded=memory_bounded)
 
 
-def fisher(adapter: ModelAdapter, batches: Iterable[Batch], progress: bool = False) -> Scores:
+def fisher(adapter: ModelAdapter, batches: Iterable[Batch], progress: bool = False,
+           memory_bounded: bool = True) -> Scores:
     """Second-order Taylor / diagonal Fisher importance of each group's mask variable.
 
     Per *sample*, the group's first-order loss change ``t = sum over the group of w * dL/dw`` is
@@ -154,14 +161,20 @@ def fisher(adapter: ModelAdapter, batches: Iterable[Batch], progress: bool = Fal
     unit's output ``a`` (rows of q/k/v and MLP inputs, bias included) or input (columns of o and
     the MLP output), so one backward per batch suffices. Every forward pass inside the task loss
     counts as its own samples (e.g. both views of a contrastive pair). Per layer: the squared
-    block term per batch, averaged.
+    block term per batch, averaged. ``memory_bounded``: as for :func:`taylor`.
     """
-    return _gradient_scores(adapter, batches, squared=True, progress=progress)
+    return _gradient_scores(adapter, batches, squared=True, progress=progress, memory_bounded=memory_bounded)
 
 
 def _gradient_scores(adapter: ModelAdapter, batches: Iterable[Batch], squared: bool,
-                     progress: bool = False) -> Scores:
-    """:func:`fisher` (``squared=True``) or :func:`taylor` (``squared=False``)."""
+                     progress: bool = False, memory_bounded: bool = True) -> Scores:
+    """:func:`fisher` (``squared=True``) or :func:`taylor` (``squared=False``); block by block when
+    ``memory_bounded`` and the model's blocks form a chain, else by whole-model backwards."""
+    batches = list(batches)
+    if memory_bounded and batches:
+        bounded = _blockwise(adapter, batches, squared)
+        if bounded is not None:
+            return bounded
     model = adapter.model
     layers = model.get_submodule(adapter.layers_path())
     was_training = model.training
@@ -207,6 +220,36 @@ def _gradient_scores(adapter: ModelAdapter, batches: Iterable[Batch], squared: b
     scores = {k: [t / max(samples, 1) for t in v] for k, v in totals.items()}
     scores["layers"] = [layer_total / n_batches]
     return scores
+
+
+def _blockwise(adapter: ModelAdapter, batches: list[Batch], squared: bool) -> Scores | None:
+    """:func:`_gradient_scores` through :func:`~edgeadapt.pruning.blockwise.blockwise_gradient_scores`;
+    ``None`` when the model's blocks cannot be walked one at a time."""
+    model = adapter.model
+
+    def unit_terms(block: object) -> dict[str, torch.Tensor]:  # divided in the model's dtype, as below
+        return {kind: (sum((member_values(model, m) * member_values(model, m, grad=True)).abs().sum(1)
+                           for m in block_members(block, kind)) / len(batches)).detach().float().cpu()
+                for kind in ("heads", "neurons")}
+
+    def collector(block: object) -> _PerSampleTerms:
+        return _PerSampleTerms(model, [block])
+
+    was_training = model.training
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    try:
+        totals, layer_total, samples, n_batches = blockwise_gradient_scores(
+            adapter, batches, unit_terms, collector if squared else None)
+    except NotAChain:
+        return None
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    if squared:
+        scores = {k: [t / max(samples, 1) for t in v] for k, v in totals.items()}
+        return {**scores, "layers": [layer_total / n_batches]}
+    return {**totals, "layers": [layer_total / n_batches]}
 
 
 def _layer_terms(layers: nn.Module) -> torch.Tensor:
@@ -337,10 +380,10 @@ def random_scores(adapter: ModelAdapter, seed: int = 0) -> Scores:
 
 
 def score(adapter: ModelAdapter, method: str, batches: Iterable[Batch] | None = None,
-          progress: bool = False, seed: int = 0) -> Scores:
+          progress: bool = False, seed: int = 0, memory_bounded: bool = True) -> Scores:
     """Scores of every group of ``adapter`` by ``method``, one of :data:`IMPORTANCES` (``seed`` is
-    used by ``random`` only). Retired or unknown names and missing calibration batches raise a
-    :class:`ConfigError`."""
+    used by ``random`` only; ``memory_bounded`` by ``taylor``/``fisher``, see :func:`taylor`).
+    Retired or unknown names and missing calibration batches raise a :class:`ConfigError`."""
     check_importance(method)
     if method == "magnitude":
         return magnitude(adapter, p=1)
@@ -351,7 +394,7 @@ def score(adapter: ModelAdapter, method: str, batches: Iterable[Batch] | None = 
     if batches is None:
         raise ConfigError(f"importance {method!r} needs calibration batches")
     if method == "taylor":
-        return taylor(adapter, batches, progress=progress)
+        return taylor(adapter, batches, progress=progress, memory_bounded=memory_bounded)
     if method == "fisher":
-        return fisher(adapter, batches, progress=progress)
+        return fisher(adapter, batches, progress=progress, memory_bounded=memory_bounded)
     return activation(adapter, batches)

@@ -241,3 +241,23 @@ def test_inspect_describes_an_offline_output_and_its_knowledge_base(offline_out,
     # the models inside are still inspected as models
     assert main(["inspect", str(offline_out / "kb" / "model")]) == 0
     assert "weights: float32" in capsys.readouterr().out
+
+
+def test_inspect_shows_the_dtype_of_a_bf16_cnn_checkpoint(tmp_path, capsys):
+    """Before: a CNN's stage table had no weights line at all (only transformers showed the dtype)."""
+    import json
+
+    import torch
+
+    from edgeadapt.cli.main import main
+    from edgeadapt.models.registry import load_adapter
+
+    adapter = load_adapter("tiny-resnet")
+    adapter.model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    params = sum(p.numel() for p in adapter.model.parameters())
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "bf16")]) == 0
+    assert "weights: bfloat16" in capsys.readouterr().out
+    assert main(["inspect", "tiny-resnet", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["dtype"] == "float32" and data["weight_bytes"] == params * 4

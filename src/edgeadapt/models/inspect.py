@@ -178,7 +178,8 @@ def inspect_cnn(adapter: CNNAdapter) -> Inspection:
             for i, c in enumerate(costs)]
     return Inspection(name=adapter.name, family=adapter.family, task=adapter.task.name, unit="image",
                       context=1, blocks=rows, total_params=_params(adapter.model),
-                      total_flops=sum(r.flops for r in rows) + head_flops, stages=[c.path for c in costs])
+                      total_flops=sum(r.flops for r in rows) + head_flops, stages=[c.path for c in costs],
+                      **weight_dtype(adapter.model))
 
 
 def _human(n: float) -> str:
@@ -216,4 +217,6 @@ def _format_stages(info: Inspection) -> str:
         lines.append(f"{r.index:>5} {r.ffn_width:>8} {_human(r.params):>10} {_human(r.flops):>10}  {path}")
     lines.append(f"{'total':>5} {'':>8} {_human(info.total_params):>10} {_human(info.total_flops):>10}")
     lines.append(f"(total params include the head: {info.total_params:,})")
+    if info.dtype:
+        lines.append(f"weights: {info.dtype}, {_human(info.weight_bytes)}B")
     return "\n".join(lines)

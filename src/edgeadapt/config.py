@@ -21,6 +21,7 @@ CONFIG_KINDS: dict[str, str] = {
     "offline": "edgeadapt.offline.pipeline:OfflineConfig",
     "adapt": "edgeadapt.online.pipeline:AdaptConfig",
     "llm-prune": "edgeadapt.llm.config:LLMPruneConfig",
+    "memory-plan": "edgeadapt.memory.plan_file:MemoryPlanFile",
 }
 # kind -> the command that writes a config's `out`/`save` (for "not built yet (run ...)" notes).
 BUILD_COMMANDS: dict[str, str] = {

@@ -39,6 +39,7 @@ import transformers
 from edgeadapt.artifacts import atomic_write_text
 from edgeadapt.errors import ArtifactError, ConfigError, OutputExistsError
 from edgeadapt.models.adapter import HFAdapter
+from edgeadapt.models.cnn import CNNAdapter
 from edgeadapt.models.registry import task_of
 from edgeadapt.numerics import max_error
 from edgeadapt.outputs import check_output_dir
@@ -304,6 +305,15 @@ def export_hf(artifact: str | Path, out: str | Path, *, overwrite: bool = False,
         path = check_export_out(path, artifact, overwrite, field)  # another run may have written it
         _clean_stale(path)
         adapter = load_model(artifact)
+        if isinstance(adapter, CNNAdapter):
+            state = "channel-pruned" if adapter.plan is not None and not adapter.plan.is_dense() else "dense"
+            raise ConfigError(
+                f"{source} is a {state} {adapter.family} CNN: transformers' {adapter.family} config has one "
+                "width per stage, so per-layer channel counts left by channel pruning cannot be a plain "
+                "Hugging Face checkpoint. Load it with edgeadapt (edgeadapt.pruning.checkpoint.load_model "
+                "rebuilds it from its base config and channel plan)" +
+                (f", or for the dense model call save_pretrained on {source}'s transformers model"
+                 if state == "dense" else ""))
         if not isinstance(adapter, HFAdapter):
             raise ConfigError(f"{source} is not a Hugging Face model, so it has no Hugging Face checkpoint")
         widths = uniform_widths(layer_widths(adapter), source)

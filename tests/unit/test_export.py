@@ -189,3 +189,15 @@ def test_every_task_has_an_auto_class():
     from edgeadapt.models.registry import TASKS
 
     assert set(AUTO_CLASSES) == set(TASKS)
+
+
+def test_a_channel_pruned_cnn_is_refused_with_the_reason_not_as_a_non_hf_model(tmp_path, capsys):
+    """Before: 'is not a Hugging Face model', though it is a transformers ResNet; the real reason is
+    that ResNet's config cannot state per-layer channel counts."""
+    out = str(tmp_path / "pruned")
+    assert main(["--quiet", "prune", "tiny-resnet", "--unit-sparsity", "0.3", "--out", out]) == 0
+    capsys.readouterr()
+    assert main(["export", out, "--out", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert "channel-pruned resnet CNN" in err and "one width per stage" in err
+    assert not (tmp_path / "hf" / "config.json").exists()

@@ -1,0 +1,94 @@
+"""Block chains and descendants: exact at full width, narrower inside, distilled, saved and reloaded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from edgeadapt.errors import ArtifactError, ConfigError
+from edgeadapt.models.registry import load_adapter
+from edgeadapt.offload.blocks import (
+    block_chain,
+    distill,
+    load_descendants,
+    make_descendants,
+    save_descendants,
+)
+
+MODELS = ("tiny-resnet", "tiny-vit")
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def built(request):
+    adapter = load_adapter(request.param)
+    torch.manual_seed(0)
+    size = adapter.model.config.image_size
+    x = torch.randn(6, 3, size, size)
+    return adapter, make_descendants(adapter), x
+
+
+def test_composed_chain_is_the_model(built):
+    adapter, _, x = built
+    with torch.no_grad():
+        assert torch.equal(block_chain(adapter)(x), adapter.model(pixel_values=x).logits)
+
+
+def test_full_width_descendant_equals_its_block_and_narrower_ones_keep_the_output_shape(built):
+    adapter, desc, x = built
+    blocks = block_chain(adapter).blocks
+    full = desc.widths.index(1.0)
+    h = x
+    with torch.no_grad():
+        for b, block in enumerate(blocks):
+            out = block(h)
+            assert torch.equal(desc.modules[b][full](h), out), desc.names[b]
+            for w in range(len(desc.widths)):
+                assert desc.modules[b][w](h).shape == out.shape
+            h = out
+        assert torch.equal(desc.chain([1.0] * len(blocks))(x), adapter.model(pixel_values=x).logits)
+    # every block with inner units is narrower at 0.25 than at full width (stem and head have none)
+    narrowed = [desc.params(b, desc.widths.index(0.25)) < desc.params(b, full) for b in range(len(blocks))]
+    assert narrowed[1:-1] == [True] * (len(blocks) - 2)
+    assert not narrowed[-1]
+
+
+def test_distillation_lowers_the_block_loss_and_leaves_full_width_alone(built):
+    adapter, desc, x = built
+    before = [p.clone() for p in desc.modules[1][desc.widths.index(1.0)].parameters()]
+    losses = distill(desc, [x[:3], x[3:]], epochs=3, lr=1e-2)
+    key = f"{desc.names[1]}/0.25"
+    assert losses[key][-1] < losses[key][0]
+    after = list(desc.modules[1][desc.widths.index(1.0)].parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert not any(k.startswith("head/") for k in losses)
+
+
+def test_artifact_round_trip_and_tampering(built, tmp_path):
+    _, desc, x = built
+    save_descendants(desc, tmp_path / "desc", config={"epochs": 3})
+    again = load_descendants(tmp_path / "desc")
+    assert again.names == desc.names and again.widths == desc.widths
+    mix = [desc.widths[b % len(desc.widths)] for b in range(len(desc.names))]
+    with torch.no_grad():
+        assert torch.equal(again.chain(mix)(x), desc.chain(mix)(x))
+    manifest = json.loads((tmp_path / "desc" / "manifest.json").read_text())
+    assert manifest["kind"] == "offload-descendants" and manifest["config"] == {"epochs": 3}
+    plan = tmp_path / "desc" / "plans" / "width-1.json"
+    plan.write_text(plan.read_text().replace("1", "2", 1))
+    with pytest.raises(ArtifactError, match="hash mismatch"):
+        load_descendants(tmp_path / "desc")
+
+
+def test_refusals(built):
+    adapter, desc, _ = built
+    with pytest.raises(ConfigError, match="include 1.0"):
+        make_descendants(adapter, widths=(0.5, 0.25))
+    with pytest.raises(ConfigError, match="not built"):
+        desc.chain([0.6] * len(desc.names))
+
+
+def test_a_family_without_a_head_entry_is_refused():
+    with pytest.raises(ConfigError, match="offload chains are built for"):
+        block_chain(load_adapter("tiny-mobilenetv2"))

@@ -186,8 +186,9 @@ def successive_halving(arms: Sequence[Arm], pull: Callable[[Arm, int], tuple[flo
     ``pull(arm, steps)`` trains ``arm`` until it has had ``steps`` optimizer steps in all (it
     continues from where its last pull stopped) and returns its score (a tuple, higher is
     better). Round ``r`` brings every surviving arm to ``first_steps * eta**r`` steps; the best
-    ``ceil(n / eta)`` by score survive (ties: the earlier arm). Returns the last arm left and, per
-    arm index, the steps it reached and its last score."""
+    ``ceil(n / eta)`` by score survive (ties: the earlier arm), until one is left (it is not
+    pulled again). A single arm is pulled once. Returns the last arm left and, per arm index, the
+    steps it reached and its last score."""
     if not arms:
         raise ConfigError("successive halving needs at least one arm")
     if first_steps < 1 or eta < 2:
@@ -198,10 +199,10 @@ def successive_halving(arms: Sequence[Arm], pull: Callable[[Arm, int], tuple[flo
     while True:
         for i in alive:
             seen[i] = (steps, tuple(pull(arms[i], steps)))
-        if len(alive) == 1:
-            return arms[alive[0]], seen
         ranked = sorted(alive, key=lambda i: (tuple(-v for v in seen[i][1]), i))
         alive = sorted(ranked[:math.ceil(len(alive) / eta)])
+        if len(alive) == 1:
+            return arms[alive[0]], seen
         steps *= eta
 
 
@@ -344,7 +345,6 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
         model.load_state_dict(start)
         model.train(was_training)
         model.zero_grad(set_to_none=True)
-    rounds_max = max(s for s, _ in seen.values())
     for k, i in enumerate(probed):
         p = probes[i]
         steps = seen[k][0]
@@ -353,8 +353,7 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
         cands[i] = replace(cands[i], gain=gain, gain_per_second=gain / max(p.seconds, 1e-9),
                            loss_drop_per_second=p.metric[1] / max(p.seconds, 1e-9), probe_steps=steps,
                            measured_step_seconds=times[len(times) // 2],
-                           status="chosen" if i == best else f"eliminated after {steps} steps"
-                           if steps < rounds_max else "runner-up")
+                           status="chosen" if i == best else f"eliminated after {steps} steps")
     if cands[best].measured_bytes is None:
         real = measure(adapter, cands[best].plan, batch, optimizer, traits=traits, chain=chain)
         cands[best] = replace(cands[best], measured_bytes=real.total_bytes)

@@ -1,0 +1,105 @@
+"""``edgeadapt memory``: fit retraining into a memory budget (plan) and predict one plan (estimate)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from edgeadapt.cli.data import _options
+from edgeadapt.errors import ConfigError
+
+
+def memory_batches(adapter: Any, model: str, data: str | None, options: dict[str, Any], batch_size: int,
+                   num_batches: int, eval_batches: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(training batches, held-out batches) of the current data for ``adapter``: the built-in
+    calibration data of its modality (digits, documentation text) without ``data``, else the
+    registered dataset ``data`` (train split shuffled by ``seed``; its validation split held out)."""
+    from edgeadapt.data.calibration import calibration_batches
+
+    if data is None:
+        train = calibration_batches(adapter, num_batches, batch_size, seed=seed)
+        held = calibration_batches(adapter, eval_batches, batch_size, seed=seed, split="test")
+        return train, held
+    from edgeadapt.data.registry import build_dataset, dataset_info, options_at_size
+    from edgeadapt.training.batches import batch_factory
+
+    info = dataset_info(data)
+    image = info.task == "image-classification"
+    if image != (adapter.modality == "image"):
+        raise ConfigError(f"--data {data}: a {info.task} dataset, but {model} is a "
+                          f"{adapter.modality} model; give a dataset of its modality")
+    size = adapter.model.config.image_size if image else None
+    splits = build_dataset(data, **options_at_size(data, options, size, "--option size"))
+
+    def take(split: Any, n: int, shuffle: bool) -> list[dict]:
+        out = []
+        for b in batch_factory(adapter, split, batch_size, shuffle=shuffle, seed=seed)(0):
+            if len(out) == n:
+                break
+            if next(iter(b.values())).shape[0] == batch_size:  # whole batches only
+                out.append(b)
+        if not out:
+            raise ConfigError(f"--data {data}: no full batch of {batch_size}; lower --batch-size")
+        return out
+    return take(splits.train, num_batches, True), take(splits.val, eval_batches, False)
+
+
+def cmd_memory_plan(args: argparse.Namespace) -> int:
+    """Choose micro-batching, freezing and checkpointing under ``--budget``: enumerate, predict,
+    keep the Pareto set, probe by successive halving, print the table and the choice (or JSON).
+    Python: ``edgeadapt.memory.search.search(adapter, budget, batches, eval_batches)``."""
+    from edgeadapt.memory.accounting import parse_bytes
+    from edgeadapt.memory.plan_file import save_plan
+    from edgeadapt.memory.search import format_result, search
+    from edgeadapt.outputs import check_output_file
+    from edgeadapt.pruning.checkpoint import load_model
+
+    budget = parse_bytes(args.budget)  # a bad size fails before the model loads
+    if args.save is not None:
+        check_output_file(args.save, "--save")
+    adapter = load_model(args.model)
+    train, held = memory_batches(adapter, args.model, args.data, _options(args.option), args.batch_size,
+                                 args.probe_batches, args.eval_batches, args.seed)
+    result = search(adapter, budget, train, held, lr=args.lr, seed=args.seed, probe_steps=args.probe_steps,
+                    max_probes=args.max_probes, optimizer=args.optimizer)
+    if args.save is not None:
+        save_plan(result.chosen.plan, args.save)
+    print(json.dumps(result.to_dict(), indent=1) if args.json else format_result(result, args.all))
+    if args.save is not None and not args.json:
+        print(f"saved to {args.save}")
+    return 0
+
+
+def cmd_memory_estimate(args: argparse.Namespace) -> int:
+    """Predict one plan's peak memory and step time from two profiled steps (``--measure``: and
+    run it). Python: ``edgeadapt.memory.estimator.estimate(adapter, load_plan(PLAN), batch)``."""
+    from edgeadapt.memory.accounting import format_bytes
+    from edgeadapt.memory.estimator import estimate, measure
+    from edgeadapt.memory.plan_file import load_plan
+    from edgeadapt.memory.search import describe_plan
+    from edgeadapt.pruning.checkpoint import load_model
+
+    plan = load_plan(args.plan)
+    adapter = load_model(args.model)
+    batch = memory_batches(adapter, args.model, args.data, _options(args.option), args.batch_size, 1, 1,
+                           args.seed)[0][0]
+    est = estimate(adapter, plan, batch, args.optimizer)
+    out: dict[str, Any] = {"plan": plan.model_dump(), "batch_size": args.batch_size,
+                           "predicted_bytes": est.predicted_bytes, "breakdown": est.breakdown,
+                           "step_seconds": est.step_seconds, "measured_bytes": None,
+                           "measured_step_seconds": None}
+    if args.measure:
+        real = measure(adapter, plan, batch, args.optimizer)
+        out.update(measured_bytes=real.total_bytes, measured_step_seconds=real.step_seconds)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"{args.model}, batch {args.batch_size}, {describe_plan(plan)}: predicted peak "
+          f"{format_bytes(est.predicted_bytes)}, step {est.step_seconds:.4f} s")
+    print("  " + ", ".join(f"{k} {format_bytes(v)}" for k, v in est.breakdown.items()))
+    if args.measure:
+        print(f"  measured {format_bytes(out['measured_bytes'])} "
+              f"({out['measured_bytes'] / est.predicted_bytes - 1:+.1%} vs predicted), "
+              f"step {out['measured_step_seconds']:.4f} s")
+    return 0

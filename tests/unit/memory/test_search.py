@@ -1,0 +1,178 @@
+"""Budgeted plan search: Pareto set, successive halving, infeasible budgets, the chosen plan fits,
+and the ``edgeadapt memory plan/estimate`` commands."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from edgeadapt.cli.main import main
+from edgeadapt.data.calibration import calibration_batches
+from edgeadapt.errors import ConfigError, InfeasibleError
+from edgeadapt.memory.estimator import predict, profile
+from edgeadapt.memory.knobs import block_chain
+from edgeadapt.memory.plan import ADAPTATION_LOSS, MemoryPlan
+from edgeadapt.memory.plan_file import load_plan, save_plan
+from edgeadapt.memory.search import enumerate_plans, pareto, search, successive_halving
+from edgeadapt.models.registry import load_adapter
+
+
+def test_pareto_keeps_exactly_the_undominated_plans_of_a_synthetic_table():
+    # (bytes, seconds, frozen blocks)
+    table = [
+        (100, 1.0, 0),  # 0: cheapest in time at no freezing
+        (80, 2.0, 0),   # 1: less memory, slower: a trade-off, kept
+        (90, 2.5, 0),   # 2: dominated by 1 (more memory and slower)
+        (80, 2.0, 0),   # 3: identical to 1: only the first is kept
+        (60, 0.5, 2),   # 4: freezes more: dominates nothing at fewer frozen blocks, kept
+        (70, 0.8, 2),   # 5: dominated by 4 (same freezing)
+        (100, 1.0, 1),  # 6: as 0 but freezes more: dominated by 0
+        (120, 0.9, 0),  # 7: more memory but faster than 0: kept
+    ]
+    assert pareto(table) == [True, True, False, False, True, False, False, True]
+    assert pareto([]) == [] and pareto([(1, 1.0, 0)]) == [True]
+
+
+def test_successive_halving_keeps_the_best_arm_of_synthetic_gains():
+    # each arm's measured gain/s is its true rate plus noise that shrinks with the steps it had;
+    # the best arm looks worse than two others after its first probe
+    true = {"a": 1.0, "b": 3.0, "c": 2.0, "d": 0.5, "e": 2.7, "f": 0.1, "g": 1.5}
+    early = {"b": -1.3, "e": 0.4, "c": 0.9}
+    pulls: list[tuple[str, int]] = []
+
+    def pull(arm: str, steps: int) -> tuple[float]:
+        pulls.append((arm, steps))
+        return (true[arm] + early.get(arm, 0.0) * (2 / steps) ** 2,)
+
+    best, seen = successive_halving(list(true), pull, first_steps=2)
+    assert best == "b"
+    # 7 arms at 2 steps, 4 at 4, 2 at 8; the last one is not pulled again
+    assert [s for _, s in pulls] == [2] * 7 + [4] * 4 + [8] * 2
+    assert {a for a, s in pulls if s == 8} == {"b", "e"}
+    assert seen[list(true).index("f")][0] == 2 and seen[list(true).index("b")][0] == 8
+    only, _ = successive_halving(["x"], lambda a, s: (0.0,))
+    assert only == "x"
+    with pytest.raises(ConfigError):
+        successive_halving([], pull)
+
+
+def test_the_plan_space_is_divisors_by_freezing_by_segments():
+    plans = enumerate_plans(3, 8)
+    assert {p.micro_batch_size for p in plans} == {None, 4, 2, 1}
+    assert len(plans) == 4 * (4 + 3 + 2 + 1)  # segments 0..trainable blocks for 0..3 frozen
+    assert max(p.checkpoint_segments for p in plans if p.freeze_blocks == 1) == 2
+    # a loss over the whole batch is never micro-batched
+    assert {p.micro_batch_size for p in enumerate_plans(3, 8, ADAPTATION_LOSS)} == {None}
+    with pytest.raises(ConfigError, match="at least 2"):
+        enumerate_plans(3, 1, ADAPTATION_LOSS)
+
+
+def _setup(name: str, batch_size: int = 8):
+    adapter = load_adapter(name)
+    train = calibration_batches(adapter, 3, batch_size)
+    held = calibration_batches(adapter, 2, batch_size, split="test")
+    prof = profile(adapter, train[0])
+    return adapter, train, held, prof
+
+
+def test_an_infeasible_budget_names_the_smallest_feasible_budget_and_its_plan():
+    adapter, train, held, prof = _setup("tiny-resnet")
+    plans = enumerate_plans(len(block_chain(adapter).blocks), 8)
+    smallest = min(predict(prof, p).predicted_bytes for p in plans)
+    with pytest.raises(InfeasibleError, match="smallest feasible budget") as info:
+        search(adapter, smallest - 1, train, held, prof=prof)
+    message = str(info.value)
+    assert f"({smallest} bytes), reached by plan" in message
+    named = MemoryPlan.model_validate_json(re.search(r"reached by plan [^(]*\((\{.*?\})\)", message).group(1))
+    assert predict(prof, named).predicted_bytes == smallest
+    with pytest.raises(ConfigError, match="positive"):
+        search(adapter, "0MiB", train, held, prof=prof)
+
+
+@pytest.mark.parametrize("name", ["tiny-vit", "tiny-resnet"])
+def test_the_chosen_plan_is_measured_within_the_budget_and_the_model_is_left_as_it_was(name):
+    adapter, train, held, prof = _setup(name)
+    budget = int(predict(prof, MemoryPlan()).predicted_bytes * 0.5)
+    before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    rng = torch.random.get_rng_state()
+    result = search(adapter, budget, train, held, prof=prof, max_probes=4)
+    chosen = result.chosen
+    assert chosen.status == "chosen" and chosen in result.candidates
+    assert chosen.predicted_bytes <= budget and chosen.measured_bytes <= budget
+    assert abs(chosen.measured_bytes / chosen.predicted_bytes - 1) <= 0.05
+    assert chosen.plan != MemoryPlan()  # the no-knob plan does not fit half its own peak
+    probed = [c for c in result.candidates if c.probe_steps]
+    assert 1 <= len(probed) <= 4 and all(c.measured_bytes is not None for c in probed)
+    assert all(c.predicted_bytes > budget for c in result.candidates if c.status == "over budget")
+    assert result.metric == "accuracy" and result.planning_seconds <= 60
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    after = adapter.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_probes_are_seeded_and_a_language_model_is_ranked_by_loss_decrease():
+    adapter, train, held, prof = _setup("tiny-llama", batch_size=4)
+    budget = int(predict(prof, MemoryPlan()).predicted_bytes * 0.75)
+    runs = [search(adapter, budget, train, held, prof=prof, max_probes=2, probe_steps=1) for _ in range(2)]
+    assert runs[0].metric == "loss decrease"
+    gains = [[(c.plan, c.gain) for c in r.candidates if c.probe_steps] for r in runs]
+    assert gains[0] == gains[1] and len(gains[0]) == 2
+    assert all(g is not None for _, g in gains[0])
+
+
+def test_cli_memory_plan_json_schema_and_saved_plan(tmp_path, capsys):
+    saved = tmp_path / "plan.json"
+    argv = ["memory", "plan", "tiny-resnet", "--budget", "1MiB", "--json", "--max-probes", "3",
+            "--probe-batches", "2", "--eval-batches", "2", "--save", str(saved)]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["budget_bytes"] == 2**20
+    assert out["plans"] and all({"predicted_bytes", "measured_bytes", "step_seconds"} <= set(p)
+                                for p in out["plans"])
+    assert out["chosen"] in out["plans"] and out["chosen"]["status"] == "chosen"
+    assert out["chosen"]["measured_bytes"] <= out["budget_bytes"]
+    assert load_plan(saved) == MemoryPlan(**out["chosen"]["plan"])
+    assert main(["validate", str(saved)]) == 0
+    assert "valid memory-plan config" in capsys.readouterr().out
+
+    assert main(["memory", "estimate", "tiny-resnet", "--plan", str(saved), "--json"]) == 0
+    est = json.loads(capsys.readouterr().out)
+    assert est["predicted_bytes"] == pytest.approx(out["chosen"]["predicted_bytes"], rel=1e-3)
+    assert set(est["breakdown"]) >= {"weights", "optimizer_state", "gradients", "activations", "workspace"}
+
+
+def test_cli_memory_plan_prints_the_table_and_the_choice(capsys):
+    assert main(["memory", "plan", "tiny-resnet", "--budget", "1MiB", "--max-probes", "2",
+                 "--probe-batches", "2", "--eval-batches", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "predicted" in out and "measured" in out and "acc gain/s" in out
+    assert re.search(r"^chosen: .* of the 1\.0 MiB budget", out, re.M)
+
+
+def test_cli_memory_errors_exit_2_with_the_fix(tmp_path, capsys):
+    assert main(["memory", "plan", "tiny-resnet", "--budget", "1KiB"]) == 2
+    err = capsys.readouterr().err
+    assert "smallest feasible budget is" in err and "reached by plan" in err
+    assert main(["memory", "plan", "tiny-resnet", "--budget", "lots"]) == 2
+    assert "16MiB" in capsys.readouterr().err
+    other = tmp_path / "other.yaml"
+    other.write_text("kind: train\nmodel: tiny-vit\n")
+    assert main(["memory", "estimate", "tiny-resnet", "--plan", str(other)]) == 2
+    assert "not a memory plan" in capsys.readouterr().err
+    bad = save_plan(MemoryPlan(checkpoint_segments=9), tmp_path / "bad.json")
+    assert main(["memory", "estimate", "tiny-resnet", "--plan", str(bad)]) == 2
+    assert "checkpoint_segments" in capsys.readouterr().err
+
+
+def test_cli_memory_estimate_on_a_plan_file_with_measurement(tmp_path, capsys):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("kind: memory-plan\nmicro_batch_size: 4\ncheckpoint_segments: 2\n")
+    assert main(["memory", "estimate", "tiny-vit", "--plan", str(plan), "--measure", "--json"]) == 0
+    est = json.loads(capsys.readouterr().out)
+    assert est["plan"]["micro_batch_size"] == 4 and est["step_seconds"] > 0
+    assert abs(est["measured_bytes"] / est["predicted_bytes"] - 1) <= 0.05
+    assert main(["memory", "estimate", "tiny-vit", "--plan", str(plan)]) == 0
+    assert "predicted peak" in capsys.readouterr().out

@@ -25,7 +25,6 @@ from edgeadapt.cli.args import (
     unit_interval,
 )
 from edgeadapt.cli.data import cmd_data_list, cmd_data_show
-from edgeadapt.cli.memory import cmd_memory_estimate, cmd_memory_plan
 from edgeadapt.errors import ConfigError, EdgeAdaptError
 from edgeadapt.outputs import check_output_dir
 from edgeadapt.progress import QUIET_ENV, bar_enabled
@@ -70,12 +69,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def _prune(args: argparse.Namespace) -> int:
     from edgeadapt.data.calibration import calibration_batches
+    from edgeadapt.memory.accounting import parse_bytes
     from edgeadapt.models.cnn import CNNAdapter
     from edgeadapt.models.inspect import inspect_model
     from edgeadapt.pruning.apply import apply_plan
     from edgeadapt.pruning.budget import BUDGETS, check_budget
     from edgeadapt.pruning.checkpoint import load_model, save_pruned
     from edgeadapt.pruning.importance import IMPORTANCES, check_importance
+    from edgeadapt.pruning.memory import check_scoring_memory, tokens_per_sample
     from edgeadapt.pruning.plan import PruningPlan
     from edgeadapt.pruning.prune import prune
 
@@ -101,6 +102,8 @@ def _prune(args: argparse.Namespace) -> int:
         raise ConfigError(f"--protect-first {args.protect_first} + --protect-last {args.protect_last} cover "
                           f"all {blocks} blocks, so nothing would be pruned; lower them")
     if isinstance(adapter, CNNAdapter):
+        if args.max_memory is not None:
+            raise ConfigError("--max-memory predicts transformer scoring only; drop it for a CNN")
         return _prune_channels(args, adapter, before)
     if args.plan is not None:
         apply_plan(adapter, PruningPlan.load(args.plan))
@@ -108,6 +111,11 @@ def _prune(args: argparse.Namespace) -> int:
         batches = None
         if IMPORTANCES[args.importance].needs_batches:
             batches = calibration_batches(adapter, args.calibration_batches, args.batch_size, seed=args.seed)
+        if args.max_memory is not None:  # refuse before scoring, naming the largest calibration that fits
+            check_scoring_memory(adapter, args.importance, args.batch_size,
+                                 tokens_per_sample(adapter, batches[0]) if batches else 1,
+                                 args.calibration_batches, parse_bytes(args.max_memory),
+                                 {"num_batches": "--calibration-batches", "batch_size": "--batch-size"})
         prune(adapter, targets, args.importance, batches, unit_sparsity=args.unit_sparsity,
               param_sparsity=args.param_sparsity, scope=args.scope, protect_first=args.protect_first,
               protect_last=args.protect_last, seed=args.seed, progress=bar_enabled(), device=args.device)
@@ -276,10 +284,12 @@ def cmd_llm_prune(args: argparse.Namespace) -> int:
     memory). Python: ``edgeadapt.llm.pipeline.run_train(cfg)`` / ``run_test(cfg)``."""
     from edgeadapt.config import load_config
     from edgeadapt.llm.pipeline import run_test, run_train
+    from edgeadapt.memory.accounting import parse_bytes
 
     cfg = load_config(args.config, kind="llm-prune")
     if args.mode == "train":
-        m = run_train(cfg, overwrite=args.overwrite)
+        max_memory = None if args.max_memory is None else parse_bytes(args.max_memory)
+        m = run_train(cfg, overwrite=args.overwrite, max_memory=max_memory)
         print(f"dense ppl {m['dense_ppl']:.2f} | pruned {m['prune']['param_sparsity']:.1%} of block params: "
               f"ppl {m['pruned_ppl']:.2f} "
               f"before recovery, {m['recovered_ppl']:.2f} after | model: {cfg.save}")
@@ -364,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", type=nonempty_str, default="auto",
                    help="where importance is computed: auto (CUDA if present), cpu, cuda[:N]")
+    s.add_argument("--max-memory", type=nonempty_str, default=None, metavar="SIZE",
+                   help="e.g. 8GiB: refuse before scoring when the predicted tensor peak (weights, one "
+                   "block's gradients and activations, cached block inputs; not the runtime) exceeds it, "
+                   "naming the largest --calibration-batches/--batch-size that fits")
     s.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     s.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
     s.set_defaults(func=cmd_prune)
@@ -420,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mode", choices=("train", "test"), default="train",
                    help="train: prune + recover + save; test: evaluate the saved model and write a report")
     s.add_argument("--overwrite", action="store_true", help=_OVERWRITE + " (save:, in train mode)")
+    s.add_argument("--max-memory", type=nonempty_str, default=None, metavar="SIZE",
+                   help="e.g. 24GiB: refuse before scoring when the predicted scoring peak exceeds it, "
+                   "naming the largest pruning.calibration_batches / batch_size / seq_len that fits")
     s.set_defaults(func=cmd_llm_prune)
 
     s = sub.add_parser("llm-pretrain", help="train the reference LM (tiny-llama-ref) on the built-in corpus")
@@ -445,37 +462,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "and severity (or the stream's corruptions)")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_data_show)
-
-    s = sub.add_parser("memory", help="fit retraining into a memory budget: choose or predict a plan")
-    msub = s.add_subparsers(dest="memory_command", required=True)
-    for name, func, what in (
-            ("plan", cmd_memory_plan, "choose micro-batching, freezing and checkpointing under --budget "
-             "(predicted, measured, probed for accuracy gain per second)"),
-            ("estimate", cmd_memory_estimate, "predict one plan's peak memory and step time")):
-        m = msub.add_parser(name, help=what)
-        m.add_argument("model", help="as for inspect")
-        if name == "plan":
-            m.add_argument("--budget", type=nonempty_str, required=True,
-                           help="retraining memory, e.g. 512MiB")
-            m.add_argument("--probe-steps", type=positive_int, default=2,
-                           help="steps of each plan in the first successive-halving round (default 2)")
-            m.add_argument("--max-probes", type=positive_int, default=8, help="Pareto plans probed at most")
-            m.add_argument("--probe-batches", type=positive_int, default=4, help="batches the probes cycle")
-            m.add_argument("--eval-batches", type=positive_int, default=4, help="held-out batches scored")
-            m.add_argument("--lr", type=finite_float, default=1e-3, help="probe learning rate")
-            m.add_argument("--save", type=Path, default=None, help="write the chosen plan (kind memory-plan)")
-            m.add_argument("--all", action="store_true", help="list over-budget and dominated plans too")
-        else:
-            m.add_argument("--plan", type=Path, required=True, help="a MemoryPlan JSON/YAML file")
-            m.add_argument("--measure", action="store_true", help="also run the plan and measure it")
-        m.add_argument("--data", type=nonempty_str, default=None,
-                       help="registered dataset of the current data (default: built-in digits or text)")
-        m.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="dataset option")
-        m.add_argument("--batch-size", type=positive_int, default=8, help="effective batch per step")
-        m.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam")
-        m.add_argument("--seed", type=int, default=0)
-        m.add_argument("--json", action="store_true", help="print JSON instead of a table")
-        m.set_defaults(func=func)
 
     s = sub.add_parser("demo", help="the end-to-end demo on built-in data")
     s.add_argument("--out", type=Path, default=Path("runs/demo"))

@@ -37,6 +37,7 @@ from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.progress import bar_enabled
 from edgeadapt.pruning.budget import PruneOutcome, Rescore, prune_to_param_sparsity, prune_to_unit_sparsity
 from edgeadapt.pruning.importance import Scores, score
+from edgeadapt.pruning.memory import check_scoring_memory
 from edgeadapt.pruning.request import check_request
 
 Batch = dict[str, torch.Tensor]
@@ -187,8 +188,10 @@ def prune_to_budget(cfg: LLMPruneConfig, adapter: HFAdapter, scores: Scores,
               iterative_steps=p.iterative_steps if rescore is not None else 1, rescore=rescore)
 
 
-def run_train(cfg: LLMPruneConfig, overwrite: bool = False) -> dict[str, Any]:
+def run_train(cfg: LLMPruneConfig, overwrite: bool = False, max_memory: int | None = None) -> dict[str, Any]:
     """Prune + recover + save; returns (and writes to ``save/prune_metrics.json``) the metrics.
+    ``max_memory`` (bytes): refuse before any compute when scoring is predicted to exceed it
+    (:func:`edgeadapt.pruning.memory.check_scoring_memory`).
 
     ``save`` is locked and checked before any compute (:func:`edgeadapt.rundir.claim_output`): it
     must be empty or hold an earlier ``llm-prune`` of the same config (whose recovery checkpoints
@@ -196,10 +199,10 @@ def run_train(cfg: LLMPruneConfig, overwrite: bool = False) -> dict[str, Any]:
     from edgeadapt.rundir import claim_output
 
     with claim_output(cfg.save, "llm-prune", cfg, overwrite=overwrite, resumable=cfg.resume, field="save"):
-        return _run_train(cfg)
+        return _run_train(cfg, max_memory)
 
 
-def _run_train(cfg: LLMPruneConfig) -> dict[str, Any]:
+def _run_train(cfg: LLMPruneConfig, max_memory: int | None = None) -> dict[str, Any]:
     from edgeadapt.artifacts import atomic_write_text
     from edgeadapt.pruning.checkpoint import save_pruned
 
@@ -207,6 +210,10 @@ def _run_train(cfg: LLMPruneConfig) -> dict[str, Any]:
     adapter = load_lm(cfg)
     p = cfg.pruning  # a request that removes nothing is refused before any perplexity or score
     check_request(adapter, cfg.targets, *cfg.budget, p.scope, p.min_keep, p.protect_first, p.protect_last)
+    if max_memory is not None:
+        check_scoring_memory(adapter, p.importance, cfg.batch_size, cfg.seq_len, p.calibration_batches,
+                             max_memory, {"num_batches": "pruning.calibration_batches", "batch_size": "batch_size",
+                              "tokens": "seq_len"})
     train_ids = token_ids(adapter, corpus(cfg, "train"))
     val_ids = token_ids(adapter, corpus(cfg, "val"), cfg.evaluation.max_eval_tokens)
     train = token_blocks(train_ids, cfg.seq_len, cfg.batch_size, shuffle=True, seed=cfg.seed,

@@ -119,8 +119,8 @@ def check_scoring_memory(adapter: ModelAdapter, method: str, batch_size: int, to
                          max_memory: int, names: dict[str, str | None], memory_bounded: bool = True
                          ) -> ScoringPeak:
     """The prediction, when it fits in ``max_memory`` bytes; else an
-    :class:`~edgeadapt.errors.InfeasibleError` naming the smallest change that fits: fewer
-    calibration batches, then a smaller batch, then fewer tokens, each only when ``names`` gives
+    :class:`~edgeadapt.errors.InfeasibleError` naming a change that fits, found by halving fewer
+    calibration batches first, then the batch size, then the tokens, each only when ``names`` gives
     the setting's user-facing name (``{"num_batches": "--calibration-batches", "batch_size":
     "--batch-size", "tokens": None}``), or the smallest budget when no setting helps."""
     peak = predict_scoring_peak(adapter, method, batch_size, tokens, num_batches, memory_bounded)
@@ -144,7 +144,7 @@ def check_scoring_memory(adapter: ModelAdapter, method: str, batch_size: int, to
                 change = ", ".join(f"{names[k]} {setting[k]}" for k in setting if setting[k] != asked[k])
                 raise InfeasibleError(
                     f"{method} scoring is predicted to need {_gib(peak.total_bytes)} ({_parts(peak)}), over "
-                    f"the memory limit {_gib(max_memory)}; the largest calibration that fits: {change} "
+                    f"the memory limit {_gib(max_memory)}; it fits with {change} "
                     f"(predicted {_gib(trial.total_bytes)})")
     smallest = predict_scoring_peak(adapter, method, setting["batch_size"], setting["tokens"],
                                     setting["num_batches"], memory_bounded)

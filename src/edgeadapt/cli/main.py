@@ -25,6 +25,7 @@ from edgeadapt.cli.args import (
     unit_interval,
 )
 from edgeadapt.cli.data import cmd_data_list, cmd_data_show
+from edgeadapt.cli.memory import cmd_memory_estimate, cmd_memory_plan
 from edgeadapt.errors import ConfigError, EdgeAdaptError
 from edgeadapt.outputs import check_output_dir
 from edgeadapt.progress import QUIET_ENV, bar_enabled
@@ -462,6 +463,37 @@ def build_parser() -> argparse.ArgumentParser:
                    "and severity (or the stream's corruptions)")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_data_show)
+
+    s = sub.add_parser("memory", help="fit retraining into a memory budget: choose or predict a plan")
+    msub = s.add_subparsers(dest="memory_command", required=True)
+    for name, func, what in (
+            ("plan", cmd_memory_plan, "choose micro-batching, freezing and checkpointing under --budget "
+             "(predicted, measured, probed for accuracy gain per second)"),
+            ("estimate", cmd_memory_estimate, "predict one plan's peak memory and step time")):
+        m = msub.add_parser(name, help=what)
+        m.add_argument("model", help="as for inspect")
+        if name == "plan":
+            m.add_argument("--budget", type=nonempty_str, required=True,
+                           help="retraining memory, e.g. 512MiB")
+            m.add_argument("--probe-steps", type=positive_int, default=2,
+                           help="steps of each plan in the first successive-halving round (default 2)")
+            m.add_argument("--max-probes", type=positive_int, default=8, help="Pareto plans probed at most")
+            m.add_argument("--probe-batches", type=positive_int, default=4, help="batches the probes cycle")
+            m.add_argument("--eval-batches", type=positive_int, default=4, help="held-out batches scored")
+            m.add_argument("--lr", type=finite_float, default=1e-3, help="probe learning rate")
+            m.add_argument("--save", type=Path, default=None, help="write the chosen plan (kind memory-plan)")
+            m.add_argument("--all", action="store_true", help="list over-budget and dominated plans too")
+        else:
+            m.add_argument("--plan", type=Path, required=True, help="a MemoryPlan JSON/YAML file")
+            m.add_argument("--measure", action="store_true", help="also run the plan and measure it")
+        m.add_argument("--data", type=nonempty_str, default=None,
+                       help="registered dataset of the current data (default: built-in digits or text)")
+        m.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="dataset option")
+        m.add_argument("--batch-size", type=positive_int, default=8, help="effective batch per step")
+        m.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam")
+        m.add_argument("--seed", type=int, default=0)
+        m.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        m.set_defaults(func=func)
 
     s = sub.add_parser("demo", help="the end-to-end demo on built-in data")
     s.add_argument("--out", type=Path, default=Path("runs/demo"))

@@ -209,13 +209,18 @@ class ChainProfile:
                 source: int = 0) -> PlacementProblem:
         """The placement problem of this profile over its devices, with links of ``bandwidth``
         (bytes/s) and round trip ``rtt_s`` (seconds), each one number for every link or a matrix
-        indexed [from][to]. Negative measured drops (noise) count as 0."""
+        indexed [from][to]. Negative measured drops (noise) count as 0. A narrower width with as many
+        parameters as the full one (a stem or head with no inner units: the same module) is left
+        out, so timing noise cannot make the program pick a "width" that is not one."""
         n = len(self.devices)
         bw = _matrix(bandwidth, n, "bandwidth")
         rtt = _matrix(rtt_s, n, "rtt_s")
         names = [d.name for d in self.devices]
+        full = self.widths.index(1.0)
         options = tuple(tuple(Option(r.width, max(0.0, r.acc_drop), tuple(r.latency_s[d] for d in names),
-                                     r.mem_bytes) for r in row) for row in self.rows)
+                                     r.mem_bytes)
+                              for r in row if r.width == 1.0 or r.params < row[full].params)
+                        for row in self.rows)
         return PlacementProblem(options, tuple(row[0].out_bytes * self.batch_size for row in self.rows),
                                 self.input_bytes * self.batch_size, tuple(names),
                                 tuple(d.memory_bytes for d in self.devices), bw, rtt, self.base_accuracy,

@@ -92,8 +92,12 @@ def test_profile_file_round_trip_and_placement(profiled, tmp_path):
     prof.save(tmp_path / "profile.json")
     again = ChainProfile.load(tmp_path / "profile.json")
     assert again == prof
-    placement = solve(again.problem(bandwidth=1e6, rtt_s=0.01), floor=0.0)
-    assert len(placement.widths) == 5
+    problem = again.problem(bandwidth=1e6, rtt_s=0.01)
+    # stem and head have no inner units: their one option is the block itself
+    assert [len(o) for o in problem.options] == [1, 2, 2, 2, 1]
+    placement = solve(problem, floor=0.0)
+    assert placement.widths[0] == placement.widths[-1] == 1.0
+    assert problem.out_bytes[1] == prof.rows[1][0].out_bytes * prof.batch_size
 
 
 def test_profile_file_refuses_other_json(tmp_path):

@@ -320,6 +320,38 @@ def cmd_llm_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_offload_serve(args: argparse.Namespace) -> int:
+    """Serve blocks of a model to edge devices over gRPC until SIGTERM/SIGINT.
+    Python: ``edgeadapt.offload.serve.serve(MODEL, read_token(F), ServeConfig(host=H, port=P))``."""
+    from edgeadapt.offload.serve import ServeConfig, serve
+    from edgeadapt.offload.transport import read_token
+
+    token = read_token(args.token_file)
+    cfg = ServeConfig(host=args.host, port=args.port, max_frame_bytes=args.max_frame_bytes)
+
+    def ready(running: Any) -> None:
+        chain = running.servicer.chain
+        print(f"serving {args.model} ({len(chain)} blocks) on {args.host}:{running.port}", flush=True)
+
+    served = serve(args.model, token, cfg, ready=ready)
+    print(f"stopped after {served} calls")
+    return 0
+
+
+def cmd_offload_run(args: argparse.Namespace) -> int:
+    """Evaluate a model split between this edge (blocks before --split) and a server.
+    Python: ``edgeadapt.offload.run.run_offload(OffloadRunConfig(...))``."""
+    from edgeadapt.offload.run import OffloadRunConfig, run_offload
+    from edgeadapt.offload.transport import read_token
+
+    cfg = OffloadRunConfig(model=args.model, server=args.server, token=read_token(args.token_file),
+                           split=args.split, data=args.data, batch_size=args.batch_size, limit=args.limit,
+                           timeout_s=args.timeout)
+    report = run_offload(cfg)
+    print(json.dumps(report.to_dict()) if args.json else report.summary())
+    return 0
+
+
 _OVERWRITE = ("replace the output directory when it holds something else (another command's output, "
               "or a run of another config, which is otherwise refused); what was there is removed only "
               "once the run succeeds")
@@ -463,6 +495,32 @@ def build_parser() -> argparse.ArgumentParser:
                    "and severity (or the stream's corruptions)")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_data_show)
+
+    s = sub.add_parser("offload", help="split inference between an edge and a server (gRPC)")
+    osub = s.add_subparsers(dest="offload_command", required=True)
+    o = osub.add_parser("serve", help="serve blocks of a model to edge devices until SIGTERM/SIGINT")
+    o.add_argument("--model", required=True, help="as for inspect (the CNNs for now)")
+    o.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: all)")
+    o.add_argument("--port", type=nonnegative_int, default=50051, help="TCP port (0: a free one, printed)")
+    o.add_argument("--token-file", type=Path, required=True,
+                   help="file holding the device token every call must carry (not world-readable)")
+    o.add_argument("--max-frame-bytes", type=positive_int, default=64 * 1024 * 1024,
+                   help="largest request accepted, in bytes")
+    o.set_defaults(func=cmd_offload_serve)
+    o = osub.add_parser("run", help="evaluate a model split between this edge and an offload server")
+    o.add_argument("--model", required=True, help="the model the server serves (same weights)")
+    o.add_argument("--server", type=nonempty_str, required=True, help="HOST:PORT of `offload serve`")
+    o.add_argument("--token-file", type=Path, required=True, help="file holding the device token")
+    o.add_argument("--split", type=nonnegative_int, required=True,
+                   help="K: blocks 1..K run here, the rest on the server (0: cloud-only; the block count: "
+                   "edge-only)")
+    o.add_argument("--data", type=nonempty_str, default="digits", help="image dataset (its test split)")
+    o.add_argument("--batch-size", type=positive_int, default=32)
+    o.add_argument("--limit", type=positive_int, default=None, help="evaluate at most N test samples")
+    o.add_argument("--timeout", type=finite_float, default=10.0,
+                   help="seconds per call; past it the server counts as unreachable (edge-only fallback)")
+    o.add_argument("--json", action="store_true", help="print one JSON object")
+    o.set_defaults(func=cmd_offload_run)
 
     s = sub.add_parser("memory", help="fit retraining into a memory budget: choose or predict a plan")
     msub = s.add_subparsers(dest="memory_command", required=True)

@@ -221,11 +221,17 @@ def _test_split(name: str, chain: BlockChain) -> Any:
     return split
 
 
-def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None) -> OffloadReport:
-    """Evaluate ``cfg.model`` split after block ``cfg.split`` between this process and ``cfg.server``.
+def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
+                chain: BlockChain | None = None) -> OffloadReport:
+    """Evaluate ``cfg.model`` split after block ``cfg.split`` between this process and ``cfg.server``;
+    ``chain`` is the edge's copy when already loaded (else :func:`load_chain` of ``cfg.model``), and
+    ``shaper`` emulates a slower link.
     Raises :class:`ConfigError` for a split outside ``0..n``, a server that refuses or serves other
     weights; an unreachable server is a fallback to edge-only, recorded in the report."""
-    chain = load_chain(cfg.model)
+    check_address(cfg.server)
+    if not cfg.timeout_s > 0:
+        raise ConfigError(f"--timeout {cfg.timeout_s}: give a positive number of seconds")
+    chain = chain if chain is not None else load_chain(cfg.model)
     n = len(chain)
     if not 0 <= cfg.split <= n:
         blocks = ", ".join(f"{i + 1}={name}" for i, name in enumerate(chain.names))
@@ -282,6 +288,14 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None) -> Off
         rtt_ms=link.rtt_s * 1e3 if link.rtt_s is not None else None,
         bandwidth_mbps=link.bandwidth * 8 / 1e6 if link.bandwidth is not None else None,
         logits=all_logits)
+
+
+def check_address(server: str, field: str = "--server") -> None:
+    """Refuse (:class:`ConfigError`) an address that is not ``HOST:PORT`` with a port in 1..65535
+    (``[::1]:P`` for IPv6)."""
+    host, _, port = server.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{field}: {server!r} is not HOST:PORT (e.g. 127.0.0.1:50051, [::1]:50051)")
 
 
 def _check_server(info: dict[str, Any], chain: BlockChain, server: str) -> None:

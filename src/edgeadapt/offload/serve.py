@@ -124,12 +124,13 @@ def _chain_from_adapter(adapter: Any, name: str) -> BlockChain:
     return BlockChain(name, blocks, [*paths, "head"], example, weights_hash(model))
 
 
-def load_chain(model: str) -> BlockChain:
-    """Model ``model`` (a built-in name, a local HF directory or an edgeadapt model artifact) as a
-    :class:`BlockChain` on the CPU. The one place the runtime gets its chain from."""
-    adapter = load_model(model)
+def load_chain(model: str | CNNAdapter) -> BlockChain:
+    """Model ``model`` (a built-in name, a local HF directory, an edgeadapt model artifact, or an
+    adapter already loaded) as a :class:`BlockChain` on the CPU, sharing the adapter's modules. The
+    one place the runtime gets its chain from."""
+    adapter = model if isinstance(model, CNNAdapter) else load_model(model)
     adapter.model.cpu().eval()
-    return _chain_from_adapter(adapter, str(model))
+    return _chain_from_adapter(adapter, adapter.name if isinstance(model, CNNAdapter) else str(model))
 
 
 @dataclass(frozen=True)

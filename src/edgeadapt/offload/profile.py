@@ -10,8 +10,9 @@ Raspberry-Pi-4-class board, not a measurement; every result names the devices it
 **Blocks.** :func:`profile_chain` records per (block, width): parameters, FLOPs per input
 (2 × multiply-adds of its convolutions and linear layers; attention score products are not
 counted), output activation bytes per input, weight bytes, latency per device (warm-up, then the
-median of repeats) and the **accuracy drop** the LegoDNN way: measured on composed models, averaged
-over several settings ``E`` (every block at one width) of
+median of repeats, a block's widths and devices interleaved) and the **accuracy drop** the
+LegoDNN way: measured on composed models, averaged over several settings ``E`` (every block at one
+width) of
 ``acc(setting with block b at full width) − acc(setting with block b at width w)``. The additive
 model ``acc ≈ acc_full − Σ_b drop[b, w_b]`` is then checked against a few measured random
 compositions and its error reported (:attr:`ChainProfile.additive_check`).
@@ -104,25 +105,36 @@ LOCAL_CLOUD = DeviceProfile("cloud", 1.0, 2, 16 * 2**30, "the profiling machine 
 
 # -- measurements ------------------------------------------------------------------------------
 @torch.inference_mode()
-def measure_latency(module: nn.Module, x: torch.Tensor, device: DeviceProfile, warmup: int = 3,
-                    repeats: int = 10) -> float:
-    """Seconds one forward of ``module`` on ``x`` takes on ``device``: ``warmup`` untimed runs, then
-    the median of ``repeats`` timed ones at ``device.threads`` threads, times ``device.slowdown``."""
+def measure_latencies(runs: Sequence[tuple[nn.Module, torch.Tensor, DeviceProfile]], warmup: int = 3,
+                      repeats: int = 10) -> list[float]:
+    """Seconds one forward of each ``(module, x, device)`` takes on that device: ``warmup`` untimed
+    runs each, then ``repeats`` rounds timing every run once per round (interleaved, so a burst of
+    load on a shared machine hits all of them alike), each at ``device.threads`` threads; the median
+    of a run's times, times ``device.slowdown``."""
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"latency needs repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
     before = torch.get_num_threads()
-    torch.set_num_threads(device.threads)
+    times: list[list[float]] = [[] for _ in runs]
     try:
-        for _ in range(warmup):
-            module(x)
-        times = []
+        for module, x, device in runs:
+            torch.set_num_threads(device.threads)
+            for _ in range(warmup):
+                module(x)
         for _ in range(repeats):
-            start = time.perf_counter()
-            module(x)
-            times.append(time.perf_counter() - start)
+            for i, (module, x, device) in enumerate(runs):
+                torch.set_num_threads(device.threads)
+                start = time.perf_counter()
+                module(x)
+                times[i].append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(before)
-    return statistics.median(times) * device.slowdown
+    return [statistics.median(t) * device.slowdown for t, (_, _, device) in zip(times, runs)]
+
+
+def measure_latency(module: nn.Module, x: torch.Tensor, device: DeviceProfile, warmup: int = 3,
+                    repeats: int = 10) -> float:
+    """:func:`measure_latencies` of one run."""
+    return measure_latencies([(module, x, device)], warmup, repeats)[0]
 
 
 @torch.no_grad()
@@ -320,11 +332,13 @@ def profile_chain(desc: Descendants, batches: Sequence[dict[str, torch.Tensor]],
     ins = [x, *outs[:-1]]
     base, drops, measured = accuracy_drops(desc, batches, settings)
     rows = []
-    for b, name in enumerate(desc.names):
+    for b, name in enumerate(desc.names):  # a block's widths and devices timed interleaved
+        runs = [(module, ins[b], d) for module in desc.modules[b] for d in devices]
+        seconds = iter(measure_latencies(runs, warmup, repeats))
         row = []
         for w, width in enumerate(desc.widths):
             module = desc.modules[b][w]
-            latency = {d.name: measure_latency(module, ins[b], d, warmup, repeats) for d in devices}
+            latency = {d.name: next(seconds) for d in devices}
             row.append(BlockProfile(name, width, desc.params(b, w), count_flops(module, ins[b]),
                                     outs[b][0].numel() * outs[b].element_size(), state_bytes(module),
                                     latency, drops[b][w]))

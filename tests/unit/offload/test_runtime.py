@@ -245,6 +245,46 @@ def test_nothing_listening_falls_back_to_edge_only(chain, trained):
                                    rtol=0)
 
 
+class StopAfter(TokenBucket):
+    """A link that goes down (the server stops) after ``calls`` messages have been shaped."""
+
+    def __init__(self, running, calls: int) -> None:
+        super().__init__(rate=1e12, burst=1 << 30)
+        self.running, self.left = running, calls
+
+    def consume(self, n: int) -> float:
+        self.left -= 1
+        if self.left == 0:
+            self.running.stop(grace=0)
+        return super().consume(n)
+
+
+def test_a_server_lost_mid_run_falls_back_for_the_rest(chain, trained):
+    adapter, test = trained
+    running = start_server(chain, TOKEN, ServeConfig(port=0))
+    try:  # Info, 3 pings and the echo probe are 10 messages; then 2 per request
+        cfg = OffloadRunConfig("tiny-resnet", f"127.0.0.1:{running.port}", TOKEN, split=3, batch_size=64,
+                               timeout_s=2.0)
+        report = run_offload(cfg, StopAfter(running, 10 + 2 * 2 + 1), chain=chain)
+    finally:
+        running.stop(grace=0)
+    assert report.mode == "edge-only" and report.fallback["at_request"] == 2
+    assert report.samples == len(test) and report.bytes_sent > 0
+    with torch.no_grad():
+        torch.testing.assert_close(report.logits, adapter.model(pixel_values=test.images).logits, atol=1e-5,
+                                   rtol=0)
+
+
+def test_bandwidth_is_measured_on_the_real_transfers_of_a_shaped_link(server, chain):
+    bucket = TokenBucket(rate=2e6, burst=64 * 1024)  # 16 Mbit/s
+    cfg = OffloadRunConfig("tiny-resnet", f"127.0.0.1:{server.port}", TOKEN, split=2, batch_size=64,
+                           limit=128)
+    report = run_offload(cfg, bucket, chain=chain)
+    assert report.mode == "split" and 10 < report.bandwidth_mbps < 20
+    unshaped = run_offload(cfg, chain=chain)
+    assert unshaped.bandwidth_mbps > 5 * report.bandwidth_mbps
+
+
 def test_a_server_with_other_weights_or_a_bad_split_is_refused(server, chain):
     other = load_chain("tiny-resnet")  # untrained: same blocks, other weights
     cfg = OffloadRunConfig("tiny-resnet", f"127.0.0.1:{server.port}", TOKEN, split=2, limit=8)

@@ -104,3 +104,24 @@ def test_profile_file_refuses_other_json(tmp_path):
     (tmp_path / "p.json").write_text('{"format": "x"}')
     with pytest.raises(ConfigError, match="not an edgeadapt offload profile"):
         ChainProfile.load(tmp_path / "p.json")
+
+
+def test_runs_are_timed_interleaved_in_order():
+    from edgeadapt.offload.profile import measure_latencies
+
+    calls = []
+
+    class Tag(torch.nn.Module):
+        def __init__(self, tag):
+            super().__init__()
+            self.tag = tag
+
+        def forward(self, x):
+            calls.append(self.tag)
+            return x
+
+    slow = DeviceProfile("slow", 1e6, 1, 1)
+    out = measure_latencies([(Tag("a"), torch.zeros(1), CLOUD), (Tag("b"), torch.zeros(1), slow)],
+                            warmup=1, repeats=2)
+    assert calls == ["a", "b", "a", "b", "a", "b"]  # warm-up, then one of each per round
+    assert out[1] > out[0]

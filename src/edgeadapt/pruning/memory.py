@@ -6,15 +6,16 @@ not included. It comes from parameter counts and one block's activation size, de
 block's widths (:class:`~edgeadapt.models.spec.BlockSpec`), so nothing runs:
 
 - ``taylor`` / ``fisher``, memory-bounded (the default, :mod:`edgeadapt.pruning.blockwise`):
-  weights + the largest block's gradients + the cached block inputs and their gradients
-  (``(L + 3) * N * B * T * H`` values for ``N`` batches of ``B`` samples of ``T`` tokens) + one
-  block's activations + the head's loss graph for one batch;
+  weights + the largest block's gradients (plus four copies of its largest matrix while its groups
+  are scored: weight and gradient slices, their product, its absolute value) + the cached block
+  inputs and their gradients (``(L + 3) * N * B * T * H`` values for ``N`` batches of ``B`` samples
+  of ``T`` tokens) + one block's activations + the head's loss graph for one batch;
 - ``taylor`` / ``fisher`` by whole-model backward: weights + every gradient + every block's
   activations + the head;
-- ``activation``: weights + one block's activations + the logits; ``magnitude``: weights + two
+- ``activation``: weights + one block's activations + the logits; ``magnitude``: weights + 2.5
   copies of one block's weights; ``random``: weights.
 
-Block activations use ``B * T * (8 H + 4 A + 4 F) + 3 B n T^2`` values per block (``A`` the attention
+Block activations use ``B * T * (12 H + 4 A + 4 F) + 3 B n T^2`` values per block (``A`` the attention
 width, ``F`` the FFN width, ``n`` query heads), which holds the saved tensors of a pre-norm block
 with some margin (``tests/unit/pruning/test_scoring_memory.py`` checks it stays above the measured
 peak). The head's loss counts ``B * T * V`` float32 logits three times (logits, log-softmax and its
@@ -32,7 +33,7 @@ from edgeadapt.errors import InfeasibleError
 from edgeadapt.models.adapter import ModelAdapter
 from edgeadapt.pruning.importance import IMPORTANCES, check_importance
 
-_HIDDEN, _ATTN, _FFN, _SCORES = 8, 4, 4, 3  # values per token (per query head and key for _SCORES)
+_HIDDEN, _ATTN, _FFN, _SCORES = 12, 4, 4, 3  # values per token (per query head and key for _SCORES)
 _LOGIT_COPIES = 3
 
 
@@ -88,6 +89,8 @@ def predict_scoring_peak(adapter: ModelAdapter, method: str, batch_size: int, to
     weights = _bytes(params) + _bytes(model.buffers())
     layers: nn.Module = model.get_submodule(adapter.layers_path())
     block_params = [_bytes(layer.parameters()) for layer in layers]
+    # scoring a group copies a member's weight and gradient slices and their product: ~4 matrices
+    scoring = 4 * max((_bytes([q]) for layer in layers for q in layer.parameters()), default=0)
     hidden = int(adapter.fingerprint()["hidden_size"])
     b, t = batch_size, tokens
     acts = [(b * t * (_HIDDEN * hidden + _ATTN * blk.attention.num_heads * blk.attention.head_dim
@@ -98,15 +101,16 @@ def predict_scoring_peak(adapter: ModelAdapter, method: str, batch_size: int, to
     if method == "random":
         parts = zero
     elif method in ("magnitude", "magnitude-l2"):
-        parts = {**zero, "activation_bytes": 2 * max(block_params, default=0)}  # |w| and its flat copy
+        parts = {**zero, "activation_bytes": 5 * max(block_params, default=0) // 2}  # |w|, flat copy, members
     elif method == "activation":
         parts = {**zero, "activation_bytes": max(acts, default=0), "head_bytes": logits}
     elif memory_bounded:
-        parts = {"gradient_bytes": max(block_params, default=0), "activation_bytes": max(acts, default=0),
+        parts = {"gradient_bytes": max(block_params, default=0) + scoring,
+                 "activation_bytes": max(acts, default=0),
                  "cache_bytes": (len(acts) + 3) * num_batches * b * t * hidden * e,
                  "head_bytes": logits * _LOGIT_COPIES}
     else:
-        parts = {"gradient_bytes": _bytes(params), "activation_bytes": sum(acts), "cache_bytes": 0,
+        parts = {"gradient_bytes": _bytes(params) + scoring, "activation_bytes": sum(acts), "cache_bytes": 0,
                  "head_bytes": logits * _LOGIT_COPIES}
     return ScoringPeak(method, memory_bounded, weights, **parts)
 

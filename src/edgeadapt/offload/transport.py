@@ -166,8 +166,9 @@ def check_token(metadata: Any, token: bytes) -> None:
 
 
 def read_token(path: str | Path, field: str = "--token-file") -> bytes:
-    """The token in ``path``, stripped. Refuses a missing file (:class:`PathError`), an empty one or
-    one every user may read (:class:`ConfigError`; ``chmod 600`` fixes it)."""
+    """The token in ``path``, stripped. Refuses a missing file (:class:`PathError`), an empty one,
+    one every user may read (``chmod 600`` fixes it) or one that is not printable ASCII without
+    spaces (:class:`ConfigError`)."""
     p = Path(path)
     if not p.is_file():
         raise PathError(f"{field}: {p} does not exist or is not a file; write the device token to it "
@@ -178,4 +179,6 @@ def read_token(path: str | Path, field: str = "--token-file") -> bytes:
     token = p.read_bytes().strip()
     if not token:
         raise ConfigError(f"{field}: {p} is empty; write the device token to it")
+    if not all(33 <= b <= 126 for b in token):  # it travels as gRPC metadata: printable ASCII, no spaces
+        raise ConfigError(f"{field}: {p} holds bytes other than printable ASCII; use e.g. a hex token")
     return token

@@ -146,6 +146,11 @@ def test_the_token_file_must_exist_be_private_and_not_empty(tmp_path: Path):
     empty.chmod(0o600)
     with pytest.raises(ConfigError, match="empty"):
         read_token(empty)
+    binary = tmp_path / "b"
+    binary.write_bytes("tök en".encode())
+    binary.chmod(0o600)
+    with pytest.raises(ConfigError, match="printable ASCII"):
+        read_token(binary)
     good.chmod(0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
         read_token(good)

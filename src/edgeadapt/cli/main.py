@@ -263,7 +263,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     data = load_config(args.config, kind="adapt").model_dump() if args.config else {}
     overrides = {"stream": args.stream, "out": args.out, "width": args.width, "offline": args.offline,
                  "proxy_params": args.proxy_params, "proxy_memory_bytes": args.proxy_memory,
-                 "methods": args.methods}
+                 "methods": args.methods, "memory_budget": args.memory_budget}
     if args.width is not None:  # an explicit width on the command line wins over a budget in the file
         data.update(proxy_params=None, proxy_memory_bytes=None)
     data.update({k: v for k, v in overrides.items() if v is not None})
@@ -456,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="budget as a parameter count: the widest proxy that fits (overrides --width)")
     s.add_argument("--proxy-memory", type=nonempty_str, default=None,
                    help="budget as retraining memory, e.g. 12MiB: the widest proxy whose step fits")
+    s.add_argument("--memory-budget", type=nonempty_str, default=None,
+                   help="peak retraining memory of the edge methods, e.g. 8MiB: a memory plan (frozen "
+                   "blocks, checkpoint segments) is chosen for it instead of fixed checkpointing")
     s.add_argument("--steps", type=positive_int, default=None, help="retraining steps per domain")
     s.add_argument("--out", type=Path, default=None, help="report directory (default runs/adapt)")
     s.add_argument("--overwrite", action="store_true", help=_OVERWRITE)

@@ -35,15 +35,17 @@ from edgeadapt.data.config import DataSection, load_splits
 from edgeadapt.data.registry import dataset_info
 from edgeadapt.data.stream import DriftStream, ModelInputs, for_model
 from edgeadapt.errors import ConfigError
+from edgeadapt.memory.accounting import parse_bytes
+from edgeadapt.memory.plan import ADAPTATION_LOSS, MemoryPlan, check_micro_batching
 from edgeadapt.models.inspect import check_context, limits_from_config
 from edgeadapt.offline.artifacts import KIND as KB_KIND
 from edgeadapt.offline.artifacts import VERSION as KB_VERSION
 from edgeadapt.offline.artifacts import load_kb
-from edgeadapt.online.losses import AdaptLossConfig, source_stats
+from edgeadapt.online.losses import AdaptLossConfig, set_trainable, source_stats
 from edgeadapt.online.methods import method_names, methods_for
 from edgeadapt.online.methods.base import MethodContext, loss_config_for, our_loss
-from edgeadapt.online.proxy import width_for_memory, width_for_params
-from edgeadapt.online.retrain import RetrainBudget, unlabeled
+from edgeadapt.online.proxy import extract_proxy, width_for_memory, width_for_params
+from edgeadapt.online.retrain import PlannedMemory, RetrainBudget, describe_plan, plan_for_memory, unlabeled
 from edgeadapt.online.runner import build_methods, run_stream
 from edgeadapt.pruning.prune import prune
 from edgeadapt.training.config import TrainConfig
@@ -142,6 +144,20 @@ def resolve_width(kb: Any, width: float, proxy_params: int | None, proxy_memory_
     return float(width)
 
 
+def edge_memory_plan(kb: Any, width: float, memory_bytes: int, stats: Any, loss_cfg: Any, first: Any,
+                     budget: RetrainBudget, trainable: str = "all", fm: Any = None) -> PlannedMemory:
+    """The memory plan (freezing, checkpointing) of the edge methods' retraining within
+    ``memory_bytes``, chosen by :func:`~edgeadapt.online.retrain.plan_for_memory` on the proxy at
+    ``width`` cut for the first domain ``first``, with our loss on one of its batches (predicted,
+    then confirmed by measuring one step); an infeasible budget raises
+    :class:`~edgeadapt.errors.InfeasibleError` naming the smallest one."""
+    proxy = extract_proxy(kb, unlabeled(first.adapt.batches(256)), width).adapter
+    set_trainable(proxy, trainable)
+    batch = next(iter(unlabeled(first.adapt.batches(budget.batch_size))))
+    loss = our_loss(MethodContext(fm=fm, kb=kb, stats=stats, loss_cfg=loss_cfg, budget=budget))
+    return plan_for_memory(proxy, loss(proxy), batch, memory_bytes, budget.device)
+
+
 def check_methods(names: Sequence[str]) -> None:
     """Refuse, before any compute, an empty list, an unknown or a repeated method name
     (:class:`~edgeadapt.errors.ConfigError` listing the registered methods)."""
@@ -189,7 +205,7 @@ def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | N
           loss: AdaptLossConfig | Mapping[str, Any] | None = None, trainable: str = "all",
           static_epochs: int = 8, proxy_params: int | None = None, proxy_memory_bytes: int | None = None,
           max_length: int | None = None, method_options: Mapping[str, Mapping[str, Any]] | None = None,
-          logger: Any = None) -> dict[str, Any]:
+          logger: Any = None, memory_budget: int | str | None = None) -> dict[str, Any]:
     """Run ``methods`` (default: every registered method that can adapt ``fm``'s task,
     :func:`~edgeadapt.online.methods.methods_for`) side by side over ``stream``; return the results.
 
@@ -200,6 +216,10 @@ def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | N
       the default stream); its data is built for ``fm`` (image side, tokenizer, ``max_length``).
     - ``budget``: retraining per domain (:class:`~edgeadapt.online.retrain.RetrainBudget` fields).
     - ``width`` or ``proxy_params``/``proxy_memory_bytes``: the proxy's (and static baseline's) size.
+    - ``memory_budget``: peak bytes (or ``"8MiB"``) of the edge methods' retraining step; a memory
+      plan (frozen blocks, checkpoint segments) is chosen for it (:func:`edge_memory_plan`) instead
+      of ``budget.gradient_checkpointing`` and recorded as ``memory_plan`` in the results and in
+      those methods' rows. An infeasible budget fails before retraining, naming the smallest one.
     - ``source``: the labelled source data for the statistics the edge keeps and the static
       baseline's fine-tuning — a registered dataset name, a ``data:`` mapping, a batch factory or
       batches; default: the dataset recorded in the knowledge base directory.
@@ -233,6 +253,9 @@ def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | N
                           "pass the knowledge base as its directory, whose manifest records the dataset")
     budget = as_budget(budget)
     loss_cfg = loss_config_for(task, loss)
+    memory_bytes = None if memory_budget is None else parse_bytes(memory_budget)
+    if getattr(loss_cfg, "mmd", 0):  # MMD needs 2 samples a batch: refuse now, not mid-stream
+        check_micro_batching(budget.memory or MemoryPlan(), budget.batch_size, ADAPTATION_LOSS)
     stream = DriftStream.parse(stream)
     if max_length is not None:  # an explicit length must fit; the default is 128 capped at the positions
         check_context(max_length, model_positions(fm), "max_length")
@@ -243,6 +266,10 @@ def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | N
     stats = source_stats(fm, src.train(0), seed=seed)
     width = resolve_width(kb, width, proxy_params, proxy_memory_bytes, stats, loss_cfg, domains[0], budget,
                           fm=fm)
+    plan = None
+    if memory_bytes is not None:
+        plan = edge_memory_plan(kb, width, memory_bytes, stats, loss_cfg, domains[0], budget, trainable, fm)
+        budget = budget.model_copy(update={"memory": plan.plan})
     static = (lambda: static_baseline(fm, width, static_epochs, src.train, src.val, seed)) \
         if "static" in names else None
     states = build_methods(names, fm, kb, stats, loss_cfg, width, static, trainable, budget=budget,
@@ -250,6 +277,12 @@ def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | N
     results = run_stream(states, domains, budget, seed=seed, logger=logger, progress=progress,
                          on_labelled=lambda batches, k: stats.absorb(batches, 1 / (k + 1), seed=seed + k))
     results.update(proxy_width=width, source=src.name)
+    if plan is not None:
+        edge = {m.name for m in states if m.constrained}
+        results["memory_plan"] = describe_plan(plan, memory_bytes)  # type: ignore[arg-type]
+        for row in [*results["rows"], *results["per_domain"]]:
+            if row["method"] in edge:
+                row["memory_plan"] = results["memory_plan"]
     if src.test is not None:
         metrics = fm.evaluate(src.test())
         metric = main_metric(metrics)

@@ -54,6 +54,10 @@ class AdaptConfig(BaseModel):
     proxy_memory_bytes: int | None = Field(None, ge=1, description="Budget as bytes of retraining memory "
                                            "(parameters, gradients, AdamW state, activations of one step): "
                                            "the widest proxy that fits (overrides width).")
+    memory_budget: int | None = Field(None, ge=1, description="Peak bytes (or '8MiB') of the edge methods' "
+                                      "retraining step: a memory plan (frozen blocks, checkpoint segments) "
+                                      "predicted to fit is chosen for them instead of "
+                                      "budget.gradient_checkpointing, and recorded as memory_plan.")
     trainable: str = Field("all", description="Parameters retrained: all, norm, norm+head, attention, mlp.")
     budget: RetrainBudget = Field(default_factory=RetrainBudget)
     loss: dict[str, Any] = Field(default_factory=dict, description="Fields of our loss for the FM's task: "
@@ -74,7 +78,7 @@ class AdaptConfig(BaseModel):
         check_adapt_fits_model(self)  # the stream must fit the FM in offline/lora, once it exists
         return self
 
-    @field_validator("proxy_memory_bytes", mode="before")
+    @field_validator("proxy_memory_bytes", "memory_budget", mode="before")
     @classmethod
     def _bytes(cls, value: Any) -> Any:
         return None if value is None else parse_bytes(value)
@@ -150,7 +154,8 @@ def _run_adapt(cfg: AdaptConfig, progress: bool) -> dict[str, Any]:
                         progress=progress, loss=cfg.loss, trainable=cfg.trainable,
                         static_epochs=cfg.static_epochs, proxy_params=cfg.proxy_params,
                         method_options=cfg.method_options,
-                        proxy_memory_bytes=cfg.proxy_memory_bytes, logger=logger)
+                        proxy_memory_bytes=cfg.proxy_memory_bytes, logger=logger,
+                        memory_budget=cfg.memory_budget)
     finally:
         logger.close()
     results["config"] = cfg.model_dump(mode="json")

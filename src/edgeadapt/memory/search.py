@@ -395,9 +395,14 @@ def _infeasible(budget: int, cands: list[Candidate], how: str) -> None:
 
 
 def format_result(result: SearchResult, all_plans: bool = False) -> str:
-    """The plan table (Pareto plans within budget; every plan with ``all_plans``) and the choice."""
-    rate = "acc gain/s" if result.metric == "accuracy" else "loss drop/s"
-    head = f"{'plan':<26} {'predicted':>10} {'measured':>10} {'step s':>8} {'probe s':>8} {rate:>11}  status"
+    """The plan table (Pareto plans within budget; every plan with ``all_plans``) and the choice.
+    Columns: predicted and measured peak bytes, predicted step seconds, measured seconds per probe
+    step, gain per second of the metric (and of the loss decrease, the tie-breaker, when the
+    metric is accuracy), status."""
+    accuracy = result.metric == "accuracy"  # then the loss decrease, the tie-breaker, is shown too
+    rate = "acc gain/s" if accuracy else "loss drop/s"
+    head = f"{'plan':<26} {'predicted':>10} {'measured':>10} {'step s':>8} {'probe s':>8} {rate:>11}" + \
+        (f" {'loss drop/s':>11}" if accuracy else "") + "  status"
     rows = [head, "-" * len(head)]
     shown = [c for c in result.candidates
              if all_plans or c.status not in ("over budget", "dominated")]
@@ -409,7 +414,8 @@ def format_result(result: SearchResult, all_plans: bool = False) -> str:
         rows.append(f"{mark}{describe_plan(c.plan):<25} {format_bytes(c.predicted_bytes):>10} "
                     f"{format_bytes(c.measured_bytes) if c.measured_bytes is not None else '-':>10} "
                     f"{c.step_seconds:>8.4f} {num(c.measured_step_seconds, '>8.4f'):>8} "
-                    f"{num(c.gain_per_second, '>11.4g'):>11}  {c.status}")
+                    f"{num(c.gain_per_second, '>11.4g'):>11}"
+                    + (f" {num(c.loss_drop_per_second, '>11.4g'):>11}" if accuracy else "") + f"  {c.status}")
     over = sum(c.status == "over budget" for c in result.candidates)
     dominated = sum(c.status == "dominated" for c in result.candidates)
     ch = result.chosen

@@ -73,38 +73,55 @@ WEIGHTS = "descendants.safetensors"
 @dataclass(frozen=True)
 class HeadSpec:
     """What follows the last block of a family, paths relative to the base model (``norm``,
-    ``pool``) or the root (``classifier``): an optional final norm, an optional pooling module, an
-    optional token taken from a sequence, then the classifier (which flattens, where it must)."""
+    ``pool``) or the root (``classifier``, ``dropout``): an optional final norm; an optional pooling
+    module (``"spatial-mean"``: the mean over the last two axes) whose output is flattened; an
+    optional token taken from a sequence; an optional dropout; the classifier."""
 
     norm: str | None
     pool: str | None
     token: int | None
     classifier: str
+    dropout: str | None = None
 
+
+SPATIAL_MEAN = "spatial-mean"
 
 HEADS: dict[str, HeadSpec] = {
     "resnet": HeadSpec(None, "pooler", None, "classifier"),
     "regnet": HeadSpec(None, "pooler", None, "classifier"),
+    "mobilenet_v2": HeadSpec(None, "pooler", None, "classifier", "dropout"),
+    "mobilevit": HeadSpec(None, SPATIAL_MEAN, None, "classifier", "dropout"),
     "vit": HeadSpec("layernorm", None, 0, "classifier"),
 }
 
 
+class SpatialMean(nn.Module):
+    """The mean over the last two (spatial) axes: ``[B, C, H, W] -> [B, C]``."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.mean(hidden, dim=[-2, -1])
+
+
 class Head(nn.Module):
-    """The head block: ``classifier(token(pool(norm(h))))`` with the parts :class:`HeadSpec` names."""
+    """The head block: ``classifier(dropout(token(flatten(pool(norm(h))))))`` with the parts
+    :class:`HeadSpec` names (flattening only after a pooling module)."""
 
     def __init__(self, norm: nn.Module | None, pool: nn.Module | None, token: int | None,
-                 classifier: nn.Module) -> None:
+                 classifier: nn.Module, dropout: nn.Module | None = None) -> None:
         super().__init__()
         self.norm = norm if norm is not None else nn.Identity()
-        self.pool = pool if pool is not None else nn.Identity()
+        self.pool = pool
         self.token = token
+        self.dropout = dropout if dropout is not None else nn.Identity()
         self.classifier = classifier
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        hidden = self.pool(self.norm(hidden))
+        hidden = self.norm(hidden)
+        if self.pool is not None:
+            hidden = torch.flatten(self.pool(hidden), 1)
         if self.token is not None:
             hidden = hidden[:, self.token]
-        return self.classifier(hidden)
+        return self.classifier(self.dropout(hidden))
 
 
 class BlockChain(nn.Module):
@@ -152,9 +169,11 @@ def block_modules(adapter: Any) -> tuple[list[str], list[nn.Module]]:
         layers = adapter.layers_path()
         names = embeddings + [f"{layers}.{i}" for i in range(len(model.get_submodule(layers)))]
     spec, prefix = HEADS[family], _base_prefix(model)
-    head = Head(model.get_submodule(prefix + spec.norm) if spec.norm else None,
-                model.get_submodule(prefix + spec.pool) if spec.pool else None,
-                spec.token, model.get_submodule(spec.classifier))
+    pool = SpatialMean() if spec.pool == SPATIAL_MEAN else model.get_submodule(prefix + spec.pool) \
+        if spec.pool else None
+    head = Head(model.get_submodule(prefix + spec.norm) if spec.norm else None, pool, spec.token,
+                model.get_submodule(spec.classifier),
+                model.get_submodule(spec.dropout) if spec.dropout else None)
     return names + ["head"], [model.get_submodule(n) for n in names] + [head]
 
 

@@ -99,3 +99,25 @@ def test_pulp_missing_is_a_user_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_pulp)
     with pytest.raises(MissingDependencyError, match="pulp"):
         solve(_problem(), 0.93, backend="pulp")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_three_devices_match_brute_force(seed):
+    problem = _problem(3, 2, 3, seed=seed, memory=(800_000, 1_500_000, 10**7))
+    brute = solve_exhaustive(problem, 0.93)
+    got = solve(problem, 0.93)
+    assert feasible(problem, got, 0.93)
+    assert got.latency_s == pytest.approx(brute.latency_s, rel=1e-6, abs=1e-9)
+
+
+def test_device_memory_binds():
+    # one block, the edge is fastest but holds only the narrow width; the cloud is far away
+    opts = (Option(1.0, 0.0, (1e-3, 1e-3), 1000), Option(0.5, 0.01, (0.6e-3, 0.6e-3), 500))
+    problem = PlacementProblem((opts,), (10,), 10, ("edge", "cloud"), (600, 10**6),
+                               ((1.0, 1e3), (1e3, 1.0)), ((0.0, 0.1), (0.1, 0.0)), 0.95)
+    got = solve(problem, 0.94)
+    assert (got.widths, got.devices) == ((0.5,), (0,))
+    # a floor the narrow width misses: the full width must go where it fits
+    got = solve(problem, 0.945)
+    assert (got.widths, got.devices) == ((1.0,), (1,))
+    assert got.transfer_s == pytest.approx(2 * (0.05 + 10 / 1e3))

@@ -17,8 +17,14 @@ algorithm done right:
    changes *what* learns, not only its cost, so a plan is dominated only by one that freezes no
    more blocks (otherwise "freeze everything", the cheapest in both memory and time, would
    dominate every plan and the accuracy probes would have nothing to choose from).
-4. **Probe** at most ``max_probes`` survivors: each is measured for real
-   (:func:`~edgeadapt.memory.estimator.measure`; a plan measured over the budget is dropped), then
+4. **Probe** the survivors. Plans that freeze the same blocks and normalise alike (BatchNorm over
+   the batch, frozen, or over micro-batches) make the same update per step: checkpointing and
+   accumulating a per-sample loss change memory and time only. So each such class is probed
+   once, by its fastest predicted plan, and the others are slower for the same gain; probe
+   noise cannot pick a slower twin. At most ``max_probes`` classes (spread over the freezing
+   levels) are probed: each representative is measured for real
+   (:func:`~edgeadapt.memory.estimator.measure`; one measured over the budget is dropped and the
+   next fastest of its class taken), then
    trained from the same starting weights on the current data by successive halving
    (:func:`successive_halving`): every arm trains ``probe_steps`` steps, the better half by gain
    per second continues to twice the steps, and so on until one is left. The gain is the rise in
@@ -52,7 +58,7 @@ import torch
 from edgeadapt.errors import ConfigError, InfeasibleError
 from edgeadapt.memory.accounting import format_bytes, parse_bytes
 from edgeadapt.memory.estimator import OptimizerName, Profile, make_optimizer, measure, predict, profile
-from edgeadapt.memory.knobs import apply_plan, batch_size_of, block_chain, train_step
+from edgeadapt.memory.knobs import BATCHNORMS, apply_plan, batch_size_of, block_chain, train_step
 from edgeadapt.memory.plan import LossTraits, MemoryPlan, task_loss_traits
 from edgeadapt.models.adapter import ModelAdapter
 
@@ -60,7 +66,7 @@ Batch = dict[str, torch.Tensor]
 Arm = TypeVar("Arm")
 
 __all__ = ["Candidate", "SearchResult", "describe_plan", "enumerate_plans", "format_result", "pareto",
-           "search", "successive_halving"]
+           "search", "successive_halving", "update_class"]
 
 
 @dataclass(frozen=True)
@@ -250,9 +256,10 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
     ``batches``: the current data, each one optimizer step's batch (the effective batch; the
     first is profiled and measured, all are cycled through by the probes). ``eval_batches``
     (default ``batches``): held-out batches the gain is measured on. ``probe_steps``: each arm's
-    steps in the first round of successive halving; ``max_probes``: Pareto plans probed at most
-    (spread evenly over the set, sorted by frozen blocks then bytes). ``measure_probes``: measure
-    every probed plan (else only the chosen one). ``prof``: a profile to reuse.
+    steps in the first round of successive halving; ``max_probes``: classes of plans with the same
+    updates probed at most (spread evenly over the freezing levels), each by its fastest
+    predicted Pareto plan. ``measure_probes``: measure every probed plan (else only the chosen
+    one). ``prof``: a profile to reuse.
 
     Returns a :class:`SearchResult`. Raises :class:`~edgeadapt.errors.InfeasibleError` naming the
     smallest feasible budget and its plan when no plan is predicted (or measured) within the
@@ -285,27 +292,41 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
     for i, c in enumerate(cands):
         status = "over budget" if i not in fits else "not probed" if i in on_front else "dominated"
         cands[i] = replace(c, status=status)
-    order = sorted(on_front, key=lambda i: (cands[i].frozen_blocks, cands[i].predicted_bytes, i))
-    if len(order) > max_probes:
-        picks = sorted({round(k * (len(order) - 1) / (max_probes - 1)) for k in range(max_probes)}) \
-            if max_probes > 1 else [0]
-        order = [order[k] for k in picks]
-
+    # plans with the same updates (same frozen blocks, same normalisation) train identically per
+    # step: probe one per class, the fastest predicted one that measures within the budget
     model = adapter.model
+    has_bn = any(isinstance(m, BATCHNORMS) for m in model.modules())
+    classes: dict[tuple[int, str, int], list[int]] = {}
+    for i in on_front:
+        classes.setdefault(update_class(cands[i].plan, size, n, has_bn), []).append(i)
+    keys = sorted(classes)
+    if len(keys) > max_probes:
+        picks = sorted({round(k * (len(keys) - 1) / (max_probes - 1)) for k in range(max_probes)}) \
+            if max_probes > 1 else [0]
+        keys = [keys[k] for k in picks]
+
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     notes: list[str] = []
     probed: list[int] = []
-    for i in order:
-        if measure_probes:
-            real = measure(adapter, cands[i].plan, batch, optimizer, traits=traits, chain=chain)
-            cands[i] = replace(cands[i], measured_bytes=real.total_bytes)
-            if real.total_bytes > budget_bytes:
-                cands[i] = replace(cands[i], status="measured over budget")
-                notes.append(f"{describe_plan(cands[i].plan)}: predicted "
-                             f"{format_bytes(cands[i].predicted_bytes)} but measured "
-                             f"{format_bytes(real.total_bytes)}, over the budget; dropped")
+    for key in keys:
+        members = sorted(classes[key], key=lambda i: (cands[i].step_seconds, cands[i].predicted_bytes, i))
+        rep = None
+        for i in members:
+            if rep is not None:
+                cands[i] = replace(cands[i], status=f"same updates as {describe_plan(cands[rep].plan)}, "
+                                   "predicted slower")
                 continue
-        probed.append(i)
+            if measure_probes:
+                real = measure(adapter, cands[i].plan, batch, optimizer, traits=traits, chain=chain)
+                cands[i] = replace(cands[i], measured_bytes=real.total_bytes)
+                if real.total_bytes > budget_bytes:
+                    cands[i] = replace(cands[i], status="measured over budget")
+                    notes.append(f"{describe_plan(cands[i].plan)}: predicted "
+                                 f"{format_bytes(cands[i].predicted_bytes)} but measured "
+                                 f"{format_bytes(real.total_bytes)}, over the budget; dropped")
+                    continue
+            rep = i
+            probed.append(i)
     if not probed:
         _infeasible(budget_bytes, cands, "measured")
 
@@ -364,6 +385,21 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
                         metric="accuracy" if accuracy else "loss decrease",
                         planning_seconds=time.perf_counter() - started, num_blocks=n, device=prof.device,
                         notes=notes)
+
+
+def update_class(plan: MemoryPlan, batch_size: int, num_blocks: int, has_bn: bool) -> tuple[int, str, int]:
+    """What decides a plan's parameter updates: its frozen blocks and how BatchNorm normalises
+    (``"batch"``: over the whole batch, ``"frozen"``: running statistics, ``"micro"``: over
+    micro-batches of the given size). Checkpointing and accumulation of a per-sample loss leave
+    the updates unchanged, so plans with equal keys differ only in memory and time."""
+    frozen = plan.frozen_blocks(num_blocks)
+    mb = min(plan.micro_batch_size or batch_size, batch_size)
+    if not has_bn or mb == batch_size:
+        return frozen, "batch", 0
+    if plan.micro_batch_size is not None and plan.micro_batch_size < plan.batchnorm_min_micro_batch \
+            and plan.batchnorm == "freeze":
+        return frozen, "frozen", 0
+    return frozen, "micro", mb
 
 
 def _rate(gain: float, seconds: float) -> float:

@@ -16,7 +16,7 @@ from edgeadapt.memory.estimator import predict, profile
 from edgeadapt.memory.knobs import block_chain
 from edgeadapt.memory.plan import ADAPTATION_LOSS, MemoryPlan
 from edgeadapt.memory.plan_file import load_plan, save_plan
-from edgeadapt.memory.search import enumerate_plans, pareto, search, successive_halving
+from edgeadapt.memory.search import enumerate_plans, pareto, search, successive_halving, update_class
 from edgeadapt.models.registry import load_adapter
 
 
@@ -57,6 +57,19 @@ def test_successive_halving_keeps_the_best_arm_of_synthetic_gains():
     assert only == "x"
     with pytest.raises(ConfigError):
         successive_halving([], pull)
+
+
+def test_plans_with_the_same_updates_share_a_class():
+    # checkpointing and accumulation change no update; freezing and BatchNorm statistics do
+    plain = update_class(MemoryPlan(), 8, 4, has_bn=True)
+    assert update_class(MemoryPlan(checkpoint_segments=2), 8, 4, has_bn=True) == plain
+    assert update_class(MemoryPlan(micro_batch_size=4), 8, 4, has_bn=False) == plain
+    assert update_class(MemoryPlan(micro_batch_size=4), 8, 4, has_bn=True) == (0, "frozen", 0)
+    both = MemoryPlan(micro_batch_size=2, checkpoint_segments=1)
+    assert update_class(both, 8, 4, has_bn=True) == (0, "frozen", 0)
+    noisy = MemoryPlan(micro_batch_size=4, batchnorm="train")
+    assert update_class(noisy, 8, 4, has_bn=True) == (0, "micro", 4)
+    assert update_class(MemoryPlan(freeze_blocks=1), 8, 4, has_bn=False) != plain
 
 
 def test_the_plan_space_is_divisors_by_freezing_by_segments():
@@ -106,6 +119,13 @@ def test_the_chosen_plan_is_measured_within_the_budget_and_the_model_is_left_as_
     assert chosen.plan != MemoryPlan()  # the no-knob plan does not fit half its own peak
     probed = [c for c in result.candidates if c.probe_steps]
     assert 1 <= len(probed) <= 4 and all(c.measured_bytes is not None for c in probed)
+    # one probe per class of plans with the same updates: its fastest predicted Pareto plan
+    keys = [update_class(c.plan, 8, result.num_blocks, name == "tiny-resnet") for c in probed]
+    assert len(set(keys)) == len(keys)
+    for c, key in zip(probed, keys, strict=True):
+        twins = [t for t in result.candidates if t.status.startswith("same updates as")
+                 and update_class(t.plan, 8, result.num_blocks, name == "tiny-resnet") == key]
+        assert all(t.step_seconds >= c.step_seconds for t in twins)
     assert all(c.predicted_bytes > budget for c in result.candidates if c.status == "over budget")
     assert result.metric == "accuracy" and result.planning_seconds <= 60
     assert torch.equal(torch.random.get_rng_state(), rng)

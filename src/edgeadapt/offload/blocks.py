@@ -292,8 +292,9 @@ def make_descendants(adapter: Any, widths: Sequence[float] = WIDTHS) -> Descenda
     widths = tuple(float(w) for w in widths)
     if 1.0 not in widths or len(set(widths)) != len(widths):
         raise ConfigError(f"widths must be distinct and include 1.0 (the block itself); got {list(widths)}")
-    if adapter.plan is not None:
-        raise ConfigError(f"{adapter.name!r} is already pruned; descendants are made from a dense model")
+    if adapter.plan is not None and not adapter.plan.is_dense():
+        raise ConfigError(f"{adapter.name!r} is already pruned ({adapter.plan.summary()}); descendants are "
+                          "made from a dense model")
     names, _ = block_modules(adapter)
     modules: list[list[nn.Module]] = [[] for _ in names]
     plans = width_plans(adapter, widths)

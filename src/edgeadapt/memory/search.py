@@ -58,7 +58,7 @@ import torch
 from edgeadapt.errors import ConfigError, InfeasibleError
 from edgeadapt.memory.accounting import format_bytes, parse_bytes
 from edgeadapt.memory.estimator import OptimizerName, Profile, make_optimizer, measure, predict, profile
-from edgeadapt.memory.knobs import BATCHNORMS, apply_plan, batch_size_of, block_chain, train_step
+from edgeadapt.memory.knobs import BATCHNORMS, LossFn, apply_plan, batch_size_of, block_chain, train_step
 from edgeadapt.memory.plan import LossTraits, MemoryPlan, task_loss_traits
 from edgeadapt.models.adapter import ModelAdapter
 
@@ -226,8 +226,10 @@ class _Probe:
         self.metric: tuple[float, float] | None = None
 
 
-def _evaluate(adapter: ModelAdapter, batches: Sequence[Batch], accuracy: bool) -> tuple[float, float]:
-    """(accuracy or 0, mean task loss) of the model on ``batches`` in eval mode."""
+def _evaluate(adapter: ModelAdapter, batches: Sequence[Batch], accuracy: bool,
+              loss_fn: LossFn | None = None) -> tuple[float, float]:
+    """(accuracy or 0, mean loss: ``loss_fn``'s, else the task's) of the model on ``batches`` in
+    eval mode."""
     model = adapter.model
     was = model.training
     model.eval()
@@ -236,7 +238,7 @@ def _evaluate(adapter: ModelAdapter, batches: Sequence[Batch], accuracy: bool) -
             if accuracy:
                 scores = adapter.task.evaluate(model, batches)
                 return float(scores["accuracy"]), float(scores["loss"])
-            losses = [float(adapter.task.loss(model, b)) for b in batches]
+            losses = [float(loss_fn(adapter, b) if loss_fn else adapter.task.loss(model, b)) for b in batches]
             return 0.0, sum(losses) / len(losses)
     finally:
         model.train(was)
@@ -250,6 +252,7 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
            eval_batches: Sequence[Batch] | None = None, *, optimizer: OptimizerName = "adam",
            lr: float = 1e-3, seed: int = 0, probe_steps: int = 2, max_probes: int = 8,
            freeze: Sequence[int] | None = None, traits: LossTraits | None = None,
+           loss_fn: LossFn | None = None,
            measure_probes: bool = True, prof: Profile | None = None) -> SearchResult:
     """Choose the plan to retrain ``adapter`` with under ``budget`` (bytes, or ``"512MiB"``).
 
@@ -259,7 +262,9 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
     steps in the first round of successive halving; ``max_probes``: classes of plans with the same
     updates probed at most (spread evenly over the freezing levels), each by its fastest
     predicted Pareto plan. ``measure_probes``: measure every probed plan (else only the chosen
-    one). ``prof``: a profile to reuse.
+    one). ``prof``: a profile to reuse. ``loss_fn(adapter, batch)`` (default the task loss) is
+    what retraining minimises (e.g. an adaptation loss, with its ``traits``); without labels its
+    decrease on ``eval_batches`` is the gain.
 
     Returns a :class:`SearchResult`. Raises :class:`~edgeadapt.errors.InfeasibleError` naming the
     smallest feasible budget and its plan when no plan is predicted (or measured) within the
@@ -272,13 +277,13 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
         raise ConfigError("search needs at least one batch of the current data")
     if probe_steps < 1 or max_probes < 1:
         raise ConfigError(f"probe_steps and max_probes must be >= 1, got {probe_steps}, {max_probes}")
-    traits = traits or task_loss_traits(adapter.task.name)
+    traits = traits or (task_loss_traits(adapter.task.name) if loss_fn is None else LossTraits("the loss"))
     eval_batches = list(eval_batches or batches)
     batch = batches[0]
     size = batch_size_of(batch)
     chain = block_chain(adapter)
     n = len(chain.blocks)
-    prof = prof or profile(adapter, batch, optimizer, traits=traits, chain=chain)
+    prof = prof or profile(adapter, batch, optimizer, loss_fn=loss_fn, traits=traits, chain=chain)
     plans = enumerate_plans(n, size, traits, freeze=freeze)
     cands = []
     for plan in plans:
@@ -317,7 +322,8 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
                                    "predicted slower")
                 continue
             if measure_probes:
-                real = measure(adapter, cands[i].plan, batch, optimizer, traits=traits, chain=chain)
+                real = measure(adapter, cands[i].plan, batch, optimizer, loss_fn=loss_fn, traits=traits,
+                               chain=chain)
                 cands[i] = replace(cands[i], measured_bytes=real.total_bytes)
                 if real.total_bytes > budget_bytes:
                     cands[i] = replace(cands[i], status="measured over budget")
@@ -332,7 +338,7 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
 
     accuracy = _labelled(adapter, eval_batches)
     with torch.random.fork_rng(devices=[prof.device] if prof.device.startswith("cuda") else []):
-        base = _eval_seeded(adapter, eval_batches, accuracy, seed)
+        base = _eval_seeded(adapter, eval_batches, accuracy, seed, loss_fn)
     probes = {i: _Probe(cands[i].plan, start) for i in probed}
     was_training = model.training
 
@@ -348,11 +354,11 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
                 b = batches[p.steps % len(batches)]
                 torch.manual_seed(seed + p.steps)
                 t = time.perf_counter()
-                train_step(adapter, b, p.plan, p.optimizer, traits=traits)
+                train_step(adapter, b, p.plan, p.optimizer, loss_fn=loss_fn, traits=traits)
                 p.step_times.append(time.perf_counter() - t)
                 p.steps += 1
         p.seconds = sum(p.step_times)
-        acc, loss = _eval_seeded(adapter, eval_batches, accuracy, seed)
+        acc, loss = _eval_seeded(adapter, eval_batches, accuracy, seed, loss_fn)
         p.metric = (acc - base[0], base[1] - loss)
         p.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return (_rate(p.metric[0], p.seconds), _rate(p.metric[1], p.seconds)) if accuracy \
@@ -376,7 +382,8 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
                            measured_step_seconds=times[len(times) // 2],
                            status="chosen" if i == best else f"eliminated after {steps} steps")
     if cands[best].measured_bytes is None:
-        real = measure(adapter, cands[best].plan, batch, optimizer, traits=traits, chain=chain)
+        real = measure(adapter, cands[best].plan, batch, optimizer, loss_fn=loss_fn, traits=traits,
+                       chain=chain)
         cands[best] = replace(cands[best], measured_bytes=real.total_bytes)
         if real.total_bytes > budget_bytes:
             notes.append(f"the chosen plan measured {format_bytes(real.total_bytes)}, over the budget "
@@ -410,10 +417,10 @@ def _rate(gain: float, seconds: float) -> float:
     return gain / seconds if gain > 0 else gain * seconds
 
 
-def _eval_seeded(adapter: ModelAdapter, batches: Sequence[Batch], accuracy: bool,
-                 seed: int) -> tuple[float, float]:
+def _eval_seeded(adapter: ModelAdapter, batches: Sequence[Batch], accuracy: bool, seed: int,
+                 loss_fn: LossFn | None = None) -> tuple[float, float]:
     torch.manual_seed(seed)
-    return _evaluate(adapter, batches, accuracy)
+    return _evaluate(adapter, batches, accuracy, loss_fn)
 
 
 def _infeasible(budget: int, cands: list[Candidate], how: str) -> None:

@@ -14,7 +14,7 @@ from edgeadapt.data.calibration import calibration_batches
 from edgeadapt.errors import ConfigError, InfeasibleError
 from edgeadapt.memory.estimator import predict, profile
 from edgeadapt.memory.knobs import block_chain
-from edgeadapt.memory.plan import ADAPTATION_LOSS, MemoryPlan
+from edgeadapt.memory.plan import ADAPTATION_LOSS, LossTraits, MemoryPlan
 from edgeadapt.memory.plan_file import load_plan, save_plan
 from edgeadapt.memory.search import enumerate_plans, pareto, search, successive_halving, update_class
 from edgeadapt.models.registry import load_adapter
@@ -196,3 +196,20 @@ def test_cli_memory_estimate_on_a_plan_file_with_measurement(tmp_path, capsys):
     assert abs(est["measured_bytes"] / est["predicted_bytes"] - 1) <= 0.05
     assert main(["memory", "estimate", "tiny-vit", "--plan", str(plan)]) == 0
     assert "predicted peak" in capsys.readouterr().out
+
+
+def test_a_custom_loss_over_the_whole_batch_is_never_micro_batched_and_ranked_by_its_decrease():
+    adapter, train, held, prof = _setup("tiny-vit")
+    unlabelled = [{"pixel_values": b["pixel_values"]} for b in train]
+    held = [{"pixel_values": b["pixel_values"]} for b in held]
+
+    def entropy(a, batch):  # a TENT-like label-free loss, over the batch as a whole
+        p = a.model(pixel_values=batch["pixel_values"]).logits.softmax(-1)
+        return -(p * p.clamp_min(1e-9).log()).sum(-1).mean()
+
+    traits = LossTraits("entropy", per_sample=False, min_samples=2)
+    budget = int(predict(prof, MemoryPlan()).predicted_bytes * 0.75)
+    result = search(adapter, budget, unlabelled, held, loss_fn=entropy, traits=traits, max_probes=2)
+    assert result.metric == "loss decrease"
+    assert all(c.plan.micro_batch_size is None for c in result.candidates)
+    assert result.chosen.measured_bytes <= budget and result.chosen.gain is not None

@@ -342,6 +342,12 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
     probes = {i: _Probe(cands[i].plan, start) for i in probed}
     was_training = model.training
 
+    device = next(model.parameters()).device
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     def pull(i: int, steps: int) -> tuple[float, float]:
         p = probes[i]
         model.load_state_dict(p.state)
@@ -353,8 +359,10 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
             while p.steps < steps:
                 b = batches[p.steps % len(batches)]
                 torch.manual_seed(seed + p.steps)
+                sync()
                 t = time.perf_counter()
                 train_step(adapter, b, p.plan, p.optimizer, loss_fn=loss_fn, traits=traits)
+                sync()  # CUDA runs asynchronously: time the step, not its launch
                 p.step_times.append(time.perf_counter() - t)
                 p.steps += 1
         p.seconds = sum(p.step_times)

@@ -61,6 +61,7 @@ from edgeadapt.memory.estimator import OptimizerName, Profile, make_optimizer, m
 from edgeadapt.memory.knobs import BATCHNORMS, LossFn, apply_plan, batch_size_of, block_chain, train_step
 from edgeadapt.memory.plan import LossTraits, MemoryPlan, task_loss_traits
 from edgeadapt.models.adapter import ModelAdapter
+from edgeadapt.training.device import to_device
 
 Batch = dict[str, torch.Tensor]
 Arm = TypeVar("Arm")
@@ -278,7 +279,9 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
     if probe_steps < 1 or max_probes < 1:
         raise ConfigError(f"probe_steps and max_probes must be >= 1, got {probe_steps}, {max_probes}")
     traits = traits or (task_loss_traits(adapter.task.name) if loss_fn is None else LossTraits("the loss"))
-    eval_batches = list(eval_batches or batches)
+    where = next(adapter.model.parameters()).device
+    batches = [to_device(b, where) for b in batches]  # the probes train on the model's device
+    eval_batches = [to_device(b, where) for b in (eval_batches or batches)]
     batch = batches[0]
     size = batch_size_of(batch)
     chain = block_chain(adapter)
@@ -342,11 +345,9 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
     probes = {i: _Probe(cands[i].plan, start) for i in probed}
     was_training = model.training
 
-    device = next(model.parameters()).device
-
     def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        if where.type == "cuda":
+            torch.cuda.synchronize(where)
 
     def pull(i: int, steps: int) -> tuple[float, float]:
         p = probes[i]

@@ -121,3 +121,30 @@ def test_device_memory_binds():
     got = solve(problem, 0.945)
     assert (got.widths, got.devices) == ((1.0,), (1,))
     assert got.transfer_s == pytest.approx(2 * (0.05 + 10 / 1e3))
+
+
+def test_48_blocks_5_widths_4_devices_with_binding_memory_is_solved_to_optimality():
+    # the y >= x + x' - 1 linearisation hit the 10 s limit here and was then reported "infeasible"
+    got = solve(_problem(48, 5, 4, seed=1), 0.6)
+    assert got.optimal and got.accuracy >= 0.6
+
+
+def test_a_time_limit_keeps_the_incumbent_or_says_to_raise_it(monkeypatch):
+    from types import SimpleNamespace
+
+    from edgeadapt.errors import ConfigError
+    from edgeadapt.offload import placement
+
+    problem = _problem(seed=0)
+    exact = solve(problem, 0.93)
+    real = placement.milp
+
+    def stopped(*args, **kwargs):  # the real solution stands in for "the best found when the limit struck"
+        return SimpleNamespace(status=1, x=real(*args, **kwargs).x)
+
+    monkeypatch.setattr(placement, "milp", stopped)
+    got = solve(problem, 0.93)
+    assert not got.optimal and got.latency_s == pytest.approx(exact.latency_s)
+    monkeypatch.setattr(placement, "milp", lambda *a, **k: SimpleNamespace(status=1, x=None))
+    with pytest.raises(ConfigError, match="raise the limit"):
+        solve(problem, 0.93)

@@ -211,6 +211,37 @@ def llm_prune(result: Result) -> list[str]:
     return lines + footer(result)
 
 
+def prune_memory(result: Result) -> list[str]:
+    """Peak RSS above the runtime and time of Taylor scoring per model size, before (whole-model
+    backward) and after (block by block), the fit lines and the 7B bf16 extrapolation."""
+    def gib(n: float) -> str:
+        return f"{n / 2**30:.2f} GiB"
+
+    cell = {(r["size"], r["path"]): r for r in result["rows"]}
+    lines = ["| model | params | fp32 weights | before: peak − runtime | after: peak − runtime | "
+             "after: predicted | before: time | after: time |", "|---|---|---|---|---|---|---|---|"]
+    for size in dict.fromkeys(r["size"] for r in result["rows"]):
+        b, a = cell[(size, "before")], cell[(size, "after")]
+        lines.append(f"| Llama {size} | {a['params']:,} | {gib(a['weights_bytes'])} | "
+                     f"{gib(b['above_runtime_bytes'])} ({b['ratio_to_weights']:.2f}x) | "
+                     f"{gib(a['above_runtime_bytes'])} ({a['ratio_to_weights']:.2f}x) | "
+                     f"{gib(a['predicted_tensor_bytes'])} | {b['seconds']:.1f} s | {a['seconds']:.1f} s |")
+    s, fit, x = result["setup"], result["fit"], result["extrapolation"]
+    runtime = statistics.fmean(r["runtime_rss_bytes"] for r in result["rows"])
+    lines += ["", f"Random-init Llamas (vocab {s['vocab']}, {s['dtype']}), Taylor importance on one "
+              f"calibration batch of {s['batch']}×{s['tokens']} tokens, one subprocess per cell, {s['threads']} thread; "
+              f"runtime = RSS after importing torch/transformers/edgeadapt ({gib(runtime)}). Fit of peak − "
+              f"runtime against fp32 weights: before {fit['before']['slope']:.2f}x + "
+              f"{gib(fit['before']['intercept_bytes'])}, after {fit['after']['slope']:.2f}x + "
+              f"{gib(fit['after']['intercept_bytes'])}.",
+              "", f"Extrapolation to {x['model']}: {gib(x['weights_bytes'])} of weights; predicted scoring "
+              f"peak {gib(x['predicted_tensor_bytes'])} (after-fit line: {gib(x['fit_line_bytes'])}) + runtime "
+              f"{gib(x['runtime_bytes'])} = {gib(x['total_bytes'])}, "
+              f"{'within' if x['fits'] else '**over**'} {gib(x['budget_bytes'])}; the whole-model "
+              f"backward is predicted at {gib(x['before_predicted_tensor_bytes'])} + runtime."]
+    return lines + footer(result)
+
+
 def drift_severity(result: Result) -> list[str]:
     """The DRIFT_SHOWN corruptions (± std over seeds when stored), the mean of all corruptions per
     severity and, when the JSON has it, the mean of the 15 standard CIFAR-10-C corruptions."""
@@ -231,7 +262,8 @@ def drift_severity(result: Result) -> list[str]:
 
 
 RENDERERS: dict[str, Callable[[Result], list[str]]] = {
-    "kb_widths": kb_widths, "online_stream": online_stream, "online_stream_text": online_stream_text,
+    "kb_widths": kb_widths, "prune_memory": prune_memory, "online_stream": online_stream,
+    "online_stream_text": online_stream_text,
     "prune_fidelity": prune_fidelity, "prune_fidelity_iter4": prune_fidelity,
     "llm_prune": llm_prune, "drift_severity": drift_severity}
 

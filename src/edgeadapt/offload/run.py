@@ -4,8 +4,8 @@
 dataset's test split, batch after batch (requests one after another), with blocks ``[0, K)`` on this
 machine and ``[K, n)`` on the server (:mod:`edgeadapt.offload.serve`). ``K = n`` is edge-only,
 ``K = 0`` sends the raw images (cloud-only). The link is measured on the real transfers: round-trip
-time from ``Ping`` (and each call), bandwidth from an ``Echo`` probe and then from every ``Run``
-(bytes both ways over the call time less the server's compute and one round trip), both as
+time from ``Ping`` (every few requests), bandwidth from an ``Echo`` probe and then from every ``Run``
+(bytes both ways over the call time less the server's compute and the smallest round trip), both as
 exponential moving averages (:class:`LinkEstimate`).
 
 When the server is unreachable (nothing listens, the connection drops, a call times out) the edge
@@ -28,7 +28,7 @@ import torch
 from edgeadapt.data.registry import build_dataset, dataset_info, options_at_size
 from edgeadapt.errors import ConfigError
 from edgeadapt.offload.netem import TokenBucket
-from edgeadapt.offload.serve import BlockChain, load_chain
+from edgeadapt.offload.serve import RuntimeChain, load_chain
 from edgeadapt.offload.transport import (
     DEFAULT_MAX_FRAME_BYTES,
     SERVICE,
@@ -58,9 +58,13 @@ class LinkEstimate:
     rtt_s: float | None = None
     bandwidth: float | None = None
     samples: int = 0
+    min_rtt_s: float | None = None
+    """The smallest round trip seen: the propagation part of a call, subtracted from transfer times
+    (the moving average also holds queueing and scheduling noise, which would make them negative)."""
 
     def observe_rtt(self, seconds: float) -> None:
         self.rtt_s = seconds if self.rtt_s is None else (1 - self.alpha) * self.rtt_s + self.alpha * seconds
+        self.min_rtt_s = seconds if self.min_rtt_s is None else min(self.min_rtt_s, seconds)
 
     def observe_transfer(self, nbytes: int, seconds: float) -> None:
         """A transfer of ``nbytes`` (both directions) that took ``seconds`` on the wire; ignored when
@@ -126,20 +130,20 @@ class OffloadClient:
         """Send ``nbytes`` and get them back; the bandwidth (bytes/s) it shows, folded into :attr:`link`."""
         t0 = time.perf_counter()
         self.call("Echo", bytes(nbytes))
-        wire = time.perf_counter() - t0 - (self.link.rtt_s or 0.0)
+        wire = time.perf_counter() - t0 - (self.link.min_rtt_s or 0.0)
         self.link.observe_transfer(2 * nbytes, wire)
         return 2 * nbytes / max(wire, 1e-9)
 
     def run(self, start: int, end: int, x: torch.Tensor) -> torch.Tensor:
         """Blocks ``[start, end)`` on the server. The call updates :attr:`link`'s bandwidth: bytes both
-        ways over the call time less the server's compute and one round trip."""
+        ways over the call time less the server's compute and the smallest round trip seen."""
         frame = encode_frame(x, {"start": start, "end": end})
         t0 = time.perf_counter()
         out = self.call("Run", frame)
         elapsed = time.perf_counter() - t0
         y, fields = decode_frame(out)
         compute = float(fields.get("compute_ms", 0.0)) / 1e3
-        self.link.observe_transfer(len(frame) + len(out), elapsed - compute - (self.link.rtt_s or 0.0))
+        self.link.observe_transfer(len(frame) + len(out), elapsed - compute - (self.link.min_rtt_s or 0.0))
         return y
 
     def close(self) -> None:
@@ -207,7 +211,7 @@ class OffloadReport:
         return "\n".join(lines)
 
 
-def _test_split(name: str, chain: BlockChain) -> Any:
+def _test_split(name: str, chain: RuntimeChain) -> Any:
     """The test split of dataset ``name`` at the model's input size; refuses a non-image dataset or
     one whose class count differs from the model's logits."""
     if dataset_info(name).task != "image-classification":
@@ -222,7 +226,7 @@ def _test_split(name: str, chain: BlockChain) -> Any:
 
 
 def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
-                chain: BlockChain | None = None) -> OffloadReport:
+                chain: RuntimeChain | None = None) -> OffloadReport:
     """Evaluate ``cfg.model`` split after block ``cfg.split`` between this process and ``cfg.server``;
     ``chain`` is the edge's copy when already loaded (else :func:`load_chain` of ``cfg.model``), and
     ``shaper`` emulates a slower link.
@@ -298,7 +302,7 @@ def check_address(server: str, field: str = "--server") -> None:
         raise ConfigError(f"{field}: {server!r} is not HOST:PORT (e.g. 127.0.0.1:50051, [::1]:50051)")
 
 
-def _check_server(info: dict[str, Any], chain: BlockChain, server: str) -> None:
+def _check_server(info: dict[str, Any], chain: RuntimeChain, server: str) -> None:
     """Refuse a server whose chain is not this one (block count or weights differ)."""
     if info.get("blocks") != len(chain) or info.get("weights_hash") != chain.weights_hash:
         raise ConfigError(f"offload run: the server at {server} serves {info.get('model')!r} "

@@ -1,7 +1,7 @@
 """The cloud (or helper-device) side of split inference: a gRPC server that runs blocks of a chain.
 
 ``edgeadapt offload serve --model M --host H --port P --token-file F`` loads model ``M`` as a
-:class:`BlockChain` and answers four raw-bytes methods of :data:`~edgeadapt.offload.transport.SERVICE`
+:class:`RuntimeChain` and answers four raw-bytes methods of :data:`~edgeadapt.offload.transport.SERVICE`
 (generic handlers; no generated code):
 
 - ``Run``: a frame with fields ``{"start": K, "end": E}`` and the activation entering block ``K``
@@ -53,9 +53,11 @@ SHUTDOWN_GRACE_S = 5.0
 """Seconds in-flight calls get to finish after SIGTERM/SIGINT."""
 
 
-class BlockChain:
+class RuntimeChain:
     """A model as an ordered chain of blocks, each ``block(hidden) -> hidden`` on one tensor; the
-    last block ends in logits. ``run(start, end, x)`` runs blocks ``[start, end)``.
+    last block ends in logits. ``run(start, end, x)`` runs blocks ``[start, end)`` under a lock (calls
+    arrive on several server threads). What the runtime needs of a chain, and no more: the blocks of
+    :mod:`edgeadapt.offload.blocks` (``block_chain(adapter).blocks``) fit it as they are.
 
     ``input_shapes[i]`` is the shape (without the batch) entering block ``i``, found by one dummy
     forward of ``example`` (a batch of one input); ``input_shapes[n]`` is the logits' shape."""
@@ -101,11 +103,12 @@ class _CNNHead(nn.Module):
         return self.classifier(torch.flatten(self.pooler(hidden), 1))
 
 
-def _chain_from_adapter(adapter: Any, name: str) -> BlockChain:
+def _chain_from_adapter(adapter: Any, name: str) -> RuntimeChain:
     """The CNN's stages (:meth:`CNNAdapter.stages`) then its head as one last block.
 
-    TODO(offload.blocks): replace with the block chains of ``edgeadapt.offload.blocks`` once that
-    module lands (transformer layers too, and descendants at several widths)."""
+    TODO(offload.blocks): build from ``edgeadapt.offload.blocks.block_chain(adapter)`` (its
+    ``names`` and ``blocks``) now that it has landed — transformer layers too, and a descendant
+    chain at chosen widths (``Descendants.chain(widths)``) for placement-driven runs."""
     if not isinstance(adapter, CNNAdapter):
         raise ConfigError(f"offload: {name!r} is not a CNN; the runtime splits CNN stages for now "
                           "(tiny-resnet, tiny-regnet, tiny-mobilenetv2, tiny-mobilevit or a trained one)")
@@ -121,12 +124,12 @@ def _chain_from_adapter(adapter: Any, name: str) -> BlockChain:
     blocks = [model.get_submodule(p) for p in paths] + [_CNNHead(pooler, model.classifier)]
     size = int(adapter.config.image_size)
     example = torch.zeros(1, int(adapter.config.num_channels), size, size)
-    return BlockChain(name, blocks, [*paths, "head"], example, weights_hash(model))
+    return RuntimeChain(name, blocks, [*paths, "head"], example, weights_hash(model))
 
 
-def load_chain(model: str | CNNAdapter) -> BlockChain:
+def load_chain(model: str | CNNAdapter) -> RuntimeChain:
     """Model ``model`` (a built-in name, a local HF directory, an edgeadapt model artifact, or an
-    adapter already loaded) as a :class:`BlockChain` on the CPU, sharing the adapter's modules. The
+    adapter already loaded) as a :class:`RuntimeChain` on the CPU, sharing the adapter's modules. The
     one place the runtime gets its chain from."""
     adapter = model if isinstance(model, CNNAdapter) else load_model(model)
     adapter.model.cpu().eval()
@@ -150,10 +153,10 @@ class ServeConfig:
 
 
 class ChainServicer:
-    """The four methods over one :class:`BlockChain`, each refusing a bad token or frame with its
+    """The four methods over one :class:`RuntimeChain`, each refusing a bad token or frame with its
     gRPC status (never letting an exception take the server down)."""
 
-    def __init__(self, chain: BlockChain, token: bytes, cfg: ServeConfig) -> None:
+    def __init__(self, chain: RuntimeChain, token: bytes, cfg: ServeConfig) -> None:
         self.chain, self.token, self.cfg = chain, token, cfg
         self.served = 0
         self.refused = 0
@@ -222,7 +225,7 @@ class RunningServer:
         self.server.stop(grace).wait()
 
 
-def start_server(chain: BlockChain, token: bytes, cfg: ServeConfig = ServeConfig()) -> RunningServer:
+def start_server(chain: RuntimeChain, token: bytes, cfg: ServeConfig = ServeConfig()) -> RunningServer:
     """Start serving ``chain`` in background threads; returns at once. Raises :class:`ConfigError`
     when ``cfg.host:cfg.port`` cannot be bound."""
     if not token:

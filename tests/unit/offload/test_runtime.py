@@ -26,7 +26,7 @@ from edgeadapt.errors import ConfigError, PathError
 from edgeadapt.models.registry import load_adapter
 from edgeadapt.offload.netem import TokenBucket, veth_namespaces
 from edgeadapt.offload.run import OffloadRunConfig, run_offload
-from edgeadapt.offload.serve import BlockChain, ServeConfig, load_chain, start_server
+from edgeadapt.offload.serve import RuntimeChain, ServeConfig, load_chain, start_server
 from edgeadapt.offload.transport import (
     SERVICE,
     TOKEN_KEY,
@@ -89,7 +89,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def good_frame(chain: BlockChain, start: int = 1, batch: int = 2) -> tuple[bytes, torch.Tensor]:
+def good_frame(chain: RuntimeChain, start: int = 1, batch: int = 2) -> tuple[bytes, torch.Tensor]:
     x = torch.randn(batch, *chain.input_shapes[start])
     return encode_frame(x, {"start": start, "end": len(chain)}), x
 
@@ -203,7 +203,7 @@ class Sleep(nn.Module):
 
 
 def test_an_edge_that_gives_up_mid_request_does_not_break_the_server():
-    slow = BlockChain("slow", [Sleep(0.0), nn.Identity()], ["sleep", "head"], torch.zeros(1, 4), "h")
+    slow = RuntimeChain("slow", [Sleep(0.0), nn.Identity()], ["sleep", "head"], torch.zeros(1, 4), "h")
     slow.blocks[0].seconds = 0.4
     running = start_server(slow, TOKEN, ServeConfig(port=0))
     try:

@@ -59,7 +59,7 @@ def test_full_width_descendant_equals_its_block_and_narrower_ones_keep_the_outpu
 
 
 def test_distillation_lowers_the_block_loss_and_leaves_full_width_alone(built):
-    adapter, desc, x = built
+    _, desc, x = built
     before = [p.clone() for p in desc.modules[1][desc.widths.index(1.0)].parameters()]
     losses = distill(desc, [x[:3], x[3:]], epochs=3, lr=1e-2)
     key = f"{desc.names[1]}/0.25"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from edgeadapt.cli.main import main
@@ -124,3 +125,15 @@ def test_prune_cli_refuses_over_max_memory_before_scoring(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "over the memory limit 20.0 MiB" in err and "--calibration-batches" in err
     assert not (out / "plan.json").exists()
+
+
+def test_llm_prune_refuses_over_max_memory_before_any_compute(tmp_path, capsys):
+    config = {"kind": "llm-prune", "model": "tiny-llama", "unit_sparsity": 0.25, "targets": ["neurons"],
+              "seq_len": 32, "batch_size": 2, "save": str(tmp_path / "save"),
+              "log_dir": str(tmp_path / "logs"), "tracker": "none", "recovery": {"method": "none"}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["llm-prune", "--config", str(path), "--mode", "train", "--max-memory", "1MiB"]) == 2
+    captured = capsys.readouterr()
+    assert "over the memory limit 1.0 MiB" in captured.err and "raise the limit" in captured.err
+    assert "perplexity" not in captured.out  # refused before the dense perplexity pass

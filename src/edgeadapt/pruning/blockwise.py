@@ -31,6 +31,7 @@ from typing import Protocol
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from edgeadapt.models.adapter import ModelAdapter
 from edgeadapt.models.spec import BlockSpec
@@ -169,8 +170,8 @@ def _backward_block(layer: nn.Module, forward: _Forward, i: int, outputs: Sequen
 
 
 def blockwise_gradient_scores(adapter: ModelAdapter, batches: Sequence[Batch], unit_terms: UnitTerms,
-                              new_collector: NewCollector | None = None
-                              ) -> tuple[Scores, torch.Tensor, int, int]:
+                              new_collector: NewCollector | None = None, progress: bool = False,
+                              desc: str = "scoring") -> tuple[Scores, torch.Tensor, int, int]:
     """Per-block gradient scores of ``adapter`` over ``batches`` (model in eval mode, grads cleared).
 
     Returns ``(totals, layer_total, samples, n_batches)`` in the units of the whole-model path of
@@ -178,7 +179,8 @@ def blockwise_gradient_scores(adapter: ModelAdapter, batches: Sequence[Batch], u
     ``sum |w * sum_b g_b|`` per unit and ``layer_total`` is ``|sum w * sum_b g_b|`` per block (not yet
     divided by the batch count); with ``new_collector`` (second order) they are the summed squared per-sample
     terms and the summed squared per-batch block terms. Raises :class:`NotAChain` (before any
-    score is returned) when the model cannot be walked block by block."""
+    score is returned) when the model cannot be walked block by block. ``progress`` shows a bar
+    over the blocks (``desc`` its label)."""
     squared = new_collector is not None
     layers = adapter.model.get_submodule(adapter.layers_path())
     blocks = adapter.blocks()
@@ -189,7 +191,7 @@ def blockwise_gradient_scores(adapter: ModelAdapter, batches: Sequence[Batch], u
     totals: Scores = {"heads": [torch.empty(0)] * n, "neurons": [torch.empty(0)] * n}
     layer_total = torch.zeros(n)
     samples = 0
-    for i in reversed(range(n)):
+    for i in tqdm(list(reversed(range(n))), desc=desc, disable=not progress, leave=False):
         layer, block = layers[i], blocks[i]
         layer.zero_grad(set_to_none=True)
         if squared:

@@ -172,7 +172,7 @@ def _gradient_scores(adapter: ModelAdapter, batches: Iterable[Batch], squared: b
     ``memory_bounded`` and the model's blocks form a chain, else by whole-model backwards."""
     batches = list(batches)
     if memory_bounded and batches:
-        bounded = _blockwise(adapter, batches, squared)
+        bounded = _blockwise(adapter, batches, squared, progress)
         if bounded is not None:
             return bounded
     model = adapter.model
@@ -222,7 +222,8 @@ def _gradient_scores(adapter: ModelAdapter, batches: Iterable[Batch], squared: b
     return scores
 
 
-def _blockwise(adapter: ModelAdapter, batches: list[Batch], squared: bool) -> Scores | None:
+def _blockwise(adapter: ModelAdapter, batches: list[Batch], squared: bool, progress: bool = False
+               ) -> Scores | None:
     """:func:`_gradient_scores` through :func:`~edgeadapt.pruning.blockwise.blockwise_gradient_scores`;
     ``None`` when the model's blocks cannot be walked one at a time."""
     model = adapter.model
@@ -240,7 +241,8 @@ def _blockwise(adapter: ModelAdapter, batches: list[Batch], squared: bool) -> Sc
     model.zero_grad(set_to_none=True)
     try:
         totals, layer_total, samples, n_batches = blockwise_gradient_scores(
-            adapter, batches, unit_terms, collector if squared else None)
+            adapter, batches, unit_terms, collector if squared else None,
+            progress=bar_enabled(progress), desc="fisher" if squared else "taylor")
     except NotAChain:
         return None
     finally:

@@ -21,8 +21,8 @@ existing pruning nouns, one plan per width covering every block:
 
 :func:`distill` retrains them block-wise (LegoDNN): one teacher pass per batch captures every
 block's input and output, shared by all descendants; each pruned descendant takes an Adam step on
-the MSE between its output and the block's. :func:`save_descendants` writes plans + safetensors +
-manifest; :func:`load_descendants` rebuilds them from the base config and the plans, verified.
+the MSE between its output and the block's. :mod:`edgeadapt.offload.artifact` saves them (plans +
+safetensors + manifest) and rebuilds them from the base config and the plans, verified.
 
 >>> desc = make_descendants(load_adapter("tiny-resnet"))   # doctest: +SKIP
 >>> distill(desc, batches, epochs=2)                        # doctest: +SKIP
@@ -32,26 +32,15 @@ manifest; :func:`load_descendants` rebuilds them from the base config and the pl
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from edgeadapt.artifacts import (
-    atomic_write_text,
-    atomic_write_with,
-    read_manifest,
-    replacing_dir,
-    write_manifest,
-)
-from edgeadapt.errors import ArtifactError, ConfigError, PlanError
+from edgeadapt.errors import ConfigError
 from edgeadapt.models.cnn import CNNAdapter
-from edgeadapt.models.registry import build_from_config, task_of, wrap
 from edgeadapt.pruning.apply import apply_plan
 from edgeadapt.pruning.channel_plan import ChannelGroup, ChannelPlan
 from edgeadapt.pruning.channels import (
@@ -65,9 +54,6 @@ from edgeadapt.pruning.importance import magnitude
 from edgeadapt.pruning.plan import BlockPlan, PruningPlan
 
 WIDTHS: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)
-KIND = "offload-descendants"
-VERSION = 1
-WEIGHTS = "descendants.safetensors"
 
 
 @dataclass(frozen=True)
@@ -244,7 +230,8 @@ def width_plans(adapter: Any, widths: Sequence[float]) -> list[ChannelPlan | Pru
     return plans
 
 
-def _apply(adapter: Any, plan: ChannelPlan | PruningPlan) -> Any:
+def apply_width_plan(adapter: Any, plan: ChannelPlan | PruningPlan) -> Any:
+    """Apply a plan of :func:`width_plans` (either kind) to ``adapter`` in place."""
     if isinstance(adapter, CNNAdapter):
         return apply_channel_plan(adapter, plan)
     return apply_plan(adapter, plan)
@@ -300,7 +287,7 @@ def make_descendants(adapter: Any, widths: Sequence[float] = WIDTHS) -> Descenda
     plans = width_plans(adapter, widths)
     for plan in plans:
         work = copy.deepcopy(adapter)
-        _apply(work, plan)
+        apply_width_plan(work, plan)
         for row, module in zip(modules, block_modules(work)[1]):
             row.append(module.eval())
     base = {"name": adapter.name, "hash": adapter.base_hash(), "architecture": adapter.fingerprint(),
@@ -346,73 +333,3 @@ def distill(desc: Descendants, batches: Iterable[Any], epochs: int = 1,
             desc.losses.setdefault(key, []).append(sums[key] / max(1, len(batches)))
     desc.eval()
     return desc.losses
-
-
-# -- artifact ----------------------------------------------------------------------------------
-def _key(block: int, width_index: int) -> str:
-    return f"b{block}.w{width_index}."
-
-
-def save_descendants(desc: Descendants, directory: str | Path, config: dict[str, Any] | None = None) -> Path:
-    """Write ``desc`` as an artifact: ``descendants.safetensors`` (every block at every width),
-    ``plans/width-{i}.json`` (how width ``i`` was cut from the base), ``base_config.json`` and a
-    manifest (kind ``offload-descendants``: base identity, block names, widths, distillation losses,
-    ``config``), atomically (staged and swapped in). Returns the directory."""
-    directory = Path(directory)
-    state = {_key(b, w) + k: v.detach().contiguous().clone()
-             for b, row in enumerate(desc.modules) for w, m in enumerate(row)
-             for k, v in m.state_dict().items()}
-    with replacing_dir(directory) as staged:
-        atomic_write_with(staged / WEIGHTS, lambda tmp: save_file(state, str(tmp)))
-        atomic_write_text(staged / "base_config.json", json.dumps(desc.base_config, indent=1, default=str))
-        (staged / "plans").mkdir()
-        files = [WEIGHTS, "base_config.json"]
-        for i, plan in enumerate(desc.plans):
-            plan.save(staged / "plans" / f"width-{i}.json")
-            files.append(f"plans/width-{i}.json")
-        write_manifest(staged, KIND, VERSION, files, base=desc.base, blocks=desc.names,
-                       widths=list(desc.widths), losses=desc.losses, config=config or {})
-    return directory
-
-
-def load_descendants(directory: str | Path) -> Descendants:
-    """Rebuild what :func:`save_descendants` wrote: the base architecture from its config, each width
-    by applying its plan to a copy, then the stored weights (every tensor must match: no missing or
-    extra key, same shapes). Kind, version and file hashes are verified; any mismatch is an
-    :class:`~edgeadapt.errors.ArtifactError`."""
-    import transformers
-
-    directory = Path(directory)
-    manifest = read_manifest(directory, KIND, VERSION)
-    base, widths, names = manifest["base"], tuple(manifest["widths"]), list(manifest["blocks"])
-    config_dict = json.loads((directory / "base_config.json").read_text())
-    model = build_from_config(transformers.AutoConfig.for_model(**config_dict), task_of(base["class"]))
-    adapter = wrap(model, None, base["name"], base_hash=base["hash"])
-    if adapter.fingerprint() != base["architecture"]:
-        raise ArtifactError(f"{directory}: base_config.json does not match the manifest's architecture")
-    state = load_file(str(directory / WEIGHTS))
-    modules: list[list[nn.Module]] = [[] for _ in names]
-    plans = []
-    for i in range(len(widths)):
-        work = copy.deepcopy(adapter)
-        path = directory / "plans" / f"width-{i}.json"
-        try:
-            plan = ChannelPlan.load(path) if isinstance(adapter, CNNAdapter) else PruningPlan.load(path)
-            _apply(work, plan)
-        except PlanError as exc:
-            raise ArtifactError(f"{path} does not fit the base model: {exc}") from None
-        plans.append(plan)
-        got_names, blocks = block_modules(work)
-        if got_names != names:
-            raise ArtifactError(f"{directory}: the manifest's blocks {names} are not the model's {got_names}")
-        for b, module in enumerate(blocks):
-            prefix = _key(b, i)
-            own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            try:
-                module.load_state_dict(own, strict=True)
-            except RuntimeError as exc:
-                raise ArtifactError(f"{directory}: weights of block {names[b]} at width {widths[i]} do not "
-                                    f"match its plan ({str(exc).splitlines()[0]})") from None
-            modules[b].append(module.eval())
-    return Descendants(names, widths, modules, plans, base, config_dict,
-                       {k: list(v) for k, v in manifest.get("losses", {}).items()})

@@ -1,7 +1,7 @@
 """One call from a model and a dataset to what placement needs: descendants (distilled, saved as an
 artifact) and their profile on a set of devices.
 
-``out/descendants/`` is the :func:`~edgeadapt.offload.blocks.save_descendants` artifact,
+``out/descendants/`` is the :func:`~edgeadapt.offload.artifact.save_descendants` artifact,
 ``out/profile.json`` the :class:`~edgeadapt.offload.profile.ChainProfile` (devices included).
 
 >>> desc, prof = build_offload(OffloadBuildConfig("runs/resnet-digits"), "runs/offload")  # doctest: +SKIP
@@ -17,7 +17,8 @@ from typing import Any
 
 from edgeadapt.data.registry import build_dataset, dataset_info, options_at_size
 from edgeadapt.errors import ConfigError
-from edgeadapt.offload.blocks import WIDTHS, Descendants, distill, make_descendants, save_descendants
+from edgeadapt.offload.artifact import save_descendants
+from edgeadapt.offload.blocks import WIDTHS, Descendants, distill, make_descendants
 from edgeadapt.offload.profile import EMULATED_EDGE, LOCAL_CLOUD, ChainProfile, DeviceProfile, profile_chain
 from edgeadapt.pruning.checkpoint import load_model
 

@@ -9,13 +9,8 @@ import torch
 
 from edgeadapt.errors import ArtifactError, ConfigError
 from edgeadapt.models.registry import load_adapter
-from edgeadapt.offload.blocks import (
-    block_chain,
-    distill,
-    load_descendants,
-    make_descendants,
-    save_descendants,
-)
+from edgeadapt.offload.artifact import load_descendants, save_descendants
+from edgeadapt.offload.blocks import block_chain, distill, make_descendants
 
 MODELS = ("tiny-resnet", "tiny-vit")
 

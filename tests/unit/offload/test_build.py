@@ -6,7 +6,7 @@ import pytest
 
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.registry import load_adapter
-from edgeadapt.offload.blocks import load_descendants
+from edgeadapt.offload.artifact import load_descendants
 from edgeadapt.offload.build import OffloadBuildConfig, build_offload
 from edgeadapt.offload.profile import EMULATED_EDGE, ChainProfile
 

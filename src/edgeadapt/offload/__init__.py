@@ -1,3 +1,6 @@
 """Split and offload: a model as a chain of blocks with descendants at several widths
-(:mod:`~edgeadapt.offload.blocks`), their profiles (:mod:`~edgeadapt.offload.profile`) and the
-integer program placing one descendant per block on one device each (:mod:`~edgeadapt.offload.placement`)."""
+(:mod:`~edgeadapt.offload.blocks`, saved by :mod:`~edgeadapt.offload.artifact`), their profiles on
+devices (:mod:`~edgeadapt.offload.profile`), the integer program placing one descendant per block on
+one device each (:mod:`~edgeadapt.offload.placement`), :mod:`~edgeadapt.offload.build` for all of it
+in one call, and the runtime that serves and runs a split chain over gRPC
+(:mod:`~edgeadapt.offload.transport`, :mod:`~edgeadapt.offload.serve`, :mod:`~edgeadapt.offload.run`)."""

@@ -10,7 +10,7 @@ Raspberry-Pi-4-class board, not a measurement; every result names the devices it
 **Blocks.** :func:`profile_chain` records per (block, width): parameters, FLOPs per input
 (2 × multiply-adds of its convolutions and linear layers; attention score products are not
 counted), output activation bytes per input, weight bytes, latency per device (warm-up, then the
-median of repeats, a block's widths and devices interleaved) and the **accuracy drop** the
+median of repeats, a block's widths interleaved) and the **accuracy drop** the
 LegoDNN way: measured on composed models, averaged over several settings ``E`` (every block at one
 width) of
 ``acc(setting with block b at full width) − acc(setting with block b at width w)``. The additive
@@ -107,25 +107,30 @@ LOCAL_CLOUD = DeviceProfile("cloud", 1.0, 2, 16 * 2**30, "the profiling machine 
 @torch.inference_mode()
 def measure_latencies(runs: Sequence[tuple[nn.Module, torch.Tensor, DeviceProfile]], warmup: int = 3,
                       repeats: int = 10) -> list[float]:
-    """Seconds one forward of each ``(module, x, device)`` takes on that device: ``warmup`` untimed
-    runs each, then ``repeats`` rounds timing every run once per round (interleaved, so a burst of
-    load on a shared machine hits all of them alike), each at ``device.threads`` threads; the median
-    of a run's times, times ``device.slowdown``."""
+    """Seconds one forward of each ``(module, x, device)`` takes on that device: the median of
+    ``repeats`` timed runs after ``warmup`` untimed ones, times ``device.slowdown``.
+
+    Runs sharing a thread count are timed together, interleaved (``repeats`` rounds timing each
+    once), so a burst of load on a shared machine hits them alike; the thread count is set once per
+    group, because switching it between calls made a 2-thread convolution on a busy 2-core machine
+    take 75 ms instead of 0.07 ms."""
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"latency needs repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
     before = torch.get_num_threads()
     times: list[list[float]] = [[] for _ in runs]
     try:
-        for module, x, device in runs:
-            torch.set_num_threads(device.threads)
-            for _ in range(warmup):
-                module(x)
-        for _ in range(repeats):
-            for i, (module, x, device) in enumerate(runs):
-                torch.set_num_threads(device.threads)
-                start = time.perf_counter()
-                module(x)
-                times[i].append(time.perf_counter() - start)
+        for threads in dict.fromkeys(device.threads for _, _, device in runs):
+            group = [(i, module, x) for i, (module, x, device) in enumerate(runs)
+                     if device.threads == threads]
+            torch.set_num_threads(threads)
+            for _, module, x in group:
+                for _ in range(warmup):
+                    module(x)
+            for _ in range(repeats):
+                for i, module, x in group:
+                    start = time.perf_counter()
+                    module(x)
+                    times[i].append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(before)
     return [statistics.median(t) * device.slowdown for t, (_, _, device) in zip(times, runs)]
@@ -332,7 +337,7 @@ def profile_chain(desc: Descendants, batches: Sequence[dict[str, torch.Tensor]],
     ins = [x, *outs[:-1]]
     base, drops, measured = accuracy_drops(desc, batches, settings)
     rows = []
-    for b, name in enumerate(desc.names):  # a block's widths and devices timed interleaved
+    for b, name in enumerate(desc.names):  # a block's widths timed interleaved, per device
         runs = [(module, ins[b], d) for module in desc.modules[b] for d in devices]
         seconds = iter(measure_latencies(runs, warmup, repeats))
         row = []

@@ -106,7 +106,7 @@ def test_profile_file_refuses_other_json(tmp_path):
         ChainProfile.load(tmp_path / "p.json")
 
 
-def test_runs_are_timed_interleaved_in_order():
+def test_runs_are_timed_interleaved_per_thread_count():
     from edgeadapt.offload.profile import measure_latencies
 
     calls = []
@@ -117,11 +117,14 @@ def test_runs_are_timed_interleaved_in_order():
             self.tag = tag
 
         def forward(self, x):
-            calls.append(self.tag)
+            calls.append((self.tag, torch.get_num_threads()))
             return x
 
     slow = DeviceProfile("slow", 1e6, 1, 1)
-    out = measure_latencies([(Tag("a"), torch.zeros(1), CLOUD), (Tag("b"), torch.zeros(1), slow)],
+    two = DeviceProfile("two", 1.0, 2, 1)
+    zero = torch.zeros(1)
+    out = measure_latencies([(Tag("a"), zero, CLOUD), (Tag("b"), zero, two), (Tag("c"), zero, slow)],
                             warmup=1, repeats=2)
-    assert calls == ["a", "b", "a", "b", "a", "b"]  # warm-up, then one of each per round
-    assert out[1] > out[0]
+    # one-thread runs (a, c) warm up, then alternate per round; then the two-thread run
+    assert calls == [("a", 1), ("c", 1), ("a", 1), ("c", 1), ("a", 1), ("c", 1), ("b", 2), ("b", 2), ("b", 2)]
+    assert out[2] > out[0]

@@ -384,6 +384,9 @@ def profile(adapter: ModelAdapter, batch: Batch, optimizer: OptimizerName = "ada
     opt = make_optimizer(params, optimizer, lr=0.0)
     steps, passes = [], []
     try:
+        if small == size_traced:  # one size (a loss that is not per-sample): trace a second step, so
+            # the kept trace is a steady-state one with the optimizer's state already allocated
+            _traced_step(model, chain, adapter, split_batch(batch, small)[0], loss_fn, opt, device)
         for b in dict.fromkeys((small, size_traced)):
             part = split_batch(batch, b)[0]
             trace, measured = _traced_step(model, chain, adapter, part, loss_fn, opt, device)

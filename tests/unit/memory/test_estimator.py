@@ -108,6 +108,19 @@ def test_a_loss_that_is_not_per_sample_is_profiled_whole_and_never_split():
                 traits=ADAPTATION_LOSS)
 
 
+@pytest.mark.parametrize("plan", [MemoryPlan(), MemoryPlan(checkpoint_segments=2),
+                                  MemoryPlan(freeze_blocks=2)])
+def test_a_loss_that_is_not_per_sample_is_predicted_at_the_steady_state(plan):
+    """Before: with one profiled size the only traced step was the first, before the optimizer's
+    state existed, and the steady-state peak was under-predicted by about 21%."""
+    adapter = load_adapter("tiny-vit")
+    batch = make_batches(adapter, n=1, size=8)[0]
+    loss = lambda a, b: a.task_loss(b)  # noqa: E731
+    prof = profile(adapter, batch, loss_fn=loss, traits=ADAPTATION_LOSS, timed=False)
+    real = measure(adapter, plan, batch, loss_fn=loss, traits=ADAPTATION_LOSS)
+    assert abs(predict(prof, plan).predicted_bytes / real.total_bytes - 1) <= 0.05
+
+
 class Staged(nn.Module):
     """A CNN-like chain of stages given by path (what CNN adapters will list)."""
 

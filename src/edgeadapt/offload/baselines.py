@@ -1,0 +1,311 @@
+"""Offload baselines in the same harness as the placement program, for comparable numbers.
+
+Every baseline is costed by :func:`~edgeadapt.offload.placement.evaluate` on the same
+:class:`~edgeadapt.offload.placement.PlacementProblem` (a :class:`~edgeadapt.offload.profile.ChainProfile`
+with its links), so compute, transfers and memory follow one latency model:
+
+- :func:`edge_only`: every block at full width on the source (the edge).
+- :func:`cloud_only`: upload the input, every block at full width on one server (the fastest one
+  for this input, when there are several), return the logits.
+- :func:`neurosurgeon`: the best single split of the uncompressed chain — blocks ``[0, k)`` on the
+  edge, ``[k, B)`` on one server — over every ``k`` and server (Neurosurgeon, ASPLOS'17, with the
+  profile's measured per-block latencies as its latency models).
+- :func:`early_exit`: BranchyNet-style exit heads (:class:`ExitHead`: pooling + linear, trained by
+  :func:`train_exit_heads` on the frozen chain's intermediate outputs). A request runs blocks
+  ``0..e`` at full width and exit ``e``'s head; the exit *and* the device of every block are chosen
+  by exhaustive search for the least latency whose measured exit accuracy meets the floor — an
+  upper bound on what the DDPG agent of DEC-DNN-IO (TaskOffloadingAtEdge's baseline: exits meeting
+  the threshold, then a learned split per exit) can pick.
+
+Each returns a :class:`BaselineResult` (latency, accuracy, bytes sent, a description of the choice);
+:func:`from_placement` turns the integer program's :class:`~edgeadapt.offload.placement.Placement`
+into the same record.
+
+>>> prob = profile.problem(bandwidth=10e6 / 8, rtt_s=0.005)          # doctest: +SKIP
+>>> neurosurgeon(prob).latency_s, early_exit(profile, exits, 10e6 / 8, 0.005, 0.9)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from edgeadapt.errors import ConfigError, InfeasibleError
+from edgeadapt.offload.blocks import BlockChain
+from edgeadapt.offload.placement import Option, Placement, PlacementProblem, evaluate, feasible
+from edgeadapt.offload.profile import ChainProfile, DeviceProfile, measure_latencies, state_bytes
+
+# exhaustive device search per exit is (devices ** blocks); above this many assignments only
+# contiguous segments (each device used at most once, in chain order) are searched
+EXHAUSTIVE_LIMIT = 200_000
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    """One method's choice for one request: predicted latency (seconds; compute and transfer
+    parts), accuracy (fraction: measured for full-width chains and exits, the additive model's for
+    a placement of descendants), bytes that cross a link, and the choice in words."""
+
+    method: str
+    latency_s: float
+    compute_s: float
+    transfer_s: float
+    accuracy: float
+    bytes_sent: int
+    choice: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def bytes_sent(problem: PlacementProblem, devices: Sequence[int],
+               out_bytes: Sequence[int] | None = None) -> int:
+    """Bytes crossing links when block ``b`` runs on ``devices[b]``: the input when block 0 is not on
+    the source, every hand-off between devices, and the result back to the source."""
+    out = problem.out_bytes if out_bytes is None else out_bytes
+    src = problem.source
+    total = problem.input_bytes if devices[0] != src else 0
+    total += sum(out[b] for b in range(len(devices) - 1) if devices[b] != devices[b + 1])
+    return total + (out[len(devices) - 1] if devices[-1] != src else 0)
+
+
+def _segments(problem: PlacementProblem, devices: Sequence[int]) -> str:
+    """``"edge[0-2] → cloud[3-5]"``: the devices' runs of consecutive blocks."""
+    parts = []
+    for d, run in itertools.groupby(enumerate(devices), key=lambda t: t[1]):
+        idx = [b for b, _ in run]
+        parts.append(f"{problem.devices[d]}[{idx[0]}-{idx[-1]}]" if len(idx) > 1 else
+                     f"{problem.devices[d]}[{idx[0]}]")
+    return " → ".join(parts)
+
+
+def full_choice(problem: PlacementProblem) -> tuple[int, ...]:
+    """The index of every block's full-width option."""
+    try:
+        return tuple(next(i for i, o in enumerate(opts) if o.width == 1.0) for opts in problem.options)
+    except StopIteration:
+        raise ConfigError("a baseline needs every block's full-width option (width 1.0)") from None
+
+
+def _result(method: str, problem: PlacementProblem, pl: Placement, accuracy: float,
+            what: str) -> BaselineResult:
+    return BaselineResult(method, pl.latency_s, pl.compute_s, pl.transfer_s, accuracy,
+                          bytes_sent(problem, pl.devices), what)
+
+
+def from_placement(problem: PlacementProblem, placement: Placement, method: str = "ours") -> BaselineResult:
+    """The integer program's placement as a :class:`BaselineResult` (accuracy: the additive model's)."""
+    widths = ",".join(f"{w:g}" for w in placement.widths)
+    return _result(method, problem, placement, placement.accuracy,
+                   f"{_segments(problem, placement.devices)}; widths {widths}")
+
+
+def _servers(problem: PlacementProblem) -> list[int]:
+    servers = [d for d in range(len(problem.devices)) if d != problem.source]
+    if not servers:
+        raise ConfigError("cloud-only and split baselines need a device besides the source")
+    return servers
+
+
+def edge_only(problem: PlacementProblem) -> BaselineResult:
+    """Every block at full width on the source; nothing is sent."""
+    n = len(problem.options)
+    pl = evaluate(problem, full_choice(problem), (problem.source,) * n)
+    return _result("edge-only", problem, pl, problem.base_accuracy, f"{problem.devices[problem.source]}[all]")
+
+
+def neurosurgeon(problem: PlacementProblem) -> BaselineResult:
+    """The best single split ``k`` (blocks ``[0, k)`` on the source, ``[k, B)`` on one server, any
+    server) of the uncompressed chain; ``k = 0`` is cloud-only and ``k = B`` edge-only. Splits that
+    overflow a device's memory are skipped (edge-only is always considered)."""
+    n, full = len(problem.options), full_choice(problem)
+    best: Placement | None = None
+    for server in _servers(problem):
+        for k in range(n + 1):
+            pl = evaluate(problem, full, (problem.source,) * k + (server,) * (n - k))
+            if feasible(problem, pl, -1.0) and (best is None or pl.latency_s < best.latency_s - 1e-12):
+                best = pl
+    if best is None:
+        raise InfeasibleError("no single split of the full-width chain fits the devices' memory")
+    k = sum(d == problem.source for d in best.devices)
+    return _result("neurosurgeon", problem, best, problem.base_accuracy,
+                   f"split after block {k} of {n}: {_segments(problem, best.devices)}")
+
+
+def cloud_only(problem: PlacementProblem) -> BaselineResult:
+    """Upload the input and run every block at full width on the fastest server for it."""
+    n, full = len(problem.options), full_choice(problem)
+    pls = [evaluate(problem, full, (s,) * n) for s in _servers(problem)]
+    best = min(pls, key=lambda p: p.latency_s)
+    return _result("cloud-only", problem, best, problem.base_accuracy,
+                   f"{problem.devices[best.devices[0]]}[all]")
+
+
+# -- early exits -------------------------------------------------------------------------------
+class ExitHead(nn.Module):
+    """A BranchyNet-style exit: pool an intermediate activation (``[B, C, H, W]`` to a 2×2 grid,
+    flattened to ``4C``, so the exit keeps coarse layout; a ``[B, T, H]`` sequence by its mean over
+    T), normalise it (LayerNorm without parameters) and a linear classifier to ``num_labels``."""
+
+    GRID = 2
+
+    def __init__(self, features: int, num_labels: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(features, elementwise_affine=False)
+        self.linear = nn.Linear(features, num_labels)
+
+    @classmethod
+    def pool(cls, hidden: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W] -> [B, 4C]`` or ``[B, T, H] -> [B, H]``."""
+        if hidden.dim() == 4:
+            return torch.flatten(nn.functional.adaptive_avg_pool2d(hidden, cls.GRID), 1)
+        if hidden.dim() == 3:
+            return hidden.mean(dim=1)
+        raise ConfigError("an exit head pools [B, C, H, W] or [B, T, H] activations, got "
+                          f"{list(hidden.shape)}")
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm(self.pool(hidden)))
+
+
+def train_exit_heads(chain: BlockChain, batches: Sequence[dict[str, torch.Tensor]], num_labels: int,
+                     epochs: int = 3, lr: float = 1e-2, seed: int = 0) -> list[ExitHead]:
+    """One :class:`ExitHead` after every block but the last two (the last is the chain's own head;
+    an exit on the final features would duplicate it), trained with cross-entropy on the frozen
+    chain's outputs: per batch one backbone pass (no gradients) feeds every head, each takes an
+    Adam step (BranchyNet's equal weight per exit, backbone frozen). Heads are returned in eval
+    mode; ``heads[e]`` reads block ``e``'s output."""
+    if epochs < 1 or lr <= 0:
+        raise ConfigError(f"exit heads need epochs >= 1 and lr > 0; got {epochs}, {lr}")
+    chain.eval()
+    with torch.no_grad():
+        shapes = chain.trace(batches[0]["pixel_values"][:1])
+    gen = torch.Generator().manual_seed(seed)
+    heads = []
+    for out in shapes[:-2]:
+        head = ExitHead(ExitHead.pool(out).shape[-1], num_labels)
+        with torch.no_grad():
+            for p in head.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
+        heads.append(head)
+    optims = [torch.optim.Adam(h.parameters(), lr=lr) for h in heads]
+    for _ in range(epochs):
+        for batch in batches:
+            with torch.no_grad():
+                outs = chain.trace(batch["pixel_values"])
+            for head, opt, out in zip(heads, optims, outs):
+                loss = nn.functional.cross_entropy(head.train()(out), batch["labels"])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    return [h.eval() for h in heads]
+
+
+@torch.no_grad()
+def exit_accuracies(chain: BlockChain, heads: Sequence[ExitHead],
+                    batches: Iterable[dict[str, torch.Tensor]]) -> list[float]:
+    """Top-1 accuracy of every exit (``heads[e]`` on block ``e``'s output) on labelled batches."""
+    chain.eval()
+    right, total = [0] * len(heads), 0
+    for batch in batches:
+        outs = chain.trace(batch["pixel_values"])
+        for e, head in enumerate(heads):
+            right[e] += int((head(outs[e]).argmax(-1) == batch["labels"]).sum())
+        total += int(batch["labels"].numel())
+    if total == 0:
+        raise ConfigError("exit accuracy needs at least one labelled example")
+    return [r / total for r in right]
+
+
+@dataclass(frozen=True)
+class ExitProfile:
+    """Exit after block ``block``: its measured accuracy (fraction), the head's latency per device
+    name (seconds, at the chain profile's batch size), its weight bytes and output (logits) bytes
+    per input."""
+
+    block: int
+    accuracy: float
+    latency_s: dict[str, float]
+    mem_bytes: int
+    out_bytes: int
+
+
+@torch.no_grad()
+def profile_exits(chain: BlockChain, heads: Sequence[ExitHead], accuracies: Sequence[float],
+                  x: torch.Tensor, devices: Sequence[DeviceProfile], warmup: int = 3,
+                  repeats: int = 10) -> list[ExitProfile]:
+    """Time every exit head on every device on the chain's real activations for input ``x`` (the
+    batch size latencies are wanted at), as :func:`~edgeadapt.offload.profile.profile_chain` does."""
+    if len(accuracies) != len(heads):
+        raise ConfigError(f"{len(accuracies)} accuracies for {len(heads)} exit heads")
+    outs = chain.eval().trace(x)
+    runs = [(head, outs[e], d) for e, head in enumerate(heads) for d in devices]
+    seconds = iter(measure_latencies(runs, warmup, repeats))
+    profiles = []
+    for e, head in enumerate(heads):
+        latency = {d.name: next(seconds) for d in devices}
+        logits = head(outs[e][:1])
+        profiles.append(ExitProfile(e, float(accuracies[e]), latency, state_bytes(head),
+                                    logits.numel() * logits.element_size()))
+    return profiles
+
+
+def _best_devices(problem: PlacementProblem) -> Placement | None:
+    """The least-latency device per block of a one-option-per-block problem that fits memory:
+    every assignment when there are few, else contiguous segments in chain order."""
+    n, n_d = len(problem.options), len(problem.devices)
+    choice = (0,) * n
+    if n_d ** n <= EXHAUSTIVE_LIMIT:
+        assignments: Iterable[tuple[int, ...]] = itertools.product(range(n_d), repeat=n)
+    else:
+        def segments() -> Iterable[tuple[int, ...]]:
+            for order in itertools.permutations(range(n_d)):
+                for cuts in itertools.combinations_with_replacement(range(n + 1), n_d - 1):
+                    bounds = (0, *cuts, n)
+                    yield tuple(d for i, d in enumerate(order) for _ in range(bounds[i + 1] - bounds[i]))
+        assignments = segments()
+    best = None
+    for devices in assignments:
+        pl = evaluate(problem, choice, devices)
+        if feasible(problem, pl, -1.0) and (best is None or pl.latency_s < best.latency_s - 1e-12):
+            best = pl
+    return best
+
+
+def early_exit(profile: ChainProfile, exits: Sequence[ExitProfile],
+               bandwidth: float | Sequence[Sequence[float]],
+               rtt_s: float | Sequence[Sequence[float]], floor: float, source: int = 0) -> BaselineResult:
+    """The least-latency early exit meeting ``floor``: over every exit whose measured accuracy is at
+    least ``floor`` (and the full chain, at the profile's base accuracy), blocks ``0..e`` at full
+    width plus the exit head, each on the device that minimises the latency (exhaustive search).
+    Raises :class:`~edgeadapt.errors.InfeasibleError` naming the best exit accuracy when none
+    meets the floor."""
+    problem = profile.problem(bandwidth, rtt_s, source)
+    full = full_choice(problem)
+    names = [d.name for d in profile.devices]
+    best: tuple[Placement, PlacementProblem, float, str] | None = None
+    candidates = [(x.block, x.accuracy, x) for x in exits] + [(len(full) - 1, profile.base_accuracy, None)]
+    for block, acc, ex in candidates:
+        if acc < floor - 1e-12:
+            continue
+        options = tuple((problem.options[b][full[b]],) for b in range(block + 1))
+        out_bytes = problem.out_bytes[:block + 1]
+        if ex is not None:
+            options += ((Option(1.0, 0.0, tuple(ex.latency_s[n] for n in names), ex.mem_bytes),),)
+            out_bytes += (ex.out_bytes * profile.batch_size,)
+        sub = PlacementProblem(options, out_bytes, problem.input_bytes, problem.devices, problem.memory_bytes,
+                               problem.bandwidth, problem.rtt_s, acc, problem.source)
+        pl = _best_devices(sub)
+        if pl is not None and (best is None or pl.latency_s < best[0].latency_s - 1e-12):
+            what = f"exit after block {block}" if ex is not None else "no early exit (full chain)"
+            best = (pl, sub, acc, what)
+    if best is None:
+        reach = max([x.accuracy for x in exits] + [profile.base_accuracy])
+        raise InfeasibleError(f"no early exit reaches the accuracy floor {floor:.4f}; the best exit reaches "
+                              f"{reach:.4f}")
+    pl, sub, acc, what = best
+    return _result("early-exit", sub, pl, acc, f"{what}: {_segments(sub, pl.devices)}")

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,9 +28,12 @@ import numpy as np
 import torch
 
 from edgeadapt.data.registry import build_dataset, dataset_info, options_at_size
-from edgeadapt.errors import ConfigError
+from edgeadapt.errors import ConfigError, InfeasibleError
+from edgeadapt.offload.build import PROFILE_FILE
 from edgeadapt.offload.netem import TokenBucket
-from edgeadapt.offload.serve import RuntimeChain, load_chain
+from edgeadapt.offload.placement import Placement, solve
+from edgeadapt.offload.profile import ChainProfile
+from edgeadapt.offload.serve import RuntimeChain, descendants_dir, load_chain
 from edgeadapt.offload.transport import (
     DEFAULT_MAX_FRAME_BYTES,
     SERVICE,
@@ -43,6 +48,17 @@ UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, g
 
 PING_EVERY = 10
 """Requests between two ``Ping`` calls that keep the round-trip estimate current."""
+
+REPLAN_FACTOR = 1.5
+"""A placement is re-solved when the bandwidth or RTT moves by more than this factor from its figures."""
+
+MIN_RTT_CHANGE_S = 1e-3
+"""An RTT change smaller than this (seconds) never triggers a re-plan, whatever its factor."""
+
+MIN_PROBE_BYTES = 64 * 1024
+"""Smallest ``Echo`` probe of a placement-driven run (its first plan needs a bandwidth)."""
+
+DEFAULT_BATCH_SIZE = 32
 
 
 class ServerUnreachable(RuntimeError):
@@ -134,10 +150,15 @@ class OffloadClient:
         self.link.observe_transfer(2 * nbytes, wire)
         return 2 * nbytes / max(wire, 1e-9)
 
-    def run(self, start: int, end: int, x: torch.Tensor) -> torch.Tensor:
-        """Blocks ``[start, end)`` on the server. The call updates :attr:`link`'s bandwidth: bytes both
-        ways over the call time less the server's compute and the smallest round trip seen."""
-        frame = encode_frame(x, {"start": start, "end": end})
+    def run(self, start: int, end: int, x: torch.Tensor,
+            widths: Sequence[float] | None = None) -> torch.Tensor:
+        """Blocks ``[start, end)`` on the server, at ``widths`` (one per block; ``None``: full width).
+        The call updates :attr:`link`'s bandwidth: bytes both ways over the call time less the
+        server's compute and the smallest round trip seen."""
+        fields: dict[str, Any] = {"start": start, "end": end}
+        if widths is not None:
+            fields["widths"] = [float(w) for w in widths]
+        frame = encode_frame(x, fields)
         t0 = time.perf_counter()
         out = self.call("Run", frame)
         elapsed = time.perf_counter() - t0
@@ -152,30 +173,51 @@ class OffloadClient:
 
 @dataclass(frozen=True)
 class OffloadRunConfig:
-    """One ``offload run``: the model, the server, the split and the data."""
+    """One ``offload run``: the model, the server, the split or the accuracy floor, and the data."""
 
     model: str
     server: str
     token: bytes = field(repr=False)
-    split: int
+    split: int | None = None
+    """K: blocks ``[0, K)`` here, the rest on the server, at full width. Exactly one of ``split`` and
+    ``floor`` is given."""
     data: str = "digits"
-    batch_size: int = 32
+    batch_size: int | None = None
+    """Inputs per request; ``None``: the profile's batch size with ``floor`` (what its latencies were
+    measured at), else 32."""
     limit: int | None = None
     """Evaluate at most this many test samples (``None`` = all)."""
     timeout_s: float = 10.0
     """Per-call timeout; a call past it counts as the server being unreachable."""
     probe_bytes: int = 256 * 1024
-    """Size of the ``Echo`` probe that gives the first bandwidth estimate (0 = none)."""
+    """Size of the ``Echo`` probe that gives the first bandwidth estimate (0 = none; with ``floor``
+    a probe of :data:`MIN_PROBE_BYTES` is sent anyway: the first plan needs a bandwidth)."""
+    floor: float | None = None
+    """Accuracy floor (fraction): place every block (width and device) by the integer program on
+    the descendants artifact's profile and the measured link, re-planning when the link moves."""
+    profile: str | None = None
+    """The profile (``profile.json`` of :func:`~edgeadapt.offload.build.build_offload`); ``None``:
+    ``profile.json`` beside the descendants artifact."""
+    edge_device: str | None = None
+    """The profile's device this process is (default: its first device)."""
+    cloud_device: str | None = None
+    """The profile's device the server is (default: the first other device)."""
+    replan_factor: float = REPLAN_FACTOR
+    """Re-plan when the bandwidth or RTT moves by more than this factor from what the plan used."""
+    emulate_edge: bool = False
+    """Run the edge's blocks as its device profile says: with its thread count, and sleeping
+    ``(slowdown - 1)×`` their compute time (so measured latency matches what the plan assumed)."""
 
 
 @dataclass
 class OffloadReport:
-    """What ``offload run`` prints: accuracy, latency per request (ms), bytes, the split, the link."""
+    """What ``offload run`` prints: accuracy, latency per request (ms), bytes, the split or the
+    placement (per block: width and device), re-plans, the link."""
 
     model: str
     server: str
     data: str
-    split: int
+    split: int | None
     blocks: int
     split_after: str | None
     mode: str
@@ -189,6 +231,12 @@ class OffloadReport:
     bytes_received: int
     rtt_ms: float | None
     bandwidth_mbps: float | None
+    placement: dict[str, Any] | None = None
+    """The placement in force at the end: ``blocks`` (per block ``block``, ``width``, ``device``),
+    and with ``floor`` the plan's ``floor``, ``predicted_accuracy``, ``predicted_latency_ms``, the
+    ``link`` it was solved for, the ``devices`` (profiles) and the profile's ``batch_size``."""
+    replans: list[dict[str, Any]] = field(default_factory=list)
+    """Every re-plan: ``at_request``, ``reason``, the link and the new placement's blocks."""
     logits: torch.Tensor | None = field(default=None, repr=False)
     """Every sample's logits in dataset order (``[N, classes]``), kept for checks; not in :meth:`to_dict`."""
 
@@ -198,17 +246,106 @@ class OffloadReport:
     def summary(self) -> str:
         lat = self.latency_ms
         lines = [f"{self.model} on {self.data}: accuracy {self.accuracy:.4f} over {self.samples} samples "
-                 f"({self.requests} requests of {self.batch_size})",
-                 f"split after block {self.split}/{self.blocks} ({self.split_after or 'input'}), "
-                 f"mode {self.mode}"
-                 + (f" — fell back to edge-only at request {self.fallback['at_request']}: "
-                    f"{self.fallback['reason']}" if self.fallback else ""),
-                 f"latency p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms; sent {self.bytes_sent:,} bytes, "
-                 f"received {self.bytes_received:,}"]
+                 f"({self.requests} requests of {self.batch_size})"]
+        where = (f"split after block {self.split}/{self.blocks} ({self.split_after or 'input'})"
+                 if self.split is not None else f"placement over {self.blocks} blocks")
+        lines.append(f"{where}, mode {self.mode}"
+                     + (f" — fell back to edge-only at request {self.fallback['at_request']}: "
+                        f"{self.fallback['reason']}" if self.fallback else ""))
+        if self.placement is not None and self.split is None:
+            p = self.placement
+            lines.append(f"floor {p['floor']:.4f}: predicted accuracy {p['predicted_accuracy']:.4f}, "
+                         f"predicted latency {p['predicted_latency_ms']:.2f} ms")
+            lines += [f"  {i + 1:>2} {b['block']:<40} width {b['width']:<5} on {b['device']}"
+                      for i, b in enumerate(p["blocks"])]
+            lines.append(f"re-planned {len(self.replans)} times"
+                         + "".join(f"\n  at request {r['at_request']}: {r['reason']}" for r in self.replans))
+        lines.append(f"latency p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms; sent {self.bytes_sent:,} "
+                     f"bytes, received {self.bytes_received:,}")
         if self.rtt_ms is not None:
             bw = f"{self.bandwidth_mbps:.1f} Mbit/s" if self.bandwidth_mbps is not None else "not measured"
             lines.append(f"link: rtt {self.rtt_ms:.2f} ms, bandwidth {bw} (moving averages)")
         return "\n".join(lines)
+
+
+# -- placement-driven runs ---------------------------------------------------------------------
+def replan_reason(planned_bandwidth: float, planned_rtt_s: float, bandwidth: float | None,
+                  rtt_s: float | None, factor: float = REPLAN_FACTOR,
+                  min_rtt_change_s: float = MIN_RTT_CHANGE_S) -> str | None:
+    """Why the link has moved far enough from what a plan used (bandwidth in bytes/s, RTT in
+    seconds) to re-plan, or ``None``: the bandwidth changed by more than ``factor`` either way, or
+    the RTT did and by more than ``min_rtt_change_s`` (a loopback RTT of 0.2 vs 0.4 ms is noise, not
+    a new link). Unmeasured figures (``None``) never trigger."""
+    if bandwidth is not None and planned_bandwidth > 0 and bandwidth > 0:
+        ratio = max(bandwidth / planned_bandwidth, planned_bandwidth / bandwidth)
+        if ratio > factor:
+            return (f"bandwidth {planned_bandwidth * 8 / 1e6:.2f} -> {bandwidth * 8 / 1e6:.2f} Mbit/s "
+                    f"(x{ratio:.2f} > {factor})")
+    moved = rtt_s is not None and abs(rtt_s - planned_rtt_s) > min_rtt_change_s
+    if moved and planned_rtt_s > 0 and rtt_s > 0:
+        ratio = max(rtt_s / planned_rtt_s, planned_rtt_s / rtt_s)
+        if ratio > factor:
+            return f"rtt {planned_rtt_s * 1e3:.2f} -> {rtt_s * 1e3:.2f} ms (x{ratio:.2f} > {factor})"
+    return None
+
+
+def edge_cloud_profile(profile: ChainProfile, edge: str | None = None, cloud: str | None = None
+                       ) -> ChainProfile:
+    """``profile`` restricted to two devices, edge first (the source of requests): ``edge`` and
+    ``cloud`` by name, by default its first device and the first other one. Raises
+    :class:`ConfigError` for an unknown name or a profile of one device."""
+    names = [d.name for d in profile.devices]
+    edge = edge or names[0]
+    cloud = cloud or next((n for n in names if n != edge), None)
+    for flag, name in (("--edge-device", edge), ("--cloud-device", cloud)):
+        if name not in names or (flag == "--cloud-device" and name == edge):
+            raise ConfigError(f"{flag} {name!r}: the profile's devices are {names}; the edge and the cloud "
+                              "are two of them (profile the descendants on both)")
+    return replace(profile, devices=[profile.devices[names.index(edge)], profile.devices[names.index(cloud)]])
+
+
+def plan(profile: ChainProfile, floor: float, bandwidth: float, rtt_s: float) -> Placement:
+    """The placement of least predicted latency meeting ``floor`` over the profile's devices (device 0,
+    the edge, is the source) with a link of ``bandwidth`` bytes/s and ``rtt_s`` seconds. Raises
+    :class:`~edgeadapt.errors.InfeasibleError` naming the best reachable accuracy."""
+    return solve(profile.problem(bandwidth, rtt_s, source=0), floor)
+
+
+def segments(devices: Sequence[int]) -> list[tuple[int, int, int]]:
+    """``(start, end, device)`` of each run of consecutive blocks on one device: one call each."""
+    out: list[tuple[int, int, int]] = []
+    for b, d in enumerate(devices):
+        if out and out[-1][2] == d:
+            out[-1] = (out[-1][0], b + 1, d)
+        else:
+            out.append((b, b + 1, d))
+    return out
+
+
+def _placement_dict(chain: RuntimeChain, widths: Sequence[float], devices: Sequence[int],
+                    names: Sequence[str]) -> dict[str, Any]:
+    return {"blocks": [{"block": chain.names[b], "width": float(w), "device": names[d]}
+                       for b, (w, d) in enumerate(zip(widths, devices))]}
+
+
+def _link_dict(bandwidth: float, rtt_s: float) -> dict[str, float]:
+    return {"bandwidth_mbps": bandwidth * 8 / 1e6, "rtt_ms": rtt_s * 1e3}
+
+
+def _profile_for(cfg: OffloadRunConfig, chain: RuntimeChain) -> ChainProfile:
+    """The two-device profile of a ``floor`` run, checked against the chain (same blocks, widths built)."""
+    directory = descendants_dir(cfg.model)
+    if cfg.profile is None and directory is None:
+        raise ConfigError(f"--floor needs a descendants artifact (build_offload's output) as --model, or "
+                          f"--profile; {cfg.model!r} is neither")
+    path = Path(cfg.profile) if cfg.profile is not None else directory.parent / PROFILE_FILE
+    profile = edge_cloud_profile(ChainProfile.load(path), cfg.edge_device, cfg.cloud_device)
+    missing = [w for w in profile.widths if w not in chain.widths]
+    if profile.blocks != chain.names or missing:
+        raise ConfigError(f"offload profile {path} is of blocks {profile.blocks} at widths {profile.widths}, "
+                          f"but {cfg.model!r} has blocks {chain.names} at widths {list(chain.widths)}; "
+                          "profile the artifact you run")
+    return profile
 
 
 def _test_split(name: str, chain: RuntimeChain) -> Any:
@@ -227,71 +364,145 @@ def _test_split(name: str, chain: RuntimeChain) -> Any:
 
 def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
                 chain: RuntimeChain | None = None) -> OffloadReport:
-    """Evaluate ``cfg.model`` split after block ``cfg.split`` between this process and ``cfg.server``;
+    """Evaluate ``cfg.model`` between this process (the edge) and ``cfg.server``: split after block
+    ``cfg.split`` at full width, or (``cfg.floor``) placed block by block — width and device — by
+    the integer program on the artifact's profile and the measured link, re-planned when the link
+    moves by more than ``cfg.replan_factor``. Consecutive blocks on one device are one call.
     ``chain`` is the edge's copy when already loaded (else :func:`load_chain` of ``cfg.model``), and
     ``shaper`` emulates a slower link.
-    Raises :class:`ConfigError` for a split outside ``0..n``, a server that refuses or serves other
-    weights; an unreachable server is a fallback to edge-only, recorded in the report."""
+
+    Raises :class:`ConfigError` for a split outside ``0..n``, both or neither of split and floor, a
+    server that refuses or serves other weights, and
+    :class:`~edgeadapt.errors.InfeasibleError` (naming the best reachable accuracy) for a floor no
+    placement reaches; an unreachable server is a fallback to edge-only (with ``floor``: the
+    fastest edge-only widths meeting it), recorded in the report."""
     check_address(cfg.server)
     if not cfg.timeout_s > 0:
         raise ConfigError(f"--timeout {cfg.timeout_s}: give a positive number of seconds")
+    if (cfg.split is None) == (cfg.floor is None):
+        raise ConfigError("offload run: give either --split K (full width) or --floor F (placement)")
+    if cfg.floor is not None and not 0.0 < cfg.floor <= 1.0:
+        raise ConfigError(f"--floor {cfg.floor}: an accuracy floor is a fraction in (0, 1]")
+    if not cfg.replan_factor > 1.0:
+        raise ConfigError(f"replan_factor {cfg.replan_factor}: give a factor above 1")
     chain = chain if chain is not None else load_chain(cfg.model)
     n = len(chain)
-    if not 0 <= cfg.split <= n:
+    if cfg.split is not None and not 0 <= cfg.split <= n:
         blocks = ", ".join(f"{i + 1}={name}" for i, name in enumerate(chain.names))
         raise ConfigError(f"--split {cfg.split}: the model has {n} blocks; give 0 (cloud-only) to {n} "
                           f"(edge-only); K runs blocks 1..K on the edge: {blocks}")
+    profile = _profile_for(cfg, chain) if cfg.floor is not None else None
+    if profile is not None:  # fail fast on an unreachable floor: it does not depend on the link
+        plan(profile, cfg.floor, 1e9, 0.0)
+    names = [d.name for d in profile.devices] if profile is not None else ["edge", "cloud"]
+    batch_size = cfg.batch_size or (profile.batch_size if profile is not None else DEFAULT_BATCH_SIZE)
     split = _test_split(cfg.data, chain)
+    widths: list[float] = [1.0] * n
+    devices: list[int] = [0] * n if cfg.split is None else [0] * cfg.split + [1] * (n - cfg.split)
     client: OffloadClient | None = None
     fallback: dict[str, Any] | None = None
-    if cfg.split < n:
+    if profile is not None or cfg.split < n:
         client = OffloadClient(cfg.server, cfg.token, cfg.timeout_s, shaper)
         try:
             _check_server(client.info(), chain, cfg.server)
             for _ in range(3):
                 client.ping()
-            if cfg.probe_bytes:
-                client.echo(cfg.probe_bytes)
+            probe = max(cfg.probe_bytes, MIN_PROBE_BYTES) if profile is not None else cfg.probe_bytes
+            if probe:
+                client.echo(probe)
         except ServerUnreachable as exc:
             fallback = {"reason": str(exc), "at_request": 0}
-    latencies, logits, labels = [], [], []
-    for i, batch in enumerate(split.batches(cfg.batch_size)):
-        if cfg.limit is not None and sum(len(y) for y in labels) >= cfg.limit:
-            break
-        t0 = time.perf_counter()
-        h = chain.run(0, cfg.split, batch["pixel_values"])
-        out = None
-        if client is not None and fallback is None:
+    replans: list[dict[str, Any]] = []
+    planned: tuple[float, float] | None = None
+    chosen: Placement | None = None
+
+    def place(bandwidth: float, rtt_s: float) -> None:
+        nonlocal widths, devices, planned, chosen
+        chosen = plan(profile, cfg.floor, bandwidth, rtt_s)
+        widths, devices, planned = list(chosen.widths), list(chosen.devices), (bandwidth, rtt_s)
+
+    def go_edge_only() -> None:  # with a floor: the fastest edge-only widths that meet it
+        nonlocal widths, devices, chosen
+        if profile is not None:
             try:
-                if i and i % PING_EVERY == 0:
-                    client.ping()
-                out = client.run(cfg.split, n, h)
-            except ServerUnreachable as exc:
-                fallback = {"reason": str(exc), "at_request": i}
-        if out is None:
-            out = chain.run(cfg.split, n, h)
-        latencies.append((time.perf_counter() - t0) * 1e3)
-        logits.append(out)
-        labels.append(batch["labels"])
-    if client is not None:
-        client.close()
+                chosen = plan(replace(profile, devices=profile.devices[:1]), cfg.floor, 1.0, 0.0)
+                widths = list(chosen.widths)
+            except InfeasibleError:  # the edge's memory: keep the widths planned, floor still met
+                pass
+        devices = [0] * n
+
+    if profile is not None:
+        if fallback is None:
+            place(client.link.bandwidth, client.link.rtt_s)
+        else:
+            go_edge_only()
+    elif fallback is not None:
+        devices = [0] * n
+    edge = profile.devices[0] if profile is not None else None
+    threads = torch.get_num_threads()
+    if cfg.emulate_edge and edge is not None:
+        torch.set_num_threads(edge.threads)  # once for the run: switching per call costs more than it saves
+    latencies, logits, labels = [], [], []
+    try:
+        for i, batch in enumerate(split.batches(batch_size)):
+            if cfg.limit is not None and sum(len(y) for y in labels) >= cfg.limit:
+                break
+            if profile is not None and fallback is None and i:
+                reason = replan_reason(*planned, client.link.bandwidth, client.link.rtt_s, cfg.replan_factor)
+                if reason is not None:
+                    place(client.link.bandwidth, client.link.rtt_s)
+                    replans.append({"at_request": i, "reason": reason,
+                                    "link": _link_dict(*planned),
+                                    **_placement_dict(chain, widths, devices, names)})
+            t0 = time.perf_counter()
+            h, now = batch["pixel_values"], list(widths)  # a fallback mid-request keeps its widths
+            for start, end, device in segments(devices):
+                out = None
+                if device == 1 and fallback is None:
+                    try:
+                        if i and i % PING_EVERY == 0:
+                            client.ping()
+                        out = client.run(start, end, h, now[start:end])
+                    except ServerUnreachable as exc:
+                        fallback = {"reason": str(exc), "at_request": i}
+                        go_edge_only()
+                if out is None:
+                    t1 = time.perf_counter()
+                    out = chain.run(start, end, h, now[start:end])
+                    if cfg.emulate_edge and edge is not None:
+                        time.sleep((edge.slowdown - 1.0) * (time.perf_counter() - t1))
+                h = out
+            latencies.append((time.perf_counter() - t0) * 1e3)
+            logits.append(h)
+            labels.append(batch["labels"])
+    finally:
+        torch.set_num_threads(threads)
+        if client is not None:
+            client.close()
     all_logits, all_labels = torch.cat(logits), torch.cat(labels)
     if cfg.limit is not None:
         all_logits, all_labels = all_logits[:cfg.limit], all_labels[:cfg.limit]
     link = client.link if client is not None else LinkEstimate()
+    placement = _placement_dict(chain, widths, devices, names)
+    if chosen is not None:
+        placement.update(floor=cfg.floor, predicted_accuracy=chosen.accuracy,
+                         predicted_latency_ms=chosen.latency_s * 1e3,
+                         link=_link_dict(*planned) if planned is not None else None,
+                         devices=[d.to_dict() for d in profile.devices], batch_size=profile.batch_size,
+                         emulated_edge=cfg.emulate_edge)
+    on = set(devices)
     return OffloadReport(
         model=cfg.model, server=cfg.server, data=cfg.data, split=cfg.split, blocks=n,
         split_after=chain.names[cfg.split - 1] if cfg.split else None,
-        mode=("edge-only" if client is None or fallback is not None
-              else "cloud-only" if cfg.split == 0 else "split"),
-        fallback=fallback, samples=len(all_labels), requests=len(latencies), batch_size=cfg.batch_size,
+        mode="edge-only" if on == {0} else "cloud-only" if on == {1} else "split",
+        fallback=fallback, samples=len(all_labels), requests=len(latencies), batch_size=batch_size,
         accuracy=float((all_logits.argmax(-1) == all_labels).float().mean()),
         latency_ms={"p50": float(np.percentile(latencies, 50)), "p95": float(np.percentile(latencies, 95)),
                     "mean": float(np.mean(latencies))},
         bytes_sent=client.bytes_sent if client else 0, bytes_received=client.bytes_received if client else 0,
         rtt_ms=link.rtt_s * 1e3 if link.rtt_s is not None else None,
         bandwidth_mbps=link.bandwidth * 8 / 1e6 if link.bandwidth is not None else None,
-        logits=all_logits)
+        placement=placement, replans=replans, logits=all_logits)
 
 
 def check_address(server: str, field: str = "--server") -> None:

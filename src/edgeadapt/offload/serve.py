@@ -1,15 +1,18 @@
 """The cloud (or helper-device) side of split inference: a gRPC server that runs blocks of a chain.
 
 ``edgeadapt offload serve --model M --host H --port P --token-file F`` loads model ``M`` as a
-:class:`RuntimeChain` and answers four raw-bytes methods of :data:`~edgeadapt.offload.transport.SERVICE`
-(generic handlers; no generated code):
+:class:`RuntimeChain` (:func:`load_chain`: the blocks of :func:`~edgeadapt.offload.blocks.block_chain`
+— CNN stages or ViT embeddings and layers, then a head — or, for a descendants artifact, every block
+at every built width) and answers four raw-bytes methods of
+:data:`~edgeadapt.offload.transport.SERVICE` (generic handlers; no generated code):
 
-- ``Run``: a frame with fields ``{"start": K, "end": E}`` and the activation entering block ``K``
-  → a frame with the output of block ``E - 1`` and ``{"compute_ms": ...}``;
+- ``Run``: a frame with fields ``{"start": K, "end": E, "widths": [...]}`` (``widths``: one per block
+  ``K..E-1``, optional, default full width) and the activation entering block ``K`` → a frame with
+  the output of block ``E - 1`` and ``{"compute_ms": ...}``;
 - ``Ping``: empty → empty (round-trip time);
 - ``Echo``: any bytes → the same bytes (bandwidth on a real transfer);
-- ``Info``: empty → JSON ``{"model", "blocks", "names", "weights_hash"}`` (the edge checks it runs
-  the same weights).
+- ``Info``: empty → JSON ``{"model", "blocks", "names", "widths", "weights_hash"}`` (the edge checks
+  it runs the same weights).
 
 Every call must carry the device token (:func:`~edgeadapt.offload.transport.check_token`); a bad
 frame or token is answered with its gRPC status and the server keeps serving. ``SIGTERM``/``SIGINT``
@@ -23,9 +26,10 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -34,7 +38,10 @@ from torch import nn
 
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import weights_hash
-from edgeadapt.models.cnn import CNNAdapter
+from edgeadapt.offload.artifact import KIND as DESCENDANTS_KIND
+from edgeadapt.offload.artifact import load_descendants
+from edgeadapt.offload.blocks import Descendants, block_chain
+from edgeadapt.offload.build import DESCENDANTS_DIR
 from edgeadapt.offload.transport import (
     DEFAULT_MAX_FRAME_BYTES,
     SERVICE,
@@ -55,16 +62,26 @@ SHUTDOWN_GRACE_S = 5.0
 
 class RuntimeChain:
     """A model as an ordered chain of blocks, each ``block(hidden) -> hidden`` on one tensor; the
-    last block ends in logits. ``run(start, end, x)`` runs blocks ``[start, end)`` under a lock (calls
-    arrive on several server threads). What the runtime needs of a chain, and no more: the blocks of
-    :mod:`edgeadapt.offload.blocks` (``block_chain(adapter).blocks``) fit it as they are.
+    last block ends in logits. ``run(start, end, x, widths)`` runs blocks ``[start, end)``, each at
+    its chosen width, under a lock (calls arrive on several server threads).
 
-    ``input_shapes[i]`` is the shape (without the batch) entering block ``i``, found by one dummy
-    forward of ``example`` (a batch of one input); ``input_shapes[n]`` is the logits' shape."""
+    ``blocks`` are the full-width blocks; ``variants[b][i]`` is block ``b`` at ``widths[i]`` (default:
+    one width, 1.0, the block itself) — a descendants artifact gives every block at every built
+    width, so one server can run any block at any width a placement picks. A descendant keeps its
+    block's output shape, so ``input_shapes[i]`` (the shape without the batch entering block ``i``,
+    found by one dummy forward of ``example``, a batch of one input; ``input_shapes[n]`` is the
+    logits' shape) holds at every width. ``weights_hash`` identifies every variant's weights."""
 
     def __init__(self, name: str, blocks: list[nn.Module], names: list[str], example: torch.Tensor,
-                 weights: str) -> None:
+                 weights: str, widths: Sequence[float] = (1.0,),
+                 variants: list[list[nn.Module]] | None = None) -> None:
         self.name, self.blocks, self.names, self.weights_hash = name, blocks, names, weights
+        self.widths = tuple(float(w) for w in widths)
+        self.variants = variants if variants is not None else [[b] for b in blocks]
+        if 1.0 not in self.widths or any(len(row) != len(self.widths) for row in self.variants) \
+                or len(self.variants) != len(blocks):
+            raise ConfigError(f"runtime chain {name!r}: every block needs one module per width "
+                              f"{list(self.widths)} (1.0 included)")
         self.lock = threading.Lock()  # one forward at a time: modules are not re-entrant under every backend
         shapes = [tuple(example.shape[1:])]
         x = example
@@ -82,58 +99,85 @@ class RuntimeChain:
         if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= len(self)):
             raise ConfigError(f"block range [{start}, {end}) is not within the chain's {len(self)} blocks")
 
-    def run(self, start: int, end: int, x: torch.Tensor) -> torch.Tensor:
-        """Blocks ``[start, end)`` applied to ``x`` (``[B, *input_shapes[start]]``), no autograd."""
+    def modules_for(self, start: int, end: int, widths: Sequence[float] | None = None) -> list[nn.Module]:
+        """The modules of blocks ``[start, end)`` at ``widths`` (one per block; ``None`` = full width).
+        Raises :class:`ConfigError` for a bad range, a wrong count or a width not built."""
         self.check_range(start, end)
+        if widths is None:
+            return list(self.blocks[start:end])
+        if not isinstance(widths, (list, tuple)) or len(widths) != end - start \
+                or not all(isinstance(w, (int, float)) and float(w) in self.widths for w in widths):
+            raise ConfigError(f"widths {widths!r} for blocks [{start}, {end}): give one width per block, "
+                              f"each one of {list(self.widths)}")
+        return [self.variants[b][self.widths.index(float(w))] for b, w in zip(range(start, end), widths)]
+
+    def run(self, start: int, end: int, x: torch.Tensor,
+            widths: Sequence[float] | None = None) -> torch.Tensor:
+        """Blocks ``[start, end)`` at ``widths`` (see :meth:`modules_for`) applied to ``x``
+        (``[B, *input_shapes[start]]``), no autograd."""
+        modules = self.modules_for(start, end, widths)
         with self.lock, torch.inference_mode():
-            for block in self.blocks[start:end]:
+            for block in modules:
                 x = block(x)
         return x
 
 
-class _CNNHead(nn.Module):
-    """Pooling, flattening and the classifier of a transformers CNN classifier (dropout is the
-    identity in eval mode)."""
-
-    def __init__(self, pooler: nn.Module, classifier: nn.Module) -> None:
-        super().__init__()
-        self.pooler, self.classifier = pooler, classifier
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.pooler(hidden), 1))
+def _example(config: Any) -> torch.Tensor:
+    """A batch of one zero image at the config's input size (``num_channels``, ``image_size``)."""
+    size = int(config["image_size"] if isinstance(config, dict) else config.image_size)
+    channels = int(config.get("num_channels", 3) if isinstance(config, dict) else config.num_channels)
+    return torch.zeros(1, channels, size, size)
 
 
-def _chain_from_adapter(adapter: Any, name: str) -> RuntimeChain:
-    """The CNN's stages (:meth:`CNNAdapter.stages`) then its head as one last block.
-
-    TODO(offload.blocks): build from ``edgeadapt.offload.blocks.block_chain(adapter)`` (its
-    ``names`` and ``blocks``) now that it has landed — transformer layers too, and a descendant
-    chain at chosen widths (``Descendants.chain(widths)``) for placement-driven runs."""
-    if not isinstance(adapter, CNNAdapter):
-        raise ConfigError(f"offload: {name!r} is not a CNN; the runtime splits CNN stages for now "
-                          "(tiny-resnet, tiny-regnet, tiny-mobilenetv2, tiny-mobilevit or a trained one)")
-    model = adapter.model.eval()
-    paths = adapter.stages()
-    prefix = getattr(model, "base_model_prefix", "")
-    base = getattr(model, prefix) if prefix and hasattr(model, prefix) else model
-    pooler = getattr(base, "pooler", None)
-    if pooler is None and adapter.family == "mobilevit":  # its forward averages the last feature map
-        pooler = nn.AdaptiveAvgPool2d(1)
-    if not isinstance(pooler, nn.Module) or not isinstance(getattr(model, "classifier", None), nn.Module):
-        raise ConfigError(f"offload: {name!r} has no pooler + classifier head to split after")
-    blocks = [model.get_submodule(p) for p in paths] + [_CNNHead(pooler, model.classifier)]
-    size = int(adapter.config.image_size)
-    example = torch.zeros(1, int(adapter.config.num_channels), size, size)
-    return RuntimeChain(name, blocks, [*paths, "head"], example, weights_hash(model))
+def chain_from_adapter(adapter: Any, name: str) -> RuntimeChain:
+    """The adapter's :func:`~edgeadapt.offload.blocks.block_chain` (CNN stages or ViT embeddings and
+    layers, then a head) as a one-width :class:`RuntimeChain` sharing its modules."""
+    chain = block_chain(adapter)
+    adapter.model.eval()
+    return RuntimeChain(name, list(chain.blocks), chain.names, _example(adapter.config),
+                        weights_hash(adapter.model))
 
 
-def load_chain(model: str | CNNAdapter) -> RuntimeChain:
-    """Model ``model`` (a built-in name, a local HF directory, an edgeadapt model artifact, or an
-    adapter already loaded) as a :class:`RuntimeChain` on the CPU, sharing the adapter's modules. The
+def chain_from_descendants(desc: Descendants, name: str) -> RuntimeChain:
+    """Every block of ``desc`` at every width as a :class:`RuntimeChain`; its weights hash covers
+    every variant (an edge and a server agree only when they loaded the same artifact)."""
+    desc.eval()
+    full = desc.widths.index(1.0)
+    every = nn.ModuleList([m for row in desc.modules for m in row])
+    return RuntimeChain(name, [row[full] for row in desc.modules], list(desc.names),
+                        _example(desc.base_config), weights_hash(every), desc.widths, desc.modules)
+
+
+def descendants_dir(model: str | Path) -> Path | None:
+    """The descendants artifact ``model`` names — the artifact directory itself or the
+    :func:`~edgeadapt.offload.build.build_offload` output holding it — or ``None`` when it is not one."""
+    path = Path(model)
+    for candidate in (path, path / DESCENDANTS_DIR):
+        manifest = candidate / "manifest.json"
+        if manifest.is_file():
+            try:
+                kind = json.loads(manifest.read_text()).get("kind")
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                continue
+            if kind == DESCENDANTS_KIND:
+                return candidate
+    return None
+
+
+def load_chain(model: str | Path | Any) -> RuntimeChain:
+    """Model ``model`` as a :class:`RuntimeChain` on the CPU: a built-in name, a local HF directory or
+    an edgeadapt model artifact (full width only), a descendants artifact (every block at every
+    built width; :func:`descendants_dir`), or an adapter already loaded (sharing its modules). The
     one place the runtime gets its chain from."""
-    adapter = model if isinstance(model, CNNAdapter) else load_model(model)
+    if not isinstance(model, (str, Path)):
+        model.model.cpu().eval()
+        return chain_from_adapter(model, model.name)
+    directory = descendants_dir(model)
+    if directory is not None:
+        return chain_from_descendants(load_descendants(directory), str(model))
+    adapter = load_model(model)
     adapter.model.cpu().eval()
-    return _chain_from_adapter(adapter, adapter.name if isinstance(model, CNNAdapter) else str(model))
+    return chain_from_adapter(adapter, str(model))
 
 
 @dataclass(frozen=True)
@@ -183,7 +227,7 @@ class ChainServicer:
     def run(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         _, _, fields = parse_header(request, self.cfg.max_frame_bytes)
         start, end = fields.get("start"), fields.get("end", len(self.chain))
-        self.chain.check_range(start, end)
+        self.chain.modules_for(start, end, fields.get("widths"))  # checks the range and the widths
         shape = self.chain.input_shapes[start]
         spec = FrameSpec(rank=len(shape) + 1, trailing=shape, max_batch=self.cfg.max_batch,
                          max_bytes=self.cfg.max_frame_bytes)
@@ -191,7 +235,7 @@ class ChainServicer:
         if not context.is_active():  # the edge gave up while the frame was in flight
             return b""
         t0 = time.perf_counter()
-        y = self.chain.run(start, end, x.float())
+        y = self.chain.run(start, end, x.float(), fields.get("widths"))
         return encode_frame(y, {"compute_ms": (time.perf_counter() - t0) * 1e3})
 
     def ping(self, request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -202,7 +246,7 @@ class ChainServicer:
 
     def info(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         c = self.chain
-        return json.dumps({"model": c.name, "blocks": len(c), "names": c.names,
+        return json.dumps({"model": c.name, "blocks": len(c), "names": c.names, "widths": list(c.widths),
                            "weights_hash": c.weights_hash}).encode()
 
     def handler(self) -> grpc.GenericRpcHandler:

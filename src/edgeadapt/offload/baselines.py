@@ -57,9 +57,13 @@ class BaselineResult:
     accuracy: float
     bytes_sent: int
     choice: str
+    hops: tuple[tuple[str, str, int], ...] = ()
+    exit_block: int | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["hops"] = [list(h) for h in self.hops]
+        return data
 
 
 def bytes_sent(problem: PlacementProblem, devices: Sequence[int],
@@ -71,6 +75,17 @@ def bytes_sent(problem: PlacementProblem, devices: Sequence[int],
     total = problem.input_bytes if devices[0] != src else 0
     total += sum(out[b] for b in range(len(devices) - 1) if devices[b] != devices[b + 1])
     return total + (out[len(devices) - 1] if devices[-1] != src else 0)
+
+
+def hops(problem: PlacementProblem, devices: Sequence[int]) -> tuple[tuple[str, str, int], ...]:
+    """Every transfer of a request, in order, as ``(from device, to device, bytes)``: the input
+    upload, each hand-off between devices and the result's return (their bytes sum to
+    :func:`bytes_sent`)."""
+    names, src, out = problem.devices, problem.source, problem.out_bytes
+    path = [(src, devices[0], problem.input_bytes)]
+    path += [(devices[b], devices[b + 1], out[b]) for b in range(len(devices) - 1)]
+    path.append((devices[-1], src, out[len(devices) - 1]))
+    return tuple((names[a], names[b], n) for a, b, n in path if a != b)
 
 
 def _segments(problem: PlacementProblem, devices: Sequence[int]) -> str:
@@ -92,9 +107,9 @@ def full_choice(problem: PlacementProblem) -> tuple[int, ...]:
 
 
 def _result(method: str, problem: PlacementProblem, pl: Placement, accuracy: float,
-            what: str) -> BaselineResult:
+            what: str, exit_block: int | None = None) -> BaselineResult:
     return BaselineResult(method, pl.latency_s, pl.compute_s, pl.transfer_s, accuracy,
-                          bytes_sent(problem, pl.devices), what)
+                          bytes_sent(problem, pl.devices), what, hops(problem, pl.devices), exit_block)
 
 
 def from_placement(problem: PlacementProblem, placement: Placement, method: str = "ours") -> BaselineResult:
@@ -137,9 +152,12 @@ def neurosurgeon(problem: PlacementProblem) -> BaselineResult:
 
 
 def cloud_only(problem: PlacementProblem) -> BaselineResult:
-    """Upload the input and run every block at full width on the fastest server for it."""
+    """Upload the input and run every block at full width on the fastest server for it that holds
+    the whole model; :class:`~edgeadapt.errors.InfeasibleError` when none does."""
     n, full = len(problem.options), full_choice(problem)
-    pls = [evaluate(problem, full, (s,) * n) for s in _servers(problem)]
+    pls = [pl for s in _servers(problem) if feasible(problem, pl := evaluate(problem, full, (s,) * n), -1.0)]
+    if not pls:
+        raise InfeasibleError("no server holds the whole full-width model in its memory")
     best = min(pls, key=lambda p: p.latency_s)
     return _result("cloud-only", problem, best, problem.base_accuracy,
                    f"{problem.devices[best.devices[0]]}[all]")
@@ -287,7 +305,7 @@ def early_exit(profile: ChainProfile, exits: Sequence[ExitProfile],
     problem = profile.problem(bandwidth, rtt_s, source)
     full = full_choice(problem)
     names = [d.name for d in profile.devices]
-    best: tuple[Placement, PlacementProblem, float, str] | None = None
+    best: tuple[Placement, PlacementProblem, float, str, int | None] | None = None
     candidates = [(x.block, x.accuracy, x) for x in exits] + [(len(full) - 1, profile.base_accuracy, None)]
     for block, acc, ex in candidates:
         if acc < floor - 1e-12:
@@ -302,10 +320,10 @@ def early_exit(profile: ChainProfile, exits: Sequence[ExitProfile],
         pl = _best_devices(sub)
         if pl is not None and (best is None or pl.latency_s < best[0].latency_s - 1e-12):
             what = f"exit after block {block}" if ex is not None else "no early exit (full chain)"
-            best = (pl, sub, acc, what)
+            best = (pl, sub, acc, what, block if ex is not None else None)
     if best is None:
         reach = max([x.accuracy for x in exits] + [profile.base_accuracy])
         raise InfeasibleError(f"no early exit reaches the accuracy floor {floor:.4f}; the best exit reaches "
                               f"{reach:.4f}")
-    pl, sub, acc, what = best
-    return _result("early-exit", sub, pl, acc, f"{what}: {_segments(sub, pl.devices)}")
+    pl, sub, acc, what, block = best
+    return _result("early-exit", sub, pl, acc, f"{what}: {_segments(sub, pl.devices)}", block)

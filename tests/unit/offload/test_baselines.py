@@ -57,6 +57,11 @@ def test_edge_and_cloud_only_and_bytes_sent():
     assert cloud.bytes_sent == 1000 + 40
     assert cloud.latency_s == pytest.approx(0.002 + 0.002 + 1040 / 1e4)
     assert bytes_sent(problem, (0, 1)) == 300 + 40 and bytes_sent(problem, (1, 0)) == 1000 + 300
+    assert cloud.hops == (("edge", "cloud", 1000), ("cloud", "edge", 40))
+    small = synthetic([5.0, 5.0], [1.0, 1.0], [300, 40])
+    small.devices = [EDGE, DeviceProfile("cloud", 1.0, 1, 150)]  # the cloud holds one block, not both
+    with pytest.raises(InfeasibleError, match="no server holds"):
+        cloud_only(small.problem(1e4, 0.002))
 
 
 def test_early_exit_picks_the_cheapest_exit_meeting_the_floor():
@@ -66,7 +71,7 @@ def test_early_exit_picks_the_cheapest_exit_meeting_the_floor():
              ExitProfile(1, 0.86, {"edge": 1e-4, "cloud": 1e-4}, 10, 40),
              ExitProfile(2, 0.90, {"edge": 1e-4, "cloud": 1e-4}, 10, 40)]
     got = early_exit(prof, exits, bandwidth=1e6, rtt_s=0.01, floor=0.85)
-    assert got.accuracy == 0.86 and got.choice.startswith("exit after block 1")
+    assert got.accuracy == 0.86 and got.choice.startswith("exit after block 1") and got.exit_block == 1
     assert got.latency_s == pytest.approx(0.004 + 1e-4) and got.bytes_sent == 0  # slow link: all on the edge
     assert early_exit(prof, exits, 1e6, 0.01, floor=0.92).choice.startswith("no early exit")
     with pytest.raises(InfeasibleError, match="0.9500"):

@@ -261,11 +261,54 @@ def drift_severity(result: Result) -> list[str]:
     return lines + seeds_line(result)
 
 
+def memory_planner(result: Result) -> list[str]:
+    """Two tables: predicted vs measured peak per plan (error % of ours, MemTracker, accelerate),
+    then per model and budget the score after the fixed retraining time of each plan that fits."""
+    def mib(n: int) -> str:
+        return f"{n / 2**20:.2f} MiB"
+
+    def err(r: dict[str, Any], key: str) -> str:
+        if r[f"{key}_error"] is None:
+            return "cannot run (" + (r.get(f"{key}_failure") or "?").split(":")[0] + ")"
+        return f"{r[f'{key}_error']:+.2%}"
+
+    lines = ["| model | plan | measured peak | ours | MemTracker | accelerate |", "|---|---|---|---|---|---|"]
+    for r in result["prediction"]:
+        lines.append(f"| {r['model']} | {r['plan']} | {mib(r['measured_bytes'])} | {err(r, 'ours')} | "
+                     f"{err(r, 'memtracker')} | {err(r, 'accelerate')} |")
+    metric = {m["name"]: m["metric"] for m in result["models"]}
+    scores = {(r["model"], r["plan"]): r["score"] for r in result["retraining"]}
+    methods = list(dict.fromkeys(r["method"] for r in result["budgets"]))
+    lines += ["", "| model (metric) | budget | " + " | ".join(methods) + " | unconstrained (no knobs) |",
+              "|---|---|" + "---|" * (len(methods) + 1)]
+    for model in metric:
+        for f in dict.fromkeys(r["fraction"] for r in result["budgets"] if r["model"] == model):
+            rows = {r["method"]: r for r in result["budgets"] if r["model"] == model and r["fraction"] == f}
+            cells = []
+            for m in methods:
+                r = rows[m]
+                if not r["fits"]:
+                    cells.append("infeasible" if m == "ours" else "does not fit")
+                    continue
+                cell = f"{r['plan']}: {scores[(model, r['plan'])]:.3f}"
+                if m == "ours":
+                    cell += f" ({r['measured_bytes'] / r['budget_bytes']:.2f} of budget)"
+                cells.append(cell)
+            budget = mib(rows[methods[0]]["budget_bytes"])
+            lines.append(f"| {model} ({metric[model]}) | {f:.2f}x = {budget} | " + " | ".join(cells)
+                         + f" | {scores[(model, 'no knobs')]:.3f} |")
+    lines += ["", f"Retraining: {result['retrain_cpu_seconds']:g} s of CPU time per plan "
+              f"({result['threads']} thread), {result['optimizer']}, from a source model; accuracy on the "
+              "drift test split (perplexity for the LM). Error: predicted / measured peak − 1 (tensor "
+              f"accounting, steady-state step). Ours: {result['our_plan_source']}."]
+    return lines + footer(result)
+
+
 RENDERERS: dict[str, Callable[[Result], list[str]]] = {
     "kb_widths": kb_widths, "prune_memory": prune_memory, "online_stream": online_stream,
     "online_stream_text": online_stream_text,
     "prune_fidelity": prune_fidelity, "prune_fidelity_iter4": prune_fidelity,
-    "llm_prune": llm_prune, "drift_severity": drift_severity}
+    "llm_prune": llm_prune, "drift_severity": drift_severity, "memory_planner": memory_planner}
 
 
 def render(name: str, results: Path = RESULTS) -> str:

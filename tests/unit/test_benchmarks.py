@@ -180,3 +180,22 @@ def test_online_stream_text_renders_per_domain_perplexity_and_memory_ratio():
     assert "| method | docstrings | email | mean perplexity |" in out
     assert "| edgeadapt | 101.0 | 102.0 | 101.0 | 0.50 s | 10.0 MiB (0.25x) | 100 |" in out
     assert "| full | 100.0 | 101.0 | **100.0** |" in out  # lowest apart from the oracle
+
+
+def test_memory_planner_renders_errors_peer_failures_and_plans_that_do_not_fit():
+    pred = {"model": "tiny-vit", "plan": "freeze half", "measured_bytes": 2**20, "ours_error": 0.012,
+            "memtracker_error": None, "memtracker_failure": "RuntimeError: cannot register a hook",
+            "accelerate_error": -0.5}
+    budget = {"model": "tiny-vit", "fraction": 0.5, "budget_bytes": 2 * 2**20}
+    result = {"seed": 0, "retrain_cpu_seconds": 10, "threads": 1, "optimizer": "adam lr 0.001",
+              "our_plan_source": "search", "models": [{"name": "tiny-vit", "metric": "accuracy"}],
+              "prediction": [pred],
+              "budgets": [{**budget, "method": "no knobs", "fits": False, "plan": None},
+                          {**budget, "method": "ours", "fits": True, "plan": "mb 8",
+                           "measured_bytes": 2**20}],
+              "retraining": [{"model": "tiny-vit", "plan": "mb 8", "score": 0.9},
+                             {"model": "tiny-vit", "plan": "no knobs", "score": 0.95}]}
+    out = "\n".join(tables.memory_planner(result))
+    assert "| tiny-vit | freeze half | 1.00 MiB | +1.20% | cannot run (RuntimeError) | -50.00% |" in out
+    row = "| tiny-vit (accuracy) | 0.50x = 2.00 MiB | does not fit | mb 8: 0.900 (0.50 of budget) | 0.950 |"
+    assert row in out

@@ -247,7 +247,10 @@ def baselines(prof: Any, n: int, batch: int, budget: int) -> dict[str, MemoryPla
     }
 
 
-def run_model(name: str, spec: dict[str, Any], args: argparse.Namespace, acc_note: str) -> dict[str, Any]:
+def run_model(name: str, spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """One model: source phase, prediction rows (every peer), budget rows (knobs alone and the
+    search's plan), then a fixed-time retraining run per distinct plan. Returns the model's
+    summary and its rows of each table."""
     torch.manual_seed(SEED)
     adapter = load_adapter(name)
     batch_size, seq = spec["batch"], spec.get("seq")
@@ -378,7 +381,7 @@ def run_model(name: str, spec: dict[str, Any], args: argparse.Namespace, acc_not
         )
         print(
             f"{name:<12} retrain {describe_plan(plan):<22} {steps:>5} steps in {used:.1f} s CPU: "
-            f"{acc_note if adapter.modality == 'image' else 'perplexity'} {score:.4f}",
+            f"{'accuracy' if adapter.modality == 'image' else 'perplexity'} {score:.4f}",
             file=sys.stderr,
         )
     adapter.model.load_state_dict(start)
@@ -554,7 +557,7 @@ def main() -> None:
         "retraining": [],
     }
     for name in args.models.split(","):
-        part = run_model(name, MODELS[name], args, "accuracy")
+        part = run_model(name, MODELS[name], args)
         result["models"].append(part["model"])
         for k in ("prediction", "budgets", "retraining"):
             result[k] += part[k]

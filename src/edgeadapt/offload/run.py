@@ -67,8 +67,9 @@ class ServerUnreachable(RuntimeError):
 
 @dataclass
 class LinkEstimate:
-    """Exponential moving averages of the round-trip time (s) and bandwidth (bytes/s) measured on
-    real calls; ``alpha`` is the weight of the newest sample. ``None`` until first measured."""
+    """Exponential moving averages of the round-trip time (s) and of the transfer time per byte
+    (whose inverse is ``bandwidth``, bytes/s) measured on real calls; ``alpha`` is the weight of the
+    newest sample. ``None`` until first measured."""
 
     alpha: float = 0.3
     rtt_s: float | None = None
@@ -82,14 +83,20 @@ class LinkEstimate:
         self.rtt_s = seconds if self.rtt_s is None else (1 - self.alpha) * self.rtt_s + self.alpha * seconds
         self.min_rtt_s = seconds if self.min_rtt_s is None else min(self.min_rtt_s, seconds)
 
+    seconds_per_byte: float | None = None
+    """The moving average behind :attr:`bandwidth` (its inverse): transfer time per byte is what a
+    plan's cost adds up, and averaging it (not the rate) makes a drop to a slow link show at once —
+    one 0.8 Mbit/s sample after many at 6 Gbit/s gives 2.7 Mbit/s, where averaging rates took 25
+    samples to get there — while a recovery shows over a few samples."""
+
     def observe_transfer(self, nbytes: int, seconds: float) -> None:
         """A transfer of ``nbytes`` (both directions) that took ``seconds`` on the wire; ignored when
         too short to time (under 50 µs)."""
         if seconds < 5e-5 or nbytes <= 0:
             return
-        rate = nbytes / seconds
-        old = self.bandwidth
-        self.bandwidth = rate if old is None else (1 - self.alpha) * old + self.alpha * rate
+        spb, old = seconds / nbytes, self.seconds_per_byte
+        self.seconds_per_byte = spb if old is None else (1 - self.alpha) * old + self.alpha * spb
+        self.bandwidth = 1.0 / self.seconds_per_byte
         self.samples += 1
 
 
@@ -236,7 +243,8 @@ class OffloadReport:
     and with ``floor`` the plan's ``floor``, ``predicted_accuracy``, ``predicted_latency_ms``, the
     ``link`` it was solved for, the ``devices`` (profiles) and the profile's ``batch_size``."""
     replans: list[dict[str, Any]] = field(default_factory=list)
-    """Every re-plan: ``at_request``, ``reason``, the link and the new placement's blocks."""
+    """Every re-plan: ``at_request``, ``reason``, the ``link`` solved for, whether the placement
+    ``changed``, and the new placement's ``blocks``."""
     logits: torch.Tensor | None = field(default=None, repr=False)
     """Every sample's logits in dataset order (``[N, classes]``), kept for checks; not in :meth:`to_dict`."""
 
@@ -259,7 +267,8 @@ class OffloadReport:
             lines += [f"  {i + 1:>2} {b['block']:<40} width {b['width']:<5} on {b['device']}"
                       for i, b in enumerate(p["blocks"])]
             lines.append(f"re-planned {len(self.replans)} times"
-                         + "".join(f"\n  at request {r['at_request']}: {r['reason']}" for r in self.replans))
+                         + "".join(f"\n  at request {r['at_request']}: {r['reason']}"
+                                   + ("" if r["changed"] else " (same placement)") for r in self.replans))
         lines.append(f"latency p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms; sent {self.bytes_sent:,} "
                      f"bytes, received {self.bytes_received:,}")
         if self.rtt_ms is not None:
@@ -322,6 +331,13 @@ def segments(devices: Sequence[int]) -> list[tuple[int, int, int]]:
     return out
 
 
+def _probe_bytes(link: LinkEstimate) -> int:
+    """An ``Echo`` probe of about 10 ms on the link as last measured, between 4 KiB and
+    :data:`MIN_PROBE_BYTES` (a probe is not to stall the requests on a slow link)."""
+    rate = link.bandwidth or MIN_PROBE_BYTES / 0.01
+    return int(min(MIN_PROBE_BYTES, max(4096, rate * 0.01)))
+
+
 def _placement_dict(chain: RuntimeChain, widths: Sequence[float], devices: Sequence[int],
                     names: Sequence[str]) -> dict[str, Any]:
     return {"blocks": [{"block": chain.names[b], "width": float(w), "device": names[d]}
@@ -367,7 +383,9 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
     """Evaluate ``cfg.model`` between this process (the edge) and ``cfg.server``: split after block
     ``cfg.split`` at full width, or (``cfg.floor``) placed block by block — width and device — by
     the integer program on the artifact's profile and the measured link, re-planned when the link
-    moves by more than ``cfg.replan_factor``. Consecutive blocks on one device are one call.
+    moves by more than ``cfg.replan_factor`` (checked before each request; while no block runs on the
+    server, a ping and a small ``Echo`` every :data:`PING_EVERY` requests keep the link measured).
+    Consecutive blocks on one device are one call.
     ``chain`` is the edge's copy when already loaded (else :func:`load_chain` of ``cfg.model``), and
     ``shaper`` emulates a slower link.
 
@@ -447,12 +465,19 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
         for i, batch in enumerate(split.batches(batch_size)):
             if cfg.limit is not None and sum(len(y) for y in labels) >= cfg.limit:
                 break
+            if profile is not None and fallback is None and i and i % PING_EVERY == 0 and 1 not in devices:
+                try:  # nothing runs on the server: probe the link so the plan can move back to it
+                    client.ping()
+                    client.echo(_probe_bytes(client.link))
+                except ServerUnreachable as exc:
+                    fallback = {"reason": str(exc), "at_request": i}
             if profile is not None and fallback is None and i:
                 reason = replan_reason(*planned, client.link.bandwidth, client.link.rtt_s, cfg.replan_factor)
                 if reason is not None:
+                    before = (widths, devices)
                     place(client.link.bandwidth, client.link.rtt_s)
-                    replans.append({"at_request": i, "reason": reason,
-                                    "link": _link_dict(*planned),
+                    replans.append({"at_request": i, "reason": reason, "link": _link_dict(*planned),
+                                    "changed": before != (widths, devices),
                                     **_placement_dict(chain, widths, devices, names)})
             t0 = time.perf_counter()
             h, now = batch["pixel_values"], list(widths)  # a fallback mid-request keeps its widths

@@ -202,3 +202,18 @@ def test_a_server_unreachable_at_start_runs_the_floor_edge_only(built):
     assert {b["device"] for b in report.placement["blocks"]} == {"edge"}
     assert report.placement["predicted_accuracy"] >= floor
     assert grpc.StatusCode.UNAVAILABLE.name in report.fallback["reason"]
+
+
+def test_an_emulated_edge_runs_its_blocks_slowdown_times_slower(built):
+    out, _, profile = built
+    floor = round(profile.base_accuracy - 0.05, 3)
+    threads = torch.get_num_threads()
+    p50 = {}
+    for emulate in (False, True):  # nothing listens: every block on the edge
+        cfg = OffloadRunConfig(str(out), "127.0.0.1:1", TOKEN, floor=floor, limit=12, timeout_s=2.0,
+                               emulate_edge=emulate)
+        report = run_offload(cfg)
+        assert report.mode == "edge-only" and report.placement["emulated_edge"] == emulate
+        p50[emulate] = report.latency_ms["p50"]
+    assert p50[True] > 2 * p50[False]  # slowdown 4 (the emulated edge's profile)
+    assert torch.get_num_threads() == threads

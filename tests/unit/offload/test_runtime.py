@@ -192,6 +192,27 @@ def test_bad_frames_and_tokens_are_refused_and_the_server_keeps_serving(server, 
     assert json.loads(call(port, "Info", b"")[1])["weights_hash"] == chain.weights_hash
 
 
+def test_a_vit_chain_from_offload_blocks_is_served_and_composes_to_the_model():
+    adapter = load_adapter("tiny-vit")
+    vit = load_chain(adapter)
+    assert vit.names[0] == "vit.embeddings" and vit.names[-1] == "head" and vit.widths == (1.0,)
+    running = start_server(vit, TOKEN, ServeConfig(port=0))
+    try:
+        x = torch.randn(3, *vit.input_shapes[0])
+        with torch.no_grad():
+            local = adapter.model(pixel_values=x).logits
+        n = len(vit)
+        for start in (0, 2, n - 1):
+            h = vit.run(0, start, x)
+            status, out = call(running.port, "Run", encode_frame(h, {"start": start, "end": n}))
+            assert status == OK
+            torch.testing.assert_close(decode_frame(out)[0], local, atol=1e-5, rtol=0)
+        frame = encode_frame(x, {"start": 0, "end": n, "widths": [0.5] * n})  # only width 1.0 is served
+        assert call(running.port, "Run", frame)[0] == BAD
+    finally:
+        running.stop(grace=0)
+
+
 class Sleep(nn.Module):
     def __init__(self, seconds: float) -> None:
         super().__init__()

@@ -1,12 +1,19 @@
-"""The edge side of split inference: run blocks ``[0, K)`` here, send the activation, get logits back.
+"""The edge side of split inference: run some blocks here, send activations, get logits back.
 
 ``edgeadapt offload run --model M --server H:P --token-file F --split K`` evaluates ``M`` on a
 dataset's test split, batch after batch (requests one after another), with blocks ``[0, K)`` on this
-machine and ``[K, n)`` on the server (:mod:`edgeadapt.offload.serve`). ``K = n`` is edge-only,
-``K = 0`` sends the raw images (cloud-only). The link is measured on the real transfers: round-trip
-time from ``Ping`` (every few requests), bandwidth from an ``Echo`` probe and then from every ``Run``
-(bytes both ways over the call time less the server's compute and the smallest round trip), both as
-exponential moving averages (:class:`LinkEstimate`).
+machine and ``[K, n)`` on the server (:mod:`edgeadapt.offload.serve`), at full width. ``K = n`` is
+edge-only, ``K = 0`` sends the raw images (cloud-only). The link is measured on the real transfers:
+round-trip time from ``Ping`` (every few requests), bandwidth from an ``Echo`` probe and then from
+every ``Run`` (bytes both ways over the call time less the server's compute and the smallest round
+trip), both as exponential moving averages (:class:`LinkEstimate`).
+
+``--floor F`` instead (``M`` a descendants artifact with its profile): the profile restricted to the
+edge and the server (:func:`edge_cloud_profile`) and the measured link give the placement problem;
+:func:`plan` solves it (a width and a device per block) and each request runs it, consecutive blocks
+on one device as one call (:func:`segments`). Before each request :func:`replan_reason` compares
+the link with the figures the plan used, and a move beyond the factor re-solves it (recorded in
+``replans``).
 
 When the server is unreachable (nothing listens, the connection drops, a call times out) the edge
 falls back to running every block itself, and the report says so (``fallback``); a server that

@@ -65,6 +65,10 @@ MIN_RTT_CHANGE_S = 1e-3
 MIN_PROBE_BYTES = 64 * 1024
 """Smallest ``Echo`` probe of a placement-driven run (its first plan needs a bandwidth)."""
 
+PROBE_EVERY_S = 1.0
+"""While no block runs on the server, the link is probed every :data:`PING_EVERY` requests or after
+this many seconds, whichever comes first (a re-plan back to the server follows within about that)."""
+
 DEFAULT_BATCH_SIZE = 32
 
 
@@ -391,7 +395,8 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
     ``cfg.split`` at full width, or (``cfg.floor``) placed block by block — width and device — by
     the integer program on the artifact's profile and the measured link, re-planned when the link
     moves by more than ``cfg.replan_factor`` (checked before each request; while no block runs on the
-    server, a ping and a small ``Echo`` every :data:`PING_EVERY` requests keep the link measured).
+    server, a ping and a small ``Echo`` every :data:`PING_EVERY` requests or :data:`PROBE_EVERY_S`
+    seconds keep the link measured).
     Consecutive blocks on one device are one call.
     ``chain`` is the edge's copy when already loaded (else :func:`load_chain` of ``cfg.model``), and
     ``shaper`` emulates a slower link.
@@ -468,16 +473,19 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
     if cfg.emulate_edge and edge is not None:
         torch.set_num_threads(edge.threads)  # once for the run: switching per call costs more than it saves
     latencies, logits, labels = [], [], []
+    probed = time.perf_counter()
     try:
         for i, batch in enumerate(split.batches(batch_size)):
             if cfg.limit is not None and sum(len(y) for y in labels) >= cfg.limit:
                 break
-            if profile is not None and fallback is None and i and i % PING_EVERY == 0 and 1 not in devices:
+            due = i % PING_EVERY == 0 or time.perf_counter() - probed > PROBE_EVERY_S
+            if profile is not None and fallback is None and i and due and 1 not in devices:
                 try:  # nothing runs on the server: probe the link so the plan can move back to it
                     client.ping()
                     client.echo(_probe_bytes(client.link))
                 except ServerUnreachable as exc:
                     fallback = {"reason": str(exc), "at_request": i}
+                probed = time.perf_counter()
             if profile is not None and fallback is None and i:
                 reason = replan_reason(*planned, client.link.bandwidth, client.link.rtt_s, cfg.replan_factor)
                 if reason is not None:

@@ -16,6 +16,7 @@ from edgeadapt.cli.main import main
 from edgeadapt.data.registry import build_dataset
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.registry import load_adapter
+from edgeadapt.offload import run as offload_run
 from edgeadapt.offload.artifact import load_descendants
 from edgeadapt.offload.build import OffloadBuildConfig, build_offload
 from edgeadapt.offload.netem import TokenBucket
@@ -217,3 +218,29 @@ def test_an_emulated_edge_runs_its_blocks_slowdown_times_slower(built):
         p50[emulate] = report.latency_ms["p50"]
     assert p50[True] > 2 * p50[False]  # slowdown 4 (the emulated edge's profile)
     assert torch.get_num_threads() == threads
+
+
+class Counting(TokenBucket):
+    """A far link (``delay_s`` per message) that counts the messages it carries."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(rate=1e12, burst=1 << 30, delay_s=delay_s)
+        self.messages = 0
+
+    def consume(self, n: int) -> float:
+        self.messages += 1
+        return super().consume(n)
+
+
+def test_while_nothing_runs_on_the_server_the_link_is_probed_on_time(built, server, monkeypatch):
+    out, _, profile = built
+    floor = round(profile.base_accuracy - 0.05, 3)
+    cfg = OffloadRunConfig(str(out), SERVER.format(server.port), TOKEN, floor=floor, limit=5)
+    quiet = Counting(0.03)  # 60 ms round trips: every block stays on the edge
+    report = run_offload(cfg, quiet)
+    assert {b["device"] for b in report.placement["blocks"]} == {"edge"} and report.fallback is None
+    assert quiet.messages == 10  # Info, 3 pings, the echo; then nothing within 5 quick requests
+    monkeypatch.setattr(offload_run, "PROBE_EVERY_S", 0.0)
+    probed = Counting(0.03)
+    run_offload(cfg, probed)
+    assert probed.messages == 10 + 4 * 4  # a ping and an echo before each of requests 1..4

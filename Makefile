@@ -47,6 +47,7 @@ bench: setup
 	$(BIN)/python benchmarks/online_stream.py --modality text --seeds 0,1,2 --rebuild
 	$(BIN)/python benchmarks/llm_prune.py --seeds 0,1,2
 	$(BIN)/python benchmarks/memory_planner.py
+	$(BIN)/python benchmarks/offload.py
 	$(BIN)/python benchmarks/readme_tables.py
 
 clean:

@@ -26,7 +26,7 @@ transfers plus the round trip (added in the application: no netem here). Nominal
 effective rates are reported. Transfers predicted to take over 3 s are not sent: their time is
 extrapolated from the measured rate (flagged).
 
-    OMP_NUM_THREADS=1 python benchmarks/offload.py           # ~5-8 min on 2 cores
+    OMP_NUM_THREADS=1 python benchmarks/offload.py           # ~1 min on 2 cores (first run trains the ResNet)
     python benchmarks/offload.py --quick                     # 1 epoch, few repeats: runs/bench-smoke/
 """
 

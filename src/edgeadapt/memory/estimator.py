@@ -18,8 +18,10 @@ A plan is then *replayed* over the regions (:func:`predict`):
 * weights, plus optimizer state (measured per parameter: Adam 2×, SGD momentum 1× the trainable
   bytes) and gradients of the trainable parameters only;
 * micro-batch ``b``: every activation figure at ``b``; from the second micro-batch on the
-  gradients are alive throughout and accumulate in place, so a region's backward peak loses the
-  gradients it had created by then (counted with post-accumulate-grad hooks);
+  gradients are alive throughout and accumulate in place, so a region's backward peak is the
+  traced one less the gradients already added by each moment, with the one being added still
+  alive beside ``.grad`` (traced as the peak of live bytes minus the gradients whose
+  post-accumulate-grad hook has run);
 * freezing ``m`` leading blocks: stem and those blocks replay the no_grad pass (they keep only
   what is alive after it, their output), have no backward, and the first trainable block
   computes no input gradient; their parameters have no gradient and no optimizer state;
@@ -27,6 +29,8 @@ A plan is then *replayed* over the regions (:func:`predict`):
   it or checkpoints from it) during forward, costs its no_grad peak then, and recomputes its
   blocks' activations just before their backward (Chen et al. 2016, "Training deep nets with
   sublinear memory cost": the peak holds the segment boundaries plus one segment's activations);
+  a segment whose last block saves its own output recomputes that output as a new tensor, and
+  the boundary copy it kept has died with the next region's backward;
 * the optimizer step: weights, state, all gradients and the optimizer's transients (on CPU
   Adam's single-tensor loop needs a few copies of the largest trainable parameter; on CUDA the
   foreach kernels scale with all trainable bytes).
@@ -111,7 +115,7 @@ class Region:
     fwd_peak: Line  # peak above the live bytes at its forward start
     bwd_delta: Line  # net bytes its backward part leaves (gradients created − activations freed)
     bwd_peak: Line  # peak above the live bytes at its backward start
-    bwd_peak_grads: Line  # parameter gradients it had created by that peak (kept when fresh)
+    bwd_peak_accum: Line  # peak above that start when its gradients add into existing ``.grad``
     input: Line  # bytes of its main input (a block's hidden states), when created in the step
     saved: Line  # saved-activation bytes (unique storages, saved_tensors_hooks)
     nograd_peak: Line  # peak above its start in a forward pass under no_grad (saving nothing)
@@ -170,8 +174,11 @@ class _Trace(_StorageAccountant):
         self.sync = sync  # synchronize CUDA at region boundaries (timing only)
         self.key: tuple[Any, ...] | None = None
         self.start = self.top = self.ops = 0
-        self.grads_now = self.grads_at_top = 0  # parameter gradients created in this region so far
-        self.peak_grads: dict[tuple[Any, ...], int] = {}  # region -> those created before its peak
+        self.grads_now = 0  # parameter gradients created in this region so far
+        # the peak of live bytes minus those gradients: what the region peaks at when its gradients
+        # are instead added in place into existing ``.grad`` tensors (every micro-batch but the first)
+        self.top_accum = 0
+        self.accum_tops: dict[tuple[Any, ...], int] = {}  # region -> that peak (absolute bytes)
         self.t0 = 0.0
         self.records: dict[tuple[Any, ...], tuple[int, int, int, int, float]] = {}
         self.fwd = 0
@@ -188,15 +195,17 @@ class _Trace(_StorageAccountant):
         now = time.perf_counter()
         if self.key is not None:
             self.records[self.key] = (self.start, self.top, self.live, self.ops, now - self.t0)
-            self.peak_grads[self.key] = self.grads_at_top
+            self.accum_tops[self.key] = self.top_accum
         self.key, self.start, self.top, self.ops, self.t0 = key, self.live, self.live, 0, now
-        self.grads_now = self.grads_at_top = 0
+        self.grads_now, self.top_accum = 0, self.live
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
                            kwargs: dict[str, Any] | None = None) -> Any:
         out = super().__torch_dispatch__(func, types, args, kwargs)
-        if self.live > self.top:
-            self.top, self.grads_at_top = self.live, self.grads_now
+        self.top = max(self.top, self.live)
+        # a gradient just computed is counted until its post-accumulate hook has run: alive beside
+        # the ``.grad`` it is being added into, as it is when accumulating
+        self.top_accum = max(self.top_accum, self.live - self.grads_now)
         self.ops += 1
         return out
 
@@ -412,8 +421,8 @@ def profile(adapter: ModelAdapter, batch: Batch, optimizer: OptimizerName = "ada
                 return float(t.inputs.get(key[1], 0))
             if what == "saved":
                 return float(sum(v for k, v in t.saved.items() if t.saved_region[k] == key[1]))
-            if what == "peak_grads":
-                return float(t.peak_grads.get(key, 0))
+            if what == "peak_accum":
+                return float(t.accum_tops.get(key, 0) - t.records.get(key, (0,))[0])
             start, top, end, _, _ = t.records.get(key, (0, 0, 0, 0, 0.0))
             return float(end - start if what == "retained" else top - start)
         return _fit([(b, value(t)) for b, t, _ in steps])
@@ -437,7 +446,7 @@ def profile(adapter: ModelAdapter, batch: Batch, optimizer: OptimizerName = "ada
         regions.append(Region(
             name="stem" if r == 0 else "tail" if r == n + 1 else chain.blocks[r - 1],
             retained=line(fwd, "retained"), fwd_peak=line(fwd, "peak"), bwd_delta=line(bwd, "retained"),
-            bwd_peak=line(bwd, "peak"), bwd_peak_grads=line(bwd, "peak_grads"),
+            bwd_peak=line(bwd, "peak"), bwd_peak_accum=line(bwd, "peak_accum"),
             input=line(("input", r), "input"), saved=line(("saved", r), "saved"),
             nograd_peak=nograd(fwd, "peak"), nograd_top=nograd(fwd, "top"), nograd_end=nograd(fwd, "end"),
             fwd_seconds=seconds(fwd), bwd_seconds=seconds(bwd), fwd_ops=ops(fwd), bwd_ops=ops(bwd),
@@ -519,17 +528,21 @@ def _replay(prof: Profile, plan: MemoryPlan, batch_size: int) -> tuple[float, di
         for r in range(n + 1, first - 1, -1):  # backward: tail, trainable blocks (stem if none frozen)
             reg = regions[r]
             if r in last_of:  # recompute the segment's activations just before its backward
+                if regions[r].saves_output:  # the output kept as a boundary died with the next
+                    # region's backward (it held it); the recompute makes a new one, counted below
+                    acts -= output_kept(r)
                 for s in last_of[r]:
                     seen(grad, acts, q(regions[s].fwd_peak))
                     # the segment's own output is recomputed only when its last block saves it
                     mine = s == r and not regions[s].saves_output
                     acts += q(regions[s].retained) - (output_kept(s) if mine else 0.0)
-            delta, top = _at(reg.bwd_delta, mb), q(reg.bwd_peak)  # a delta may be negative
+            # after the first micro-batch each new parameter gradient is added into ``.grad`` and
+            # freed, not kept: the peak without the gradients made before it, with the one being added
+            delta = _at(reg.bwd_delta, mb)  # a delta may be negative
+            top = q(reg.bwd_peak if fresh else reg.bwd_peak_accum)
             if r == first and m:  # the first trainable block computes no gradient for its input
                 delta -= q(reg.input)
                 top = max(0.0, top - q(reg.input))
-            if not fresh:  # new gradients are added in place and freed, not kept until the peak
-                top = max(0.0, top - q(reg.bwd_peak_grads))
             seen(grad, acts, top)
             if fresh:  # its parameters' gradients appear; otherwise they accumulate in place
                 grad += reg.grad_bytes

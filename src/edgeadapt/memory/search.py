@@ -26,17 +26,21 @@ algorithm done right:
    (:func:`~edgeadapt.memory.estimator.measure`; one measured over the budget is dropped and the
    next fastest of its class taken), then
    trained from the same starting weights on the current data by successive halving
-   (:func:`successive_halving`): every arm trains ``probe_steps`` steps, the better half by gain
-   per second continues to twice the steps, and so on until one is left. The gain is the rise in
-   accuracy on held-out batches (labelled classification) or the fall of the task loss (language
-   models, label-free data) since the start, divided by the arm's measured training seconds;
-   accuracy ties (tiny probes often move accuracy by nothing) are broken by the loss decrease.
-   A gain that is not positive ranks below every positive one, by gain × seconds (a slower
-   loss of accuracy is worse, where gain / seconds would rank it higher).
+   (:func:`race`) over the *retraining horizon* the caller names (``horizon_steps``, default the
+   online stage's 30 steps per domain, or ``horizon_seconds``): arms are compared on the gain
+   they have *reached* at equal steps (equal predicted training seconds for a time horizon), the
+   final round at the whole horizon or at the share of it that ``max_probe_seconds`` affords.
+   MPOptimizer ranks by gain per second over probes of a few steps instead; measured over 10 s of
+   real retraining that favours freezing (cheap steps, quick early gains that plateau lower)
+   where keeping every block trainable ends higher. The gain is the rise in accuracy on held-out
+   batches (labelled classification) or the fall of the task loss (language models, label-free
+   data) since the start; accuracy ties are broken by the loss decrease. A more-frozen arm must
+   beat a less-frozen one by more than the probe noise (one held-out sample, or 1% of the loss)
+   per extra frozen block.
 
 The model's weights and buffers are restored afterwards. Everything but wall-clock time is
-seeded: the same data, seed and machine give the same ranking unless two arms' gains per second
-are within timing noise.
+seeded, and the probes' step counts come from the profile's predicted step times: the same
+data, seed and profile give the same ranking.
 
 Example::
 
@@ -66,8 +70,11 @@ from edgeadapt.training.device import to_device
 Batch = dict[str, torch.Tensor]
 Arm = TypeVar("Arm")
 
-__all__ = ["Candidate", "SearchResult", "describe_plan", "enumerate_plans", "format_result", "pareto",
-           "search", "successive_halving", "update_class"]
+DEFAULT_HORIZON_STEPS = 30  # the online stage's retraining steps per domain (RetrainBudget.steps)
+MAX_PROBE_SECONDS = 20.0  # predicted training seconds of all probes together (planning stays <= 60 s)
+
+__all__ = ["DEFAULT_HORIZON_STEPS", "Candidate", "SearchResult", "describe_plan", "enumerate_plans",
+           "format_result", "pareto", "race", "search", "successive_halving", "update_class"]
 
 
 @dataclass(frozen=True)
@@ -213,6 +220,64 @@ def successive_halving(arms: Sequence[Arm], pull: Callable[[Arm, int], tuple[flo
         steps *= eta
 
 
+def race(step_seconds: Sequence[float], frozen: Sequence[int],
+         pull: Callable[[int, int], tuple[float, ...]], *, horizon_steps: int | None = None,
+         horizon_seconds: float | None = None, max_probe_seconds: float = MAX_PROBE_SECONDS,
+         min_steps: int = 1, noise: float = 0.0, eta: int = 2) -> tuple[int, dict[int, int]]:
+    """Which arm buys the most in the retraining horizon: successive halving on equal budgets.
+
+    Arm ``k`` costs ``step_seconds[k]`` per optimizer step (predicted, so the schedule is
+    deterministic) and freezes ``frozen[k]`` blocks. ``pull(k, steps)`` trains it on to ``steps``
+    steps in all and returns its gain reached (a tuple, higher is better: the metric, then
+    tie-breakers). The horizon is ``horizon_steps`` (a step-budgeted retraining: arms are compared
+    at equal steps) or ``horizon_seconds`` (a time-budgeted one: at equal training seconds, so a
+    cheap frozen arm gets more steps). Each arm's final probe is the whole horizon, or less so that
+    all probes together cost at most ``max_probe_seconds`` when the slowest arms survive; earlier
+    rounds get ``1/eta`` of the next one's budget (at least ``min_steps`` steps), and the best
+    ``ceil(n / eta)`` survive each round. Ranking is by the gain *reached*, not per second: a
+    frozen arm that rises fast in a few steps but plateaus lower loses over a long horizon. A
+    more-frozen arm must also beat a less-frozen one by more than ``noise`` (the probe's
+    resolution) per extra frozen block: the first score is lowered by ``noise * frozen[k]``.
+
+    Returns the chosen arm's index and the steps each arm reached. Raises
+    :class:`~edgeadapt.errors.ConfigError` without arms or with an unusable horizon."""
+    n = len(step_seconds)
+    if n == 0 or len(frozen) != n:
+        raise ConfigError("race needs at least one arm, with a step time and a frozen count each")
+    if (horizon_steps is None) == (horizon_seconds is None):
+        raise ConfigError("race needs exactly one of horizon_steps and horizon_seconds")
+    by_time = horizon_seconds is not None
+    unit = [max(s, 1e-9) if not by_time else 1.0 for s in step_seconds]  # seconds per clock unit
+    horizon = float(horizon_seconds if by_time else horizon_steps)
+    sizes = [n]
+    while sizes[-1] > 1:
+        sizes.append(math.ceil(sizes[-1] / eta))
+    rounds = len(sizes) - 1  # the last survivor is not pulled again
+    if n == 1:  # nothing to choose: one short probe reports its gain
+        pull(0, min_steps)
+        return 0, {0: min_steps}
+
+    def steps_at(k: int, clock: float) -> int:
+        return max(min_steps, round(clock / step_seconds[k])) if by_time else max(min_steps, round(clock))
+
+    # worst-case cost of all rounds per clock unit of the final probe: the slowest arms survive
+    slowest = sorted(unit, reverse=True)
+    per_unit = sum(sum(slowest[:sizes[r]]) / eta ** (rounds - 1 - r) for r in range(rounds))
+    final = min(horizon, max_probe_seconds / per_unit)
+    alive = list(range(n))
+    reached: dict[int, int] = {}
+    for r in range(rounds):
+        clock = final / eta ** (rounds - 1 - r)
+        scores = {}
+        for k in alive:
+            reached[k] = max(reached.get(k, 0), steps_at(k, clock))
+            score = tuple(pull(k, reached[k]))
+            scores[k] = (score[0] - noise * frozen[k],) + score[1:]
+        ranked = sorted(alive, key=lambda k: (tuple(-v for v in scores[k]), frozen[k], k))
+        alive = sorted(ranked[:sizes[r + 1]])
+    return alive[0], reached
+
+
 class _Probe:
     """The persistent state of probing one plan: its own weights, buffers and optimizer, swapped
     into the shared model for each pull."""
@@ -254,14 +319,20 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
            lr: float = 1e-3, seed: int = 0, probe_steps: int = 2, max_probes: int = 8,
            freeze: Sequence[int] | None = None, traits: LossTraits | None = None,
            loss_fn: LossFn | None = None,
-           measure_probes: bool = True, prof: Profile | None = None) -> SearchResult:
+           measure_probes: bool = True, prof: Profile | None = None,
+           horizon_steps: int | None = None, horizon_seconds: float | None = None,
+           max_probe_seconds: float = MAX_PROBE_SECONDS) -> SearchResult:
     """Choose the plan to retrain ``adapter`` with under ``budget`` (bytes, or ``"512MiB"``).
 
     ``batches``: the current data, each one optimizer step's batch (the effective batch; the
     first is profiled and measured, all are cycled through by the probes). ``eval_batches``
-    (default ``batches``): held-out batches the gain is measured on. ``probe_steps``: each arm's
-    steps in the first round of successive halving; ``max_probes``: classes of plans with the same
-    updates probed at most (spread evenly over the freezing levels), each by its fastest
+    (default ``batches``): held-out batches the gain is measured on. ``horizon_steps`` /
+    ``horizon_seconds``: the retraining the plan is for (optimizer steps, or training seconds; at
+    most one; default :data:`DEFAULT_HORIZON_STEPS`, the online stage's steps per domain): arms
+    are compared on the gain reached at equal steps, or at equal predicted training seconds, over
+    up to that horizon (:func:`race`), within ``max_probe_seconds`` of predicted training in all.
+    ``probe_steps``: the fewest steps an arm has in the first round; ``max_probes``: classes of
+    plans with the same updates probed at most (spread evenly over the freezing levels), each by its fastest
     predicted Pareto plan. ``measure_probes``: measure every probed plan (else only the chosen
     one). ``prof``: a profile to reuse. ``loss_fn(adapter, batch)`` (default the task loss) is
     what retraining minimises (e.g. an adaptation loss, with its ``traits``); without labels its
@@ -278,6 +349,14 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
         raise ConfigError("search needs at least one batch of the current data")
     if probe_steps < 1 or max_probes < 1:
         raise ConfigError(f"probe_steps and max_probes must be >= 1, got {probe_steps}, {max_probes}")
+    if horizon_steps is not None and horizon_seconds is not None:
+        raise ConfigError("give the retraining horizon as horizon_steps or horizon_seconds, not both")
+    if (horizon_steps is not None and horizon_steps < 1) or max_probe_seconds <= 0 \
+            or (horizon_seconds is not None and horizon_seconds <= 0):
+        raise ConfigError(f"horizon_steps must be >= 1 and horizon_seconds, max_probe_seconds > 0, got "
+                          f"{horizon_steps}, {horizon_seconds}, {max_probe_seconds}")
+    if horizon_seconds is None and horizon_steps is None:
+        horizon_steps = DEFAULT_HORIZON_STEPS
     traits = traits or (task_loss_traits(adapter.task.name) if loss_fn is None else LossTraits("the loss"))
     where = next(adapter.model.parameters()).device
     batches = [to_device(b, where) for b in batches]  # the probes train on the model's device
@@ -370,20 +449,26 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
         acc, loss = _eval_seeded(adapter, eval_batches, accuracy, seed, loss_fn)
         p.metric = (acc - base[0], base[1] - loss)
         p.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return (_rate(p.metric[0], p.seconds), _rate(p.metric[1], p.seconds)) if accuracy \
-            else (_rate(p.metric[1], p.seconds),)
+        return p.metric if accuracy else (p.metric[1],)
 
+    # probe noise: one held-out sample's worth of accuracy, or 1% of the starting loss
+    noise = 1.0 / max(1, sum(batch_size_of(b) for b in eval_batches)) if accuracy else 0.01 * abs(base[1])
     devices = [prof.device] if prof.device.startswith("cuda") else []
     try:
         with torch.random.fork_rng(devices=devices):  # the seeds set here leave the caller's RNG alone
-            best, seen = successive_halving(probed, pull, probe_steps)
+            k_best, _ = race([cands[i].step_seconds for i in probed],
+                             [cands[i].frozen_blocks for i in probed],
+                             lambda k, steps: pull(probed[k], steps), horizon_steps=horizon_steps,
+                             horizon_seconds=horizon_seconds, max_probe_seconds=max_probe_seconds,
+                             min_steps=probe_steps, noise=noise)
+            best = probed[k_best]
     finally:
         model.load_state_dict(start)
         model.train(was_training)
         model.zero_grad(set_to_none=True)
-    for k, i in enumerate(probed):
+    for i in probed:
         p = probes[i]
-        steps = seen[k][0]
+        steps = p.steps
         times = sorted(p.step_times)
         gain = p.metric[0] if accuracy else p.metric[1]
         cands[i] = replace(cands[i], gain=gain, gain_per_second=gain / max(p.seconds, 1e-9),
@@ -416,14 +501,6 @@ def update_class(plan: MemoryPlan, batch_size: int, num_blocks: int, has_bn: boo
             and plan.batchnorm == "freeze":
         return frozen, "frozen", 0
     return frozen, "micro", mb
-
-
-def _rate(gain: float, seconds: float) -> float:
-    """The ranking key of a gain over ``seconds``: gain per second when positive; otherwise the gain
-    times the seconds, so a loss of accuracy never outranks a gain and a slower harm ranks lower
-    (gain / seconds would rank a slower harm higher)."""
-    seconds = max(seconds, 1e-9)
-    return gain / seconds if gain > 0 else gain * seconds
 
 
 def _eval_seeded(adapter: ModelAdapter, batches: Sequence[Batch], accuracy: bool, seed: int,

@@ -4,6 +4,7 @@ and the ``edgeadapt memory plan/estimate`` commands."""
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -16,7 +17,7 @@ from edgeadapt.memory.estimator import predict, profile
 from edgeadapt.memory.knobs import block_chain
 from edgeadapt.memory.plan import ADAPTATION_LOSS, LossTraits, MemoryPlan
 from edgeadapt.memory.plan_file import load_plan, save_plan
-from edgeadapt.memory.search import enumerate_plans, pareto, search, successive_halving, update_class
+from edgeadapt.memory.search import enumerate_plans, pareto, race, search, successive_halving, update_class
 from edgeadapt.models.registry import load_adapter
 
 
@@ -57,6 +58,58 @@ def test_successive_halving_keeps_the_best_arm_of_synthetic_gains():
     assert only == "x"
     with pytest.raises(ConfigError):
         successive_halving([], pull)
+
+
+def _plateau(ceiling: float, rate: float):
+    return lambda steps: ceiling * (1 - math.exp(-steps / rate))
+
+
+def test_race_compares_the_gain_reached_over_the_horizon_not_an_early_slope():
+    """Before: ranking by gain per second over probes of 2-16 steps always chose the frozen arm,
+    whose cheap steps rise fast early but plateau lower."""
+    # arm 0 trains every block: 20 ms a step, slow to rise, keeps rising to 0.8;
+    # arm 1 freezes 2 blocks: 10 ms a step, quick to rise, plateaus at 0.5
+    curves = [_plateau(0.8, 20.0), _plateau(0.5, 5.0)]
+    seconds, frozen = [0.02, 0.01], [0, 2]
+    pulls: list[tuple[int, int]] = []
+
+    def pull(k: int, steps: int) -> tuple[float]:
+        pulls.append((k, steps))
+        return (curves[k](steps),)
+
+    # a 20 s retraining: probed for a share of it (1 s each), at equal seconds the unfrozen arm is ahead
+    best, reached = race(seconds, frozen, pull, horizon_seconds=20.0, max_probe_seconds=2.0)
+    assert best == 0 and reached == {0: 50, 1: 100}
+    assert curves[1](2) / 0.02 > 4 * curves[0](2) / 0.04  # the old rule's 2-step slope favours arm 1
+    # a 60 ms retraining: the frozen arm buys more in it
+    pulls.clear()
+    best, reached = race(seconds, frozen, pull, horizon_seconds=0.06)
+    assert best == 1 and reached == {0: 3, 1: 6} and pulls == [(0, 3), (1, 6)]
+    # step-budgeted: equal steps; 300 steps favour arm 0, 3 steps arm 1
+    assert race(seconds, frozen, pull, horizon_steps=300, max_probe_seconds=60.0)[0] == 0
+    assert race(seconds, frozen, pull, horizon_steps=3)[0] == 1
+
+
+def test_race_prefers_fewer_frozen_blocks_within_the_probe_noise_and_bounds_the_probes():
+    gains = [0.50, 0.51, 0.60]  # arm 1 freezes 1 block and is ahead by less than the noise (0.02)
+    frozen = [0, 1, 3]          # arm 2 freezes 3 blocks and is ahead by 0.10 > 3 * 0.02
+    pulls: list[tuple[int, int]] = []
+
+    def pull(k: int, steps: int) -> tuple[float]:
+        pulls.append((k, steps))
+        return (gains[k],)
+
+    assert race([0.1, 0.1, 0.1], frozen, pull, horizon_steps=8, noise=0.02)[0] == 2
+    assert race([0.1, 0.1, 0.1], frozen, pull, horizon_steps=8, noise=0.04)[0] == 0
+    # 3 arms: rounds of 3 then 2 arms; the final probe is the horizon unless the cost bound cuts it
+    pulls.clear()
+    race([0.1, 0.2, 0.4], frozen, pull, horizon_steps=1000, max_probe_seconds=10.0)
+    last = {k: steps for k, steps in pulls}  # steps are cumulative per arm
+    cost = sum(steps * [0.1, 0.2, 0.4][k] for k, steps in last.items())
+    assert 5.0 <= cost <= 10.0 + 0.7 and max(last.values()) < 1000  # within a step per arm of the bound
+    with pytest.raises(ConfigError):
+        race([0.1], [0], pull, horizon_steps=3, horizon_seconds=1.0)
+    assert race([0.1], [0], pull, horizon_steps=30, min_steps=2) == (0, {0: 2})
 
 
 def test_plans_with_the_same_updates_share_a_class():

@@ -35,8 +35,10 @@ algorithm done right:
    where keeping every block trainable ends higher. The gain is the rise in accuracy on held-out
    batches (labelled classification) or the fall of the task loss (language models, label-free
    data) since the start; accuracy ties are broken by the loss decrease. A more-frozen arm must
-   beat a less-frozen one by more than the probe noise (one held-out sample, or 1% of the loss)
-   per extra frozen block.
+   beat a less-frozen one by more than the probe noise (the standard error of the held-out
+   accuracy, or 1% of the loss) per extra frozen block: on a few hundred held-out samples the
+   arms' gains are often within a few samples of each other, and over a long retraining keeping
+   every block trainable ends higher almost always.
 
 The model's weights and buffers are restored afterwards. Everything but wall-clock time is
 seeded, and the probes' step counts come from the profile's predicted step times: the same
@@ -451,8 +453,10 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
         p.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return p.metric if accuracy else (p.metric[1],)
 
-    # probe noise: one held-out sample's worth of accuracy, or 1% of the starting loss
-    noise = 1.0 / max(1, sum(batch_size_of(b) for b in eval_batches)) if accuracy else 0.01 * abs(base[1])
+    # probe noise: the standard error of an accuracy on the held-out samples (binomial, at the
+    # starting accuracy; at least one sample's worth), or 1% of the starting loss
+    held = max(1, sum(batch_size_of(b) for b in eval_batches))
+    noise = max(1.0 / held, math.sqrt(base[0] * (1 - base[0]) / held)) if accuracy else 0.01 * abs(base[1])
     devices = [prof.device] if prof.device.startswith("cuda") else []
     try:
         with torch.random.fork_rng(devices=devices):  # the seeds set here leave the caller's RNG alone

@@ -275,7 +275,41 @@ class BaseIdentity:
         self._base_hash, self.plan = None, None
 
 
-class HFAdapter(BaseIdentity):
+class TaskMethods:
+    """The task part of :class:`ModelAdapter` for any adapter with ``model``, ``task`` and
+    ``head()``: the task's loss, features, logits and evaluation, shared by the Hugging Face and
+    CNN adapters so the two cannot drift apart."""
+
+    model: nn.Module
+    task: Task
+
+    def head(self) -> str | None:  # pragma: no cover - provided by the adapter
+        raise NotImplementedError
+
+    def task_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The task's training loss on ``batch`` (a scalar tensor)."""
+        return self.task.loss(self.model, batch)
+
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The task's features (the head's input, ``[B, D]``, or token features ``[B, T, D]``)."""
+        return self.task.features(self.model, batch)
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The head's output (``[B, C]`` or ``[B, T, V]``), ``None`` for a model without a head."""
+        out = self.model(**model_inputs(batch))
+        return out.logits if self.head() is not None else None
+
+    def evaluate(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """The task's metrics over ``batches`` in eval mode (the train/eval mode is restored)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self.task.evaluate(self.model, batches)
+        finally:
+            self.model.train(was_training)
+
+
+class HFAdapter(TaskMethods, BaseIdentity):
     """A :class:`ModelAdapter` for a Hugging Face model, driven by an :class:`ArchSpec`.
 
     >>> adapter = load_adapter("tiny-llama")   # doctest: +SKIP
@@ -423,21 +457,3 @@ class HFAdapter(BaseIdentity):
             raise ConfigError("rebase: a pruned model keeps its base identity (its plan is relative to it)")
         self.parent_hash, self._base_hash, self.plan = self._base_hash, None, None
 
-    # -- task ---------------------------------------------------------------------------------
-    def task_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.task.loss(self.model, batch)
-
-    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.task.features(self.model, batch)
-
-    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        out = self.model(**model_inputs(batch))
-        return out.logits if self.head() is not None else None
-
-    def evaluate(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            return self.task.evaluate(self.model, batches)
-        finally:
-            self.model.train(was_training)

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from edgeadapt.errors import ConfigError
-from edgeadapt.models.adapter import BaseIdentity
-from edgeadapt.models.tasks import Classification, Task, model_inputs
+from edgeadapt.models.adapter import BaseIdentity, TaskMethods
+from edgeadapt.models.tasks import Classification, Task
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def last_conv_channels(module: nn.Module) -> int | None:
     return int(convs[-1].out_channels) if convs else None
 
 
-class CNNAdapter(BaseIdentity):
+class CNNAdapter(TaskMethods, BaseIdentity):
     """A :class:`~edgeadapt.models.adapter.ModelAdapter` for a transformers CNN classifier.
 
     Shares the identity fields of :class:`~edgeadapt.models.adapter.HFAdapter`: ``plan`` (here the
@@ -240,25 +240,6 @@ class CNNAdapter(BaseIdentity):
                               "to it)")
         self.parent_hash, self._base_hash, self.plan = self._base_hash, None, None
 
-    # -- task ---------------------------------------------------------------------------------
-    def task_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.task.loss(self.model, batch)
-
-    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The head's input, ``[B, hidden]`` (pooled, flattened channels)."""
-        return self.task.features(self.model, batch)
-
-    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        out = self.model(**model_inputs(batch))
-        return out.logits if self.head() is not None else None
-
-    def evaluate(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            return self.task.evaluate(self.model, batches)
-        finally:
-            self.model.train(was_training)
 
 
 @dataclass(frozen=True)

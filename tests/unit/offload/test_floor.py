@@ -10,12 +10,10 @@ import json
 import grpc
 import pytest
 import torch
-from torch import nn
 
 from edgeadapt.cli.main import main
 from edgeadapt.data.registry import build_dataset
 from edgeadapt.errors import ConfigError
-from edgeadapt.models.registry import load_adapter
 from edgeadapt.offload import run as offload_run
 from edgeadapt.offload.artifact import load_descendants
 from edgeadapt.offload.build import OffloadBuildConfig, build_offload
@@ -23,6 +21,7 @@ from edgeadapt.offload.netem import TokenBucket
 from edgeadapt.offload.profile import EMULATED_EDGE, LOCAL_CLOUD
 from edgeadapt.offload.run import OffloadClient, OffloadRunConfig, replan_reason, run_offload, segments
 from edgeadapt.offload.serve import ServeConfig, load_chain, start_server
+from tests.unit.offload.conftest import trained_tiny_resnet
 
 TOKEN = b"floor-token-0123"
 SERVER = "127.0.0.1:{}"
@@ -32,19 +31,7 @@ SERVER = "127.0.0.1:{}"
 def built(tmp_path_factory):
     """tiny-resnet trained one epoch on digits, its descendants at widths 1 and 0.5 (one distillation
     epoch) and their profile on the emulated edge and this machine: ``(out dir, descendants, profile)``."""
-    adapter = load_adapter("tiny-resnet")
-    splits = build_dataset("digits", size=32)
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(adapter.model.parameters(), 3e-3)
-    adapter.model.train()
-    for epoch in range(2):
-        for b in splits.train.batches(64, shuffle=True, seed=epoch):
-            logits = adapter.model(pixel_values=b["pixel_values"]).logits
-            loss = nn.functional.cross_entropy(logits, b["labels"])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    adapter.model.eval()
+    adapter, _ = trained_tiny_resnet()
     out = tmp_path_factory.mktemp("offload")
     cfg = OffloadBuildConfig("tiny-resnet", widths=(1.0, 0.5), epochs=1, batch_size=128, warmup=0, repeats=2,
                              checks=0)

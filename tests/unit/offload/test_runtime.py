@@ -21,7 +21,6 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from edgeadapt.cli.main import main
-from edgeadapt.data.registry import build_dataset
 from edgeadapt.errors import ConfigError, PathError
 from edgeadapt.models.registry import load_adapter
 from edgeadapt.offload.netem import TokenBucket, veth_namespaces
@@ -36,6 +35,7 @@ from edgeadapt.offload.transport import (
     encode_frame,
     read_token,
 )
+from tests.unit.offload.conftest import trained_tiny_resnet
 
 TOKEN = b"device-token-0123"
 OK, BAD = grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT
@@ -44,19 +44,7 @@ OK, BAD = grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT
 @pytest.fixture(scope="module")
 def trained():
     """tiny-resnet trained two epochs on digits (≈92% test accuracy), in eval mode."""
-    adapter = load_adapter("tiny-resnet")
-    splits = build_dataset("digits", size=32)
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(adapter.model.parameters(), 3e-3)
-    adapter.model.train()
-    for epoch in range(2):
-        for b in splits.train.batches(64, shuffle=True, seed=epoch):
-            logits = adapter.model(pixel_values=b["pixel_values"]).logits
-            loss = nn.functional.cross_entropy(logits, b["labels"])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    adapter.model.eval()
+    adapter, splits = trained_tiny_resnet()
     return adapter, splits.test
 
 

@@ -8,14 +8,13 @@ plan. Groups and how a plan is applied live in :mod:`edgeadapt.pruning.channels`
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgeadapt.errors import PlanError
 from edgeadapt.models.cnn import CNNAdapter
-from edgeadapt.pruning.plan import is_index
+from edgeadapt.pruning.plan import is_index, read_plan_json, write_plan_json
 
 FORMAT = "edgeadapt.channel-plan"
 VERSION = 1
@@ -94,20 +93,11 @@ class ChannelPlan:
             raise PlanError(f"malformed channel plan: missing or wrong field ({exc})") from None
 
     def save(self, path: str | Path) -> None:
-        from edgeadapt.artifacts import atomic_write_text
-
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1))
+        write_plan_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> ChannelPlan:
-        path = Path(path)
-        if not path.is_file():
-            raise PlanError(f"plan file {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise PlanError(f"plan file {path} is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_plan_json(path))
 
 
 def current_channel_plan(adapter: CNNAdapter) -> ChannelPlan:

@@ -181,20 +181,30 @@ class PruningPlan:
                             f"{_HOW}") from None
 
     def save(self, path: str | Path) -> None:
-        from edgeadapt.artifacts import atomic_write_text
-
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1))
+        write_plan_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> PruningPlan:
-        path = Path(path)
-        if not path.is_file():
-            raise PlanError(f"plan file {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise PlanError(f"plan file {path} is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_plan_json(path))
+
+
+def write_plan_json(path: str | Path, data: dict) -> None:
+    """Write a plan's JSON mapping to ``path`` atomically (any plan kind: heads/neurons or channels)."""
+    from edgeadapt.artifacts import atomic_write_text
+
+    atomic_write_text(Path(path), json.dumps(data, indent=1))
+
+
+def read_plan_json(path: str | Path) -> dict:
+    """A plan file's JSON mapping; :class:`~edgeadapt.errors.PlanError` when the file is missing or
+    not valid JSON (the plan's own ``from_dict`` checks the fields)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PlanError(f"plan file {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PlanError(f"plan file {path} is not valid JSON: {exc}") from None
 
 
 def _identity(architecture: dict[str, Any]) -> dict[str, Any]:

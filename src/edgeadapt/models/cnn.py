@@ -138,6 +138,21 @@ def last_conv_channels(module: nn.Module) -> int | None:
     return int(convs[-1].out_channels) if convs else None
 
 
+def cast_inputs_to_weights(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook: floating-point tensor inputs take the dtype of ``module``'s first
+    floating parameter (float32 images into a bfloat16 model become bfloat16); others pass as
+    they are."""
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+
+    def cast(v: Any) -> Any:
+        floating = isinstance(v, torch.Tensor) and v.is_floating_point()
+        return v.to(dtype) if floating and v.dtype != dtype else v
+
+    if dtype is None:
+        return args, kwargs
+    return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+
+
 class CNNAdapter(TaskMethods, BaseIdentity):
     """A :class:`~edgeadapt.models.adapter.ModelAdapter` for a transformers CNN classifier.
 
@@ -168,6 +183,10 @@ class CNNAdapter(TaskMethods, BaseIdentity):
         self.base_config = copy.deepcopy(model.config)
         self._base_hash: str | None = base_hash
         self._base = self._fingerprint_now()
+        # transformers' CNNs do not cast pixel_values to their weights' dtype (ViT does): a bf16
+        # checkpoint would fail on float32 images in every stage that runs it
+        if not any(h is cast_inputs_to_weights for h in model._forward_pre_hooks.values()):
+            model.register_forward_pre_hook(cast_inputs_to_weights, with_kwargs=True)
 
     @property
     def config(self) -> Any:

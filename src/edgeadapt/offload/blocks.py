@@ -121,7 +121,13 @@ class BlockChain(nn.Module):
         self.blocks = nn.ModuleList(blocks)
 
     def forward(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        for block in self.blocks[start:stop]:
+        """Run blocks ``start..stop-1`` on ``x``; a floating ``x`` takes the first block's weight
+        dtype (a bf16 model takes float32 inputs from the wire or the data)."""
+        blocks = self.blocks[start:stop]
+        dtype = next((p.dtype for b in blocks for p in b.parameters() if p.is_floating_point()), None)
+        if dtype is not None and x.is_floating_point() and x.dtype != dtype:
+            x = x.to(dtype)
+        for block in blocks:
             x = block(x)
         return x
 

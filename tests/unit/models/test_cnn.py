@@ -132,3 +132,25 @@ def test_train_recipe_trains_and_saves_a_cnn(tmp_path):
     assert outcome.test["accuracy"] > 0.5
     again = load_model(tmp_path / "run")
     assert isinstance(again, CNNAdapter) and again.fingerprint() == load_adapter("tiny-resnet").fingerprint()
+
+
+@pytest.mark.parametrize("name", ["tiny-mobilenetv2", "tiny-resnet"])
+def test_a_bf16_cnn_checkpoint_evaluates_and_trains_on_float32_images(name, tmp_path):
+    """Before: transformers' CNNs do not cast pixel_values, so a bf16 checkpoint failed in
+    evaluate/train/memory plan with 'Input type (torch.FloatTensor) and weight type
+    (CPUBFloat16Type) should be the same'."""
+    import torch
+
+    from edgeadapt.data.registry import build_dataset
+    from edgeadapt.memory.estimator import estimate
+    from edgeadapt.memory.plan import MemoryPlan
+
+    load_adapter(name).model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    adapter = load_adapter(str(tmp_path / "bf16"))
+    assert next(adapter.model.parameters()).dtype == torch.bfloat16
+    batches = list(build_dataset("digits", size=32).test.batches(16))[:2]
+    assert 0.0 <= adapter.evaluate(batches)["accuracy"] <= 1.0
+    adapter.model.float()  # training upcasts to float32 master weights; inputs follow the weights
+    assert adapter.task_loss(batches[0]).dtype == torch.float32
+    adapter.model.to(torch.bfloat16)
+    assert estimate(adapter, MemoryPlan(), batches[0]).predicted_bytes > 0

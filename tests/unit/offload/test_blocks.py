@@ -91,3 +91,19 @@ def test_refusals(built):
 def test_a_family_without_a_head_entry_is_refused():
     with pytest.raises(ConfigError, match="offload chains are built for"):
         block_chain(load_adapter("tiny-bert"))
+
+
+@pytest.mark.parametrize("name", ["tiny-resnet", "tiny-vit"])
+def test_a_bf16_chain_takes_float32_inputs(name):
+    """Before: `offload serve` on a bf16 checkpoint failed ('expected scalar type Float but found
+    BFloat16'): the first block got the float32 images or frames as they came."""
+    adapter = load_adapter(name)
+    adapter.model.to(torch.bfloat16).eval()
+    size = adapter.model.config.image_size
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        chain = block_chain(adapter)
+        out = chain(x)
+        middle = chain(chain(x, 0, 2).float(), 2)  # a float32 frame from the wire mid-chain
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 10)
+    assert torch.equal(middle, out)

@@ -261,3 +261,20 @@ def test_inspect_shows_the_dtype_of_a_bf16_cnn_checkpoint(tmp_path, capsys):
     assert main(["inspect", "tiny-resnet", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["dtype"] == "float32" and data["weight_bytes"] == params * 4
+
+
+def test_train_starts_from_an_edgeadapt_artifact(tmp_path, monkeypatch):
+    """Before: a recipe with `model:` set to a pruned artifact (or an earlier train run) passed
+    `validate` and then `train` refused it: 'is not a Hugging Face model directory (no config.json)'."""
+    from edgeadapt.cli.main import main
+    from edgeadapt.pruning.checkpoint import load_model
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--quiet", "prune", "tiny-vit", "--unit-sparsity", "0.5", "--out", "pv"]) == 0
+    pruned = sum(p.numel() for p in load_model("pv").model.parameters())
+    (tmp_path / "t.yaml").write_text(
+        "kind: train\nmodel: pv\nseed: 0\ndata: {name: digits}\n"
+        "train: {epochs: 1, batch_size: 64, learning_rate: 3.0e-3}\nout: runs/t\n")
+    assert main(["--quiet", "train", "--config", "t.yaml"]) == 0
+    trained = load_model("runs/t")
+    assert sum(p.numel() for p in trained.model.parameters()) == pruned  # the pruned structure kept

@@ -31,7 +31,7 @@ from edgeadapt.data.text import bpe_tokenizer
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.registry import load_adapter, model_image_size
 from edgeadapt.models.tiny import TINY
-from edgeadapt.pruning.checkpoint import save_pruned
+from edgeadapt.pruning.checkpoint import load_model, save_pruned
 from edgeadapt.rundir import claim_output
 from edgeadapt.tracking.config import TrackingSection, make_run_logger
 from edgeadapt.tracking.plots import plot_curves
@@ -97,11 +97,16 @@ def run_training(recipe: TrainRecipe, overwrite: bool = False) -> TrainOutcome:
 def _run_training(recipe: TrainRecipe) -> TrainOutcome:
     info = dataset_info(recipe.data.name)
     image = info.task == "image-classification"
-    splits = load_splits(recipe.data, model_image_size(recipe.model) if image else None, recipe.seed)
+    # an edgeadapt model artifact (a pruned model, an earlier train run) is rebuilt from its manifest
+    artifact = load_model(recipe.model) if (Path(recipe.model) / "manifest.json").is_file() else None
+    size = (artifact.model.config.image_size if artifact is not None else model_image_size(recipe.model)) \
+        if image else None
+    splits = load_splits(recipe.data, size, recipe.seed)
     # A tiny-* model gets a head for the data's classes; any other keeps its own (checked to fit the data,
     # which may use only some of its outputs: digits' only_classes keeps labels unchanged).
     num_labels = len(splits.train.classes) if image and recipe.model in TINY else None
-    adapter = load_adapter(recipe.model, task=recipe.task, seed=recipe.seed, num_labels=num_labels)
+    adapter = artifact if artifact is not None else \
+        load_adapter(recipe.model, task=recipe.task, seed=recipe.seed, num_labels=num_labels)
     if recipe.data.tokenizer == "bpe" and not image:
         adapter.tokenizer = bpe_tokenizer(adapter.model.config.vocab_size, list(splits.train.texts))
     out = Path(recipe.out)

@@ -42,8 +42,8 @@ from edgeadapt.pruning.importance import Scores
 from edgeadapt.pruning.plan import BlockPlan, PlanError, PruningPlan
 from edgeadapt.pruning.request import (
     Removal,
-    check_targets,
     check_request,
+    check_targets,
     just_above,
     refuse_or_warn,
     removed_units,

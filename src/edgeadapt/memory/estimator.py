@@ -52,8 +52,8 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -346,6 +346,24 @@ def _tensor_bytes(tensors: list[torch.Tensor], device: torch.device) -> int:
     return sum(seen.values())
 
 
+@contextmanager
+def probing(model: nn.Module) -> Iterator[None]:
+    """Run probe steps on ``model`` in train mode and leave it as it was: its train/eval mode and
+    buffers (BatchNorm statistics) restored and its gradients dropped. The steps run at learning
+    rate 0, so the weights do not move."""
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    was_training = model.training
+    model.train()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                v.copy_(buffers[k])
+        model.zero_grad(set_to_none=True)
+
+
 def profile(adapter: ModelAdapter, batch: Batch, optimizer: OptimizerName = "adam", *,
             loss_fn: LossFn | None = None, traits: LossTraits | None = None,
             chain: BlockChain | None = None, timed: bool = True,
@@ -387,12 +405,9 @@ def profile(adapter: ModelAdapter, batch: Batch, optimizer: OptimizerName = "ada
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model has no trainable parameters (all requires_grad=False)")
-    buffers = {k: v.clone() for k, v in model.named_buffers()}
-    was_training = model.training
-    model.train()
     opt = make_optimizer(params, optimizer, lr=0.0)
     steps, passes = [], []
-    try:
+    with probing(model):
         if small == size_traced:  # one size (a loss that is not per-sample): trace a second step, so
             # the kept trace is a steady-state one with the optimizer's state already allocated
             _traced_step(model, chain, adapter, split_batch(batch, small)[0], loss_fn, opt, device)
@@ -404,12 +419,6 @@ def profile(adapter: ModelAdapter, batch: Batch, optimizer: OptimizerName = "ada
             passes.append((b, forward))
         clock = _traced_step(model, chain, adapter, split_batch(batch, size_traced)[0], loss_fn, opt, device,
                              "time")[0] if timed else None
-    finally:
-        model.train(was_training)
-        with torch.no_grad():
-            for k, v in model.named_buffers():
-                v.copy_(buffers[k])
-        model.zero_grad(set_to_none=True)
     per_region = _region_params(model, chain)
     state = {id(p): _tensor_bytes(_state(opt, p), device) for p in params}
     n = len(chain.blocks)
@@ -652,28 +661,18 @@ def measure(adapter: ModelAdapter, plan: MemoryPlan, batch: Batch, optimizer: Op
     model = adapter.model
     device = next(model.parameters()).device
     batch = to_device(batch, device)
-    buffers = {k: v.clone() for k, v in model.named_buffers()}
-    was_training = model.training
-    model.train()
-    try:
-        with apply_plan(model, plan, chain or block_chain(adapter)) as knobs:
-            opt = make_optimizer(knobs.trainable_parameters(), optimizer, lr=0.0)
+    with probing(model), apply_plan(model, plan, chain or block_chain(adapter)) as knobs:
+        opt = make_optimizer(knobs.trainable_parameters(), optimizer, lr=0.0)
 
-            def step() -> float:
-                return train_step(adapter, batch, plan, opt, loss_fn=loss_fn, traits=traits)
-            step()
-            _, report = measure_peak(step, device=device, modules=[model], optimizer=opt)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t = time.perf_counter()
-            step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - t
-    finally:
-        model.train(was_training)
-        with torch.no_grad():
-            for k, v in model.named_buffers():
-                v.copy_(buffers[k])
-        model.zero_grad(set_to_none=True)
+        def step() -> float:
+            return train_step(adapter, batch, plan, opt, loss_fn=loss_fn, traits=traits)
+        step()
+        _, report = measure_peak(step, device=device, modules=[model], optimizer=opt)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t
     return Measurement(total_bytes=report.total_bytes, step_seconds=seconds, method=report.method)

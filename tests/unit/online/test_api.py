@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 import edgeadapt
 from edgeadapt.data.registry import build_dataset
@@ -15,21 +14,12 @@ from edgeadapt.data.stream import DriftStream
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.registry import load_adapter
 from edgeadapt.offline.artifacts import save_kb
-from edgeadapt.offline.knowledge_base import KBSettings, init_kb
 from edgeadapt.offline.lora import LoraSettings, save_lora_artifact
 from edgeadapt.online.api import adapt, static_baseline
 from edgeadapt.online.pipeline import AdaptConfig, run_adapt
+from tests.unit.online.conftest import OFFLINE_RECORD
 
 BUDGET = {"steps": 2, "batch_size": 16}
-OFFLINE_RECORD = {"offline": {"data": {"name": "digits"}, "seed": 0}}  # what `offline kb` records
-
-
-@pytest.fixture(scope="module")
-def vit_kb():
-    torch.manual_seed(0)
-    fm = load_adapter("tiny-vit")
-    batch = next(iter(build_dataset("digits", size=16).train.batches(16)))
-    return fm, init_kb(fm, [batch], KBSettings(importance="magnitude"))
 
 
 def test_adapt_runs_source_and_edgeadapt_over_a_two_domain_stream(vit_kb):

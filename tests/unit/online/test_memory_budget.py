@@ -12,30 +12,20 @@ import pytest
 import torch
 
 from edgeadapt.cli.main import build_parser
-from edgeadapt.data.registry import build_dataset
 from edgeadapt.errors import ConfigError, InfeasibleError
 from edgeadapt.memory.estimator import measure
 from edgeadapt.memory.plan import ADAPTATION_LOSS, MemoryPlan
 from edgeadapt.models.registry import load_adapter
 from edgeadapt.offline.artifacts import save_kb
-from edgeadapt.offline.knowledge_base import KBSettings, init_kb
 from edgeadapt.offline.lora import LoraSettings, save_lora_artifact
 from edgeadapt.online import api
 from edgeadapt.online.api import adapt
 from edgeadapt.online.pipeline import AdaptConfig, run_adapt
 from edgeadapt.online.retrain import PREDICTION_SLACK, RetrainBudget, plan_for_memory, retrain, step_memory
 from tests.conftest import make_batches, state
+from tests.unit.online.conftest import OFFLINE_RECORD
 
 BUDGET = {"steps": 2, "batch_size": 16, "device": "cpu"}
-OFFLINE_RECORD = {"offline": {"data": {"name": "digits"}, "seed": 0}}
-
-
-@pytest.fixture(scope="module")
-def vit_kb():
-    torch.manual_seed(0)
-    fm = load_adapter("tiny-vit")
-    batch = next(iter(build_dataset("digits", size=16).train.batches(16)))
-    return fm, init_kb(fm, [batch], KBSettings(importance="magnitude"))
 
 
 def entropy(adapter, batch):

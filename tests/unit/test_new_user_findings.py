@@ -180,8 +180,10 @@ def test_an_out_of_range_index_names_the_value_the_range_and_the_block(edit, mes
 
 # -- 4. inspect shows the weights' dtype -----------------------------------------------------------
 
-def test_inspect_shows_the_dtype_of_a_bf16_checkpoint(tmp_path, capsys):
-    """Before: nothing in `inspect`'s table or JSON said the weights were bfloat16."""
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-resnet"])
+def test_inspect_shows_the_dtype_of_a_bf16_checkpoint(name, tmp_path, capsys):
+    """Before: nothing in `inspect`'s table or JSON said the weights were bfloat16 (a CNN's stage
+    table had no weights line at all)."""
     import json
 
     import torch
@@ -189,13 +191,13 @@ def test_inspect_shows_the_dtype_of_a_bf16_checkpoint(tmp_path, capsys):
     from edgeadapt.cli.main import main
     from edgeadapt.models.registry import load_adapter
 
-    adapter = load_adapter("tiny-llama")
+    adapter = load_adapter(name)
     adapter.model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
     params = sum(p.numel() for p in adapter.model.parameters())
     capsys.readouterr()
     assert main(["inspect", str(tmp_path / "bf16")]) == 0
     assert f"weights: bfloat16, {params * 2 / 1e3:.2f}kB" in capsys.readouterr().out
-    assert main(["inspect", "tiny-llama", "--json"]) == 0
+    assert main(["inspect", name, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["dtype"] == "float32" and data["weight_bytes"] == params * 4
 
@@ -243,24 +245,6 @@ def test_inspect_describes_an_offline_output_and_its_knowledge_base(offline_out,
     assert "weights: float32" in capsys.readouterr().out
 
 
-def test_inspect_shows_the_dtype_of_a_bf16_cnn_checkpoint(tmp_path, capsys):
-    """Before: a CNN's stage table had no weights line at all (only transformers showed the dtype)."""
-    import json
-
-    import torch
-
-    from edgeadapt.cli.main import main
-    from edgeadapt.models.registry import load_adapter
-
-    adapter = load_adapter("tiny-resnet")
-    adapter.model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
-    params = sum(p.numel() for p in adapter.model.parameters())
-    capsys.readouterr()
-    assert main(["inspect", str(tmp_path / "bf16")]) == 0
-    assert "weights: bfloat16" in capsys.readouterr().out
-    assert main(["inspect", "tiny-resnet", "--json"]) == 0
-    data = json.loads(capsys.readouterr().out)
-    assert data["dtype"] == "float32" and data["weight_bytes"] == params * 4
 
 
 def test_train_starts_from_an_edgeadapt_artifact(tmp_path, monkeypatch):

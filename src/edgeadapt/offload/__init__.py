@@ -6,4 +6,5 @@ one device each (:mod:`~edgeadapt.offload.placement`), the baselines costed by t
 :mod:`~edgeadapt.offload.build` for all of it in one call, an application token bucket and tc/tbf
 network namespaces for emulation (:mod:`~edgeadapt.offload.netem`), and the runtime that serves and
 runs a split chain over gRPC
-(:mod:`~edgeadapt.offload.transport`, :mod:`~edgeadapt.offload.serve`, :mod:`~edgeadapt.offload.run`)."""
+(:mod:`~edgeadapt.offload.transport`, :mod:`~edgeadapt.offload.serve`, :mod:`~edgeadapt.offload.client`,
+:mod:`~edgeadapt.offload.run`)."""

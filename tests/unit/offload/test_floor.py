@@ -17,9 +17,10 @@ from edgeadapt.errors import ConfigError
 from edgeadapt.offload import run as offload_run
 from edgeadapt.offload.artifact import load_descendants
 from edgeadapt.offload.build import OffloadBuildConfig, build_offload
+from edgeadapt.offload.client import OffloadClient
 from edgeadapt.offload.netem import TokenBucket
 from edgeadapt.offload.profile import EMULATED_EDGE, LOCAL_CLOUD
-from edgeadapt.offload.run import OffloadClient, OffloadRunConfig, replan_reason, run_offload, segments
+from edgeadapt.offload.run import OffloadRunConfig, replan_reason, run_offload, segments
 from edgeadapt.offload.serve import ServeConfig, load_chain, start_server
 from tests.unit.offload.conftest import trained_tiny_resnet
 

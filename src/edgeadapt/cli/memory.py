@@ -50,7 +50,7 @@ def cmd_memory_plan(args: argparse.Namespace) -> int:
     keep the Pareto set, probe by successive halving, print the table and the choice (or JSON).
     Python: ``edgeadapt.memory.search.search(adapter, budget, batches, eval_batches)``."""
     from edgeadapt.memory.accounting import parse_bytes
-    from edgeadapt.memory.plan_file import save_plan
+    from edgeadapt.memory.plan_file import plan_model, save_plan
     from edgeadapt.memory.search import format_result, search
     from edgeadapt.outputs import check_output_file
     from edgeadapt.pruning.checkpoint import load_model
@@ -64,7 +64,7 @@ def cmd_memory_plan(args: argparse.Namespace) -> int:
     result = search(adapter, budget, train, held, lr=args.lr, seed=args.seed, probe_steps=args.probe_steps,
                     max_probes=args.max_probes, optimizer=args.optimizer)
     if args.save is not None:
-        save_plan(result.chosen.plan, args.save)
+        save_plan(result.chosen.plan, args.save, plan_model(adapter, args.model))
     print(json.dumps(result.to_dict(), indent=1) if args.json else format_result(result, args.all))
     if args.save is not None and not args.json:
         print(f"saved to {args.save}")
@@ -73,15 +73,19 @@ def cmd_memory_plan(args: argparse.Namespace) -> int:
 
 def cmd_memory_estimate(args: argparse.Namespace) -> int:
     """Predict one plan's peak memory and step time from two profiled steps (``--measure``: and
-    run it). Python: ``edgeadapt.memory.estimator.estimate(adapter, load_plan(PLAN), batch)``."""
+    run it). The plan is refused before the model loads when its micro-batch does not divide
+    ``--batch-size``, and before profiling when it asks for more blocks than the model has.
+    Python: ``edgeadapt.memory.estimator.estimate(adapter, load_plan(PLAN), batch)``."""
     from edgeadapt.memory.accounting import format_bytes
     from edgeadapt.memory.estimator import estimate, measure
-    from edgeadapt.memory.plan_file import load_plan
+    from edgeadapt.memory.plan_file import check_divides, check_plan_fits, load_plan_file
     from edgeadapt.memory.search import describe_plan
     from edgeadapt.pruning.checkpoint import load_model
 
-    plan = load_plan(args.plan)
+    plan_file = load_plan_file(args.plan)
+    check_divides(plan_file, args.batch_size, f"--plan {args.plan}: micro_batch_size", "--batch-size")
     adapter = load_model(args.model)
+    plan = check_plan_fits(plan_file, adapter, args.model, f"--plan {args.plan}")
     batch = memory_batches(adapter, args.model, args.data, _options(args.option), args.batch_size, 1, 1,
                            args.seed)[0][0]
     est = estimate(adapter, plan, batch, args.optimizer)

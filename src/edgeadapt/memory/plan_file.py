@@ -2,17 +2,27 @@
 
 A plan file holds the fields of :class:`~edgeadapt.memory.plan.MemoryPlan` and, optionally,
 ``kind: memory-plan`` (what ``edgeadapt validate`` needs to know the file is a plan;
-:func:`save_plan` writes it). ``edgeadapt memory plan --save`` writes one and
-``edgeadapt memory estimate --plan`` reads it. Example::
+:func:`save_plan` writes it) and ``model``: the model the plan was chosen for (its name, family and
+number of blocks; :func:`save_plan` records it when given the adapter). ``edgeadapt memory plan
+--save`` writes one and ``edgeadapt memory estimate --plan`` reads it. Example::
 
-    {"kind": "memory-plan", "micro_batch_size": 4, "freeze_blocks": 1, "checkpoint_segments": 2}
+    {"kind": "memory-plan", "model": {"name": "tiny-vit", "family": "vit", "num_blocks": 4},
+     "micro_batch_size": 4, "freeze_blocks": 1, "checkpoint_segments": 2}
+
+A plan is checked against the model it is applied to (:func:`check_plan_fits`): frozen blocks
+and checkpoint segments must exist in that model, and a plan recorded for another model is
+warned about (its memory figures were predicted for that model). Files without ``model`` (written
+before it was recorded) load as before, without the model check.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgeadapt.config import parse_config, read_yaml
 from edgeadapt.errors import ConfigError
@@ -20,31 +30,105 @@ from edgeadapt.memory.plan import MemoryPlan
 
 KIND = "memory-plan"
 
-__all__ = ["KIND", "MemoryPlanFile", "load_plan", "save_plan"]
+__all__ = ["KIND", "MemoryPlanFile", "PlanModel", "check_divides", "check_plan_fits", "load_plan",
+           "load_plan_file", "plan_model", "save_plan"]
+
+
+class PlanModel(BaseModel):
+    """The model a plan file was chosen for: enough to notice it applied to another model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="The model as given to `memory plan` (a built-in name or a path).")
+    family: str = Field(description="Its architecture family (vit, llama, resnet, ...).")
+    num_blocks: int = Field(ge=1, description="Blocks the memory knobs act on (freeze_blocks and "
+                            "checkpoint_segments count these).")
 
 
 class MemoryPlanFile(MemoryPlan):
-    """A :class:`MemoryPlan` as a config file: the same fields plus ``kind: memory-plan``."""
+    """A :class:`MemoryPlan` as a config file: the same fields plus ``kind: memory-plan`` and the
+    optional ``model`` it was chosen for."""
 
     kind: Literal["memory-plan"] = KIND
+    model: PlanModel | None = Field(None, description="The model the plan was chosen for; absent in "
+                                    "files written before it was recorded (then not checked).")
+
+    def plan(self) -> MemoryPlan:
+        """The knobs alone."""
+        return MemoryPlan(**self.model_dump(exclude={"kind", "model"}))
 
 
-def load_plan(path: str | Path) -> MemoryPlan:
-    """The plan in a JSON or YAML file (``kind`` optional, but ``memory-plan`` when given).
+def plan_model(adapter: Any, name: str) -> PlanModel:
+    """The :class:`PlanModel` of ``adapter`` (loaded from ``name``): its family and block count."""
+    from edgeadapt.memory.knobs import block_chain
+
+    return PlanModel(name=str(name), family=str(getattr(adapter, "family", "unknown")),
+                     num_blocks=len(block_chain(adapter).blocks))
+
+
+def load_plan_file(path: str | Path) -> MemoryPlanFile:
+    """The plan file at ``path`` (JSON or YAML; ``kind`` optional, but ``memory-plan`` when given).
     Raises :class:`~edgeadapt.errors.ConfigError` naming the file and the field for a missing,
     unreadable or invalid file."""
     data = read_yaml(path)
     if isinstance(data, dict) and data.get("kind", KIND) != KIND:
         raise ConfigError(f"{path}: kind {data['kind']!r} is not a memory plan; give a file with "
                           f"kind: {KIND} (or no kind) and the fields of MemoryPlan")
-    cfg = parse_config(data, kind=KIND, source=str(path))
-    return MemoryPlan(**cfg.model_dump(exclude={"kind"}))
+    return cast(MemoryPlanFile, parse_config(data, kind=KIND, source=str(path)))
 
 
-def save_plan(plan: MemoryPlan, path: str | Path) -> Path:
+def load_plan(path: str | Path) -> MemoryPlan:
+    """The knobs of the plan file at ``path`` (see :func:`load_plan_file`; ``model`` is dropped)."""
+    return load_plan_file(path).plan()
+
+
+def check_plan_fits(plan: MemoryPlanFile, adapter: Any, name: str, source: str = "plan") -> MemoryPlan:
+    """The knobs of ``plan`` after checking them against ``adapter`` (loaded from ``name``).
+
+    Raises :class:`~edgeadapt.errors.ConfigError` naming ``source``, the field, its value and the
+    model's block count when ``freeze_blocks`` or ``checkpoint_segments`` asks for more blocks than
+    the model has. Warns when the file records another model (another family or block count):
+    the plan still applies, but its memory was chosen for that model."""
+    here = plan_model(adapter, name)
+    blocks = here.num_blocks
+    if plan.freeze_fraction is None and plan.freeze_blocks > blocks:
+        raise ConfigError(f"{source}: freeze_blocks {plan.freeze_blocks} exceeds the {blocks} blocks of "
+                          f"{name}; use at most {blocks}, or plan for this model (`edgeadapt memory plan "
+                          f"{name} --budget SIZE --save FILE`)")
+    trainable = blocks - plan.frozen_blocks(blocks)
+    if plan.checkpoint_segments > trainable:
+        raise ConfigError(f"{source}: checkpoint_segments {plan.checkpoint_segments} exceeds the "
+                          f"{trainable} trainable blocks of {name} ({blocks} blocks, {blocks - trainable} "
+                          f"frozen); use at most {trainable}")
+    if plan.model is not None and (plan.model.family, plan.model.num_blocks) != (here.family, blocks):
+        warnings.warn(f"{source} was chosen for {plan.model.name} ({plan.model.family}, "
+                      f"{plan.model.num_blocks} blocks), not {name} ({here.family}, {blocks} blocks): its "
+                      f"memory figures do not carry over; plan for this model with `edgeadapt memory plan "
+                      f"{name} --budget SIZE`", stacklevel=2)
+    return plan.plan()
+
+
+def check_divides(plan: MemoryPlan, batch_size: int, field: str = "micro_batch_size",
+                  batch_field: str = "batch size") -> None:
+    """Refuse (:class:`~edgeadapt.errors.ConfigError`) a micro-batch size that does not divide the
+    batch (micro-batches of unequal size, or one larger than the batch), naming ``field``, the
+    values and the divisors that do."""
+    mb = plan.micro_batch_size
+    if mb is None or (mb <= batch_size and batch_size % mb == 0):
+        return
+    divisors = [d for d in range(1, batch_size + 1) if batch_size % d == 0]
+    why = "is larger than" if mb > batch_size else "does not divide"
+    raise ConfigError(f"{field} {mb} {why} the {batch_field} {batch_size}; use one of its divisors "
+                      f"{', '.join(map(str, divisors))} (or null: the whole batch in one pass)")
+
+
+def save_plan(plan: MemoryPlan, path: str | Path, model: PlanModel | None = None) -> Path:
     """Write ``plan`` as JSON with ``kind: memory-plan`` (only the fields that differ from the
-    defaults); returns the path."""
+    defaults) and, when given, the ``model`` it was chosen for; returns the path."""
     path = Path(path)
-    data = {"kind": KIND, **plan.model_dump(exclude_defaults=True)}
+    data: dict[str, Any] = {"kind": KIND}
+    if model is not None:
+        data["model"] = model.model_dump()
+    data.update(MemoryPlan(**plan.model_dump()).model_dump(exclude_defaults=True))
     path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     return path

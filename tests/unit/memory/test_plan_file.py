@@ -1,0 +1,94 @@
+"""Memory plan files record the model they were chosen for and are checked against the model they
+are applied to; ``memory estimate`` refuses a micro-batch that does not divide the batch.
+
+Before: a plan file held only the knobs, so a ViT plan applied to a ResNet silently, and
+``memory estimate --plan`` took ``micro_batch_size: 3`` for ``--batch-size 8``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+
+from edgeadapt.cli import memory as cli_memory
+from edgeadapt.cli.main import main
+from edgeadapt.errors import ConfigError
+from edgeadapt.memory.plan import MemoryPlan
+from edgeadapt.memory.plan_file import (
+    PlanModel,
+    check_divides,
+    check_plan_fits,
+    load_plan,
+    load_plan_file,
+    plan_model,
+    save_plan,
+)
+from edgeadapt.models.registry import load_adapter
+
+VIT = PlanModel(name="tiny-vit", family="vit", num_blocks=4)
+
+
+def test_memory_plan_save_records_the_model(tmp_path, capsys):
+    saved = tmp_path / "plan.json"
+    assert main(["--quiet", "memory", "plan", "tiny-resnet", "--budget", "64MiB", "--max-probes", "1",
+                 "--probe-steps", "1", "--probe-batches", "1", "--eval-batches", "1", "--save", str(saved)]) == 0
+    data = json.loads(saved.read_text())
+    assert data["model"] == {"name": "tiny-resnet", "family": "resnet", "num_blocks": 3}
+    assert main(["validate", str(saved)]) == 0 and "valid memory-plan" in capsys.readouterr().out
+
+
+def test_a_plan_file_round_trips_with_its_model_and_old_files_still_load(tmp_path):
+    plan = MemoryPlan(freeze_blocks=1, checkpoint_segments=2)
+    path = save_plan(plan, tmp_path / "p.json", VIT)
+    assert load_plan_file(path).model == VIT and load_plan(path) == plan
+    old = tmp_path / "old.json"  # written before the model was recorded
+    old.write_text('{"kind": "memory-plan", "freeze_blocks": 1}')
+    assert load_plan_file(old).model is None and load_plan(old) == MemoryPlan(freeze_blocks=1)
+
+
+def test_a_plan_for_more_blocks_than_the_model_has_is_refused_with_the_count(tmp_path):
+    resnet = load_adapter("tiny-resnet")
+    assert plan_model(resnet, "tiny-resnet").num_blocks == 3
+    too_many = load_plan_file(save_plan(MemoryPlan(freeze_blocks=4), tmp_path / "f.json"))
+    with pytest.raises(ConfigError, match=r"plan: freeze_blocks 4 exceeds the 3 blocks of tiny-resnet; use at "
+                                          r"most 3"):
+        check_plan_fits(too_many, resnet, "tiny-resnet")
+    segments = load_plan_file(save_plan(MemoryPlan(freeze_blocks=2, checkpoint_segments=2), tmp_path / "s.json"))
+    with pytest.raises(ConfigError, match=r"checkpoint_segments 2 exceeds the 1 trainable blocks .*use at most 1"):
+        check_plan_fits(segments, resnet, "tiny-resnet")
+
+
+def test_a_plan_recorded_for_another_model_warns_and_an_old_file_does_not(tmp_path):
+    resnet = load_adapter("tiny-resnet")
+    vit_plan = load_plan_file(save_plan(MemoryPlan(freeze_blocks=1), tmp_path / "v.json", VIT))
+    with pytest.warns(UserWarning, match=r"chosen for tiny-vit \(vit, 4 blocks\), not tiny-resnet \(resnet, 3"):
+        assert check_plan_fits(vit_plan, resnet, "tiny-resnet") == MemoryPlan(freeze_blocks=1)
+    unrecorded = load_plan_file(save_plan(MemoryPlan(freeze_blocks=1), tmp_path / "u.json"))
+    same = load_plan_file(save_plan(MemoryPlan(freeze_blocks=1), tmp_path / "r.json",
+                                    plan_model(resnet, "runs/my-resnet")))  # another name, same model
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_plan_fits(unrecorded, resnet, "tiny-resnet")
+        check_plan_fits(same, resnet, "tiny-resnet")
+
+
+@pytest.mark.parametrize("mb, why", [(3, "does not divide"), (16, "is larger than")])
+def test_a_micro_batch_that_does_not_divide_the_batch_names_the_divisors(mb, why):
+    with pytest.raises(ConfigError, match=rf"micro_batch_size {mb} {why} the batch size 8; use one of its "
+                                          r"divisors 1, 2, 4, 8"):
+        check_divides(MemoryPlan(micro_batch_size=mb), 8)
+    check_divides(MemoryPlan(micro_batch_size=4), 8)
+    check_divides(MemoryPlan(), 8)
+
+
+def test_memory_estimate_refuses_an_uneven_micro_batch_before_loading(tmp_path, capsys, monkeypatch):
+    plan = tmp_path / "m3.json"
+    plan.write_text('{"micro_batch_size": 3}')
+    monkeypatch.setattr(cli_memory, "load_model", lambda name: pytest.fail("loaded the model first"),
+                        raising=False)
+    assert main(["memory", "estimate", "tiny-resnet", "--plan", str(plan), "--batch-size", "8"]) == 2
+    err = capsys.readouterr().err
+    assert f"--plan {plan}: micro_batch_size 3 does not divide the --batch-size 8" in err
+    assert "1, 2, 4, 8" in err

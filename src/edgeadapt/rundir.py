@@ -37,10 +37,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from edgeadapt.artifacts import MANIFEST, atomic_write_text, lock_path, recover_dir, remove_tree, sibling
-from edgeadapt.errors import ConfigError, OutputExistsError, OutputLockedError
+from edgeadapt.errors import ConfigError, EdgeAdaptError, OutputExistsError, OutputLockedError
 from edgeadapt.outputs import check_output_dir
 
 RUN_FILE = "run.json"
+LOGS_DIR = "logs"  # a run's tracker output (scaffolding, not a result)
 
 # Fields that never change what a run computes: where it writes, how it reports, whether it resumes,
 # and on which device (a resumed run may move between devices).
@@ -190,6 +191,13 @@ def check_output(directory: str | Path, command: str, config: BaseModel | Mappin
     return digest
 
 
+def _holds_no_results(directory: Path, refused: bool) -> bool:
+    """True when a failed run's ``directory`` holds nothing but ``run.json`` and, after a refusal
+    (``refused``), its ``logs/`` tree: the scaffolding the run set up before it was refused."""
+    names = {p.name for p in directory.iterdir()}
+    return RUN_FILE in names and names <= ({RUN_FILE, LOGS_DIR} if refused else {RUN_FILE})
+
+
 @contextmanager
 def claim_output(directory: str | Path, command: str, config: BaseModel | Mapping[str, Any], *,
                  overwrite: bool = False, resumable: bool = True, field: str = "out") -> Iterator[Path]:
@@ -200,7 +208,10 @@ def claim_output(directory: str | Path, command: str, config: BaseModel | Mappin
     are set aside and the block gets an empty directory; they are removed when the block ends
     normally and put back, unchanged, when it raises (or, after a kill, by the next claim or load).
     A directory this claim created (or found empty) that the failed block left holding only
-    ``run.json`` is removed again, so a refused run leaves no trace.
+    ``run.json`` is removed again, so a refused run leaves no trace; after a refusal (an
+    :class:`~edgeadapt.errors.EdgeAdaptError`, e.g. an infeasible memory budget found once the model
+    is loaded) the same holds when it also holds only the run's ``logs/`` (no results), so the rerun
+    with the fix needs no ``--overwrite``.
 
     Example::
 
@@ -225,12 +236,13 @@ def claim_output(directory: str | Path, command: str, config: BaseModel | Mappin
             sort_keys=True))
         try:
             yield directory
-        except BaseException:
+        except BaseException as exc:
             if aside is not None:  # put back what was there
                 remove_tree(directory)
                 os.rename(aside, directory)
-            elif fresh and [p.name for p in directory.iterdir()] == [RUN_FILE]:
-                (directory / RUN_FILE).unlink()
+            elif fresh and _holds_no_results(directory, refused=isinstance(exc, EdgeAdaptError)):
+                for entry in directory.iterdir():
+                    remove_tree(entry)
                 if not existed:
                     directory.rmdir()
             raise

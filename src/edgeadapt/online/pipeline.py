@@ -9,15 +9,18 @@ and plots.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from edgeadapt.data.config import DataSection, check_adapt_fits_model
 from edgeadapt.data.stream import DriftStream
 from edgeadapt.errors import ConfigError
 from edgeadapt.memory.accounting import parse_bytes
+from edgeadapt.memory.plan import ADAPTATION_LOSS, MemoryPlan, check_micro_batching
+from edgeadapt.models.registry import make_task, task_of
 from edgeadapt.offline.lora import load_lora_artifact
 from edgeadapt.online.api import adapt, check_methods
 from edgeadapt.online.methods import method_names
@@ -72,11 +75,31 @@ class AdaptConfig(BaseModel):
     out: Path = Field(Path("runs/adapt"), description="Report directory.")
 
     @model_validator(mode="after")
-    def _one_budget(self) -> AdaptConfig:
+    def _one_budget(self, info: ValidationInfo) -> AdaptConfig:
         if self.proxy_params is not None and self.proxy_memory_bytes is not None:
             raise ConfigError("proxy_params and proxy_memory_bytes are alternatives; set one of them")
         check_adapt_fits_model(self)  # the stream must fit the FM in offline/lora, once it exists
+        self._check_loss_fits_model(info)
         return self
+
+    def _check_loss_fits_model(self, info: ValidationInfo | None) -> None:
+        """What ``adapt`` checks of the loss before any compute, here so ``validate`` checks it too:
+        ``loss`` must be the FM's task's loss config, and a loss with MMD needs ``budget.batch_size``
+        >= 2. The FM's task is read from ``offline/lora``; while that is not built, ``validate``
+        notes that the check waits for it."""
+        task = fm_task(self.offline)
+        if task is None:
+            if info is not None and info.context is not None and self.budget.batch_size < 2:
+                info.context.setdefault("notes", []).append(
+                    f"budget.batch_size {self.budget.batch_size} is checked against the foundation model's "
+                    f"loss once {self.offline / 'lora'} is built")
+            return
+        if getattr(loss_config_for(task, self.loss), "mmd", 0):
+            try:
+                check_micro_batching(self.budget.memory or MemoryPlan(), self.budget.batch_size,
+                                     ADAPTATION_LOSS)
+            except ConfigError as exc:
+                raise ConfigError(f"budget.batch_size: {exc}") from None
 
     @field_validator("proxy_memory_bytes", "memory_budget", mode="before")
     @classmethod
@@ -125,6 +148,16 @@ class AdaptConfig(BaseModel):
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0])
+
+
+def fm_task(offline: Path) -> str | None:
+    """The task name (``classification``, ``causal-lm``, ``sentence-embedding``) of the foundation
+    model in ``offline/lora``, from its manifest; ``None`` while it is not built (or unreadable)."""
+    try:
+        manifest = json.loads((Path(offline) / "lora" / "manifest.json").read_text(encoding="utf-8"))
+        return make_task(task_of(manifest["base"]["class"])).name
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def run_adapt(cfg: AdaptConfig, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:

@@ -8,12 +8,17 @@ algorithm done right:
 
 1. **Enumerate** plans (:func:`enumerate_plans`): micro-batch sizes that divide the batch (only
    the whole batch for a loss that is not per-sample), leading frozen blocks, and checkpoint
-   segments ``0 … trainable blocks``.
+   segments ``0 … trainable blocks``; with ``batch_sizes``, also at smaller *effective* batches
+   (the data's batches split into several optimizer steps): MPOptimizer's batch size as a knob
+   that trades memory for more, cheaper updates. Unlike accumulation it changes the training
+   (noisier steps, BatchNorm over fewer samples), so it is offered only when the caller asks and
+   judged by the probes like freezing.
 2. **Predict** each with one profile (:func:`~edgeadapt.memory.estimator.profile` once, then
    :func:`~edgeadapt.memory.estimator.predict` per plan: microseconds each). Plans predicted over
    the budget are dropped; when none is left, :class:`~edgeadapt.errors.InfeasibleError` names
    the smallest budget some plan fits and that plan.
-3. **Pareto filter** (:func:`pareto`) on (predicted bytes, predicted step seconds). Freezing
+3. **Pareto filter** (:func:`pareto`, per effective batch size) on (predicted bytes, predicted
+   step seconds). Freezing
    changes *what* learns, not only its cost, so a plan is dominated only by one that freezes no
    more blocks (otherwise "freeze everything", the cheapest in both memory and time, would
    dominate every plan and the accuracy probes would have nothing to choose from).
@@ -24,12 +29,13 @@ algorithm done right:
    noise cannot pick a slower twin. At most ``max_probes`` classes (spread over the freezing
    levels) are probed: each representative is measured for real
    (:func:`~edgeadapt.memory.estimator.measure`; one measured over the budget is dropped and the
-   next fastest of its class taken), then
-   trained from the same starting weights on the current data by successive halving
-   (:func:`race`) over the *retraining horizon* the caller names (``horizon_steps``, default the
-   online stage's 30 steps per domain, or ``horizon_seconds``): arms are compared on the gain
-   they have *reached* at equal steps (equal predicted training seconds for a time horizon), the
-   final round at the whole horizon or at the share of it that ``max_probe_seconds`` affords.
+   next fastest of its class taken), then trained from the same starting weights on the current
+   data by successive halving (:func:`~edgeadapt.memory.probes.race` with a
+   :class:`~edgeadapt.memory.probes.Prober`) over the *retraining horizon* the caller names
+   (``horizon_steps``, default the online stage's 30 steps per domain, or ``horizon_seconds``):
+   arms are compared on the gain they have *reached* at equal steps (equal predicted training
+   seconds for a time horizon), the final round at the whole horizon or at the share of it that
+   ``max_probe_seconds`` affords.
    MPOptimizer ranks by gain per second over probes of a few steps instead; measured over 10 s of
    real retraining that favours freezing (cheap steps, quick early gains that plateau lower)
    where keeping every block trainable ends higher. The gain is the rise in accuracy on held-out
@@ -53,28 +59,27 @@ Example::
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
 from edgeadapt.errors import ConfigError, InfeasibleError
 from edgeadapt.memory.accounting import format_bytes, parse_bytes
-from edgeadapt.memory.estimator import OptimizerName, Profile, make_optimizer, measure, predict, profile
-from edgeadapt.memory.knobs import BATCHNORMS, LossFn, apply_plan, batch_size_of, block_chain, train_step
+from edgeadapt.memory.estimator import OptimizerName, Profile, measure, predict, profile
+from edgeadapt.memory.knobs import BATCHNORMS, LossFn, batch_size_of, block_chain, split_batch
 from edgeadapt.memory.plan import LossTraits, MemoryPlan, task_loss_traits
+from edgeadapt.memory.probes import MAX_PROBE_SECONDS, Probe, Prober, race, successive_halving, update_class
 from edgeadapt.models.adapter import ModelAdapter
 from edgeadapt.training.device import to_device
 
 Batch = dict[str, torch.Tensor]
-Arm = TypeVar("Arm")
 
 DEFAULT_HORIZON_STEPS = 30  # the online stage's retraining steps per domain (RetrainBudget.steps)
-MAX_PROBE_SECONDS = 20.0  # predicted training seconds of all probes together (planning stays <= 60 s)
 
+# race, successive_halving and update_class live in memory/probes.py and are re-exported here
 __all__ = ["DEFAULT_HORIZON_STEPS", "Candidate", "SearchResult", "describe_plan", "enumerate_plans",
            "format_result", "pareto", "race", "search", "successive_halving", "update_class"]
 
@@ -88,9 +93,11 @@ class Candidate:
     (probed plans only, else ``None``). ``gain``: the metric's rise over the plan's probe
     (accuracy points as a fraction, or loss decrease), ``gain_per_second`` that per measured
     training second, ``loss_drop_per_second`` the tie-breaker, ``probe_steps`` the optimizer steps
-    it was probed for. ``status``: ``over budget`` (predicted), ``dominated``, ``not probed``
-    (Pareto but beyond ``max_probes``), ``measured over budget``, ``eliminated after N steps``,
-    ``chosen``."""
+    it was probed for. ``batch_size``: the effective batch (rows per optimizer step) when smaller
+    than the data's (``search(..., batch_sizes=...)``; retrain on the data's batches split into
+    parts of this size), ``None`` for the data's batch. ``status``: ``over budget`` (predicted),
+    ``dominated``, ``not probed`` (Pareto but beyond ``max_probes``), ``measured over budget``,
+    ``eliminated after N steps``, ``chosen``."""
 
     plan: MemoryPlan
     predicted_bytes: int
@@ -103,10 +110,16 @@ class Candidate:
     gain_per_second: float | None = None
     loss_drop_per_second: float | None = None
     probe_steps: int = 0
+    batch_size: int | None = None
+
+    @property
+    def describe(self) -> str:
+        """The plan's short label, with its effective batch when that is not the data's."""
+        return describe_plan(self.plan, self.batch_size)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the plan as its fields, the figures, the status."""
-        return {"plan": self.plan.model_dump(), "describe": describe_plan(self.plan),
+        return {"plan": self.plan.model_dump(), "describe": self.describe, "batch_size": self.batch_size,
                 "predicted_bytes": self.predicted_bytes, "measured_bytes": self.measured_bytes,
                 "step_seconds": self.step_seconds, "measured_step_seconds": self.measured_step_seconds,
                 "gain": self.gain, "gain_per_second": self.gain_per_second,
@@ -139,9 +152,10 @@ class SearchResult:
                 "notes": list(self.notes)}
 
 
-def describe_plan(plan: MemoryPlan) -> str:
-    """A short label: ``"mb 4, freeze 2, ckpt 1"``; ``"no knobs"`` for the default plan."""
-    parts = []
+def describe_plan(plan: MemoryPlan, batch_size: int | None = None) -> str:
+    """A short label: ``"mb 4, freeze 2, ckpt 1"``; ``"no knobs"`` for the default plan; with an
+    effective ``batch_size`` smaller than the data's, ``"batch 8, mb 4"``."""
+    parts = [] if batch_size is None else [f"batch {batch_size}"]
     if plan.micro_batch_size is not None:
         parts.append(f"mb {plan.micro_batch_size}")
     if plan.freeze_fraction is not None:
@@ -194,128 +208,6 @@ def pareto(points: Sequence[tuple[float, float, int]]) -> list[bool]:
     return keep
 
 
-def successive_halving(arms: Sequence[Arm], pull: Callable[[Arm, int], tuple[float, ...]],
-                       first_steps: int = 2,
-                       eta: int = 2) -> tuple[Arm, dict[int, tuple[int, tuple[float, ...]]]]:
-    """Successive halving (Jamieson & Talwalkar 2016) over ``arms``.
-
-    ``pull(arm, steps)`` trains ``arm`` until it has had ``steps`` optimizer steps in all (it
-    continues from where its last pull stopped) and returns its score (a tuple, higher is
-    better). Round ``r`` brings every surviving arm to ``first_steps * eta**r`` steps; the best
-    ``ceil(n / eta)`` by score survive (ties: the earlier arm), until one is left (it is not
-    pulled again). A single arm is pulled once. Returns the last arm left and, per arm index, the
-    steps it reached and its last score."""
-    if not arms:
-        raise ConfigError("successive halving needs at least one arm")
-    if first_steps < 1 or eta < 2:
-        raise ConfigError(f"successive halving needs first_steps >= 1 and eta >= 2, got {first_steps}, {eta}")
-    alive = list(range(len(arms)))
-    seen: dict[int, tuple[int, tuple[float, ...]]] = {}
-    steps = first_steps
-    while True:
-        for i in alive:
-            seen[i] = (steps, tuple(pull(arms[i], steps)))
-        ranked = sorted(alive, key=lambda i: (tuple(-v for v in seen[i][1]), i))
-        alive = sorted(ranked[:math.ceil(len(alive) / eta)])
-        if len(alive) == 1:
-            return arms[alive[0]], seen
-        steps *= eta
-
-
-def race(step_seconds: Sequence[float], frozen: Sequence[int],
-         pull: Callable[[int, int], tuple[float, ...]], *, horizon_steps: int | None = None,
-         horizon_seconds: float | None = None, max_probe_seconds: float = MAX_PROBE_SECONDS,
-         min_steps: int = 1, noise: float = 0.0, eta: int = 2) -> tuple[int, dict[int, int]]:
-    """Which arm buys the most in the retraining horizon: successive halving on equal budgets.
-
-    Arm ``k`` costs ``step_seconds[k]`` per optimizer step (predicted, so the schedule is
-    deterministic) and freezes ``frozen[k]`` blocks. ``pull(k, steps)`` trains it on to ``steps``
-    steps in all and returns its gain reached (a tuple, higher is better: the metric, then
-    tie-breakers). The horizon is ``horizon_steps`` (a step-budgeted retraining: arms are compared
-    at equal steps) or ``horizon_seconds`` (a time-budgeted one: at equal training seconds, so a
-    cheap frozen arm gets more steps). Each arm's final probe is the whole horizon, or less so that
-    all probes together cost at most ``max_probe_seconds`` when the slowest arms survive; earlier
-    rounds get ``1/eta`` of the next one's budget (at least ``min_steps`` steps), and the best
-    ``ceil(n / eta)`` survive each round. Ranking is by the gain *reached*, not per second: a
-    frozen arm that rises fast in a few steps but plateaus lower loses over a long horizon. A
-    more-frozen arm must also beat a less-frozen one by more than ``noise`` (the probe's
-    resolution) per extra frozen block: the first score is lowered by ``noise * frozen[k]``.
-
-    Returns the chosen arm's index and the steps each arm reached. Raises
-    :class:`~edgeadapt.errors.ConfigError` without arms or with an unusable horizon."""
-    n = len(step_seconds)
-    if n == 0 or len(frozen) != n:
-        raise ConfigError("race needs at least one arm, with a step time and a frozen count each")
-    if (horizon_steps is None) == (horizon_seconds is None):
-        raise ConfigError("race needs exactly one of horizon_steps and horizon_seconds")
-    by_time = horizon_seconds is not None
-    unit = [max(s, 1e-9) if not by_time else 1.0 for s in step_seconds]  # seconds per clock unit
-    horizon = float(horizon_seconds if by_time else horizon_steps)
-    sizes = [n]
-    while sizes[-1] > 1:
-        sizes.append(math.ceil(sizes[-1] / eta))
-    rounds = len(sizes) - 1  # the last survivor is not pulled again
-    if n == 1:  # nothing to choose: one short probe reports its gain
-        pull(0, min_steps)
-        return 0, {0: min_steps}
-
-    def steps_at(k: int, clock: float) -> int:
-        return max(min_steps, round(clock / step_seconds[k])) if by_time else max(min_steps, round(clock))
-
-    # worst-case cost of all rounds per clock unit of the final probe: the slowest arms survive
-    slowest = sorted(unit, reverse=True)
-    per_unit = sum(sum(slowest[:sizes[r]]) / eta ** (rounds - 1 - r) for r in range(rounds))
-    final = min(horizon, max_probe_seconds / per_unit)
-    alive = list(range(n))
-    reached: dict[int, int] = {}
-    for r in range(rounds):
-        clock = final / eta ** (rounds - 1 - r)
-        scores = {}
-        for k in alive:
-            reached[k] = max(reached.get(k, 0), steps_at(k, clock))
-            score = tuple(pull(k, reached[k]))
-            scores[k] = (score[0] - noise * frozen[k],) + score[1:]
-        ranked = sorted(alive, key=lambda k: (tuple(-v for v in scores[k]), frozen[k], k))
-        alive = sorted(ranked[:sizes[r + 1]])
-    return alive[0], reached
-
-
-class _Probe:
-    """The persistent state of probing one plan: its own weights, buffers and optimizer, swapped
-    into the shared model for each pull."""
-
-    def __init__(self, plan: MemoryPlan, start: dict[str, torch.Tensor]) -> None:
-        self.plan = plan
-        self.state = {k: v.clone() for k, v in start.items()}
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.steps = 0
-        self.seconds = 0.0
-        self.step_times: list[float] = []
-        self.metric: tuple[float, float] | None = None
-
-
-def _evaluate(adapter: ModelAdapter, batches: Sequence[Batch], accuracy: bool,
-              loss_fn: LossFn | None = None) -> tuple[float, float]:
-    """(accuracy or 0, mean loss: ``loss_fn``'s, else the task's) of the model on ``batches`` in
-    eval mode."""
-    model = adapter.model
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            if accuracy:
-                scores = adapter.task.evaluate(model, batches)
-                return float(scores["accuracy"]), float(scores["loss"])
-            losses = [float(loss_fn(adapter, b) if loss_fn else adapter.task.loss(model, b)) for b in batches]
-            return 0.0, sum(losses) / len(losses)
-    finally:
-        model.train(was)
-
-
-def _labelled(adapter: ModelAdapter, batches: Sequence[Batch]) -> bool:
-    return adapter.task.name == "classification" and all("labels" in b for b in batches)
-
-
 def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
            eval_batches: Sequence[Batch] | None = None, *, optimizer: OptimizerName = "adam",
            lr: float = 1e-3, seed: int = 0, probe_steps: int = 2, max_probes: int = 8,
@@ -323,26 +215,32 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
            loss_fn: LossFn | None = None,
            measure_probes: bool = True, prof: Profile | None = None,
            horizon_steps: int | None = None, horizon_seconds: float | None = None,
-           max_probe_seconds: float = MAX_PROBE_SECONDS) -> SearchResult:
+           max_probe_seconds: float = MAX_PROBE_SECONDS,
+           batch_sizes: Sequence[int] | None = None) -> SearchResult:
     """Choose the plan to retrain ``adapter`` with under ``budget`` (bytes, or ``"512MiB"``).
 
     ``batches``: the current data, each one optimizer step's batch (the effective batch; the
     first is profiled and measured, all are cycled through by the probes). ``eval_batches``
     (default ``batches``): held-out batches the gain is measured on. ``horizon_steps`` /
-    ``horizon_seconds``: the retraining the plan is for (optimizer steps, or training seconds; at
-    most one; default :data:`DEFAULT_HORIZON_STEPS`, the online stage's steps per domain): arms
-    are compared on the gain reached at equal steps, or at equal predicted training seconds, over
-    up to that horizon (:func:`race`), within ``max_probe_seconds`` of predicted training in all.
+    ``horizon_seconds``: the retraining the plan is for (optimizer steps at the data's batch, or
+    training seconds; at most one; default :data:`DEFAULT_HORIZON_STEPS`, the online stage's
+    steps per domain): arms are compared on the gain reached at equal steps (equal samples, for
+    arms at a smaller batch), or at equal predicted training seconds, over up to that horizon
+    (:func:`~edgeadapt.memory.probes.race`), within ``max_probe_seconds`` of predicted training in
+    all. ``batch_sizes``: effective batch sizes to consider besides the data's (divisors of it;
+    default none): a plan at batch ``b`` splits each data batch into ``B / b`` optimizer steps
+    (:attr:`Candidate.batch_size`).
     ``probe_steps``: the fewest steps an arm has in the first round; ``max_probes``: classes of
-    plans with the same updates probed at most (spread evenly over the freezing levels), each by its fastest
-    predicted Pareto plan. ``measure_probes``: measure every probed plan (else only the chosen
-    one). ``prof``: a profile to reuse. ``loss_fn(adapter, batch)`` (default the task loss) is
-    what retraining minimises (e.g. an adaptation loss, with its ``traits``); without labels its
-    decrease on ``eval_batches`` is the gain.
+    plans with the same updates probed at most (spread evenly over the freezing levels), each by
+    its fastest predicted Pareto plan. ``measure_probes``: measure every probed plan (else only the
+    chosen one). ``prof``: a profile to reuse. ``loss_fn(adapter, batch)`` (default the task loss)
+    is what retraining minimises (e.g. an adaptation loss, with its ``traits``); without labels
+    its decrease on ``eval_batches`` is the gain.
 
     Returns a :class:`SearchResult`. Raises :class:`~edgeadapt.errors.InfeasibleError` naming the
     smallest feasible budget and its plan when no plan is predicted (or measured) within the
-    budget, :class:`~edgeadapt.errors.ConfigError` for a bad budget, no batches or bad counts."""
+    budget, :class:`~edgeadapt.errors.ConfigError` for a bad budget, no batches, bad counts or a
+    batch size that does not divide the data's batch."""
     started = time.perf_counter()
     budget_bytes = parse_bytes(budget)
     if budget_bytes <= 0:
@@ -365,36 +263,54 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
     eval_batches = [to_device(b, where) for b in (eval_batches or batches)]
     batch = batches[0]
     size = batch_size_of(batch)
+    sizes = sorted({size, *(batch_sizes or ())}, reverse=True)
+    if any(b < 1 or size % b for b in sizes):
+        raise ConfigError(f"batch_sizes: each must divide the data's batch of {size}, got "
+                          f"{list(batch_sizes or ())}")
+    sizes = [b for b in sizes if b == size or b >= max(1, traits.min_samples)]
     chain = block_chain(adapter)
     n = len(chain.blocks)
     prof = prof or profile(adapter, batch, optimizer, loss_fn=loss_fn, traits=traits, chain=chain)
-    plans = enumerate_plans(n, size, traits, freeze=freeze)
     cands = []
-    for plan in plans:
-        est = predict(prof, plan, size)
-        cands.append(Candidate(plan, est.predicted_bytes, est.step_seconds, plan.frozen_blocks(n)))
+    for b in sizes:
+        for plan in enumerate_plans(n, b, traits, freeze=freeze):
+            est = predict(prof, plan, b)
+            cands.append(Candidate(plan, est.predicted_bytes, est.step_seconds, plan.frozen_blocks(n),
+                                   batch_size=None if b == size else b))
+
+    def rows(c: Candidate) -> int:
+        return c.batch_size or size
+
     fits = [i for i, c in enumerate(cands) if c.predicted_bytes <= budget_bytes]
     if not fits:
         _infeasible(budget_bytes, cands, "predicted")
-    front = pareto([(cands[i].predicted_bytes, cands[i].step_seconds, cands[i].frozen_blocks) for i in fits])
-    on_front = [i for i, keep in zip(fits, front, strict=True) if keep]
+    on_front = []
+    for b in sizes:  # a smaller batch trains differently: plans compete within their batch size
+        same = [i for i in fits if rows(cands[i]) == b]
+        front = pareto([(cands[i].predicted_bytes, cands[i].step_seconds, cands[i].frozen_blocks)
+                        for i in same])
+        on_front += [i for i, keep in zip(same, front, strict=True) if keep]
     for i, c in enumerate(cands):
         status = "over budget" if i not in fits else "not probed" if i in on_front else "dominated"
         cands[i] = replace(c, status=status)
-    # plans with the same updates (same frozen blocks, same normalisation) train identically per
-    # step: probe one per class, the fastest predicted one that measures within the budget
+    # plans with the same updates (same batch, frozen blocks and normalisation) train identically
+    # per step: probe one per class, the fastest predicted one that measures within the budget
     model = adapter.model
     has_bn = any(isinstance(m, BATCHNORMS) for m in model.modules())
-    classes: dict[tuple[int, str, int], list[int]] = {}
+    classes: dict[tuple[int, int, str, int], list[int]] = {}
     for i in on_front:
-        classes.setdefault(update_class(cands[i].plan, size, n, has_bn), []).append(i)
+        b = rows(cands[i])
+        frozen, norm, mb = update_class(cands[i].plan, b, n, has_bn)
+        classes.setdefault((frozen, -b, norm, mb), []).append(i)
     keys = sorted(classes)
     if len(keys) > max_probes:
         picks = sorted({round(k * (len(keys) - 1) / (max_probes - 1)) for k in range(max_probes)}) \
             if max_probes > 1 else [0]
         keys = [keys[k] for k in picks]
 
-    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    def first_rows(c: Candidate) -> Batch:
+        return split_batch(batch, rows(c))[0]
+
     notes: list[str] = []
     probed: list[int] = []
     for key in keys:
@@ -402,16 +318,16 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
         rep = None
         for i in members:
             if rep is not None:
-                cands[i] = replace(cands[i], status=f"same updates as {describe_plan(cands[rep].plan)}, "
-                                   "predicted slower")
+                cands[i] = replace(cands[i],
+                                   status=f"same updates as {cands[rep].describe}, predicted slower")
                 continue
             if measure_probes:
-                real = measure(adapter, cands[i].plan, batch, optimizer, loss_fn=loss_fn, traits=traits,
-                               chain=chain)
+                real = measure(adapter, cands[i].plan, first_rows(cands[i]), optimizer, loss_fn=loss_fn,
+                               traits=traits, chain=chain)
                 cands[i] = replace(cands[i], measured_bytes=real.total_bytes)
                 if real.total_bytes > budget_bytes:
                     cands[i] = replace(cands[i], status="measured over budget")
-                    notes.append(f"{describe_plan(cands[i].plan)}: predicted "
+                    notes.append(f"{cands[i].describe}: predicted "
                                  f"{format_bytes(cands[i].predicted_bytes)} but measured "
                                  f"{format_bytes(real.total_bytes)}, over the budget; dropped")
                     continue
@@ -420,51 +336,22 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
     if not probed:
         _infeasible(budget_bytes, cands, "measured")
 
-    accuracy = _labelled(adapter, eval_batches)
-    with torch.random.fork_rng(devices=[prof.device] if prof.device.startswith("cuda") else []):
-        base = _eval_seeded(adapter, eval_batches, accuracy, seed, loss_fn)
-    probes = {i: _Probe(cands[i].plan, start) for i in probed}
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    split = {b: [part for whole in batches for part in split_batch(whole, b)] for b in sizes}
+    probes = {i: Probe(cands[i].plan, split[rows(cands[i])], start) for i in probed}
     was_training = model.training
-
-    def sync() -> None:
-        if where.type == "cuda":
-            torch.cuda.synchronize(where)
-
-    def pull(i: int, steps: int) -> tuple[float, float]:
-        p = probes[i]
-        model.load_state_dict(p.state)
-        model.train()
-        with apply_plan(model, p.plan, chain) as knobs:
-            if p.optimizer is None:
-                torch.manual_seed(seed)
-                p.optimizer = make_optimizer(knobs.trainable_parameters(), optimizer, lr=lr)
-            while p.steps < steps:
-                b = batches[p.steps % len(batches)]
-                torch.manual_seed(seed + p.steps)
-                sync()
-                t = time.perf_counter()
-                train_step(adapter, b, p.plan, p.optimizer, loss_fn=loss_fn, traits=traits)
-                sync()  # CUDA runs asynchronously: time the step, not its launch
-                p.step_times.append(time.perf_counter() - t)
-                p.steps += 1
-        p.seconds = sum(p.step_times)
-        acc, loss = _eval_seeded(adapter, eval_batches, accuracy, seed, loss_fn)
-        p.metric = (acc - base[0], base[1] - loss)
-        p.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return p.metric if accuracy else (p.metric[1],)
-
-    # probe noise: the standard error of an accuracy on the held-out samples (binomial, at the
-    # starting accuracy; at least one sample's worth), or 1% of the starting loss
-    held = max(1, sum(batch_size_of(b) for b in eval_batches))
-    noise = max(1.0 / held, math.sqrt(base[0] * (1 - base[0]) / held)) if accuracy else 0.01 * abs(base[1])
     devices = [prof.device] if prof.device.startswith("cuda") else []
     try:
         with torch.random.fork_rng(devices=devices):  # the seeds set here leave the caller's RNG alone
+            prober = Prober(adapter, eval_batches, optimizer=optimizer, lr=lr, seed=seed, loss_fn=loss_fn,
+                            traits=traits)
             k_best, _ = race([cands[i].step_seconds for i in probed],
                              [cands[i].frozen_blocks for i in probed],
-                             lambda k, steps: pull(probed[k], steps), horizon_steps=horizon_steps,
-                             horizon_seconds=horizon_seconds, max_probe_seconds=max_probe_seconds,
-                             min_steps=probe_steps, noise=noise)
+                             lambda k, steps: prober.pull(probes[probed[k]], steps),
+                             horizon_steps=horizon_steps, horizon_seconds=horizon_seconds,
+                             max_probe_seconds=max_probe_seconds,
+                             min_steps=probe_steps, noise=prober.noise,
+                             step_scale=[size / rows(cands[i]) for i in probed])
             best = probed[k_best]
     finally:
         model.load_state_dict(start)
@@ -472,45 +359,23 @@ def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
         model.zero_grad(set_to_none=True)
     for i in probed:
         p = probes[i]
-        steps = p.steps
         times = sorted(p.step_times)
-        gain = p.metric[0] if accuracy else p.metric[1]
+        gain = p.metric[0] if prober.accuracy else p.metric[1]
         cands[i] = replace(cands[i], gain=gain, gain_per_second=gain / max(p.seconds, 1e-9),
-                           loss_drop_per_second=p.metric[1] / max(p.seconds, 1e-9), probe_steps=steps,
-                           measured_step_seconds=times[len(times) // 2],
-                           status="chosen" if i == best else f"eliminated after {steps} steps")
+                           loss_drop_per_second=p.metric[1] / max(p.seconds, 1e-9), probe_steps=p.steps,
+                           measured_step_seconds=times[len(times) // 2] if times else None,
+                           status="chosen" if i == best else f"eliminated after {p.steps} steps")
     if cands[best].measured_bytes is None:
-        real = measure(adapter, cands[best].plan, batch, optimizer, loss_fn=loss_fn, traits=traits,
-                       chain=chain)
+        real = measure(adapter, cands[best].plan, first_rows(cands[best]), optimizer, loss_fn=loss_fn,
+                       traits=traits, chain=chain)
         cands[best] = replace(cands[best], measured_bytes=real.total_bytes)
         if real.total_bytes > budget_bytes:
             notes.append(f"the chosen plan measured {format_bytes(real.total_bytes)}, over the budget "
                          f"(predicted {format_bytes(cands[best].predicted_bytes)})")
     return SearchResult(budget_bytes=budget_bytes, batch_size=size, chosen=cands[best], candidates=cands,
-                        metric="accuracy" if accuracy else "loss decrease",
+                        metric="accuracy" if prober.accuracy else "loss decrease",
                         planning_seconds=time.perf_counter() - started, num_blocks=n, device=prof.device,
                         notes=notes)
-
-
-def update_class(plan: MemoryPlan, batch_size: int, num_blocks: int, has_bn: bool) -> tuple[int, str, int]:
-    """What decides a plan's parameter updates: its frozen blocks and how BatchNorm normalises
-    (``"batch"``: over the whole batch, ``"frozen"``: running statistics, ``"micro"``: over
-    micro-batches of the given size). Checkpointing and accumulation of a per-sample loss leave
-    the updates unchanged, so plans with equal keys differ only in memory and time."""
-    frozen = plan.frozen_blocks(num_blocks)
-    mb = min(plan.micro_batch_size or batch_size, batch_size)
-    if not has_bn or mb == batch_size:
-        return frozen, "batch", 0
-    if plan.micro_batch_size is not None and plan.micro_batch_size < plan.batchnorm_min_micro_batch \
-            and plan.batchnorm == "freeze":
-        return frozen, "frozen", 0
-    return frozen, "micro", mb
-
-
-def _eval_seeded(adapter: ModelAdapter, batches: Sequence[Batch], accuracy: bool, seed: int,
-                 loss_fn: LossFn | None = None) -> tuple[float, float]:
-    torch.manual_seed(seed)
-    return _evaluate(adapter, batches, accuracy, loss_fn)
 
 
 def _infeasible(budget: int, cands: list[Candidate], how: str) -> None:
@@ -523,7 +388,7 @@ def _infeasible(budget: int, cands: list[Candidate], how: str) -> None:
         f"--budget {format_bytes(budget)} ({budget} bytes): no plan is {how} to fit among {len(cands)} "
         f"(micro-batching, freezing, checkpointing); the smallest feasible budget is "
         f"{format_bytes(need(smallest))} ({need(smallest)} bytes), reached by plan "
-        f"{describe_plan(smallest.plan)} ({smallest.plan.model_dump_json(exclude_defaults=True)}); raise the "
+        f"{smallest.describe} ({smallest.plan.model_dump_json(exclude_defaults=True)}); raise the "
         f"budget to at least that, or use a smaller batch or model")
 
 
@@ -544,7 +409,7 @@ def format_result(result: SearchResult, all_plans: bool = False) -> str:
         return "-" if v is None else format(v, fmt)
     for c in shown:
         mark = "*" if c is result.chosen else " "
-        rows.append(f"{mark}{describe_plan(c.plan):<25} {format_bytes(c.predicted_bytes):>10} "
+        rows.append(f"{mark}{c.describe:<25} {format_bytes(c.predicted_bytes):>10} "
                     f"{format_bytes(c.measured_bytes) if c.measured_bytes is not None else '-':>10} "
                     f"{c.step_seconds:>8.4f} {num(c.measured_step_seconds, '>8.4f'):>8} "
                     f"{num(c.gain_per_second, '>11.4g'):>11}"
@@ -555,7 +420,7 @@ def format_result(result: SearchResult, all_plans: bool = False) -> str:
     rows += ["", f"{len(result.candidates)} plans: {over} predicted over the budget, {dominated} dominated "
              f"in (memory, time) at no more freezing; {len(shown)} shown"]
     rows += [f"note: {n}" for n in result.notes]
-    rows.append(f"chosen: {describe_plan(ch.plan)}: predicted {format_bytes(ch.predicted_bytes)}, measured "
+    rows.append(f"chosen: {ch.describe}: predicted {format_bytes(ch.predicted_bytes)}, measured "
                 f"{format_bytes(ch.measured_bytes or 0)} of the {format_bytes(result.budget_bytes)} budget; "
                 f"step {ch.measured_step_seconds or ch.step_seconds:.4f} s; {result.metric} gain/s "
                 f"{ch.gain_per_second:.4g}; planning took {result.planning_seconds:.1f} s")

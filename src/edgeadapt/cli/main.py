@@ -26,6 +26,7 @@ from edgeadapt.cli.args import (
 )
 from edgeadapt.cli.data import cmd_data_list, cmd_data_show
 from edgeadapt.cli.memory import cmd_memory_estimate, cmd_memory_plan
+from edgeadapt.cli.offload import add_offload_parser
 from edgeadapt.errors import ConfigError, EdgeAdaptError
 from edgeadapt.outputs import check_output_dir
 from edgeadapt.progress import QUIET_ENV, bar_enabled
@@ -320,42 +321,6 @@ def cmd_llm_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_offload_serve(args: argparse.Namespace) -> int:
-    """Serve blocks of a model to edge devices over gRPC until SIGTERM/SIGINT.
-    Python: ``edgeadapt.offload.serve.serve(MODEL, read_token(F), ServeConfig(host=H, port=P))``."""
-    from edgeadapt.offload.serve import ServeConfig, serve
-    from edgeadapt.offload.transport import read_token
-
-    token = read_token(args.token_file)
-    cfg = ServeConfig(host=args.host, port=args.port, max_frame_bytes=args.max_frame_bytes)
-
-    def ready(running: Any) -> None:
-        chain = running.servicer.chain
-        print(f"serving {args.model} ({len(chain)} blocks) on {args.host}:{running.port}", flush=True)
-
-    served = serve(args.model, token, cfg, ready=ready)
-    print(f"stopped after {served} calls")
-    return 0
-
-
-def cmd_offload_run(args: argparse.Namespace) -> int:
-    """Evaluate a model between this edge and a server: split after --split K at full width, or each
-    block's width and device placed for --floor F (a descendants artifact), re-planned as the link moves.
-    Python: ``edgeadapt.offload.run.run_offload(OffloadRunConfig(...))``."""
-    from edgeadapt.offload.run import OffloadRunConfig, run_offload
-    from edgeadapt.offload.transport import read_token
-
-    cfg = OffloadRunConfig(model=args.model, server=args.server, token=read_token(args.token_file),
-                           split=args.split, data=args.data, batch_size=args.batch_size, limit=args.limit,
-                           timeout_s=args.timeout, floor=args.floor,
-                           profile=str(args.profile) if args.profile else None,
-                           edge_device=args.edge_device, cloud_device=args.cloud_device,
-                           replan_factor=args.replan_factor, emulate_edge=args.emulate_edge)
-    report = run_offload(cfg)
-    print(json.dumps(report.to_dict()) if args.json else report.summary())
-    return 0
-
-
 _OVERWRITE = ("replace the output directory when it holds something else (another command's output, "
               "or a run of another config, which is otherwise refused); what was there is removed only "
               "once the run succeeds")
@@ -503,49 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_data_show)
 
-    s = sub.add_parser("offload", help="split inference between an edge and a server (gRPC)")
-    osub = s.add_subparsers(dest="offload_command", required=True)
-    o = osub.add_parser("serve", help="serve blocks of a model to edge devices until SIGTERM/SIGINT")
-    o.add_argument("--model", required=True, help="as for inspect (CNNs and ViT), or a descendants artifact "
-                   "(every block at every width)")
-    o.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: all)")
-    o.add_argument("--port", type=nonnegative_int, default=50051, help="TCP port (0: a free one, printed)")
-    o.add_argument("--token-file", type=Path, required=True,
-                   help="file holding the device token every call must carry (not world-readable)")
-    o.add_argument("--max-frame-bytes", type=positive_int, default=64 * 1024 * 1024,
-                   help="largest request accepted, in bytes")
-    o.set_defaults(func=cmd_offload_serve)
-    o = osub.add_parser("run", help="evaluate a model split between this edge and an offload server")
-    o.add_argument("--model", required=True, help="the model the server serves (same weights): a name, a "
-                   "HF directory, or a descendants artifact (required by --floor)")
-    o.add_argument("--server", type=nonempty_str, required=True, help="HOST:PORT of `offload serve`")
-    o.add_argument("--token-file", type=Path, required=True, help="file holding the device token")
-    where = o.add_mutually_exclusive_group(required=True)
-    where.add_argument("--split", type=nonnegative_int,
-                       help="K: blocks 1..K run here, the rest on the server, at full width (0: cloud-only; "
-                       "the block count: edge-only)")
-    where.add_argument("--floor", type=finite_float,
-                       help="accuracy floor (fraction): place each block (width, device) by the integer "
-                       "program on the descendants artifact's profile and the measured link; re-plan when "
-                       "the link moves")
-    o.add_argument("--profile", type=Path, default=None,
-                   help="with --floor: the profile (default: profile.json beside the descendants artifact)")
-    o.add_argument("--edge-device", default=None, help="with --floor: the profile's device this edge is "
-                   "(default: its first)")
-    o.add_argument("--cloud-device", default=None, help="with --floor: the profile's device the server is "
-                   "(default: the first other one)")
-    o.add_argument("--replan-factor", type=finite_float, default=1.5,
-                   help="with --floor: re-plan when bandwidth or RTT moves by more than this factor")
-    o.add_argument("--emulate-edge", action="store_true",
-                   help="with --floor: run the edge's blocks at its profile's threads and slowdown")
-    o.add_argument("--data", type=nonempty_str, default="digits", help="image dataset (its test split)")
-    o.add_argument("--batch-size", type=positive_int, default=None,
-                   help="inputs per request (default: the profile's with --floor, else 32)")
-    o.add_argument("--limit", type=positive_int, default=None, help="evaluate at most N test samples")
-    o.add_argument("--timeout", type=finite_float, default=10.0,
-                   help="seconds per call; past it the server counts as unreachable (edge-only fallback)")
-    o.add_argument("--json", action="store_true", help="print one JSON object")
-    o.set_defaults(func=cmd_offload_run)
+    add_offload_parser(sub)
 
     s = sub.add_parser("memory", help="fit retraining into a memory budget: choose or predict a plan")
     msub = s.add_subparsers(dest="memory_command", required=True)

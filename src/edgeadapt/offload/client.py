@@ -34,11 +34,28 @@ class ServerUnreachable(RuntimeError):
     """The server did not answer (connection refused or lost, timeout); the edge falls back."""
 
 
+MIN_SAMPLE_BYTES = 64 * 1024
+"""A transfer at least this large (both directions) is timed into the bandwidth estimate."""
+
+MIN_SAMPLE_S = 2e-3
+"""A smaller transfer counts only when it took, or the estimate says it should take, this long
+(seconds): a few KiB on loopback take microseconds, and their timing is scheduler noise (one such
+call reads 230, the next 7000 Mbit/s)."""
+
+JUMP_FACTOR = 3.0
+"""Two samples in a row this far from the average, on the same side, replace it (the link changed)."""
+
+
 @dataclass
 class LinkEstimate:
     """Exponential moving averages of the round-trip time (s) and of the transfer time per byte
     (whose inverse is ``bandwidth``, bytes/s) measured on real calls; ``alpha`` is the weight of the
-    newest sample. ``None`` until first measured."""
+    newest sample. ``None`` until first measured.
+
+    Only measurable transfers feed the bandwidth (:data:`MIN_SAMPLE_BYTES`, :data:`MIN_SAMPLE_S`),
+    and two samples in a row :data:`JUMP_FACTOR` away from the average on the same side replace it:
+    a real change of link shows within two samples both ways, where the average alone takes one
+    sample to follow a drop but some twenty to follow a thousandfold recovery."""
 
     alpha: float = 0.3
     rtt_s: float | None = None
@@ -47,26 +64,45 @@ class LinkEstimate:
     min_rtt_s: float | None = None
     """The smallest round trip seen: the propagation part of a call, subtracted from transfer times
     (the moving average also holds queueing and scheduling noise, which would make them negative)."""
+    seconds_per_byte: float | None = None
+    """The moving average behind :attr:`bandwidth` (its inverse): transfer time per byte is what a
+    plan's cost adds up, and averaging it (not the rate) makes a drop to a slow link show at once —
+    one 0.8 Mbit/s sample after many at 6 Gbit/s gives 2.7 Mbit/s, where averaging rates took 25
+    samples to get there."""
+    pending: float | None = None
+    """Seconds per byte of the last sample when it was a jump (:data:`JUMP_FACTOR`) not yet
+    confirmed by a second one; the edge probes again soon while it is set."""
+    ignored: int = 0
+    """Transfers too small or too short to time (not folded in)."""
 
     def observe_rtt(self, seconds: float) -> None:
         self.rtt_s = seconds if self.rtt_s is None else (1 - self.alpha) * self.rtt_s + self.alpha * seconds
         self.min_rtt_s = seconds if self.min_rtt_s is None else min(self.min_rtt_s, seconds)
 
-    seconds_per_byte: float | None = None
-    """The moving average behind :attr:`bandwidth` (its inverse): transfer time per byte is what a
-    plan's cost adds up, and averaging it (not the rate) makes a drop to a slow link show at once —
-    one 0.8 Mbit/s sample after many at 6 Gbit/s gives 2.7 Mbit/s, where averaging rates took 25
-    samples to get there — while a recovery shows over a few samples."""
-
-    def observe_transfer(self, nbytes: int, seconds: float) -> None:
-        """A transfer of ``nbytes`` (both directions) that took ``seconds`` on the wire; ignored when
-        too short to time (under 50 µs)."""
-        if seconds < 5e-5 or nbytes <= 0:
-            return
-        spb, old = seconds / nbytes, self.seconds_per_byte
-        self.seconds_per_byte = spb if old is None else (1 - self.alpha) * old + self.alpha * spb
+    def observe_transfer(self, nbytes: int, seconds: float) -> bool:
+        """Fold in a transfer of ``nbytes`` (both directions) that took ``seconds`` on the wire, when
+        it is measurable: at least :data:`MIN_SAMPLE_BYTES`, or :data:`MIN_SAMPLE_S` long as taken
+        or as the estimate predicts (a small frame that should have taken 10 ms and took 10 µs shows
+        a faster link; its time is floored at 50 µs). Returns whether it was folded in."""
+        expected = nbytes * self.seconds_per_byte if self.seconds_per_byte is not None else 0.0
+        if nbytes <= 0 or not (nbytes >= MIN_SAMPLE_BYTES or seconds >= MIN_SAMPLE_S
+                               or expected >= MIN_SAMPLE_S):
+            self.ignored += 1
+            return False
+        spb, old = max(seconds, 5e-5) / nbytes, self.seconds_per_byte
+        if old is None:
+            self.seconds_per_byte = spb
+        else:
+            ratio = spb / old
+            jump = ratio > JUMP_FACTOR or ratio < 1 / JUMP_FACTOR
+            if jump and self.pending is not None and (self.pending > old) == (spb > old):
+                self.seconds_per_byte, self.pending = (spb * self.pending) ** 0.5, None  # a new link
+            else:
+                self.pending = spb if jump else None
+                self.seconds_per_byte = (1 - self.alpha) * old + self.alpha * spb
         self.bandwidth = 1.0 / self.seconds_per_byte
         self.samples += 1
+        return True
 
 
 class OffloadClient:
@@ -81,18 +117,31 @@ class OffloadClient:
         self.metadata = ((TOKEN_KEY, token.decode()),)
         self.link = LinkEstimate()
         self.bytes_sent = self.bytes_received = 0
-        self.channel = grpc.insecure_channel(server, options=[
-            ("grpc.max_receive_message_length", max_frame_bytes),
-            ("grpc.max_send_message_length", max_frame_bytes)])
+        self.probe_bytes_sent = self.probe_bytes_received = 0
+        self.max_frame_bytes = max_frame_bytes
+        self._open()
+
+    def _open(self) -> None:
+        self.channel = grpc.insecure_channel(self.server, options=[
+            ("grpc.max_receive_message_length", self.max_frame_bytes),
+            ("grpc.max_send_message_length", self.max_frame_bytes)])
         self._methods = {m: self.channel.unary_unary(f"/{SERVICE}/{m}")
                          for m in ("Run", "Ping", "Echo", "Info")}
 
-    def call(self, method: str, payload: bytes) -> bytes:
-        """One call of ``method`` with ``payload``; counts bytes and applies the shaper."""
+    def reconnect(self) -> None:
+        """A fresh channel to the same address (a channel that saw the server go keeps backing off
+        its own reconnects for up to minutes; a new one connects as soon as a server listens)."""
+        self.channel.close()
+        self._open()
+
+    def call(self, method: str, payload: bytes, timeout_s: float | None = None) -> bytes:
+        """One call of ``method`` with ``payload`` (``timeout_s``: this call's, default the
+        client's); counts bytes — ``Run`` frames as payload, the rest as probes — and applies the
+        shaper."""
         if self.shaper is not None:
             self.shaper.consume(len(payload))
         try:
-            out = self._methods[method](payload, timeout=self.timeout_s, metadata=self.metadata)
+            out = self._methods[method](payload, timeout=timeout_s or self.timeout_s, metadata=self.metadata)
         except grpc.RpcError as exc:
             code, detail = exc.code(), exc.details()
             if code in UNREACHABLE:
@@ -102,18 +151,22 @@ class OffloadClient:
                               f"{detail}{hint}") from None
         if self.shaper is not None:
             self.shaper.consume(len(out))
-        self.bytes_sent += len(payload)
-        self.bytes_received += len(out)
+        if method == "Run":
+            self.bytes_sent += len(payload)
+            self.bytes_received += len(out)
+        else:
+            self.probe_bytes_sent += len(payload)
+            self.probe_bytes_received += len(out)
         return out
 
     def info(self) -> dict[str, Any]:
         """What the server serves: ``{"model", "blocks", "names", "weights_hash"}``."""
         return json.loads(self.call("Info", b""))
 
-    def ping(self) -> float:
+    def ping(self, timeout_s: float | None = None) -> float:
         """One round trip (seconds), folded into :attr:`link`."""
         t0 = time.perf_counter()
-        self.call("Ping", b"")
+        self.call("Ping", b"", timeout_s)
         rtt = time.perf_counter() - t0
         self.link.observe_rtt(rtt)
         return rtt

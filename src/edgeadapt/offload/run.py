@@ -11,19 +11,27 @@ trip), both as exponential moving averages (:class:`LinkEstimate`).
 ``--floor F`` instead (``M`` a descendants artifact with its profile): the profile restricted to the
 edge and the server (:func:`edge_cloud_profile`) and the measured link give the placement problem;
 :func:`plan` solves it (a width and a device per block) and each request runs it, consecutive blocks
-on one device as one call (:func:`segments`). Before each request :func:`replan_reason` compares
-the link with the figures the plan used, and a move beyond the factor re-solves it (recorded in
-``replans``).
+on one device as one call (:func:`segments`). Before each request a
+:class:`~edgeadapt.offload.replan.Replanner` compares the link with the figures the plan used; a
+move beyond the factor re-solves it, and the placement changes only when the new one is better by a
+margin and the last change is at least ``replan_interval_s`` old (``replans`` lists the changes).
 
 When the server is unreachable (nothing listens, the connection drops, a call times out) the edge
-falls back to running every block itself, and the report says so (``fallback``); a server that
-answers but refuses (bad token, another model, a frame too large) is a user error
-(:class:`~edgeadapt.errors.ConfigError`), not a fallback.
+falls back to running every block itself, warns (``warnings.warn``: one stderr line from the CLI),
+and retries the server on a fresh channel with exponential backoff (:data:`RETRY_FIRST_S` doubling
+up to :data:`RETRY_MAX_S`); when it answers with the same weights the run resumes its split or
+re-plans (``fallbacks`` and ``reconnects`` list both). ``requests_by_mode`` counts the requests that
+ran edge-only, split and cloud-only; ``mode`` is the one mode of them all, or ``mixed``.
+``bytes_sent``/``bytes_received`` are ``Run`` frames (the payload); ``probe_bytes`` the ``Info``,
+``Ping`` and ``Echo`` calls that measure the link. A server that answers but refuses (bad token,
+another model, a frame too large) is a user error (:class:`~edgeadapt.errors.ConfigError`), not a
+fallback.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -37,18 +45,26 @@ from edgeadapt.errors import ConfigError, InfeasibleError
 from edgeadapt.offload.build import PROFILE_FILE
 from edgeadapt.offload.client import LinkEstimate, OffloadClient, ServerUnreachable
 from edgeadapt.offload.netem import TokenBucket
-from edgeadapt.offload.placement import Placement, solve
+from edgeadapt.offload.placement import Placement
 from edgeadapt.offload.profile import ChainProfile
+from edgeadapt.offload.replan import REPLAN_FACTOR, REPLAN_INTERVAL_S, Replanner, plan, replan_reason
 from edgeadapt.offload.serve import RuntimeChain, descendants_dir, load_chain
+
+__all__ = ["OffloadReport", "OffloadRunConfig", "edge_cloud_profile", "plan", "replan_reason", "run_offload",
+           "segments"]
 
 PING_EVERY = 10
 """Requests between two ``Ping`` calls that keep the round-trip estimate current."""
 
-REPLAN_FACTOR = 1.5
-"""A placement is re-solved when the bandwidth or RTT moves by more than this factor from its figures."""
+RETRY_FIRST_S = 0.5
+"""Seconds after a fallback before the server is first tried again; each failed try doubles it."""
 
-MIN_RTT_CHANGE_S = 1e-3
-"""An RTT change smaller than this (seconds) never triggers a re-plan, whatever its factor."""
+RETRY_MAX_S = 8.0
+"""Longest wait between two tries of an unreachable server (seconds)."""
+
+RETRY_TIMEOUT_S = 1.0
+"""Timeout of one retry's ``Ping`` (at most the run's per-call timeout): a retry must not stall the
+edge's requests."""
 
 MIN_PROBE_BYTES = 64 * 1024
 """Smallest ``Echo`` probe of a placement-driven run (its first plan needs a bandwidth)."""
@@ -92,7 +108,9 @@ class OffloadRunConfig:
     cloud_device: str | None = None
     """The profile's device the server is (default: the first other device)."""
     replan_factor: float = REPLAN_FACTOR
-    """Re-plan when the bandwidth or RTT moves by more than this factor from what the plan used."""
+    """Re-solve when the bandwidth or RTT moves by more than this factor from what the plan used."""
+    replan_interval_s: float = REPLAN_INTERVAL_S
+    """Least time between two placement changes (seconds; the first change is never held back)."""
     emulate_edge: bool = False
     """Run the edge's blocks as its device profile says: with its thread count, and sleeping
     ``(slowdown - 1)×`` their compute time (so measured latency matches what the plan assumed)."""
@@ -117,16 +135,30 @@ class OffloadReport:
     accuracy: float
     latency_ms: dict[str, float]
     bytes_sent: int
+    """``Run`` frames sent (activations; the payload). Link probes are in :attr:`probe_bytes`."""
     bytes_received: int
     rtt_ms: float | None
     bandwidth_mbps: float | None
+    requests_by_mode: dict[str, int] = field(default_factory=dict)
+    """Requests that ran ``edge-only``, ``split`` and ``cloud-only`` (by where their blocks ran)."""
+    probe_bytes: dict[str, int] = field(default_factory=dict)
+    """``sent`` and ``received`` by the ``Info``, ``Ping`` and ``Echo`` calls that measure the link."""
+    fallbacks: list[dict[str, Any]] = field(default_factory=list)
+    """Every fall back to edge-only: ``at_request``, ``reason`` (``fallback`` is the first)."""
+    reconnects: list[dict[str, Any]] = field(default_factory=list)
+    """Every return to the server after a fallback: ``at_request``, ``down_s`` (seconds since the
+    fallback), ``tries``."""
+    replan_checks: int = 0
+    """Re-solves after the first plan that kept the placement (link moved, placement not better)."""
     placement: dict[str, Any] | None = None
     """The placement in force at the end: ``blocks`` (per block ``block``, ``width``, ``device``),
     and with ``floor`` the plan's ``floor``, ``predicted_accuracy``, ``predicted_latency_ms``, the
     ``link`` it was solved for, the ``devices`` (profiles) and the profile's ``batch_size``."""
     replans: list[dict[str, Any]] = field(default_factory=list)
-    """Every re-plan: ``at_request``, ``reason``, the ``link`` solved for, whether the placement
-    ``changed``, and the new placement's ``blocks``."""
+    """Every placement change: ``at_request``, ``at_s`` (seconds since the run started) and ``time``
+    (epoch seconds), ``reason``, the ``link`` solved for, ``changed`` (true: a kept placement is
+    counted in :attr:`replan_checks`, not listed), and the new placement's ``blocks``; a return to
+    the server after a fallback is one too (``reason`` ``reconnected``)."""
     logits: torch.Tensor | None = field(default=None, repr=False)
     """Every sample's logits in dataset order (``[N, classes]``), kept for checks; not in :meth:`to_dict`."""
 
@@ -139,20 +171,27 @@ class OffloadReport:
                  f"({self.requests} requests of {self.batch_size})"]
         where = (f"split after block {self.split}/{self.blocks} ({self.split_after or 'input'})"
                  if self.split is not None else f"placement over {self.blocks} blocks")
-        lines.append(f"{where}, mode {self.mode}"
-                     + (f" — fell back to edge-only at request {self.fallback['at_request']}: "
-                        f"{self.fallback['reason']}" if self.fallback else ""))
+        by_mode = ", ".join(f"{v} {k}" for k, v in self.requests_by_mode.items() if v)
+        lines.append(f"{where}, mode {self.mode} (requests: {by_mode})")
+        lines += [f"  fell back to edge-only at request {f['at_request']}: {f['reason']}"
+                  for f in self.fallbacks]
+        lines += [f"  back on the server at request {r['at_request']} after {r['down_s']:.1f} s"
+                  for r in self.reconnects]
         if self.placement is not None and self.split is None:
             p = self.placement
             lines.append(f"floor {p['floor']:.4f}: predicted accuracy {p['predicted_accuracy']:.4f}, "
                          f"predicted latency {p['predicted_latency_ms']:.2f} ms")
             lines += [f"  {i + 1:>2} {b['block']:<40} width {b['width']:<5} on {b['device']}"
                       for i, b in enumerate(p["blocks"])]
-            lines.append(f"re-planned {len(self.replans)} times"
-                         + "".join(f"\n  at request {r['at_request']}: {r['reason']}"
-                                   + ("" if r["changed"] else " (same placement)") for r in self.replans))
-        lines.append(f"latency p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms; sent {self.bytes_sent:,} "
-                     f"bytes, received {self.bytes_received:,}")
+            lines.append(f"placement changed {len(self.replans)} times "
+                         f"({self.replan_checks} re-solves kept it)"
+                         + "".join(f"\n  at request {r['at_request']}: {r['reason']} -> "
+                                   + ", ".join(f"{b['width']}@{b['device']}" for b in r["blocks"])
+                                   for r in self.replans))
+        probes = self.probe_bytes
+        lines.append(f"latency p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms; payload sent "
+                     f"{self.bytes_sent:,} bytes, received {self.bytes_received:,}; link probes sent "
+                     f"{probes.get('sent', 0):,}, received {probes.get('received', 0):,}")
         if self.rtt_ms is not None:
             bw = f"{self.bandwidth_mbps:.1f} Mbit/s" if self.bandwidth_mbps is not None else "not measured"
             lines.append(f"link: rtt {self.rtt_ms:.2f} ms, bandwidth {bw} (moving averages)")
@@ -160,26 +199,6 @@ class OffloadReport:
 
 
 # -- placement-driven runs ---------------------------------------------------------------------
-def replan_reason(planned_bandwidth: float, planned_rtt_s: float, bandwidth: float | None,
-                  rtt_s: float | None, factor: float = REPLAN_FACTOR,
-                  min_rtt_change_s: float = MIN_RTT_CHANGE_S) -> str | None:
-    """Why the link has moved far enough from what a plan used (bandwidth in bytes/s, RTT in
-    seconds) to re-plan, or ``None``: the bandwidth changed by more than ``factor`` either way, or
-    the RTT did and by more than ``min_rtt_change_s`` (a loopback RTT of 0.2 vs 0.4 ms is noise, not
-    a new link). Unmeasured figures (``None``) never trigger."""
-    if bandwidth is not None and planned_bandwidth > 0 and bandwidth > 0:
-        ratio = max(bandwidth / planned_bandwidth, planned_bandwidth / bandwidth)
-        if ratio > factor:
-            return (f"bandwidth {planned_bandwidth * 8 / 1e6:.2f} -> {bandwidth * 8 / 1e6:.2f} Mbit/s "
-                    f"(x{ratio:.2f} > {factor})")
-    moved = rtt_s is not None and abs(rtt_s - planned_rtt_s) > min_rtt_change_s
-    if moved and planned_rtt_s > 0 and rtt_s > 0:
-        ratio = max(rtt_s / planned_rtt_s, planned_rtt_s / rtt_s)
-        if ratio > factor:
-            return f"rtt {planned_rtt_s * 1e3:.2f} -> {rtt_s * 1e3:.2f} ms (x{ratio:.2f} > {factor})"
-    return None
-
-
 def edge_cloud_profile(profile: ChainProfile, edge: str | None = None, cloud: str | None = None
                        ) -> ChainProfile:
     """``profile`` restricted to two devices, edge first (the source of requests): ``edge`` and
@@ -193,13 +212,6 @@ def edge_cloud_profile(profile: ChainProfile, edge: str | None = None, cloud: st
             raise ConfigError(f"{flag} {name!r}: the profile's devices are {names}; the edge and the cloud "
                               "are two of them (profile the descendants on both)")
     return replace(profile, devices=[profile.devices[names.index(edge)], profile.devices[names.index(cloud)]])
-
-
-def plan(profile: ChainProfile, floor: float, bandwidth: float, rtt_s: float) -> Placement:
-    """The placement of least predicted latency meeting ``floor`` over the profile's devices (device 0,
-    the edge, is the source) with a link of ``bandwidth`` bytes/s and ``rtt_s`` seconds. Raises
-    :class:`~edgeadapt.errors.InfeasibleError` naming the best reachable accuracy."""
-    return solve(profile.problem(bandwidth, rtt_s, source=0), floor)
 
 
 def segments(devices: Sequence[int]) -> list[tuple[int, int, int]]:
@@ -264,11 +276,11 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
                 chain: RuntimeChain | None = None) -> OffloadReport:
     """Evaluate ``cfg.model`` between this process (the edge) and ``cfg.server``: split after block
     ``cfg.split`` at full width, or (``cfg.floor``) placed block by block — width and device — by
-    the integer program on the artifact's profile and the measured link, re-planned when the link
-    moves by more than ``cfg.replan_factor`` (checked before each request; while no block runs on the
-    server, a ping and a small ``Echo`` every :data:`PING_EVERY` requests or :data:`PROBE_EVERY_S`
-    seconds keep the link measured).
-    Consecutive blocks on one device are one call.
+    the integer program on the artifact's profile and the measured link, re-planned with hysteresis
+    (:class:`~edgeadapt.offload.replan.Replanner`, checked before each request; while no block runs
+    on the server, a ping and a small ``Echo`` every :data:`PING_EVERY` requests or
+    :data:`PROBE_EVERY_S` seconds — and at the next request while a jump of the link is unconfirmed
+    — keep the link measured). Consecutive blocks on one device are one call.
     ``chain`` is the edge's copy when already loaded (else :func:`load_chain` of ``cfg.model``), and
     ``shaper`` emulates a slower link.
 
@@ -276,7 +288,8 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
     server that refuses or serves other weights, and
     :class:`~edgeadapt.errors.InfeasibleError` (naming the best reachable accuracy) for a floor no
     placement reaches; an unreachable server is a fallback to edge-only (with ``floor``: the
-    fastest edge-only widths meeting it), recorded in the report."""
+    fastest edge-only widths meeting it) with a warning, retried with backoff and resumed when it
+    answers, all recorded in the report."""
     check_address(cfg.server)
     if not cfg.timeout_s > 0:
         raise ConfigError(f"--timeout {cfg.timeout_s}: give a positive number of seconds")
@@ -286,6 +299,8 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
         raise ConfigError(f"--floor {cfg.floor}: an accuracy floor is a fraction in (0, 1]")
     if not cfg.replan_factor > 1.0:
         raise ConfigError(f"replan_factor {cfg.replan_factor}: give a factor above 1")
+    if not cfg.replan_interval_s >= 0:
+        raise ConfigError(f"--replan-interval {cfg.replan_interval_s}: give seconds >= 0")
     chain = chain if chain is not None else load_chain(cfg.model)
     n = len(chain)
     if cfg.split is not None and not 0 <= cfg.split <= n:
@@ -299,28 +314,26 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
     batch_size = cfg.batch_size or (profile.batch_size if profile is not None else DEFAULT_BATCH_SIZE)
     split = _test_split(cfg.data, chain)
     widths: list[float] = [1.0] * n
-    devices: list[int] = [0] * n if cfg.split is None else [0] * cfg.split + [1] * (n - cfg.split)
-    client: OffloadClient | None = None
-    fallback: dict[str, Any] | None = None
-    if profile is not None or cfg.split < n:
-        client = OffloadClient(cfg.server, cfg.token, cfg.timeout_s, shaper)
-        try:
-            _check_server(client.info(), chain, cfg.server)
-            for _ in range(3):
-                client.ping()
-            probe = max(cfg.probe_bytes, MIN_PROBE_BYTES) if profile is not None else cfg.probe_bytes
-            if probe:
-                client.echo(probe)
-        except ServerUnreachable as exc:
-            fallback = {"reason": str(exc), "at_request": 0}
-    replans: list[dict[str, Any]] = []
-    planned: tuple[float, float] | None = None
+    split_devices = [0] * n if cfg.split is None else [0] * cfg.split + [1] * (n - cfg.split)
+    devices: list[int] = list(split_devices)
+    replanner = (Replanner(profile, cfg.floor, cfg.replan_factor, cfg.replan_interval_s)
+                 if profile is not None else None)
     chosen: Placement | None = None
+    replans: list[dict[str, Any]] = []
+    fallbacks: list[dict[str, Any]] = []
+    reconnects: list[dict[str, Any]] = []
+    t_start = time.perf_counter()
+    down: dict[str, Any] | None = None  # while the server is unreachable: since, wait, next try, tries
+    probe = max(cfg.probe_bytes, MIN_PROBE_BYTES) if profile is not None else cfg.probe_bytes
 
-    def place(bandwidth: float, rtt_s: float) -> None:
-        nonlocal widths, devices, planned, chosen
-        chosen = plan(profile, cfg.floor, bandwidth, rtt_s)
-        widths, devices, planned = list(chosen.widths), list(chosen.devices), (bandwidth, rtt_s)
+    def adopt(placement: Placement) -> None:
+        nonlocal widths, devices, chosen
+        chosen, widths, devices = placement, list(placement.widths), list(placement.devices)
+
+    def record(i: int, reason: str) -> None:
+        replans.append({"at_request": i, "at_s": time.perf_counter() - t_start, "time": time.time(),
+                        "reason": reason, "link": _link_dict(*replanner.planned), "changed": True,
+                        **_placement_dict(chain, widths, devices, names)})
 
     def go_edge_only() -> None:  # with a floor: the fastest edge-only widths that meet it
         nonlocal widths, devices, chosen
@@ -332,58 +345,105 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
                 pass
         devices = [0] * n
 
-    if profile is not None:
-        if fallback is None:
-            place(client.link.bandwidth, client.link.rtt_s)
+    def fall_back(i: int, exc: Exception) -> None:
+        nonlocal down
+        now = time.perf_counter()
+        down = {"since": now, "wait": RETRY_FIRST_S, "next": now + RETRY_FIRST_S, "tries": 0}
+        fallbacks.append({"reason": str(exc), "at_request": i})
+        warnings.warn(f"offload run: the server is unreachable at request {i} ({exc}); running every block "
+                      f"on the edge and retrying the server (first in {RETRY_FIRST_S:g} s)", stacklevel=3)
+        go_edge_only()
+
+    def connect(i: int, timeout_s: float | None = None) -> None:
+        """Check the server, measure the link and place (or restore the split); raises
+        ServerUnreachable."""
+        client.ping(timeout_s)
+        _check_server(client.info(), chain, cfg.server)
+        for _ in range(2):
+            client.ping(timeout_s)
+        if probe:
+            client.echo(probe)
+        if replanner is not None:
+            adopt(replanner.start(client.link.bandwidth, client.link.rtt_s))
         else:
-            go_edge_only()
-    elif fallback is not None:
-        devices = [0] * n
+            devices[:] = split_devices
+
+    def try_back(i: int) -> None:
+        nonlocal down
+        down["tries"] += 1
+        try:
+            client.reconnect()
+            connect(i, min(RETRY_TIMEOUT_S, cfg.timeout_s))
+        except ServerUnreachable:
+            down["wait"] = min(2 * down["wait"], RETRY_MAX_S)
+            down["next"] = time.perf_counter() + down["wait"]
+            return
+        reconnects.append({"at_request": i, "down_s": time.perf_counter() - down["since"],
+                           "tries": down["tries"]})
+        down = None
+        warnings.warn(f"offload run: the server answers again at request {i}; back to offloading",
+                      stacklevel=3)
+        if replanner is not None:
+            record(i, "reconnected")
+
+    client: OffloadClient | None = None
+    if profile is not None or cfg.split < n:
+        client = OffloadClient(cfg.server, cfg.token, cfg.timeout_s, shaper)
+        try:
+            connect(0)
+        except ServerUnreachable as exc:
+            fall_back(0, exc)
     edge = profile.devices[0] if profile is not None else None
     threads = torch.get_num_threads()
     if cfg.emulate_edge and edge is not None:
         torch.set_num_threads(edge.threads)  # once for the run: switching per call costs more than it saves
     latencies, logits, labels = [], [], []
+    by_mode = {"edge-only": 0, "split": 0, "cloud-only": 0}
     probed = time.perf_counter()
     try:
         for i, batch in enumerate(split.batches(batch_size)):
             if cfg.limit is not None and sum(len(y) for y in labels) >= cfg.limit:
                 break
-            due = i % PING_EVERY == 0 or time.perf_counter() - probed > PROBE_EVERY_S
-            if profile is not None and fallback is None and i and due and 1 not in devices:
-                try:  # nothing runs on the server: probe the link so the plan can move back to it
-                    client.ping()
-                    client.echo(_probe_bytes(client.link))
-                except ServerUnreachable as exc:
-                    fallback = {"reason": str(exc), "at_request": i}
-                probed = time.perf_counter()
-            if profile is not None and fallback is None and i:
-                reason = replan_reason(*planned, client.link.bandwidth, client.link.rtt_s, cfg.replan_factor)
-                if reason is not None:
-                    before = (widths, devices)
-                    place(client.link.bandwidth, client.link.rtt_s)
-                    replans.append({"at_request": i, "reason": reason, "link": _link_dict(*planned),
-                                    "changed": before != (widths, devices),
-                                    **_placement_dict(chain, widths, devices, names)})
+            if down is not None and client is not None and time.perf_counter() >= down["next"]:
+                try_back(i)
+            if profile is not None and down is None and i and 1 not in devices:
+                due = i % PING_EVERY == 0 or time.perf_counter() - probed > PROBE_EVERY_S
+                if due or client.link.pending is not None:  # nothing on the server: probe the link
+                    try:
+                        client.ping()
+                        client.echo(_probe_bytes(client.link))
+                    except ServerUnreachable as exc:
+                        fall_back(i, exc)
+                    probed = time.perf_counter()
+            if replanner is not None and down is None and i:
+                change = replanner.check(client.link.bandwidth, client.link.rtt_s)
+                if change is not None and change.changed:
+                    adopt(replanner.current)
+                    record(i, change.reason)
+                elif change is not None and not change.held:
+                    chosen = replanner.current  # re-costed on the new link
             t0 = time.perf_counter()
             h, now = batch["pixel_values"], list(widths)  # a fallback mid-request keeps its widths
+            ran: set[int] = set()
             for start, end, device in segments(devices):
                 out = None
-                if device == 1 and fallback is None:
+                if device == 1 and down is None:
                     try:
                         if i and i % PING_EVERY == 0:
                             client.ping()
                         out = client.run(start, end, h, now[start:end])
+                        ran.add(1)
                     except ServerUnreachable as exc:
-                        fallback = {"reason": str(exc), "at_request": i}
-                        go_edge_only()
+                        fall_back(i, exc)
                 if out is None:
                     t1 = time.perf_counter()
                     out = chain.run(start, end, h, now[start:end])
+                    ran.add(0)
                     if cfg.emulate_edge and edge is not None:
                         time.sleep((edge.slowdown - 1.0) * (time.perf_counter() - t1))
                 h = out
             latencies.append((time.perf_counter() - t0) * 1e3)
+            by_mode["split" if ran == {0, 1} else "cloud-only" if ran == {1} else "edge-only"] += 1
             logits.append(h)
             labels.append(batch["labels"])
     finally:
@@ -396,24 +456,29 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
     link = client.link if client is not None else LinkEstimate()
     placement = _placement_dict(chain, widths, devices, names)
     if chosen is not None:
+        planned = replanner.planned if down is None else None
         placement.update(floor=cfg.floor, predicted_accuracy=chosen.accuracy,
                          predicted_latency_ms=chosen.latency_s * 1e3,
                          link=_link_dict(*planned) if planned is not None else None,
                          devices=[d.to_dict() for d in profile.devices], batch_size=profile.batch_size,
                          emulated_edge=cfg.emulate_edge)
-    on = set(devices)
+    modes = [m for m, count in by_mode.items() if count]
     return OffloadReport(
         model=cfg.model, server=cfg.server, data=cfg.data, split=cfg.split, blocks=n,
         split_after=chain.names[cfg.split - 1] if cfg.split else None,
-        mode="edge-only" if on == {0} else "cloud-only" if on == {1} else "split",
-        fallback=fallback, samples=len(all_labels), requests=len(latencies), batch_size=batch_size,
-        accuracy=float((all_logits.argmax(-1) == all_labels).float().mean()),
+        mode=modes[0] if len(modes) == 1 else "mixed",
+        fallback=fallbacks[0] if fallbacks else None, samples=len(all_labels), requests=len(latencies),
+        batch_size=batch_size, accuracy=float((all_logits.argmax(-1) == all_labels).float().mean()),
         latency_ms={"p50": float(np.percentile(latencies, 50)), "p95": float(np.percentile(latencies, 95)),
                     "mean": float(np.mean(latencies))},
         bytes_sent=client.bytes_sent if client else 0, bytes_received=client.bytes_received if client else 0,
         rtt_ms=link.rtt_s * 1e3 if link.rtt_s is not None else None,
         bandwidth_mbps=link.bandwidth * 8 / 1e6 if link.bandwidth is not None else None,
-        placement=placement, replans=replans, logits=all_logits)
+        placement=placement, replans=replans, logits=all_logits, requests_by_mode=by_mode,
+        probe_bytes={"sent": client.probe_bytes_sent if client else 0,
+                     "received": client.probe_bytes_received if client else 0},
+        fallbacks=fallbacks, reconnects=reconnects,
+        replan_checks=replanner.kept if replanner is not None else 0)
 
 
 def check_address(server: str, field: str = "--server") -> None:

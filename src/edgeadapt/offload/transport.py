@@ -111,6 +111,8 @@ def parse_header(frame: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES
         header = json.loads(frame[8:8 + n])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _invalid(f"frame header is not JSON: {exc}") from None
+    except RecursionError:  # "[[[[..." nested past the parser's depth (the fuzz harness found it)
+        raise _invalid("frame header nests too deeply") from None
     if not isinstance(header, dict):
         raise _invalid("frame header is not a JSON object")
     meta = header.pop("__metadata__", None) or {}
@@ -133,7 +135,7 @@ def parse_header(frame: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES
                        f"does not equal the payload of {payload} bytes")
     try:
         fields = json.loads(meta.get(FIELDS_KEY, "{}")) if isinstance(meta, dict) else None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, TypeError, RecursionError) as exc:
         raise _invalid(f"request fields are not JSON: {exc}") from None
     if not isinstance(fields, dict):
         raise _invalid("request fields are not a JSON object")

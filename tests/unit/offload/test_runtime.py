@@ -251,9 +251,11 @@ def test_nothing_listening_falls_back_to_edge_only(chain, trained):
     adapter, test = trained
     cfg = OffloadRunConfig("tiny-resnet", f"127.0.0.1:{free_port()}", TOKEN, split=2, batch_size=128,
                            timeout_s=2.0)
-    report = run_offload(cfg, chain=chain)
+    with pytest.warns(UserWarning, match="unreachable at request 0.*running every block on the edge"):
+        report = run_offload(cfg, chain=chain)
     assert report.mode == "edge-only" and report.fallback["at_request"] == 0
     assert "UNAVAILABLE" in report.fallback["reason"] and report.bytes_sent == 0
+    assert report.probe_bytes == {"sent": 0, "received": 0}
     with torch.no_grad():
         torch.testing.assert_close(report.logits, adapter.model(pixel_values=test.images).logits, atol=1e-5,
                                    rtol=0)
@@ -282,7 +284,9 @@ def test_a_server_lost_mid_run_falls_back_for_the_rest(chain, trained):
         report = run_offload(cfg, StopAfter(running, 10 + 2 * 2 + 1), chain=chain)
     finally:
         running.stop(grace=0)
-    assert report.mode == "edge-only" and report.fallback["at_request"] == 2
+    assert report.fallback["at_request"] == 2 and report.reconnects == []  # stopped for good
+    assert report.mode == "mixed" and report.requests_by_mode == {
+        "edge-only": report.requests - 2, "split": 2, "cloud-only": 0}
     assert report.samples == len(test) and report.bytes_sent > 0
     with torch.no_grad():
         torch.testing.assert_close(report.logits, adapter.model(pixel_values=test.images).logits, atol=1e-5,

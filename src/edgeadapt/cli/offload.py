@@ -94,6 +94,7 @@ def cmd_offload_run(args: argparse.Namespace) -> int:
 
     cfg = OffloadRunConfig(model=args.model, server=args.server, token=read_token(args.token_file),
                            split=args.split, data=args.data, batch_size=args.batch_size, limit=args.limit,
+                           duration_s=args.duration,
                            timeout_s=args.timeout, floor=args.floor,
                            profile=str(args.profile) if args.profile else None,
                            edge_device=args.edge_device, cloud_device=args.cloud_device,
@@ -174,6 +175,8 @@ def add_offload_parser(sub: Any) -> None:
     o.add_argument("--batch-size", type=positive_int, default=None,
                    help="inputs per request (default: the profile's with --floor, else 32)")
     o.add_argument("--limit", type=positive_int, default=None, help="evaluate at most N test samples")
+    o.add_argument("--duration", type=finite_float, default=None, metavar="SECONDS",
+                   help="keep sending requests (cycling the test split) for this long instead of one pass")
     o.add_argument("--timeout", type=finite_float, default=10.0,
                    help="seconds per call; past it the server counts as unreachable (edge-only fallback, "
                    "retried with backoff)")

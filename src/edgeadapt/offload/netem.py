@@ -71,6 +71,37 @@ class TokenBucket:
         return shaped
 
 
+class SteppedBucket(TokenBucket):
+    """A :class:`TokenBucket` whose rate changes on a schedule: ``steps`` are ``(seconds, rate)``
+    pairs, each ``seconds`` after the previous step (the first after the first message), switching
+    to ``rate`` bytes/s; below the starting rate the burst shrinks to ``max(1500, rate / 100)``
+    bytes (a slow link has a short queue). ``changed_at`` holds each step's nominal time
+    (``time.time()``, epoch seconds) once it has taken effect: what a re-plan is timed from."""
+
+    def __init__(self, rate: float, burst: int, steps: list[tuple[float, float]],
+                 delay_s: float = 0.0) -> None:
+        super().__init__(rate, burst, delay_s)
+        self.steps, self.start_rate, self.start_burst = list(steps), float(rate), int(burst)
+        self.first: float | None = None
+        self.changed_at: list[float] = []
+
+    def consume(self, n: int) -> float:
+        now = time.time()
+        self.first = now if self.first is None else self.first
+        while len(self.changed_at) < len(self.steps):
+            k = len(self.changed_at)
+            due = self.first + sum(seconds for seconds, _ in self.steps[:k + 1])
+            if now < due:
+                break
+            rate = float(self.steps[k][1])
+            with self._lock:
+                self.rate = rate
+                self.burst = self.start_burst if rate >= self.start_rate else max(1500, int(rate / 100))
+                self._tokens = min(self._tokens, self.burst)
+            self.changed_at.append(due)
+        return super().consume(n)
+
+
 @dataclass(frozen=True)
 class NamespacePair:
     """Two namespaces joined by a shaped veth pair: the edge end ``(ns_a, ip_a)`` and the server end

@@ -92,6 +92,9 @@ class OffloadRunConfig:
     measured at), else 32."""
     limit: int | None = None
     """Evaluate at most this many test samples (``None`` = all)."""
+    duration_s: float | None = None
+    """Keep sending requests, cycling the test split, until this many seconds have passed (``None``:
+    one pass); ``limit`` still caps the samples. For timing re-plans and latency percentiles."""
     timeout_s: float = 10.0
     """Per-call timeout; a call past it counts as the server being unreachable."""
     probe_bytes: int = 256 * 1024
@@ -299,6 +302,8 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
         raise ConfigError(f"--floor {cfg.floor}: an accuracy floor is a fraction in (0, 1]")
     if not cfg.replan_factor > 1.0:
         raise ConfigError(f"replan_factor {cfg.replan_factor}: give a factor above 1")
+    if cfg.duration_s is not None and not cfg.duration_s > 0:
+        raise ConfigError(f"--duration {cfg.duration_s}: give a positive number of seconds")
     if not cfg.replan_interval_s >= 0:
         raise ConfigError(f"--replan-interval {cfg.replan_interval_s}: give seconds >= 0")
     chain = chain if chain is not None else load_chain(cfg.model)
@@ -399,10 +404,19 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
         torch.set_num_threads(edge.threads)  # once for the run: switching per call costs more than it saves
     latencies, logits, labels = [], [], []
     by_mode = {"edge-only": 0, "split": 0, "cloud-only": 0}
-    probed = time.perf_counter()
+    probed = started = time.perf_counter()
+
+    def requests() -> Any:  # one pass, or passes until cfg.duration_s
+        while True:
+            yield from split.batches(batch_size)
+            if cfg.duration_s is None or time.perf_counter() - started >= cfg.duration_s:
+                return
+
     try:
-        for i, batch in enumerate(split.batches(batch_size)):
+        for i, batch in enumerate(requests()):
             if cfg.limit is not None and sum(len(y) for y in labels) >= cfg.limit:
+                break
+            if cfg.duration_s is not None and time.perf_counter() - started >= cfg.duration_s:
                 break
             if down is not None and client is not None and time.perf_counter() >= down["next"]:
                 try_back(i)

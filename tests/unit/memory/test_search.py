@@ -13,8 +13,8 @@ import torch
 from edgeadapt.cli.main import main
 from edgeadapt.data.calibration import calibration_batches
 from edgeadapt.errors import ConfigError, InfeasibleError
-from edgeadapt.memory.estimator import predict, profile
-from edgeadapt.memory.knobs import block_chain
+from edgeadapt.memory.estimator import measure, predict, profile
+from edgeadapt.memory.knobs import block_chain, split_batch
 from edgeadapt.memory.plan import ADAPTATION_LOSS, LossTraits, MemoryPlan
 from edgeadapt.memory.plan_file import load_plan, save_plan
 from edgeadapt.memory.search import enumerate_plans, pareto, race, search, successive_halving, update_class
@@ -266,3 +266,42 @@ def test_a_custom_loss_over_the_whole_batch_is_never_micro_batched_and_ranked_by
     assert result.metric == "loss decrease"
     assert all(c.plan.micro_batch_size is None for c in result.candidates)
     assert result.chosen.measured_bytes <= budget and result.chosen.gain is not None
+
+
+def test_race_gives_arms_at_a_smaller_batch_equal_samples_over_a_step_horizon():
+    # arm 1 runs batches of a quarter of the data's: 4 steps per data-batch step, each cheaper
+    pulls: list[tuple[int, int]] = []
+
+    def pull(k: int, steps: int) -> tuple[float]:
+        pulls.append((k, steps))
+        return (float(steps),)
+
+    race([0.02, 0.006], [0, 0], pull, horizon_steps=10, max_probe_seconds=60.0, step_scale=[1.0, 4.0])
+    assert pulls == [(0, 10), (1, 40)]
+    with pytest.raises(ConfigError, match="step_scale"):
+        race([0.02, 0.006], [0, 0], pull, horizon_steps=10, step_scale=[1.0])
+
+
+def test_a_smaller_effective_batch_is_a_knob_predicted_and_measured_at_its_own_batch():
+    """Before: search had no batch_sizes. Now plans at a smaller effective batch (several optimizer
+    steps per data batch, no accumulation) are enumerated, predicted at their batch, compete on
+    the Pareto set within their batch size, and are measured and probed on split batches."""
+    adapter, train, held, prof = _setup("tiny-vit")
+    budget = predict(prof, MemoryPlan(), 4).predicted_bytes  # no knobs fits at batch 4, not at 8
+    result = search(adapter, budget, train, held, prof=prof, batch_sizes=[4, 2], max_probes=12,
+                    horizon_steps=4)
+    by = {(c.plan, c.batch_size): c for c in result.candidates}
+    assert by[(MemoryPlan(), None)].status == "over budget"
+    assert by[(MemoryPlan(), 4)].status not in ("over budget", "dominated")
+    assert by[(MemoryPlan(), 4)].describe == "batch 4" and by[(MemoryPlan(), 2)].describe == "batch 2"
+    assert {c.batch_size for c in result.candidates} == {None, 4, 2}
+    probed = [c for c in result.candidates if c.probe_steps]
+    assert {c.batch_size for c in probed} >= {4, 2}
+    chosen = result.chosen
+    assert chosen.predicted_bytes <= budget and chosen.measured_bytes <= budget
+    assert result.batch_size == 8 and chosen.to_dict()["batch_size"] == chosen.batch_size
+    rows = chosen.batch_size or 8
+    real = measure(adapter, chosen.plan, split_batch(train[0], rows)[0]).total_bytes
+    assert real == chosen.measured_bytes
+    with pytest.raises(ConfigError, match="divide"):
+        search(adapter, budget, train, held, prof=prof, batch_sizes=[3])

@@ -102,6 +102,45 @@ EMULATED_EDGE = DeviceProfile(
     "emulated on the profiling machine: 1 thread, latencies x4 (an assumed Raspberry-Pi-4-class board)")
 LOCAL_CLOUD = DeviceProfile("cloud", 1.0, 2, 16 * 2**30, "the profiling machine itself, 2 threads")
 
+# Published latency (seconds) of torchvision ResNet-18, one 3x224x224 image, PyTorch eager in fp16, on
+# real devices: NVIDIA-AI-IOT/torch2trt benchmarks/JETSON_NANO.md and JETSON_XAVIER.md ("Latency
+# (PyTorch)" column), and the same torch2trt benchmark run on a Chameleon Cloud GPU node
+# (waggle-sensor/summer2021, Liu/torch2trt-results.md). :func:`calibrated_device` turns one into a
+# slowdown against this machine's own ResNet-18 latency (:func:`reference_latency`).
+REFERENCE_LATENCY_S: dict[str, float] = {"jetson-nano": 0.0347, "jetson-xavier": 0.0071, "cloud-gpu": 0.00401}
+
+
+def reference_latency(threads: int = 1, warmup: int = 3, repeats: int = 9) -> float:
+    """Median seconds of one ResNet-18 forward (torchvision's architecture: transformers
+    ``ResNetConfig`` basic blocks [2, 2, 2, 2], widths 64-512, random weights) on one 3×224×224 image
+    on this machine at ``threads`` intra-op threads: the yardstick :func:`calibrated_device` compares
+    published device latencies with."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(num_channels=3, embedding_size=64, hidden_sizes=[64, 128, 256, 512],
+                          depths=[2, 2, 2, 2], layer_type="basic", num_labels=1000)
+    torch.manual_seed(0)
+    model = ResNetForImageClassification(config).eval()
+    x = torch.randn(1, 3, 224, 224)
+    return measure_latency(model, x, DeviceProfile("here", 1.0, threads, 1),
+                           warmup, repeats)
+
+
+def calibrated_device(name: str, kind: str, here_s: float, memory_bytes: int,
+                      threads: int = 1) -> DeviceProfile:
+    """A device of ``kind`` (a key of :data:`REFERENCE_LATENCY_S`) emulated on this machine: slowdown =
+    its published ResNet-18 latency / ``here_s`` (this machine's, :func:`reference_latency` at
+    ``threads``). The calibration is at 224×224 and batch 1; the description says so."""
+    if kind not in REFERENCE_LATENCY_S:
+        raise ConfigError(f"no published reference latency for {kind!r}; known: "
+                          f"{', '.join(REFERENCE_LATENCY_S)}")
+    if here_s <= 0:
+        raise ConfigError(f"this machine's reference latency must be positive, got {here_s!r}")
+    ref = REFERENCE_LATENCY_S[kind]
+    return DeviceProfile(name, ref / here_s, threads, memory_bytes,
+                         f"{kind}: ResNet-18 (224x224, batch 1, PyTorch fp16) {ref * 1e3:g} ms published vs "
+                         f"{here_s * 1e3:.1f} ms here at {threads} thread(s): latencies x{ref / here_s:.3f}")
+
 
 # -- measurements ------------------------------------------------------------------------------
 @torch.inference_mode()
@@ -113,15 +152,19 @@ def measure_latencies(runs: Sequence[tuple[nn.Module, torch.Tensor, DeviceProfil
     Runs sharing a thread count are timed together, interleaved (``repeats`` rounds timing each
     once), so a burst of load on a shared machine hits them alike; the thread count is set once per
     group, because switching it between calls made a 2-thread convolution on a busy 2-core machine
-    take 75 ms instead of 0.07 ms."""
+    take 75 ms instead of 0.07 ms. Runs of the same module on the same input tensor at the same
+    thread count (emulated devices that differ only in slowdown) are timed once and share the
+    median, so their latencies keep exactly the ratio of their slowdowns."""
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"latency needs repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
     before = torch.get_num_threads()
-    times: list[list[float]] = [[] for _ in runs]
+    keys = [(id(module), id(x), device.threads) for module, x, device in runs]
+    first = {key: i for i, key in reversed(list(enumerate(keys)))}
+    times: dict[int, list[float]] = {i: [] for i in first.values()}
     try:
         for threads in dict.fromkeys(device.threads for _, _, device in runs):
             group = [(i, module, x) for i, (module, x, device) in enumerate(runs)
-                     if device.threads == threads]
+                     if device.threads == threads and first[keys[i]] == i]
             torch.set_num_threads(threads)
             for _, module, x in group:
                 for _ in range(warmup):
@@ -133,7 +176,7 @@ def measure_latencies(runs: Sequence[tuple[nn.Module, torch.Tensor, DeviceProfil
                     times[i].append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(before)
-    return [statistics.median(t) * device.slowdown for t, (_, _, device) in zip(times, runs)]
+    return [statistics.median(times[first[key]]) * device.slowdown for key, (_, _, device) in zip(keys, runs)]
 
 
 def measure_latency(module: nn.Module, x: torch.Tensor, device: DeviceProfile, warmup: int = 3,

@@ -128,3 +128,34 @@ def test_runs_are_timed_interleaved_per_thread_count():
     # one-thread runs (a, c) warm up, then alternate per round; then the two-thread run
     assert calls == [("a", 1), ("c", 1), ("a", 1), ("c", 1), ("a", 1), ("c", 1), ("b", 2), ("b", 2), ("b", 2)]
     assert out[2] > out[0]
+
+
+def test_devices_differing_only_in_slowdown_share_one_timing():
+    from edgeadapt.offload.profile import measure_latencies
+
+    calls = []
+
+    class Count(torch.nn.Module):
+        def forward(self, x):
+            calls.append(1)
+            return x
+
+    module, x = Count(), torch.zeros(1)
+    slow = DeviceProfile("slow", 3.0, 1, 1)
+    fast = measure_latencies([(module, x, CLOUD), (module, x, slow), (Count(), x, slow)], warmup=1,
+                             repeats=4)[:2]
+    # the first two runs are one module on one input at one thread: timed once (1 warm-up + 4), the
+    # third is another module: timed on its own
+    assert len(calls) == 2 * (1 + 4)
+    assert fast[1] == pytest.approx(3.0 * fast[0])
+
+
+def test_calibrated_device_scales_by_published_over_measured():
+    from edgeadapt.offload.profile import REFERENCE_LATENCY_S, calibrated_device
+
+    nano = calibrated_device("edge", "jetson-nano", REFERENCE_LATENCY_S["jetson-nano"] / 2, 1)
+    assert nano.slowdown == pytest.approx(2.0) and nano.threads == 1 and "jetson-nano" in nano.description
+    with pytest.raises(ConfigError, match="known: jetson-nano"):
+        calibrated_device("edge", "raspberry", 0.03, 1)
+    with pytest.raises(ConfigError, match="positive"):
+        calibrated_device("edge", "jetson-nano", 0.0, 1)

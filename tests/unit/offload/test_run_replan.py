@@ -87,7 +87,8 @@ def test_the_link_estimate_ignores_unmeasurable_frames_and_follows_a_change_in_t
 def offloading(tmp_path_factory):
     """Descendants of tiny-resnet (widths 1, 0.5) and a profile in which the edge is 20x slower than
     measured and the cloud 4x faster: on loopback every block belongs on the cloud, on a link of
-    20 kB/s on the edge. ``(artifact dir, profile path, server address)``."""
+    20 kB/s on the edge (``slow-cloud.json`` beside it: a cloud 100x slower than that edge, where
+    every block stays on the edge). ``(artifact dir, profile path, server address)``."""
     adapter, _ = trained_tiny_resnet(epochs=1)
     out = tmp_path_factory.mktemp("replan")
     cfg = OffloadBuildConfig("tiny-resnet", widths=(1.0, 0.5), epochs=1, batch_size=128, warmup=0, repeats=2,
@@ -99,6 +100,10 @@ def offloading(tmp_path_factory):
             r["latency_s"] = {"edge": r["latency_s"]["edge"] * 20, "cloud": r["latency_s"]["edge"] / 4}
     path = Path(out / "fast-cloud.json")
     path.write_text(json.dumps(data))
+    for row in data["rows"]:
+        for r in row:
+            r["latency_s"]["cloud"] = r["latency_s"]["edge"] * 100
+    (out / "slow-cloud.json").write_text(json.dumps(data))
     running = start_server(load_chain(out / "descendants"), TOKEN, ServeConfig(port=0))
     yield out, path, f"127.0.0.1:{running.port}"
     running.stop(grace=0)
@@ -127,3 +132,16 @@ def test_a_bandwidth_drop_and_recovery_each_replan_within_two_seconds(offloading
     assert "cloud" in {b["device"] for b in back["blocks"]}
     assert back["time"] - recovered <= 2.0, (back, recovered)
     assert report.fallback is None and report.mode == "mixed"
+
+
+def test_an_edge_only_floor_run_counts_its_link_probes_apart_from_payload(offloading, monkeypatch):
+    from edgeadapt.offload import run as offload_run
+
+    out, profile, server = offloading
+    monkeypatch.setattr(offload_run, "PROBE_EVERY_S", 0.0)  # probe before every request
+    slow_cloud = str(profile.parent / "slow-cloud.json")
+    cfg = OffloadRunConfig(str(out), server, TOKEN, floor=0.5, profile=slow_cloud, limit=10)
+    report = run_offload(cfg)
+    assert report.mode == "edge-only" and report.requests_by_mode["edge-only"] == 10
+    assert report.bytes_sent == 0 and report.bytes_received == 0
+    assert report.probe_bytes["sent"] > 9 * 4096 and report.probe_bytes["received"] > 9 * 4096

@@ -6,8 +6,10 @@ that validates it. ``edgeadapt validate FILE`` runs exactly this and nothing els
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import math
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,15 @@ BUILD_COMMANDS: dict[str, str] = {
 }
 # Paths edgeadapt commands write by default, without a config.
 DEFAULT_OUTPUTS: dict[str, str] = {"runs/ref-llama": "edgeadapt llm-pretrain"}
+# Plan files `validate` recognises by their `format` (they have no `kind`): format -> ("module:Class"
+# with a `from_dict`, what reads them).
+PLAN_FORMATS: dict[str, tuple[str, str]] = {
+    "edgeadapt.pruning-plan": ("edgeadapt.pruning.plan:PruningPlan", "edgeadapt prune MODEL --plan {}"),
+    "edgeadapt.channel-plan": ("edgeadapt.pruning.channel_plan:ChannelPlan",
+                               "edgeadapt prune MODEL --plan {}"),
+}
+# format -> the field that marks a plan file written without its `format`
+PLAN_FIELDS: dict[str, str] = {"edgeadapt.pruning-plan": "blocks", "edgeadapt.channel-plan": "groups"}
 
 
 def config_model(kind: str) -> type[BaseModel]:
@@ -43,8 +54,42 @@ def config_model(kind: str) -> type[BaseModel]:
     return getattr(importlib.import_module(module), name)
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line per problem: ``field.path: message (got value)``."""
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside a field's annotation (``X``, ``X | None``, ``list[X]``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def fields_at(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the (nested) model at ``loc`` in ``model`` (``()``: its own fields;
+    ``("train",)``: the ``train:`` section's); ``[]`` where ``loc`` leaves the pydantic models."""
+    current = model
+    for part in loc:
+        if isinstance(part, int):  # a list index: the items' model
+            continue
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        current = _submodel(fields[part].annotation)
+    return list(getattr(current, "model_fields", {}))
+
+
+def unknown_field_message(key: Any, known: list[str]) -> str:
+    """The message for an unknown config field: the closest known name when one is close."""
+    close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+    if close:
+        return f"unknown field; did you mean {close[0]!r}?"
+    return "unknown field; remove it or check its spelling"
+
+
+def format_validation_error(exc: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
+    """One line per problem: ``field.path: message (got value)``; an unknown field of ``model``
+    gets the closest known name (``did you mean 'learning_rate'?``)."""
     lines = [f"{source} is invalid:"]
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -52,7 +97,7 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         if err["type"] == "missing":
             msg = "required field is missing; add it"
         elif err["type"] == "extra_forbidden":
-            msg = "unknown field; remove it or check its spelling"
+            msg = unknown_field_message(err["loc"][-1], fields_at(model, tuple(err["loc"][:-1])))
         got = f" (got {err['input']!r})" if err["type"] not in ("missing", "model_type") and \
             not isinstance(err.get("input"), dict) else ""
         # Cross-field checks already name their field ("data.name: ..."); don't prefix twice.
@@ -85,7 +130,7 @@ def parse_config(data: Any, kind: str | None = None, source: str = "config") -> 
     try:
         cfg = model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source, model)) from None
     return cfg
 
 
@@ -147,9 +192,45 @@ def not_built_yet(path: str | Path, field: str, info: ValidationInfo | None) -> 
     return True
 
 
-def validate_config(path: str | Path, planned: dict[str, str] | None = None) -> tuple[BaseModel, list[str]]:
+def infer_kind(data: dict[str, Any]) -> str | None:
+    """What a mapping without ``kind`` is, by its fields: a plan file's format (its ``format``, or
+    its ``blocks``/``groups``), ``memory-plan`` (a MemoryPlan knob such as ``freeze_blocks``; no
+    other config has one at the top), or ``None`` (read as a train recipe)."""
+    if data.get("format") in PLAN_FORMATS:
+        return str(data["format"])
+    for fmt, field in PLAN_FIELDS.items():
+        if field in data:
+            return fmt
+    if set(data) & (set(config_model("memory-plan").model_fields) - {"model", "kind"}):
+        return "memory-plan"
+    return None
+
+
+def describe_config(cfg: Any) -> str:
+    """How ``validate`` names what it checked: ``adapt config``, ``memory-plan config``,
+    ``pruning-plan file``."""
+    kind = getattr(cfg, "kind", None)
+    if isinstance(kind, str):
+        return f"{kind} config"
+    fmt = next((f for f, (where, _) in PLAN_FORMATS.items() if where.endswith(f":{type(cfg).__name__}")), "")
+    return f"{fmt.removeprefix('edgeadapt.') or type(cfg).__name__} file"
+
+
+def _validate_plan(path: str | Path, data: dict[str, Any], fmt: str) -> tuple[Any, list[str]]:
+    where, reader = PLAN_FORMATS[fmt]
+    module, _, name = where.partition(":")
+    try:
+        plan = getattr(importlib.import_module(module), name).from_dict({"format": fmt, **data})
+    except ConfigError as exc:
+        raise ConfigError(f"{path} is invalid: {exc}") from None
+    return plan, [f"read by `{reader.format(path)}`"]
+
+
+def validate_config(path: str | Path, planned: dict[str, str] | None = None) -> tuple[Any, list[str]]:
     """What ``edgeadapt validate`` runs: the config and its notes (inputs an earlier step in
-    ``planned`` writes are noted, not refused)."""
+    ``planned`` writes are noted, not refused). A file without ``kind`` is recognised by its fields
+    (:func:`infer_kind`: a pruning, channel or memory plan), else read as a train recipe; when that
+    fails the error lists the kinds."""
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must be a YAML mapping of fields, got {type(data).__name__}")
@@ -157,9 +238,19 @@ def validate_config(path: str | Path, planned: dict[str, str] | None = None) -> 
     if bad:
         raise ConfigError("\n  ".join([f"{path} is invalid:", *bad]))
     context: dict[str, Any] = {"planned": planned or {}, "notes": []}
-    kind = data.get("kind", "train")
+    inferred = None if "kind" in data else infer_kind(data)
+    if inferred in PLAN_FORMATS:
+        return _validate_plan(path, data, inferred)
+    kind = data.get("kind", inferred or "train")
+    model = config_model(kind)
     try:
-        cfg = config_model(kind).model_validate(data, context=context)
+        cfg = model.model_validate(data, context=context)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path))) from None
-    return cfg, list(dict.fromkeys(context["notes"]))
+        message = format_validation_error(exc, str(path), model)
+        if "kind" not in data:
+            message += (f"\n  (no kind: field, so it was read as a {kind} config; give kind: one of "
+                        f"{', '.join(sorted(CONFIG_KINDS))}, or a plan file's format: "
+                        f"{', '.join(PLAN_FORMATS)})")
+        raise ConfigError(message) from None
+    notes = [f"no kind: read as a {kind} by its fields"] if inferred else []
+    return cfg, list(dict.fromkeys([*notes, *context["notes"]]))

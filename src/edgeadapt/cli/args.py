@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable
 from typing import NoReturn
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.pruning.groups import KINDS
 
 
@@ -97,6 +98,26 @@ def nonempty_str(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return text
+
+
+def size_text(text: str) -> str:
+    """A memory size > 0 (``512MiB``, ``1.5GB``, ``4096`` bytes), refused by the flag's name before
+    any model loads; returned as given, since the configs it feeds take the text too."""
+    from edgeadapt.memory.accounting import parse_bytes  # imports torch: only when a size is given
+
+    try:
+        value = parse_bytes(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive size like '512MiB', got {text!r}")
+    return text
+
+
+OVERWRITE_HELP = ("replace the output directory when it holds something else (another command's output, "
+                  "or a run of another config, which is otherwise refused); what was there is removed only "
+                  "once the run succeeds")
+"""The help of every command's ``--overwrite``."""
 
 
 class Parser(argparse.ArgumentParser):

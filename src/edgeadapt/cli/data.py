@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+from typing import Any
 
+from edgeadapt.cli.args import nonempty_str
 from edgeadapt.errors import ConfigError
 from edgeadapt.outputs import check_output_file
 
@@ -52,7 +55,8 @@ def cmd_data_show(args: argparse.Namespace) -> int:
             raise ConfigError("--grid: the stream has no digits-c domains to preview; drop --grid")
         digits_c = all(d.corruption is not None for d in stream)
         if args.json:
-            s = summary.summarize_stream(list(stream), size=size) if digits_c else {"domains": stream.to_list()}
+            s = (summary.summarize_stream(list(stream), size=size) if digits_c
+                 else {"domains": stream.to_list()})
             print(json.dumps(s, indent=1))
         elif digits_c:  # digits-c only: sizes and pixel shift
             print(summary.format_stream_summary(summary.summarize_stream(list(stream), size=size)))
@@ -71,3 +75,23 @@ def cmd_data_show(args: argparse.Namespace) -> int:
         images, _ = digits_tensors("test", size=32)
         print(f"wrote {corruption_grid(images[:1], args.grid, corruptions, size=size)}")
     return 0
+
+
+def add_data_parser(sub: Any) -> None:
+    """``data list|show`` under the top-level subparsers ``sub``."""
+    s = sub.add_parser("data", help="datasets and drift streams")
+    dsub = s.add_subparsers(dest="data_command", required=True)
+    d = dsub.add_parser("list", help="registered datasets and corruptions")
+    d.set_defaults(func=cmd_data_list)
+    d = dsub.add_parser("show", help="summary of a dataset or a drift stream ('stream')")
+    d.add_argument("name", help="a dataset name (digits, digits-c, builtin-docs, ...) or 'stream'")
+    d.add_argument("--root", type=Path, default=None, help="local data for datasets that read files")
+    d.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="dataset option, e.g. size=32 or corruption=fog (repeatable)")
+    d.add_argument("--stream", type=nonempty_str, default=None,
+                   help="'gaussian_noise:5,fog:3' or a YAML list; default stream "
+                   "when NAME is 'stream'")
+    d.add_argument("--grid", type=Path, default=None, help="write a PNG of a digit under every corruption "
+                   "and severity (or the stream's corruptions)")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_data_show)

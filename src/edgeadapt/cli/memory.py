@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
+from edgeadapt.cli.args import finite_float, nonempty_str, positive_int, size_text
 from edgeadapt.cli.data import _options
 from edgeadapt.errors import ConfigError
 
@@ -107,3 +109,37 @@ def cmd_memory_estimate(args: argparse.Namespace) -> int:
               f"({out['measured_bytes'] / est.predicted_bytes - 1:+.1%} vs predicted), "
               f"step {out['measured_step_seconds']:.4f} s")
     return 0
+
+
+def add_memory_parser(sub: Any) -> None:
+    """``memory plan|estimate`` under the top-level subparsers ``sub``."""
+    s = sub.add_parser("memory", help="fit retraining into a memory budget: choose or predict a plan")
+    msub = s.add_subparsers(dest="memory_command", required=True)
+    for name, func, what in (
+            ("plan", cmd_memory_plan, "choose micro-batching, freezing and checkpointing under --budget "
+             "(predicted, measured, probed for accuracy gain per second)"),
+            ("estimate", cmd_memory_estimate, "predict one plan's peak memory and step time")):
+        m = msub.add_parser(name, help=what)
+        m.add_argument("model", help="as for inspect")
+        if name == "plan":
+            m.add_argument("--budget", type=size_text, required=True,
+                           help="retraining memory, e.g. 512MiB")
+            m.add_argument("--probe-steps", type=positive_int, default=2,
+                           help="steps of each plan in the first successive-halving round (default 2)")
+            m.add_argument("--max-probes", type=positive_int, default=8, help="Pareto plans probed at most")
+            m.add_argument("--probe-batches", type=positive_int, default=4, help="batches the probes cycle")
+            m.add_argument("--eval-batches", type=positive_int, default=4, help="held-out batches scored")
+            m.add_argument("--lr", type=finite_float, default=1e-3, help="probe learning rate")
+            m.add_argument("--save", type=Path, default=None, help="write the chosen plan (kind memory-plan)")
+            m.add_argument("--all", action="store_true", help="list over-budget and dominated plans too")
+        else:
+            m.add_argument("--plan", type=Path, required=True, help="a MemoryPlan JSON/YAML file")
+            m.add_argument("--measure", action="store_true", help="also run the plan and measure it")
+        m.add_argument("--data", type=nonempty_str, default=None,
+                       help="registered dataset of the current data (default: built-in digits or text)")
+        m.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="dataset option")
+        m.add_argument("--batch-size", type=positive_int, default=8, help="effective batch per step")
+        m.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam")
+        m.add_argument("--seed", type=int, default=0)
+        m.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        m.set_defaults(func=func)

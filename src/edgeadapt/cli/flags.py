@@ -1,0 +1,49 @@
+"""Error messages in the words the user typed: a config field that a command-line flag set is named
+by that flag.
+
+The library names config fields (``memory_budget=1.0 KiB is infeasible ...; set memory_budget >=
+...``), since it cannot know how a value arrived. When the user gave the value as ``--memory-budget``
+the CLI prints ``--memory-budget`` instead: :func:`name_flags` rewrites the message of an
+:class:`~edgeadapt.errors.EdgeAdaptError` for every flag on the command line. A flag names the field
+of the same name (``--replan-factor`` -> ``replan_factor``) and those in :data:`FIELDS_OF_FLAG`.
+
+>>> name_flags("memory_budget=1.0 KiB is infeasible; set memory_budget >= 5,768 bytes",
+...            ["adapt", "--memory-budget", "1KiB"])
+'--memory-budget=1.0 KiB is infeasible; set --memory-budget >= 5,768 bytes'
+>>> name_flags("width: must be in (0, 1]; budget.steps: must be >= 1", ["adapt", "--width=2", "--steps", "0"])
+'--width: must be in (0, 1]; --steps: must be >= 1'
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+# flag -> the config fields it sets under another name (the field of the flag's own name is implied)
+FIELDS_OF_FLAG: dict[str, tuple[str, ...]] = {
+    "--proxy-memory": ("proxy_memory_bytes",),
+    "--steps": ("budget.steps",),
+    "--timeout": ("timeout_s",),
+}
+
+
+def typed_flags(argv: Sequence[str]) -> list[str]:
+    """The long flags on a command line, in order, without values (``--out=x`` -> ``--out``)."""
+    flags = (arg.partition("=")[0] for arg in argv if arg.startswith("--") and len(arg) > 2)
+    return list(dict.fromkeys(flags))
+
+
+def _field_pattern(field: str) -> re.Pattern[str]:
+    """Where ``field`` stands as a field name: not inside a longer name or dotted path (``budget``
+    is not ``budget.steps`` nor ``--budget``). A one-word field (``width``, ``out``) only where it
+    labels a value (``width: ...``, ``width=0.5``), so words in the prose stay."""
+    label = "" if ("_" in field or "." in field) else r"(?=[:=])"
+    return re.compile(rf"(?<![\w.\-]){re.escape(field)}(?!\w|\.\w){label}")
+
+
+def name_flags(message: str, argv: Sequence[str]) -> str:
+    """``message`` with each config field set by a flag on ``argv`` replaced by that flag."""
+    for flag in typed_flags(argv):
+        for field in (flag[2:].replace("-", "_"), *FIELDS_OF_FLAG.get(flag, ())):
+            message = _field_pattern(field).sub(flag, message)
+    return message

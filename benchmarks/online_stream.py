@@ -30,9 +30,17 @@ static, edgeadapt and the oracle (trained with the next-token loss on the domain
 its ``train`` split, for the same steps), peak memory and time. Text targets: edgeadapt's mean
 perplexity ≤ 0.9× source's, ≤ static's, ≤ 1.03× full's, at ≤ 0.5× full's peak retraining memory.
 
+**Planner** (``--planner``, image): per seed, full and edgeadapt on the default stream without the
+planner, then both again with ``adapt(memory_budget=0.5 × full's measured peak, time_budget="0.5x")``
+(the edge plan: frozen blocks, checkpoint segments, edge steps per domain and whether distillation
+stays; :func:`edgeadapt.online.retrain.plan_for_budget`). Targets, paired per seed: the planned
+edgeadapt's peak memory and retraining time (median per domain) ≤ 0.5× full's in the same run, and its
+mean accuracy within 1 point of edgeadapt without the planner. Writes
+``benchmarks/results/online_stream_planner.json``.
+
     python benchmarks/online_stream.py [--modality image|text] [--seeds 0,1,2] [--steps 30]
                                        [--streams default,severe,unseen,shuffled] [--stream "fog:3"]
-                                       [--rebuild] [--quick] [--out DIR]
+                                       [--planner] [--rebuild] [--quick] [--out DIR]
 
 Writes ``benchmarks/results/online_stream.json`` (image) as ``{"seeds", "rows": [{"method",
 "mean_accuracy", "gap_closed", "retrain_seconds", "peak_memory_bytes", "params"}], "domains",
@@ -78,6 +86,7 @@ from benchlib import (  # noqa: E402
     write_json,
 )
 from readme_tables import online_stream as readme_table  # noqa: E402
+from readme_tables import online_stream_planner as readme_table_planner  # noqa: E402
 from readme_tables import online_stream_text as readme_table_text  # noqa: E402
 
 from edgeadapt.config import parse_config  # noqa: E402
@@ -397,14 +406,7 @@ def stream_spec(name: str, quick: bool) -> Any:
 def run(args: argparse.Namespace, seed: int, stream: str, spec: Any, report: Path) -> dict:
     """One seed on one stream: offline artifacts, then every method; the report goes to ``report``."""
     start = time.perf_counter()
-    source = args.runs / "source-vit"
-    train_source_vit(source)
-    if args.smoke:
-        offline = offline_artifacts(source, SMOKE / f"offline-seed{seed}", seed, epochs=1,
-                                    rebuild=args.rebuild)
-    else:
-        name = "offline-vit" if seed == 0 else f"offline-vit-seed{seed}"
-        offline = offline_artifacts(source, args.runs / name, seed, rebuild=args.rebuild)
+    offline = image_offline(args, seed)
     shutil.rmtree(report, ignore_errors=True)  # no stale plots or event files from an earlier run
     ORACLE.seed, ORACLE.max_length, ORACLE.split = seed, 128, None
     cfg = AdaptConfig(offline=offline, stream=spec, width=args.width, seed=seed, methods=IMAGE_METHODS,
@@ -430,6 +432,81 @@ def main_image(args: argparse.Namespace, seeds: list[int], out: Path) -> dict:
     for name, stream in result["streams"].items():
         print(f"\n## {name}\n", domain_table(stream), sep="\n")
     return result
+
+
+# --------------------------------------------------------------------------------------- planner
+PLANNER_METHODS = ["full", "edgeadapt"]
+PLANNER_SHARE = 0.5  # the edge plan's memory and time budgets, as a share of full's
+PLAIN, PLANNED = "edgeadapt (no planner)", "edgeadapt + planner"
+
+
+def image_offline(args: argparse.Namespace, seed: int) -> Path:
+    """The seed's offline artifacts (the demo's ``runs/offline-vit`` for seed 0), built when missing."""
+    source = args.runs / "source-vit"
+    train_source_vit(source)
+    if args.smoke:
+        return offline_artifacts(source, SMOKE / f"offline-seed{seed}", seed, epochs=1, rebuild=args.rebuild)
+    name = "offline-vit" if seed == 0 else f"offline-vit-seed{seed}"
+    return offline_artifacts(source, args.runs / name, seed, rebuild=args.rebuild)
+
+
+def planner_rows(plain: dict[str, Any], planned: dict[str, Any]) -> list[dict[str, Any]]:
+    """One seed's rows: full (from the planned run), edgeadapt without and with the planner, each with
+    ``time_ratio`` / ``memory_ratio`` to full's in its own run and ``steps`` (median per domain)."""
+    out = []
+    for name, run, method in (("full", planned, "full"), (PLAIN, plain, "edgeadapt"),
+                              (PLANNED, planned, "edgeadapt")):
+        rows = {r["method"]: r for r in run["rows"]}
+        row, full = rows[method], rows["full"]
+        steps = statistics.median(r["steps"] for r in run["per_domain"] if r["method"] == method)
+        out.append({"method": name, "mean_accuracy": row["mean_accuracy"],
+                    "retrain_seconds": row["retrain_seconds"], "peak_memory_bytes": row["peak_memory_bytes"],
+                    "time_ratio": row["retrain_seconds"] / full["retrain_seconds"],
+                    "memory_ratio": row["peak_memory_bytes"] / full["peak_memory_bytes"], "steps": steps})
+    return out
+
+
+def planner_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The planner's targets on paired per-seed values: memory and time ≤ 0.5× full's, accuracy within
+    1 point of edgeadapt without the planner."""
+    r = {row["method"]: row for row in rows}
+    acc = [a - b for a, b in zip(seeds_of(r[PLANNED], "mean_accuracy"), seeds_of(r[PLAIN], "mean_accuracy"))]
+    return [judge(f"{PLANNED}: memory <= {PLANNER_SHARE}x full's", seeds_of(r[PLANNED], "memory_ratio"),
+                  PLANNER_SHARE, False, "{:.2f}x"),
+            judge(f"{PLANNED}: time <= {PLANNER_SHARE}x full's", seeds_of(r[PLANNED], "time_ratio"),
+                  PLANNER_SHARE, False, "{:.2f}x"),
+            judge(f"{PLANNED}: accuracy within 1 pt of {PLAIN}", acc, -0.01)]
+
+
+def main_planner(args: argparse.Namespace, seeds: list[int]) -> dict[str, Any]:
+    """Per seed: full + edgeadapt without, then with the planner's memory and time budgets (0.5× full's
+    measured peak, ``"0.5x"``), on the default stream; rows over seeds, the plans, the targets."""
+    spec = stream_spec("default", args.smoke)
+    runs, plans = [], []
+    for seed in seeds:
+        start = time.perf_counter()
+        offline = image_offline(args, seed)
+        fm = load_lora_artifact(offline / "lora")
+        common = dict(methods=PLANNER_METHODS, budget={"steps": args.steps}, width=args.width, seed=seed,
+                      progress=False, loss=args.loss)
+        plain = adapt(fm, offline / "kb", spec, **common)
+        peak = next(r for r in plain["rows"] if r["method"] == "full")["peak_memory_bytes"]
+        planned = adapt(fm, offline / "kb", spec, memory_budget=int(PLANNER_SHARE * peak),
+                        time_budget=f"{PLANNER_SHARE}x", **common)
+        runs.append(planner_rows(plain, planned))
+        plans.append({"seed": seed, "offline": str(offline), **planned["memory_plan"],
+                      "seconds": round(time.perf_counter() - start, 1)})
+        print(f"seed {seed}: " + "; ".join(f"{r['method']} {r['mean_accuracy']:.3f} acc, "
+                                           f"{r['time_ratio']:.2f}x time, {r['memory_ratio']:.2f}x memory"
+                                           for r in runs[-1]), flush=True)
+    rows = aggregate_rows(runs, key=("method",), metrics=("mean_accuracy", "retrain_seconds",
+                                                          "peak_memory_bytes", "time_ratio", "memory_ratio",
+                                                          "steps"))
+    return {"seeds": seeds, "rows": rows, "plans": plans, "domains": DriftStream.parse(spec).to_list(),
+            "config": {"steps": args.steps, "width": args.width, "methods": PLANNER_METHODS,
+                       "share": PLANNER_SHARE, "loss": args.loss, "time_budget": f"{PLANNER_SHARE}x",
+                       "memory_budget": f"{PLANNER_SHARE} x full's measured peak"},
+            "targets": planner_targets(rows)}
 
 
 # ------------------------------------------------------------------------------------------ text
@@ -482,6 +559,10 @@ def main() -> None:
                         help="2 domains per stream, 2 steps, short offline stage; results to "
                         "runs/bench-smoke/")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--planner", action="store_true",
+                        help="image: full and edgeadapt with and without the memory/time planner (0.5x "
+                        "full's peak memory and time) on the default stream; writes "
+                        "online_stream_planner.json")
     parser.add_argument("--loss", type=json.loads, default={},
                         help='image: fields of our loss as JSON, e.g. \'{"distill": 1.0}\' '
                         '(default: the shipped loss)')
@@ -492,7 +573,9 @@ def main() -> None:
     seeds = parse_seeds(args.seeds)
     start = time.perf_counter()
     register_oracle()
-    if args.modality == "image":
+    if args.planner:
+        result, name, render = main_planner(args, seeds), "online_stream_planner", readme_table_planner
+    elif args.modality == "image":
         result, name, render = main_image(args, seeds, out), "online_stream", readme_table
     else:
         result, name, render = aggregate_text([text_run(args, s) for s in seeds]), "online_stream_text", \

@@ -163,6 +163,21 @@ def online_stream_text(result: Result) -> list[str]:
     return lines + footer(result)
 
 
+def online_stream_planner(result: Result) -> list[str]:
+    """The online benchmark with the memory/time planner: full and edgeadapt without and with it (mean
+    accuracy, retraining time and peak memory with their ratios to full's in the same run, edge steps
+    per domain), then the plan chosen per seed."""
+    lines = ["| method | mean accuracy | retrain s / domain | time vs full | peak retrain memory | "
+             "memory vs full | steps / domain |", "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['method']} | {pm(r, 'mean_accuracy')} | {pm(r, 'retrain_seconds', '{:.2f}')} | "
+                     f"{pm(r, 'time_ratio', '{:.2f}')}x | {r['peak_memory_bytes'] / 2**20:.1f} MiB | "
+                     f"{pm(r, 'memory_ratio', '{:.2f}')}x | {r['steps']:g} |")
+    plans = [f"seed {p['seed']}: freeze {p['freeze_blocks']} blocks, {p['checkpoint_segments']} checkpoint "
+             f"segments, {p['steps']} steps, loss {p['loss']}" for p in result.get("plans", [])]
+    return lines + (["", "Plans: " + "; ".join(plans) + "."] if plans else []) + footer(result)
+
+
 def online_stream_single(result: Result) -> list[str]:
     """The round-1 image table (one stream, no oracle)."""
     rows = {r["method"]: r for r in result["rows"]}
@@ -365,7 +380,7 @@ def offload(result: Result) -> list[str]:
 
 RENDERERS: dict[str, Callable[[Result], list[str]]] = {
     "kb_widths": kb_widths, "prune_memory": prune_memory, "online_stream": online_stream,
-    "online_stream_text": online_stream_text,
+    "online_stream_text": online_stream_text, "online_stream_planner": online_stream_planner,
     "prune_fidelity": prune_fidelity, "prune_fidelity_iter4": prune_fidelity,
     "llm_prune": llm_prune, "drift_severity": drift_severity, "memory_planner": memory_planner,
     "offload": offload}

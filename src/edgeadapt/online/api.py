@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,18 @@ from edgeadapt.online.losses import AdaptLossConfig, set_trainable, source_stats
 from edgeadapt.online.methods import method_names, methods_for
 from edgeadapt.online.methods.base import MethodContext, loss_config_for, our_loss
 from edgeadapt.online.proxy import extract_proxy, width_for_memory, width_for_params
-from edgeadapt.online.retrain import PlannedMemory, RetrainBudget, describe_plan, plan_for_memory, unlabeled
+from edgeadapt.online.retrain import (
+    CONFIGURED,
+    WITHOUT_DISTILLATION,
+    PlannedMemory,
+    RetrainBudget,
+    TimeBudget,
+    describe_plan,
+    loop_seconds,
+    plan_for_budget,
+    plan_for_memory,
+    unlabeled,
+)
 from edgeadapt.online.runner import build_methods, run_stream
 from edgeadapt.pruning.prune import prune
 from edgeadapt.training.config import TrainConfig
@@ -144,18 +156,44 @@ def resolve_width(kb: Any, width: float, proxy_params: int | None, proxy_memory_
     return float(width)
 
 
-def edge_memory_plan(kb: Any, width: float, memory_bytes: int, stats: Any, loss_cfg: Any, first: Any,
-                     budget: RetrainBudget, trainable: str = "all", fm: Any = None) -> PlannedMemory:
+def without_distillation(loss_cfg: Any) -> Any:
+    """``loss_cfg`` with ``distill: 0`` (no frozen-FM teacher forward per step), or ``None`` when it
+    distils nothing already (or has no such term)."""
+    return loss_cfg.model_copy(update={"distill": 0.0}) if getattr(loss_cfg, "distill", 0) else None
+
+
+def edge_memory_plan(kb: Any, width: float, memory_bytes: int | None, stats: Any, loss_cfg: Any, first: Any,
+                     budget: RetrainBudget, trainable: str = "all", fm: Any = None,
+                     time_budget: TimeBudget | None = None) -> PlannedMemory:
     """The memory plan (freezing, checkpointing) of the edge methods' retraining within
     ``memory_bytes``, chosen by :func:`~edgeadapt.online.retrain.plan_for_memory` on the proxy at
     ``width`` cut for the first domain ``first``, with our loss on one of its batches (predicted,
     then confirmed by measuring one step); an infeasible budget raises
-    :class:`~edgeadapt.errors.InfeasibleError` naming the smallest one."""
+    :class:`~edgeadapt.errors.InfeasibleError` naming the smallest one.
+
+    With ``time_budget`` (seconds per domain, or a fraction of the unconstrained retraining: ``fm``
+    with ``trainable`` retrained with our loss and no knobs for ``budget.steps``, its step measured
+    here by :func:`~edgeadapt.online.retrain.loop_seconds`)
+    :func:`~edgeadapt.online.retrain.plan_for_budget` also chooses the edge steps per domain
+    and may drop the distillation term (:func:`without_distillation`)."""
     proxy = extract_proxy(kb, unlabeled(first.adapt.batches(256)), width).adapter
     set_trainable(proxy, trainable)
     batch = next(iter(unlabeled(first.adapt.batches(budget.batch_size))))
     loss = our_loss(MethodContext(fm=fm, kb=kb, stats=stats, loss_cfg=loss_cfg, budget=budget))
-    return plan_for_memory(proxy, loss(proxy), batch, memory_bytes, budget.device)
+    if time_budget is None:
+        return plan_for_memory(proxy, loss(proxy), batch, memory_bytes or 0, budget.device)
+    losses = [(CONFIGURED, loss(proxy))]
+    lighter = without_distillation(loss_cfg)
+    if lighter is not None:
+        light = our_loss(MethodContext(fm=fm, kb=kb, stats=stats, loss_cfg=lighter, budget=budget))
+        losses.append((WITHOUT_DISTILLATION, light(proxy)))
+    reference = None
+    if time_budget.relative:
+        whole = copy.deepcopy(fm)
+        set_trainable(whole, trainable)
+        reference = loop_seconds(whole, loss(whole), batch, budget.device, constrained=False)
+    return plan_for_budget(proxy, losses, batch, memory_bytes, time_budget, budget.steps, budget.device,
+                           reference)
 
 
 def check_methods(names: Sequence[str]) -> None:
@@ -205,7 +243,8 @@ def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | N
           loss: AdaptLossConfig | Mapping[str, Any] | None = None, trainable: str = "all",
           static_epochs: int = 8, proxy_params: int | None = None, proxy_memory_bytes: int | None = None,
           max_length: int | None = None, method_options: Mapping[str, Mapping[str, Any]] | None = None,
-          logger: Any = None, memory_budget: int | str | None = None) -> dict[str, Any]:
+          logger: Any = None, memory_budget: int | str | None = None,
+          time_budget: float | str | None = None) -> dict[str, Any]:
     """Run ``methods`` (default: every registered method that can adapt ``fm``'s task,
     :func:`~edgeadapt.online.methods.methods_for`) side by side over ``stream``; return the results.
 
@@ -220,6 +259,13 @@ def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | N
       plan (frozen blocks, checkpoint segments) is chosen for it (:func:`edge_memory_plan`) instead
       of ``budget.gradient_checkpointing`` and recorded as ``memory_plan`` in the results and in
       those methods' rows. An infeasible budget fails before retraining, naming the smallest one.
+    - ``time_budget``: the edge methods' retraining time per domain, seconds (``1.5``, ``"1500ms"``)
+      or a fraction of the unconstrained retraining (``"0.5x"``: ``fm`` retrained whole with our loss,
+      no knobs, ``budget.steps`` steps — what ``full`` runs; its step is measured first). The plan
+      then also sets the edge steps (``budget.edge_steps``: as many as fit) and may drop our loss's
+      distillation term for the edge methods (``memory_plan.loss``: ``"without distillation"``) when
+      that affords more steps; freezing is its last resort
+      (:func:`~edgeadapt.online.retrain.plan_for_budget`).
     - ``source``: the labelled source data for the statistics the edge keeps and the static
       baseline's fine-tuning — a registered dataset name, a ``data:`` mapping, a batch factory or
       batches; default: the dataset recorded in the knowledge base directory.
@@ -254,6 +300,7 @@ def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | N
     budget = as_budget(budget)
     loss_cfg = loss_config_for(task, loss)
     memory_bytes = None if memory_budget is None else parse_bytes(memory_budget)
+    step_time = None if time_budget is None else TimeBudget.parse(time_budget)
     if getattr(loss_cfg, "mmd", 0):  # MMD needs 2 samples a batch: refuse now, not mid-stream
         check_micro_batching(budget.memory or MemoryPlan(), budget.batch_size, ADAPTATION_LOSS)
     stream = DriftStream.parse(stream)
@@ -267,19 +314,25 @@ def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | N
     width = resolve_width(kb, width, proxy_params, proxy_memory_bytes, stats, loss_cfg, domains[0], budget,
                           fm=fm)
     plan = None
-    if memory_bytes is not None:
-        plan = edge_memory_plan(kb, width, memory_bytes, stats, loss_cfg, domains[0], budget, trainable, fm)
-        budget = budget.model_copy(update={"memory": plan.plan})
-    static = (lambda: static_baseline(fm, width, static_epochs, src.train, src.val, seed)) \
+    if memory_bytes is not None or step_time is not None:
+        plan = edge_memory_plan(kb, width, memory_bytes, stats, loss_cfg, domains[0], budget, trainable, fm,
+                                step_time)
+        budget = budget.model_copy(update={"memory": plan.plan, "edge_steps": plan.steps})
+    static = functools.cache(lambda: static_baseline(fm, width, static_epochs, src.train, src.val, seed)) \
         if "static" in names else None
     states = build_methods(names, fm, kb, stats, loss_cfg, width, static, trainable, budget=budget,
                            options=method_options)
+    if plan is not None and plan.variant == WITHOUT_DISTILLATION:  # the edge methods' loss, rebuilt
+        edge = build_methods([m.name for m in states if m.constrained], fm, kb, stats,
+                             without_distillation(loss_cfg), width, static, trainable, budget=budget,
+                             options=method_options)
+        states = [next((e for e in edge if e.name == m.name), m) for m in states]
     results = run_stream(states, domains, budget, seed=seed, logger=logger, progress=progress,
                          on_labelled=lambda batches, k: stats.absorb(batches, 1 / (k + 1), seed=seed + k))
     results.update(proxy_width=width, source=src.name)
     if plan is not None:
         edge = {m.name for m in states if m.constrained}
-        results["memory_plan"] = describe_plan(plan, memory_bytes)  # type: ignore[arg-type]
+        results["memory_plan"] = describe_plan(plan, memory_bytes)
         for row in [*results["rows"], *results["per_domain"]]:
             if row["method"] in edge:
                 row["memory_plan"] = results["memory_plan"]

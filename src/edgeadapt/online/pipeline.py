@@ -26,7 +26,7 @@ from edgeadapt.online.api import adapt, check_methods
 from edgeadapt.online.methods import method_names
 from edgeadapt.online.methods.base import loss_config_for
 from edgeadapt.online.report import write_report
-from edgeadapt.online.retrain import RetrainBudget
+from edgeadapt.online.retrain import RetrainBudget, TimeBudget
 from edgeadapt.rundir import claim_output
 from edgeadapt.tracking.run import make_logger
 
@@ -61,6 +61,12 @@ class AdaptConfig(BaseModel):
                                       "retraining step: a memory plan (frozen blocks, checkpoint segments) "
                                       "predicted to fit is chosen for them instead of "
                                       "budget.gradient_checkpointing, and recorded as memory_plan.")
+    time_budget: float | str | None = Field(None, description="Retraining time per domain of the edge "
+                                            "methods: seconds (1.5, '1500ms') or a fraction of the "
+                                            "unconstrained retraining ('0.5x': what `full` runs). Planned "
+                                            "with memory_budget: the edge steps that fit, and our loss may "
+                                            "drop distillation (its teacher forward); recorded in "
+                                            "memory_plan.")
     trainable: str = Field("all", description="Parameters retrained: all, norm, norm+head, attention, mlp.")
     budget: RetrainBudget = Field(default_factory=RetrainBudget)
     loss: dict[str, Any] = Field(default_factory=dict, description="Fields of our loss for the FM's task: "
@@ -105,6 +111,13 @@ class AdaptConfig(BaseModel):
     @classmethod
     def _bytes(cls, value: Any) -> Any:
         return None if value is None else parse_bytes(value)
+
+    @field_validator("time_budget")
+    @classmethod
+    def _time(cls, value: float | str | None) -> float | str | None:
+        if value is not None:
+            TimeBudget.parse(value)
+        return value
 
     @field_validator("methods")
     @classmethod
@@ -188,7 +201,7 @@ def _run_adapt(cfg: AdaptConfig, progress: bool) -> dict[str, Any]:
                         static_epochs=cfg.static_epochs, proxy_params=cfg.proxy_params,
                         method_options=cfg.method_options,
                         proxy_memory_bytes=cfg.proxy_memory_bytes, logger=logger,
-                        memory_budget=cfg.memory_budget)
+                        memory_budget=cfg.memory_budget, time_budget=cfg.time_budget)
     finally:
         logger.close()
     results["config"] = cfg.model_dump(mode="json")

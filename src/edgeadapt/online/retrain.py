@@ -18,16 +18,29 @@ checkpointed segments). :func:`plan_for_memory` chooses one for a byte budget fr
 estimator's prediction. Our adaptation loss is not a sum over samples (MMD alignment, class
 diversity), so a plan that micro-batches it is refused up front
 (:data:`~edgeadapt.memory.plan.ADAPTATION_LOSS`).
-TODO: rank fitting plans by measured accuracy gain per second with :mod:`edgeadapt.memory.search`.
+
+A time budget (:class:`TimeBudget`: seconds of retraining per domain, or a fraction of the
+unconstrained retraining that ``full`` runs) is planned with the memory budget by
+:func:`plan_for_budget`: per plan it measures the step, and so how many of the configured steps fit
+the time (``RetrainBudget.edge_steps``); it may also drop the distillation term, whose frozen-FM
+teacher forward is a fixed cost of every step. Measured on the image benchmark (tiny ViT, width 0.75,
+default stream, seed 0): freezing 1 / 3 of 4 blocks cost 1.7 / 4.7 accuracy points, 12 or 15 of the
+30 steps 0.8 / 1.2, dropping distillation none (+1.0) — hence the preference order in
+:func:`plan_for_budget`. Dropping distillation changes the loss, so a run records it
+(``memory_plan.loss``).
+TODO: rank fitting plans by measured accuracy gain per second with :mod:`edgeadapt.memory.search`
+(it needs labelled probes, which the edge does not have).
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import math
 import random
+import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from edgeadapt.errors import ConfigError, InfeasibleError
 from edgeadapt.memory.accounting import format_bytes, measure_peak
 from edgeadapt.memory.estimator import Estimate, measure, predict, profile
+from edgeadapt.memory.knobs import batch_size_of
 from edgeadapt.memory.plan import ADAPTATION_LOSS, LossTraits, MemoryPlan, check_micro_batching
 from edgeadapt.models.adapter import HFAdapter
 from edgeadapt.numerics import fp32_master, upcast
@@ -72,6 +86,9 @@ class RetrainBudget(BaseModel):
                                       "gradient_checkpointing switch; micro_batch_size must stay null, "
                                       "since the adaptation loss (MMD, class diversity) is not a sum over "
                                       "samples. `adapt --memory-budget` chooses one.")
+    edge_steps: int | None = Field(None, ge=1, description="Optimizer steps per domain of the edge methods "
+                                   "(static, edgeadapt) instead of steps, e.g. fewer to fit a time budget "
+                                   "(`adapt --time-budget` chooses them); null: steps.")
 
     @field_validator("memory")
     @classmethod
@@ -83,6 +100,11 @@ class RetrainBudget(BaseModel):
     def edge_plan(self, constrained: bool) -> MemoryPlan | None:
         """The memory plan a method runs under: ``memory`` for a constrained (edge) method, else none."""
         return self.memory if constrained else None
+
+    def steps_for(self, constrained: bool) -> int:
+        """The optimizer steps per domain a method runs: ``edge_steps`` (when set) for a constrained
+        (edge) method, else ``steps``."""
+        return self.edge_steps if constrained and self.edge_steps is not None else self.steps
 
 
 @dataclass
@@ -143,14 +165,15 @@ def retrain(adapter: HFAdapter, batches: Callable[[int], Iterable[Batch]], loss_
     """Train ``adapter`` (its ``requires_grad`` parameters) on ``batches(epoch)`` with ``loss_fn``
     for ``budget.steps`` optimizer steps (or ``budget.seconds``). ``constrained`` methods run under
     the edge's memory measures: ``budget.memory``'s plan when given, else
-    ``budget.gradient_checkpointing``. With ``step`` (then ``loss_fn``
-    may be ``None``) each update is the method's own (:data:`StepFn`), on an AdamW optimizer with
-    the budget's learning rate and weight decay, no clipping; a step that skips its update still
-    counts against the budget, as a batch the device spent time on."""
+    ``budget.gradient_checkpointing``, for ``budget.edge_steps`` steps when given. With ``step``
+    (then ``loss_fn`` may be ``None``) each update is the method's own (:data:`StepFn`), on an AdamW
+    optimizer with the budget's learning rate and weight decay, no clipping; a step that skips its
+    update still counts against the budget, as a batch the device spent time on."""
     if step is None and loss_fn is None:
         raise ConfigError("retrain needs a loss function or a step function")
     plan = budget.edge_plan(constrained)
     checkpointing = budget.gradient_checkpointing and constrained and plan is None
+    budget = budget.model_copy(update={"steps": budget.steps_for(constrained)})
     device = resolve_device(budget.device)
     trainable = sum(p.numel() for p in adapter.model.parameters() if p.requires_grad)
     if trainable == 0:
@@ -214,17 +237,93 @@ what our adaptation loss does (the replay batch's and the teacher's passes), by 
 so the measurement decides."""
 
 
+CONFIGURED, WITHOUT_DISTILLATION = "as configured", "without distillation"
+"""Names of the loss variants :func:`plan_for_budget` chooses between: the loss as configured, and the
+same loss with ``distill: 0`` (no frozen-FM teacher forward per step)."""
+
+TIME_SLACK = 1.5
+"""Plans predicted up to this factor slower than the time allows are still measured (the estimator's
+step time does not see the teacher's and the replay batch's passes as separate costs)."""
+
+TIMING_REPEATS = 3
+"""A timing is the fastest of this many runs: on a shared machine the minimum is the least disturbed."""
+
+LOOP_STEPS = (2, 8)
+"""The two short retraining runs (optimizer steps) :func:`loop_seconds` times."""
+
+MIN_STEP_SHARE = 0.4
+"""A time plan freezes more blocks only when fewer than this share of the configured steps would fit
+otherwise: on the image benchmark (one seed) 12 / 15 of 30 steps cost 0.8 / 1.2 accuracy points, freezing
+1 of 4 blocks 1.7."""
+
+
 @dataclass(frozen=True)
 class PlannedMemory:
-    """A memory plan chosen for a budget: the estimator's prediction (``estimate.plan`` is the plan)
-    and the peak bytes of one steady-state step measured with it."""
+    """A memory (and time) plan chosen for a budget: the estimator's prediction (``estimate.plan`` is
+    the plan) and the peak bytes of one steady-state step measured with it. With a time budget also:
+    the step's measured seconds, the steps per domain that fit (``steps``), the loss variant
+    (:data:`CONFIGURED` or :data:`WITHOUT_DISTILLATION`), the time budget in seconds per domain and,
+    for a relative one, the unconstrained retraining's seconds it is a fraction of."""
 
     estimate: Estimate
     measured_bytes: int
+    measured_step_seconds: float | None = None
+    steps: int | None = None
+    variant: str = CONFIGURED
+    time_budget_seconds: float | None = None
+    reference_seconds: float | None = None
 
     @property
     def plan(self) -> MemoryPlan:
         return self.estimate.plan
+
+
+@dataclass(frozen=True)
+class TimeBudget:
+    """The edge methods' retraining time per domain: ``value`` seconds, or (``relative``) ``value`` times
+    the unconstrained retraining — the whole model trainable, no memory knobs, the same loss, batch and
+    steps, i.e. what ``full`` runs. Only the optimizer steps count (forward, backward(s), update), as
+    measured on this device; data loading and evaluation do not. ``text`` is the budget as given."""
+
+    value: float
+    relative: bool
+    text: str
+
+    @classmethod
+    def parse(cls, value: float | int | str, name: str = "time_budget") -> TimeBudget:
+        """``1.5`` / ``"1.5s"`` / ``"1500ms"`` (seconds per domain) or ``"0.5x"`` (a fraction of the
+        unconstrained retraining). Raises :class:`~edgeadapt.errors.ConfigError` naming ``name`` for
+        anything else, zero or a negative value."""
+        why = (f"{name}: {value!r} is not a time budget; give seconds of retraining per domain (e.g. 1.5, "
+               "'1.5s' or '1500ms') or a fraction of the unconstrained retraining (e.g. '0.5x')")
+        if isinstance(value, bool):
+            raise ConfigError(why)
+        if isinstance(value, (int, float)):
+            number, unit = float(value), "s"
+        else:
+            match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|x)?\s*", str(value))
+            if not match:
+                raise ConfigError(why)
+            number, unit = float(match.group(1)), match.group(2) or "s"
+        if not math.isfinite(number) or number <= 0:
+            raise ConfigError(f"{name}: {value!r} must be positive; give e.g. 1.5 (seconds per domain) or "
+                              "'0.5x'")
+        seconds = number / 1000 if unit == "ms" else number
+        return cls(seconds, unit == "x", str(value))
+
+    def seconds(self, reference_seconds: float | None) -> float:
+        """The budget in seconds per domain; a relative one needs the unconstrained retraining's seconds."""
+        if not self.relative:
+            return self.value
+        if reference_seconds is None:
+            raise ConfigError(f"time_budget={self.text} is relative: it needs the unconstrained step's time")
+        return self.value * reference_seconds
+
+    def suggest(self, seconds: float, reference_seconds: float | None) -> str:
+        """``seconds`` in the budget's own terms (``'0.62x'`` for a relative one, ``'1.24s'`` otherwise)."""
+        if self.relative and reference_seconds:
+            return f"{math.ceil(100 * seconds / reference_seconds) / 100:.2f}x"
+        return f"{math.ceil(100 * seconds) / 100:.2f}s"
 
 
 def plan_for_memory(adapter: HFAdapter, loss_fn: LossFn, batch: Batch, memory_bytes: int,
@@ -277,12 +376,122 @@ def plan_for_memory(adapter: HFAdapter, loss_fn: LossFn, batch: Batch, memory_by
                           f"or a narrower proxy (width)")
 
 
-def describe_plan(planned: PlannedMemory, memory_bytes: int) -> dict[str, Any]:
+def loop_seconds(adapter: HFAdapter, loss_fn: LossFn, batch: Batch, device: str = "auto",
+                 plan: MemoryPlan | None = None, constrained: bool = True) -> tuple[float, float]:
+    """``(fixed, per_step)``: seconds per domain and per optimizer step of :func:`retrain` on ``adapter``
+    (its ``requires_grad`` parameters) with ``loss_fn`` on batches like ``batch`` under ``plan`` (an
+    unconstrained method: ``constrained=False``, no plan). Timed as the real loop runs — data handling,
+    float32 master weights, the plan's hooks, the optimizer — on copies, for :data:`LOOP_STEPS` steps,
+    each the fastest of :data:`TIMING_REPEATS`; the line through the two gives both figures. A single
+    step timed alone (:func:`~edgeadapt.memory.estimator.measure`) misses the loop's overhead, which
+    differs between a proxy under a plan and the whole model (by ~15% of a step on the tiny ViT)."""
+    size = batch_size_of(batch)
+    times = []
+    for n in LOOP_STEPS:
+        budget = RetrainBudget(steps=n, batch_size=size, device=device, gradient_checkpointing=False,
+                               memory=plan if constrained else None)
+        times.append(min(retrain(copy.deepcopy(adapter), lambda _e: [batch], loss_fn, budget, measure=False,
+                                 constrained=constrained).seconds for _ in range(TIMING_REPEATS)))
+    (a, b), (ta, tb) = LOOP_STEPS, times
+    per_step = max((tb - ta) / (b - a), 1e-9)
+    return max(ta - a * per_step, 0.0), per_step
+
+
+def plan_for_budget(adapter: HFAdapter, losses: Sequence[tuple[str, LossFn]], batch: Batch,
+                    memory_bytes: int | None, time_budget: TimeBudget, steps: int, device: str = "auto",
+                    reference: tuple[float, float] | None = None) -> PlannedMemory:
+    """The plan for retraining ``adapter`` within ``memory_bytes`` (``None``: any) and ``time_budget``
+    per domain: a memory plan (frozen leading blocks, checkpoint segments), one of ``losses`` (name, loss
+    function; in order of preference, e.g. ``[(CONFIGURED, ours), (WITHOUT_DISTILLATION, lighter)]``)
+    and the steps per domain (at most ``steps``) that fit the time as the plan's loop measures
+    (:func:`loop_seconds`: ``fixed + steps × per_step`` seconds).
+
+    For each number of frozen blocks, fewest first, and each loss, the plans predicted to fit the
+    memory (within :data:`PREDICTION_SLACK`) are measured fastest-predicted first until one fits when
+    measured (bytes: one steady-state step; seconds: :func:`loop_seconds`); among those the one
+    affording the most steps wins (ties: the earlier loss, then the faster step). It is taken when it
+    keeps at least :data:`MIN_STEP_SHARE` of ``steps``; else the next frozen count is tried, and at the
+    end the plan affording the most steps (fewest frozen blocks among equals). Freezing is the last
+    resort because it cost the most accuracy in our measurements (module docstring). A relative
+    ``time_budget`` is resolved against ``reference`` (``(fixed, per_step)`` of the unconstrained
+    retraining, :func:`loop_seconds` with ``constrained=False``) for ``steps`` steps.
+
+    Raises :class:`~edgeadapt.errors.InfeasibleError` when no plan fits the memory (naming the smallest
+    memory budget, as :func:`plan_for_memory`) or when not even one step of the fastest plan that fits
+    the memory fits the time (naming the smallest time budget that does)."""
+    if not losses:
+        raise ConfigError("plan_for_budget needs at least one loss")
+    whole = None if reference is None else reference[0] + steps * reference[1]
+    seconds = time_budget.seconds(whole)
+    probe = copy.deepcopy(adapter)
+    probe.model.to(resolve_device(device))
+    upcast(probe.model)
+    steady = LossTraits(ADAPTATION_LOSS.name, per_sample=True, min_samples=ADAPTATION_LOSS.min_samples)
+    profiles = [profile(probe, batch, "adamw", loss_fn=fn, traits=steady) for _, fn in losses]
+    blocks = len(profiles[0].chain.blocks)
+    done: dict[tuple[int, MemoryPlan], tuple[int, float, float]] = {}
+
+    def measured(i: int, plan: MemoryPlan) -> tuple[int, float, float]:
+        """(peak bytes, fixed seconds, seconds per step); timed only when the bytes fit."""
+        if (i, plan) not in done:
+            fn = losses[i][1]
+            nbytes = measure(probe, plan, batch, "adamw", loss_fn=fn, traits=ADAPTATION_LOSS).total_bytes
+            fixed, per_step = loop_seconds(probe, fn, batch, device, plan) if fits(nbytes) else (0.0, 0.0)
+            done[i, plan] = nbytes, fixed, per_step
+        return done[i, plan]
+
+    def fits(nbytes: int) -> bool:
+        return memory_bytes is None or nbytes <= memory_bytes
+
+    best: tuple[tuple[int, int, int, float], PlannedMemory] | None = None
+    for k in range(blocks + 1):
+        options = []
+        for i, prof in enumerate(profiles):
+            estimates = sorted((predict(prof, MemoryPlan(freeze_blocks=k, checkpoint_segments=s))
+                                for s in range(blocks - k + 1)), key=lambda e: e.step_seconds)
+            for e in estimates:
+                if memory_bytes is not None and e.predicted_bytes > memory_bytes * PREDICTION_SLACK:
+                    continue
+                nbytes, fixed, step = measured(i, e.plan)
+                if fits(nbytes):
+                    n = min(steps, max(0, int((seconds - fixed) / step)))
+                    planned = PlannedMemory(e, nbytes, step, n, losses[i][0], seconds, whole)
+                    options.append(((n, -k, -i, -step), planned))
+                    break
+        if not options:
+            continue
+        key, chosen = max(options, key=lambda o: o[0])
+        if key[0] >= max(1, math.ceil(MIN_STEP_SHARE * steps)):
+            return chosen
+        if best is None or key > best[0]:
+            best = key, chosen
+    if best is not None and best[0][0] >= 1:
+        return best[1]
+    if best is None:  # nothing fits the memory: the memory planner's error names the smallest budget
+        plan_for_memory(adapter, losses[-1][1], batch, memory_bytes or 0, device)
+    (i, plan), (_, fixed, step) = min((v for v in done.items() if fits(v[1][0])),
+                                      key=lambda v: v[1][1] + v[1][2])
+    within = "" if memory_bytes is None else f" within memory_budget={format_bytes(memory_bytes)}"
+    raise InfeasibleError(
+        f"time_budget={time_budget.text} ({seconds:.3f} s of retraining per domain) is infeasible{within}: "
+        f"the fastest plan (freeze {plan.freeze_blocks} of {blocks} blocks, {plan.checkpoint_segments} "
+        f"checkpoint segments, loss {losses[i][0]}) measures {fixed:.3f} s per domain + {step:.4f} s per "
+        f"step, so not one step fits; set time_budget >= {time_budget.suggest(fixed + step, whole)}, or a "
+        f"narrower proxy (width)")
+
+
+def describe_plan(planned: PlannedMemory, memory_bytes: int | None) -> dict[str, Any]:
     """What a run records about its chosen plan: the plan's fields, the budget, the predicted and
-    measured peak bytes and the predicted step seconds."""
-    return {**planned.plan.model_dump(mode="json"), "budget_bytes": memory_bytes,
-            "predicted_bytes": planned.estimate.predicted_bytes, "measured_bytes": planned.measured_bytes,
-            "predicted_step_seconds": planned.estimate.step_seconds}
+    measured peak bytes and the predicted step seconds; with a time budget also the measured step
+    seconds, the budget and reference in seconds per domain, the edge steps and the loss variant."""
+    out = {**planned.plan.model_dump(mode="json"), "budget_bytes": memory_bytes,
+           "predicted_bytes": planned.estimate.predicted_bytes, "measured_bytes": planned.measured_bytes,
+           "predicted_step_seconds": planned.estimate.step_seconds}
+    if planned.steps is not None:
+        out.update(measured_step_seconds=planned.measured_step_seconds, steps=planned.steps,
+                   loss=planned.variant, time_budget_seconds=planned.time_budget_seconds,
+                   reference_seconds=planned.reference_seconds)
+    return out
 
 
 def unlabeled(batches: Iterable[Batch]) -> Iterable[Batch]:

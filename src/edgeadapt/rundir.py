@@ -42,6 +42,7 @@ from edgeadapt.outputs import check_output_dir
 
 RUN_FILE = "run.json"
 LOGS_DIR = "logs"  # a run's tracker output (scaffolding, not a result)
+CHECKPOINTS_DIR = "checkpoints"  # a resumable run's checkpoints; only its config.json: scaffolding
 
 # Fields that never change what a run computes: where it writes, how it reports, whether it resumes,
 # and on which device (a resumed run may move between devices).
@@ -193,9 +194,14 @@ def check_output(directory: str | Path, command: str, config: BaseModel | Mappin
 
 def _holds_no_results(directory: Path, refused: bool) -> bool:
     """True when a failed run's ``directory`` holds nothing but ``run.json`` and, after a refusal
-    (``refused``), its ``logs/`` tree: the scaffolding the run set up before it was refused."""
+    (``refused``), its ``logs/`` tree and a ``checkpoints/`` without a checkpoint (only the config it
+    is bound to): the scaffolding the run set up before it was refused."""
     names = {p.name for p in directory.iterdir()}
-    return RUN_FILE in names and names <= ({RUN_FILE, LOGS_DIR} if refused else {RUN_FILE})
+    if not refused:
+        return names == {RUN_FILE}
+    checkpoints = directory / CHECKPOINTS_DIR
+    bare = not checkpoints.is_dir() or {p.name for p in checkpoints.iterdir()} <= {"config.json"}
+    return RUN_FILE in names and names <= {RUN_FILE, LOGS_DIR, CHECKPOINTS_DIR} and bare
 
 
 @contextmanager
@@ -210,8 +216,8 @@ def claim_output(directory: str | Path, command: str, config: BaseModel | Mappin
     A directory this claim created (or found empty) that the failed block left holding only
     ``run.json`` is removed again, so a refused run leaves no trace; after a refusal (an
     :class:`~edgeadapt.errors.EdgeAdaptError`, e.g. an infeasible memory budget found once the model
-    is loaded) the same holds when it also holds only the run's ``logs/`` (no results), so the rerun
-    with the fix needs no ``--overwrite``.
+    is loaded) the same holds when it also holds only the run's ``logs/`` and a ``checkpoints/``
+    without a checkpoint (no results), so the rerun with the fix needs no ``--overwrite``.
 
     Example::
 

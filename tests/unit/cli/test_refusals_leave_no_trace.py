@@ -39,6 +39,25 @@ def test_a_refusal_after_the_claim_removes_run_json_and_logs(tmp_path):
     assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())
 
 
+def test_train_refused_by_its_memory_plan_leaves_no_output(tmp_path, capsys):
+    """Before: run.json, checkpoints/config.json and logs/ stayed after the refusal."""
+    recipe = tmp_path / "t.yaml"
+    recipe.write_text(f"kind: train\nmodel: tiny-vit\ndata: {{name: digits}}\nout: {tmp_path / 'out'}\n"
+                      "train: {epochs: 1, batch_size: 8, learning_rate: 0.001, memory: {freeze_blocks: 9}}\n")
+    assert main(["--quiet", "train", "--config", str(recipe)]) == 2
+    assert "cannot freeze 9" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_is_a_result(tmp_path):
+    with pytest.raises(ConfigError):
+        with claim_output(tmp_path / "ck", "train", {"x": 1}) as d:
+            (d / "checkpoints" / "checkpoint").mkdir(parents=True)
+            (d / "checkpoints" / "config.json").write_text("{}")
+            raise ConfigError("refused after a checkpoint")
+    assert (tmp_path / "ck" / "checkpoints" / "checkpoint").is_dir()
+
+
 def test_a_crash_keeps_its_logs_and_results_are_never_removed(tmp_path):
     _claim_and_fail(tmp_path / "bug", RuntimeError("a bug"))  # the logs may explain a bug: kept
     assert sorted(p.name for p in (tmp_path / "bug").iterdir()) == ["logs", "run.json"]

@@ -116,8 +116,8 @@ def add_memory_parser(sub: Any) -> None:
     s = sub.add_parser("memory", help="fit retraining into a memory budget: choose or predict a plan")
     msub = s.add_subparsers(dest="memory_command", required=True)
     for name, func, what in (
-            ("plan", cmd_memory_plan, "choose micro-batching, freezing and checkpointing under --budget "
-             "(predicted, measured, probed for accuracy gain per second)"),
+            ("plan", cmd_memory_plan, ("choose micro-batching, freezing and checkpointing under --budget "
+                                       "(predicted, measured, probed for accuracy gain per second)")),
             ("estimate", cmd_memory_estimate, "predict one plan's peak memory and step time")):
         m = msub.add_parser(name, help=what)
         m.add_argument("model", help="as for inspect")

@@ -60,7 +60,8 @@ def test_a_config_error_from_a_flag_names_the_flag(tmp_path, capsys):
 def _lora_manifest(offline):
     """The one file `validate` reads of an offline output: the FM's class, in lora/manifest.json."""
     (offline / "lora").mkdir(parents=True)
-    (offline / "lora" / "manifest.json").write_text(json.dumps({"base": {"class": "ViTForImageClassification"}}))
+    manifest = {"base": {"class": "ViTForImageClassification"}}
+    (offline / "lora" / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_validate_refuses_the_batch_size_adapt_refuses(tmp_path, capsys):

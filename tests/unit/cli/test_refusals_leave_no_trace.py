@@ -24,11 +24,10 @@ from edgeadapt.rundir import claim_output
 
 
 def _claim_and_fail(out: Path, error: BaseException) -> None:
-    with pytest.raises(type(error)):
-        with claim_output(out, "adapt", {"x": 1}) as d:
-            (d / "logs" / "tensorboard").mkdir(parents=True)
-            (d / "logs" / "metrics.csv").write_text("")
-            raise error
+    with pytest.raises(type(error)), claim_output(out, "adapt", {"x": 1}) as d:
+        (d / "logs" / "tensorboard").mkdir(parents=True)
+        (d / "logs" / "metrics.csv").write_text("")
+        raise error
 
 
 def test_a_refusal_after_the_claim_removes_run_json_and_logs(tmp_path):
@@ -50,21 +49,19 @@ def test_train_refused_by_its_memory_plan_leaves_no_output(tmp_path, capsys):
 
 
 def test_a_checkpoint_is_a_result(tmp_path):
-    with pytest.raises(ConfigError):
-        with claim_output(tmp_path / "ck", "train", {"x": 1}) as d:
-            (d / "checkpoints" / "checkpoint").mkdir(parents=True)
-            (d / "checkpoints" / "config.json").write_text("{}")
-            raise ConfigError("refused after a checkpoint")
+    with pytest.raises(ConfigError), claim_output(tmp_path / "ck", "train", {"x": 1}) as d:
+        (d / "checkpoints" / "checkpoint").mkdir(parents=True)
+        (d / "checkpoints" / "config.json").write_text("{}")
+        raise ConfigError("refused after a checkpoint")
     assert (tmp_path / "ck" / "checkpoints" / "checkpoint").is_dir()
 
 
 def test_a_crash_keeps_its_logs_and_results_are_never_removed(tmp_path):
     _claim_and_fail(tmp_path / "bug", RuntimeError("a bug"))  # the logs may explain a bug: kept
     assert sorted(p.name for p in (tmp_path / "bug").iterdir()) == ["logs", "run.json"]
-    with pytest.raises(ConfigError):
-        with claim_output(tmp_path / "res", "adapt", {"x": 1}) as d:
-            (d / "report.md").write_text("a result")
-            raise ConfigError("refused late")
+    with pytest.raises(ConfigError), claim_output(tmp_path / "res", "adapt", {"x": 1}) as d:
+        (d / "report.md").write_text("a result")
+        raise ConfigError("refused late")
     assert (tmp_path / "res" / "report.md").is_file()
 
 

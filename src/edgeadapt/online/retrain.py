@@ -443,6 +443,19 @@ def plan_for_budget(adapter: HFAdapter, losses: Sequence[tuple[str, LossFn]], ba
     def fits(nbytes: int) -> bool:
         return memory_bytes is None or nbytes <= memory_bytes
 
+    def refuse(i: int, plan: MemoryPlan, fixed: float, step: float) -> None:
+        within = "" if memory_bytes is None else f" within memory_budget={format_bytes(memory_bytes)}"
+        raise InfeasibleError(
+            f"time_budget={time_budget.text} ({seconds:.3f} s of retraining per domain) is infeasible"
+            f"{within}: the fastest plan (freeze {plan.freeze_blocks} of {blocks} blocks, "
+            f"{plan.checkpoint_segments} checkpoint segments, loss {losses[i][0]}) measures {fixed:.3f} s "
+            f"per domain + {step:.4f} s per step, so not one step fits; set time_budget >= "
+            f"{time_budget.suggest(fixed + step, whole)}, or a narrower proxy (width)")
+
+    # the fastest plan first (every block frozen, the last loss): when not one of its steps fits, none does
+    nbytes, fixed, step = measured(len(losses) - 1, MemoryPlan(freeze_blocks=blocks))
+    if fits(nbytes) and fixed + step > seconds:
+        refuse(len(losses) - 1, MemoryPlan(freeze_blocks=blocks), fixed, step)
     best: tuple[tuple[int, int, int, float], PlannedMemory] | None = None
     for k in range(blocks + 1):
         options = []
@@ -471,13 +484,8 @@ def plan_for_budget(adapter: HFAdapter, losses: Sequence[tuple[str, LossFn]], ba
         plan_for_memory(adapter, losses[-1][1], batch, memory_bytes or 0, device)
     (i, plan), (_, fixed, step) = min((v for v in done.items() if fits(v[1][0])),
                                       key=lambda v: v[1][1] + v[1][2])
-    within = "" if memory_bytes is None else f" within memory_budget={format_bytes(memory_bytes)}"
-    raise InfeasibleError(
-        f"time_budget={time_budget.text} ({seconds:.3f} s of retraining per domain) is infeasible{within}: "
-        f"the fastest plan (freeze {plan.freeze_blocks} of {blocks} blocks, {plan.checkpoint_segments} "
-        f"checkpoint segments, loss {losses[i][0]}) measures {fixed:.3f} s per domain + {step:.4f} s per "
-        f"step, so not one step fits; set time_budget >= {time_budget.suggest(fixed + step, whole)}, or a "
-        f"narrower proxy (width)")
+    refuse(i, plan, fixed, step)
+    raise AssertionError("unreachable")  # pragma: no cover - refuse() raises
 
 
 def describe_plan(planned: PlannedMemory, memory_bytes: int | None) -> dict[str, Any]:

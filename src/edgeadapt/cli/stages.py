@@ -59,7 +59,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     data = load_config(args.config, kind="adapt").model_dump() if args.config else {}
     overrides = {"stream": args.stream, "out": args.out, "width": args.width, "offline": args.offline,
                  "proxy_params": args.proxy_params, "proxy_memory_bytes": args.proxy_memory,
-                 "methods": args.methods, "memory_budget": args.memory_budget}
+                 "methods": args.methods, "memory_budget": args.memory_budget,
+                 "time_budget": args.time_budget}
     if args.width is not None:  # an explicit width on the command line wins over a budget in the file
         data.update(proxy_params=None, proxy_memory_bytes=None)
     data.update({k: v for k, v in overrides.items() if v is not None})
@@ -103,6 +104,10 @@ def add_stage_parsers(sub: Any) -> None:
     s.add_argument("--memory-budget", type=size_text, default=None,
                    help="peak retraining memory of the edge methods, e.g. 8MiB: a memory plan (frozen "
                    "blocks, checkpoint segments) is chosen for it instead of fixed checkpointing")
+    s.add_argument("--time-budget", type=nonempty_str, default=None,
+                   help="retraining time per domain of the edge methods: seconds (1.5, 1500ms) or a fraction "
+                   "of the unconstrained retraining (0.5x); planned with --memory-budget (edge steps, "
+                   "frozen blocks, distillation on or off)")
     s.add_argument("--steps", type=positive_int, default=None, help="retraining steps per domain")
     s.add_argument("--out", type=Path, default=None, help="report directory (default runs/adapt)")
     s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)

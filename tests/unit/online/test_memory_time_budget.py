@@ -10,6 +10,7 @@ import re
 
 import pytest
 
+from edgeadapt.cli.main import build_parser, main
 from edgeadapt.errors import ConfigError, InfeasibleError
 from edgeadapt.memory.estimator import Estimate
 from edgeadapt.memory.plan import MemoryPlan
@@ -191,3 +192,12 @@ def test_adapt_refuses_an_infeasible_time_budget_before_retraining(vit_kb):
     assert re.search(r">= \d+\.\d\ds", str(exc.value))
     with pytest.raises(ConfigError, match="time_budget: 'later' is not a time budget"):
         adapt(fm, kb, "fog:5", methods=["edgeadapt"], budget=BUDGET, source="digits", time_budget="later")
+
+
+def test_the_time_budget_flag_reaches_the_config_and_its_error_names_the_flag(tmp_path, capsys):
+    args = build_parser().parse_args(["adapt", "--time-budget", "0.5x", "--memory-budget", "8MiB"])
+    assert args.time_budget == "0.5x"
+    assert main(["--quiet", "adapt", "--time-budget", "soon", "--out", str(tmp_path / "adapt")]) == 2
+    err = capsys.readouterr().err
+    assert "--time-budget: 'soon' is not a time budget" in err and "time_budget" not in err, err
+    assert not (tmp_path / "adapt").exists()

@@ -112,6 +112,10 @@ class NamespacePair:
     ip_a: str
     ip_b: str
     rate_mbit: float
+    dev_a: str = ""
+    """The veth end in ``ns_a`` (``{prefix}-va``)."""
+    dev_b: str = ""
+    """The veth end in ``ns_b`` (``{prefix}-vb``)."""
 
     @staticmethod
     def exec(ns: str, command: list[str]) -> list[str]:
@@ -135,8 +139,8 @@ def veth_namespaces(rate_mbit: float, latency_ms: float = 50.0, burst_kbit: int 
     delay: add round-trip delay in the application."""
     if not rate_mbit > 0:
         raise ConfigError(f"veth_namespaces: rate {rate_mbit} Mbit/s must be > 0")
-    pair = NamespacePair(f"{prefix}-a", f"{prefix}-b", f"{subnet}.1", f"{subnet}.2", rate_mbit)
     va, vb = f"{prefix}-va", f"{prefix}-vb"
+    pair = NamespacePair(f"{prefix}-a", f"{prefix}-b", f"{subnet}.1", f"{subnet}.2", rate_mbit, va, vb)
     made: list[str] = []
     try:
         for ns in (pair.ns_a, pair.ns_b):
@@ -159,6 +163,19 @@ def veth_namespaces(rate_mbit: float, latency_ms: float = 50.0, burst_kbit: int 
         yield pair
     finally:
         _delete(made, va)
+
+
+def set_rate(pair: NamespacePair, rate_mbit: float, latency_ms: float = 50.0, burst_kbit: int = 64) -> float:
+    """Re-shape both ends of ``pair`` to ``rate_mbit`` (``tc qdisc change ... tbf``), mid-transfer;
+    returns the ``time.time()`` at which both ends were changed. Raises :class:`ConfigError` when
+    ``tc`` fails."""
+    try:
+        for ns, dev in ((pair.ns_a, pair.dev_a), (pair.ns_b, pair.dev_b)):
+            _ip("tc", "-n", ns, "qdisc", "change", "dev", dev, "root", "tbf", "rate", f"{rate_mbit}mbit",
+                "burst", f"{burst_kbit}kbit", "latency", f"{latency_ms}ms")
+    except (subprocess.CalledProcessError, FileNotFoundError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"set_rate: tc failed ({getattr(exc, 'stderr', None) or exc})") from None
+    return time.time()
 
 
 def _delete(namespaces: list[str], veth: str) -> None:

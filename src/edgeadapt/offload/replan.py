@@ -9,8 +9,11 @@ call's bandwidth can read 230 or 7000 Mbit/s — so a plan is not replaced on ev
 2. :meth:`Replanner.check`: the new solution replaces the plan only when it differs *and* its
    predicted latency on the new link beats the current placement's (re-costed on the same link)
    by :data:`REPLAN_MARGIN`; otherwise the placement stays and only the reference figures move;
-3. two placement changes are at least ``min_interval_s`` apart (the first is never held back), so
-   a link hovering at a break-even point cannot make the placement flap.
+3. two placement changes are at least an interval apart (the first is never held back): at first
+   ``min_interval_s``, doubled (up to :data:`MAX_INTERVAL_S`) each time a change returns to the
+   placement just left (A → B → A: a link hovering at a break-even point — on a tbf-shaped link
+   small frames ride the burst and large ones do not), back to ``min_interval_s`` after a change
+   to a third placement.
 
 A real change (a drop from loopback to 10 Mbit/s) passes all three on the first sample that shows
 it; see ``benchmarks/offload_runtime.py`` for the measured time from the change to the new plan.
@@ -37,6 +40,9 @@ new link (0.1: 10%): a tie, or a gain inside the profile's timing noise, keeps t
 
 REPLAN_INTERVAL_S = 0.5
 """Least time (seconds) between two placement changes."""
+
+MAX_INTERVAL_S = 8.0
+"""The longest the interval grows to while the placement flaps between two placements."""
 
 
 def replan_reason(planned_bandwidth: float, planned_rtt_s: float, bandwidth: float | None,
@@ -91,6 +97,10 @@ class Replanner:
     planned: tuple[float, float] | None = None
     """(bandwidth bytes/s, RTT s) the placement in force was last checked against."""
     last_change_s: float | None = None
+    interval_s: float | None = None
+    """The interval in force (``min_interval_s``, doubled on each flap back); set by :meth:`start`."""
+    left: tuple | None = None
+    """(widths, devices) of the placement before the current one (a change back to it is a flap)."""
     resolves: int = 0
     """Re-solves of the integer program after the first plan (kept or changed)."""
     kept: int = field(default=0)
@@ -99,6 +109,7 @@ class Replanner:
     def start(self, bandwidth: float, rtt_s: float) -> Placement:
         """The first plan, for the link measured at start."""
         self.current, self.planned = plan(self.profile, self.floor, bandwidth, rtt_s), (bandwidth, rtt_s)
+        self.interval_s, self.left = self.min_interval_s, None
         return self.current
 
     def check(self, bandwidth: float | None, rtt_s: float | None) -> Change | None:
@@ -120,7 +131,10 @@ class Replanner:
             self.kept += 1
             return Change(reason, changed=False)
         t = self.clock()
-        if self.last_change_s is not None and t - self.last_change_s < self.min_interval_s:
+        if self.last_change_s is not None and t - self.last_change_s < self.interval_s:
             return Change(reason, changed=False, held=True)  # planned stays: checked again next time
+        back = (best.widths, best.devices) == self.left
+        self.interval_s = min(2 * self.interval_s, MAX_INTERVAL_S) if back else self.min_interval_s
+        self.left = (now.widths, now.devices)
         self.current, self.planned, self.last_change_s = best, (bandwidth, rtt_s), t
         return Change(reason, changed=True)

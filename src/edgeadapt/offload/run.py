@@ -153,6 +153,8 @@ class OffloadReport:
     fallback), ``tries``."""
     replan_checks: int = 0
     """Re-solves after the first plan that kept the placement (link moved, placement not better)."""
+    started_at: float | None = None
+    """When the first request was sent (``time.time()``, epoch seconds): replans' ``at_s`` count from it."""
     placement: dict[str, Any] | None = None
     """The placement in force at the end: ``blocks`` (per block ``block``, ``width``, ``device``),
     and with ``floor`` the plan's ``floor``, ``predicted_accuracy``, ``predicted_latency_ms``, the
@@ -327,7 +329,6 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
     replans: list[dict[str, Any]] = []
     fallbacks: list[dict[str, Any]] = []
     reconnects: list[dict[str, Any]] = []
-    t_start = time.perf_counter()
     down: dict[str, Any] | None = None  # while the server is unreachable: since, wait, next try, tries
     probe = max(cfg.probe_bytes, MIN_PROBE_BYTES) if profile is not None else cfg.probe_bytes
 
@@ -336,7 +337,7 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
         chosen, widths, devices = placement, list(placement.widths), list(placement.devices)
 
     def record(i: int, reason: str) -> None:
-        replans.append({"at_request": i, "at_s": time.perf_counter() - t_start, "time": time.time(),
+        replans.append({"at_request": i, "at_s": time.perf_counter() - started, "time": time.time(),
                         "reason": reason, "link": _link_dict(*replanner.planned), "changed": True,
                         **_placement_dict(chain, widths, devices, names)})
 
@@ -405,6 +406,7 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
     latencies, logits, labels = [], [], []
     by_mode = {"edge-only": 0, "split": 0, "cloud-only": 0}
     probed = started = time.perf_counter()
+    started_at = time.time()
 
     def requests() -> Any:  # one pass, or passes until cfg.duration_s
         while True:
@@ -492,7 +494,7 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
         probe_bytes={"sent": client.probe_bytes_sent if client else 0,
                      "received": client.probe_bytes_received if client else 0},
         fallbacks=fallbacks, reconnects=reconnects,
-        replan_checks=replanner.kept if replanner is not None else 0)
+        replan_checks=replanner.kept if replanner is not None else 0, started_at=started_at)
 
 
 def check_address(server: str, field: str = "--server") -> None:

@@ -67,6 +67,24 @@ def test_a_real_drop_changes_at_once_then_changes_are_an_interval_apart_and_bett
     assert planner.check(1e9, 1e-3).changed and set(planner.current.devices) == {1}
 
 
+def test_a_flapping_link_doubles_the_interval_between_changes_back_and_forth():
+    clock = Clock()
+    planner = Replanner(synthetic(), 0.5, min_interval_s=0.5, clock=clock)
+    planner.start(1e9, 1e-3)
+    gaps = []
+    for k in range(6):  # fast, slow, fast, ...: each change waits until the interval allows it
+        bandwidth, t0 = (1e4, 1e9)[k % 2], clock.now
+        while not planner.check(bandwidth, 1e-3).changed:
+            clock.now += 0.05
+        gaps.append(round(clock.now - t0, 2))
+        clock.now += 0.05
+    assert gaps[0] == 0.0  # the first change is never held; then 0.5, 1, 2, 4, 8 s apart (in 0.05 s steps)
+    assert gaps[1:] == pytest.approx([0.45, 0.95, 1.95, 3.95, 7.95], abs=0.06)
+    clock.now += 60
+    planner.check(1e9 if planner.current.devices[0] == 0 else 1e4, 1e-3)
+    assert planner.interval_s == 8.0  # a flap back once more: the interval stays at its cap
+
+
 def test_the_link_estimate_ignores_unmeasurable_frames_and_follows_a_change_in_two_samples():
     link = LinkEstimate()
     assert link.observe_transfer(2 * MIN_SAMPLE_BYTES, 2 * MIN_SAMPLE_BYTES / 5e8)  # a 500 MB/s probe
@@ -125,8 +143,8 @@ def test_a_bandwidth_drop_and_recovery_each_replan_within_two_seconds(offloading
     report = run_offload(cfg, link)
     assert len(link.changed_at) == 2, link.changed_at
     dropped, recovered = link.changed_at
-    to_edge = next(r for r in report.replans if r["time"] >= dropped)
-    assert {b["device"] for b in to_edge["blocks"]} == {"edge"} and to_edge["time"] < recovered
+    to_edge = next(r for r in report.replans if r["time"] >= dropped)  # a split or edge-only
+    assert "edge" in {b["device"] for b in to_edge["blocks"]} and to_edge["time"] < recovered
     assert to_edge["time"] - dropped <= 2.0, (to_edge, dropped)
     back = next(r for r in report.replans if r["time"] >= recovered)
     assert "cloud" in {b["device"] for b in back["blocks"]}

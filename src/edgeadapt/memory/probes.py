@@ -68,7 +68,7 @@ def successive_halving(arms: Sequence[Arm], pull: Callable[[Arm, int], tuple[flo
 def race(step_seconds: Sequence[float], frozen: Sequence[int],
          pull: Callable[[int, int], tuple[float, ...]], *, horizon_steps: int | None = None,
          horizon_seconds: float | None = None, max_probe_seconds: float = MAX_PROBE_SECONDS,
-         min_steps: int = 1, noise: float = 0.0, eta: int = 2,
+         min_steps: int = 1, noise: float | Callable[[tuple[float, ...]], float] = 0.0, eta: int = 2,
          step_scale: Sequence[float] | None = None) -> tuple[int, dict[int, int]]:
     """Which arm buys the most in the retraining horizon: successive halving on equal budgets.
 
@@ -83,7 +83,8 @@ def race(step_seconds: Sequence[float], frozen: Sequence[int],
     ``ceil(n / eta)`` survive each round. Ranking is by the gain *reached*, not per second: a
     frozen arm that rises fast in a few steps but plateaus lower loses over a long horizon. A
     more-frozen arm must also beat a less-frozen one by more than ``noise`` (the probe's
-    resolution) per extra frozen block: the first score is lowered by ``noise * frozen[k]``.
+    resolution; or ``noise(score)``, the resolution at the score an arm reached) per extra frozen
+    block: the first score is lowered by ``noise * frozen[k]``.
 
     ``step_scale[k]`` (default 1): arm ``k``'s optimizer steps per step of the horizon, for arms
     at a smaller effective batch than the data's (``B / b``: a step-budgeted horizon then gives
@@ -126,7 +127,8 @@ def race(step_seconds: Sequence[float], frozen: Sequence[int],
         for k in alive:
             reached[k] = max(reached.get(k, 0), steps_at(k, clock))
             score = tuple(pull(k, reached[k]))
-            scores[k] = (score[0] - noise * frozen[k],) + score[1:]
+            resolution = noise(score) if callable(noise) else noise
+            scores[k] = (score[0] - resolution * frozen[k],) + score[1:]
         ranked = sorted(alive, key=lambda k: (tuple(-v for v in scores[k]), frozen[k], k))
         alive = sorted(ranked[:sizes[r + 1]])
     return alive[0], reached
@@ -168,9 +170,9 @@ class Prober:
     """Trains :class:`Probe` s on one model and scores them on ``eval_batches``.
 
     ``accuracy``: the gain is the accuracy's rise (labelled classification), else the loss's fall.
-    :attr:`base` is the starting (accuracy, loss); :attr:`noise` the probe's resolution: the
-    standard error of an accuracy on the held-out samples (binomial, at the starting accuracy; at
-    least one sample's worth), or 1% of the starting loss. Call inside
+    :attr:`base` is the starting (accuracy, loss); :meth:`noise` the probe's resolution at a score:
+    the standard error of an accuracy on the held-out samples (binomial, at the accuracy reached;
+    at least one sample's worth), or 1% of the starting loss. Call inside
     ``torch.random.fork_rng`` to leave the caller's RNG alone; :meth:`pull` leaves the model
     holding the probe's weights (the caller restores its own)."""
 
@@ -182,10 +184,16 @@ class Prober:
         self.device = next(adapter.model.parameters()).device
         self.accuracy = adapter.task.name == "classification" and all("labels" in b for b in eval_batches)
         self.base = self.evaluate()
-        held = max(1, sum(batch_size_of(b) for b in self.eval_batches))
-        acc = self.base[0]
-        self.noise = max(1.0 / held, math.sqrt(acc * (1 - acc) / held)) if self.accuracy \
-            else 0.01 * abs(self.base[1])
+        self.held = max(1, sum(batch_size_of(b) for b in self.eval_batches))
+
+    def noise(self, score: tuple[float, ...] = (0.0,)) -> float:
+        """The resolution of a probe's ``score`` (as :meth:`pull` returns it): the binomial standard
+        error of the accuracy it reached on the held-out samples (at least one sample's worth), or
+        1% of the starting loss."""
+        if not self.accuracy:
+            return 0.01 * abs(self.base[1])
+        acc = min(1.0, max(0.0, self.base[0] + score[0]))
+        return max(1.0 / self.held, math.sqrt(acc * (1 - acc) / self.held))
 
     def evaluate(self) -> tuple[float, float]:
         """(accuracy or 0, mean loss: ``loss_fn``'s, else the task's) of the model on the held-out

@@ -42,7 +42,7 @@ algorithm done right:
    batches (labelled classification) or the fall of the task loss (language models, label-free
    data) since the start; accuracy ties are broken by the loss decrease. A more-frozen arm must
    beat a less-frozen one by more than the probe noise (the standard error of the held-out
-   accuracy, or 1% of the loss) per extra frozen block: on a few hundred held-out samples the
+   accuracy at the accuracy it reached, or 1% of the loss) per extra frozen block: on a few hundred held-out samples the
    arms' gains are often within a few samples of each other, and over a long retraining keeping
    every block trainable ends higher almost always.
 

@@ -17,6 +17,7 @@ from edgeadapt.memory.estimator import measure, predict, profile
 from edgeadapt.memory.knobs import block_chain, split_batch
 from edgeadapt.memory.plan import ADAPTATION_LOSS, LossTraits, MemoryPlan
 from edgeadapt.memory.plan_file import load_plan, save_plan
+from edgeadapt.memory.probes import Prober
 from edgeadapt.memory.search import enumerate_plans, pareto, race, search, successive_halving, update_class
 from edgeadapt.models.registry import load_adapter
 
@@ -305,3 +306,26 @@ def test_a_smaller_effective_batch_is_a_knob_predicted_and_measured_at_its_own_b
     assert real == chosen.measured_bytes
     with pytest.raises(ConfigError, match="divide"):
         search(adapter, budget, train, held, prof=prof, batch_sizes=[3])
+
+
+def test_the_freezing_margin_is_the_standard_error_at_the_accuracy_an_arm_reached():
+    """Before: one margin per frozen block, the standard error at the *starting* accuracy (largest
+    near 0.5); now the resolution of the accuracy each arm reached, smaller near convergence."""
+    adapter, _, held, _ = _setup("tiny-resnet")
+    prober = Prober(adapter, held, optimizer="adam", lr=1e-3, seed=0, loss_fn=None,
+                    traits=LossTraits())
+    n = prober.held
+    assert n == sum(len(b["labels"]) for b in held)
+    up = 0.9 - prober.base[0]  # a gain that reaches 90% accuracy
+    assert prober.noise((up, 0.0)) == pytest.approx(math.sqrt(0.9 * 0.1 / n))
+    assert prober.noise((1.0 - prober.base[0], 0.0)) == pytest.approx(1.0 / n)  # at least one sample
+    # race takes the margin as a function of the score reached: at 0.5 the frozen arm's 0.05 lead
+    # is within the margin, at 0.95 it is not
+    def pull(k: int, steps: int) -> tuple[float]:
+        return ((0.40, 0.45)[k],)
+
+    def margin(score: tuple[float, ...]) -> float:
+        return 0.06 if score[0] < 0.42 else 0.02
+
+    assert race([0.1, 0.1], [0, 1], pull, horizon_steps=4, noise=0.06)[0] == 0
+    assert race([0.1, 0.1], [0, 1], pull, horizon_steps=4, noise=margin)[0] == 1

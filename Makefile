@@ -48,6 +48,7 @@ bench: setup
 	$(BIN)/python benchmarks/llm_prune.py --seeds 0,1,2
 	$(BIN)/python benchmarks/memory_planner.py
 	$(BIN)/python benchmarks/offload.py
+	$(BIN)/python benchmarks/offload_runtime.py
 	$(BIN)/python benchmarks/prune_memory.py
 	$(BIN)/python benchmarks/readme_tables.py
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from edgeadapt.config import not_built_yet
 from edgeadapt.data.config import DataSection, check_adapt_fits_model
 from edgeadapt.data.stream import DriftStream
 from edgeadapt.errors import ConfigError
@@ -85,6 +86,10 @@ class AdaptConfig(BaseModel):
         if self.proxy_params is not None and self.proxy_memory_bytes is not None:
             raise ConfigError("proxy_params and proxy_memory_bytes are alternatives; set one of them")
         check_adapt_fits_model(self)  # the stream must fit the FM in offline/lora, once it exists
+        if info is not None and info.context is not None:  # `validate`: what run_adapt refuses first
+            missing = missing_offline(self.offline)
+            if missing is not None and not not_built_yet(self.offline, "offline", info):
+                raise ConfigError(missing)
         self._check_loss_fits_model(info)
         return self
 
@@ -163,6 +168,16 @@ class AdaptConfig(BaseModel):
         raise ConfigError(errors[0])
 
 
+def missing_offline(offline: Path) -> str | None:
+    """Why ``offline`` is not a complete ``edgeadapt offline`` output (its ``lora`` and ``kb``
+    artifacts), with the fix; ``None`` when it is."""
+    for step in ("lora", "kb"):
+        if not (Path(offline) / step / "manifest.json").is_file():
+            return (f"offline: {Path(offline) / step} has no artifact; run `edgeadapt offline all --config "
+                    "configs/offline-vit-digits.yaml` first (or `edgeadapt demo`)")
+    return None
+
+
 def fm_task(offline: Path) -> str | None:
     """The task name (``classification``, ``causal-lm``, ``sentence-embedding``) of the foundation
     model in ``offline/lora``, from its manifest; ``None`` while it is not built (or unreadable)."""
@@ -182,10 +197,9 @@ def run_adapt(cfg: AdaptConfig, progress: bool = True, overwrite: bool = False) 
     :class:`~edgeadapt.errors.ConfigError` naming the fields) unless ``overwrite``, and a second run
     on the same ``out`` is refused with the holder's PID. What was there is replaced only when the
     run succeeds."""
-    for step in ("lora", "kb"):
-        if not (cfg.offline / step / "manifest.json").is_file():
-            raise ConfigError(f"offline: {cfg.offline / step} has no artifact; run `edgeadapt offline all "
-                             "--config configs/offline-vit-digits.yaml` first (or `edgeadapt demo`)")
+    missing = missing_offline(cfg.offline)
+    if missing is not None:
+        raise ConfigError(missing)
     with claim_output(cfg.out, "adapt", cfg, overwrite=overwrite):
         return _run_adapt(cfg, progress)
 

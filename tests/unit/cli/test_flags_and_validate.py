@@ -58,8 +58,11 @@ def test_a_config_error_from_a_flag_names_the_flag(tmp_path, capsys):
 
 
 def _lora_manifest(offline):
-    """The one file `validate` reads of an offline output: the FM's class, in lora/manifest.json."""
-    (offline / "lora").mkdir(parents=True)
+    """What `validate` reads of an offline output: that lora/ and kb/ hold artifacts, and the FM's
+    class in lora/manifest.json."""
+    for step in ("lora", "kb"):
+        (offline / step).mkdir(parents=True)
+        (offline / step / "manifest.json").write_text("{}")
     manifest = {"base": {"class": "ViTForImageClassification"}}
     (offline / "lora" / "manifest.json").write_text(json.dumps(manifest))
 
@@ -73,10 +76,17 @@ def test_validate_refuses_the_batch_size_adapt_refuses(tmp_path, capsys):
     assert "budget.batch_size: batch size 1: the adaptation loss" in err and "needs at least 2" in err
     cfg.write_text(f"kind: adapt\noffline: {tmp_path / 'off'}\nbudget: {{batch_size: 2, steps: 1}}\n")
     assert main(["validate", str(cfg)]) == 0
-    # not built yet: a note, not a refusal
+    # an offline output that is missing is refused as adapt refuses it ...
     cfg.write_text(f"kind: adapt\noffline: {tmp_path / 'none'}\nbudget: {{batch_size: 1, steps: 1}}\n")
+    assert main(["validate", str(cfg)]) == 2
+    assert f"offline: {tmp_path / 'none' / 'lora'} has no artifact; run `edgeadapt offline all" \
+        in capsys.readouterr().err
+    # ... unless a config beside it builds it: then a note, and the batch size waits for the model
+    (tmp_path / "off.yaml").write_text(f"kind: offline\nout: {tmp_path / 'none'}\n")
     assert main(["validate", str(cfg)]) == 0
-    assert "budget.batch_size 1 is checked against the foundation model's loss" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "not built yet (run `edgeadapt offline all --config" in out
+    assert "budget.batch_size 1 is checked against the foundation model's loss" in out
 
 
 def test_validate_recognises_plan_files_without_kind(tmp_path, capsys):

@@ -60,7 +60,7 @@ class MemoryPlanFile(MemoryPlan):
 
 def plan_model(adapter: Any, name: str) -> PlanModel:
     """The :class:`PlanModel` of ``adapter`` (loaded from ``name``): its family and block count."""
-    from edgeadapt.memory.knobs import block_chain
+    from edgeadapt.memory.knobs import block_chain  # imports torch: `validate` of a plan file does not
 
     return PlanModel(name=str(name), family=str(getattr(adapter, "family", "unknown")),
                      num_blocks=len(block_chain(adapter).blocks))

@@ -8,9 +8,10 @@ refusal is a :class:`~edgeadapt.errors.ConfigError`.
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -43,19 +44,24 @@ MIN_SAMPLE_S = 2e-3
 call reads 230, the next 7000 Mbit/s)."""
 
 JUMP_FACTOR = 3.0
-"""Two samples in a row this far from the average, on the same side, replace it (the link changed)."""
+"""A sample this far from the estimate (either way) is a jump: the edge probes again soon to confirm it."""
+
+WINDOW = 3
+"""Transfers whose median the estimate follows: one outlier (a scheduler hiccup of a few ms on a fast
+link, a small frame riding a shaper's burst on a slow one) is ignored; two in a row are a new link."""
 
 
 @dataclass
 class LinkEstimate:
-    """Exponential moving averages of the round-trip time (s) and of the transfer time per byte
-    (whose inverse is ``bandwidth``, bytes/s) measured on real calls; ``alpha`` is the weight of the
+    """The round-trip time (s) as an exponential moving average, and the bandwidth (bytes/s) as the
+    inverse of a smoothed transfer time per byte, from real calls; ``alpha`` is the weight of the
     newest sample. ``None`` until first measured.
 
-    Only measurable transfers feed the bandwidth (:data:`MIN_SAMPLE_BYTES`, :data:`MIN_SAMPLE_S`),
-    and two samples in a row :data:`JUMP_FACTOR` away from the average on the same side replace it:
-    a real change of link shows within two samples both ways, where the average alone takes one
-    sample to follow a drop but some twenty to follow a thousandfold recovery."""
+    Only measurable transfers feed the bandwidth (:data:`MIN_SAMPLE_BYTES`, :data:`MIN_SAMPLE_S`);
+    each is first put through a median of the last :data:`WINDOW` samples (so one outlier never
+    moves the estimate), whose value is averaged — or, when it moved by more than
+    :data:`JUMP_FACTOR`, taken as it is: a real change of link shows after two samples, both ways
+    (averaging alone takes some twenty samples to follow a thousandfold recovery)."""
 
     alpha: float = 0.3
     rtt_s: float | None = None
@@ -65,13 +71,13 @@ class LinkEstimate:
     """The smallest round trip seen: the propagation part of a call, subtracted from transfer times
     (the moving average also holds queueing and scheduling noise, which would make them negative)."""
     seconds_per_byte: float | None = None
-    """The moving average behind :attr:`bandwidth` (its inverse): transfer time per byte is what a
-    plan's cost adds up, and averaging it (not the rate) makes a drop to a slow link show at once —
-    one 0.8 Mbit/s sample after many at 6 Gbit/s gives 2.7 Mbit/s, where averaging rates took 25
-    samples to get there."""
+    """The smoothed transfer time per byte behind :attr:`bandwidth` (its inverse): what a plan's cost
+    adds up."""
+    recent: list[float] = field(default_factory=list)
+    """Seconds per byte of the last :data:`WINDOW` measurable transfers."""
     pending: float | None = None
-    """Seconds per byte of the last sample when it was a jump (:data:`JUMP_FACTOR`) not yet
-    confirmed by a second one; the edge probes again soon while it is set."""
+    """Seconds per byte of the last sample when it was a jump from the estimate (:data:`JUMP_FACTOR`)
+    not yet reflected in it; the edge probes again soon while it is set."""
     ignored: int = 0
     """Transfers too small or too short to time (not folded in)."""
 
@@ -90,16 +96,12 @@ class LinkEstimate:
             self.ignored += 1
             return False
         spb, old = max(seconds, 5e-5) / nbytes, self.seconds_per_byte
-        if old is None:
-            self.seconds_per_byte = spb
-        else:
-            ratio = spb / old
-            jump = ratio > JUMP_FACTOR or ratio < 1 / JUMP_FACTOR
-            if jump and self.pending is not None and (self.pending > old) == (spb > old):
-                self.seconds_per_byte, self.pending = (spb * self.pending) ** 0.5, None  # a new link
-            else:
-                self.pending = spb if jump else None
-                self.seconds_per_byte = (1 - self.alpha) * old + self.alpha * spb
+        self.recent = [*self.recent, spb][-WINDOW:] if self.recent else [spb] * WINDOW  # the first fills it
+        med = statistics.median(self.recent)
+        moved = old is not None and not 1 / JUMP_FACTOR <= med / old <= JUMP_FACTOR
+        self.seconds_per_byte = med if old is None or moved else (1 - self.alpha) * old + self.alpha * med
+        jump = not 1 / JUMP_FACTOR <= spb / self.seconds_per_byte <= JUMP_FACTOR
+        self.pending = spb if jump else None
         self.bandwidth = 1.0 / self.seconds_per_byte
         self.samples += 1
         return True
@@ -109,7 +111,8 @@ class OffloadClient:
     """Raw-bytes gRPC calls to an offload server, each with ``timeout_s`` and the device token;
     ``shaper`` (a :class:`~edgeadapt.offload.netem.TokenBucket`) emulates a slower link by delaying
     each request and response by its size. Unreachable → :class:`ServerUnreachable`; refused →
-    :class:`ConfigError`."""
+    :class:`ConfigError`. ``bytes_sent``/``bytes_received`` count ``Run`` frames (the payload),
+    ``probe_bytes_sent``/``probe_bytes_received`` the ``Info``, ``Ping`` and ``Echo`` calls."""
 
     def __init__(self, server: str, token: bytes, timeout_s: float = 10.0, shaper: TokenBucket | None = None,
                  max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:

@@ -380,7 +380,10 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
         try:
             client.reconnect()
             connect(i, min(RETRY_TIMEOUT_S, cfg.timeout_s))
-        except ServerUnreachable:
+        except (ServerUnreachable, ConfigError) as exc:  # refused (another model, token): keep trying too
+            if isinstance(exc, ConfigError):
+                warnings.warn(f"offload run: the server at request {i} answers but {exc}; staying on the "
+                              "edge", stacklevel=3)
             down["wait"] = min(2 * down["wait"], RETRY_MAX_S)
             down["next"] = time.perf_counter() + down["wait"]
             return
@@ -424,10 +427,11 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
                 try_back(i)
             if profile is not None and down is None and i and 1 not in devices:
                 due = i % PING_EVERY == 0 or time.perf_counter() - probed > PROBE_EVERY_S
-                if due or client.link.pending is not None:  # nothing on the server: probe the link
+                confirm = client.link.pending is not None  # a jump to confirm: larger than a shaper's burst
+                if due or confirm:  # nothing on the server: probe the link
                     try:
                         client.ping()
-                        client.echo(_probe_bytes(client.link))
+                        client.echo(min(MIN_PROBE_BYTES, (4 if confirm else 1) * _probe_bytes(client.link)))
                     except ServerUnreachable as exc:
                         fall_back(i, exc)
                     probed = time.perf_counter()

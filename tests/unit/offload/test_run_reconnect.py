@@ -22,7 +22,7 @@ TOKEN = b"reconnect-token-0123"
 
 class RestartAfter(TokenBucket):
     """A link whose server stops at the ``calls``-th message and is started again, on the same port,
-    ``down_s`` seconds later (in another thread)."""
+    ``down_s`` seconds later (in another thread), serving ``chain``."""
 
     def __init__(self, chain, port: int, calls: int, down_s: float) -> None:
         super().__init__(rate=1e12, burst=1 << 30)
@@ -61,7 +61,7 @@ def test_a_server_stopped_and_restarted_on_the_same_port_is_reconnected_and_spli
     assert len(report.reconnects) == 1 and report.reconnects[0]["down_s"] < 2.0
     back = report.reconnects[0]["at_request"]
     modes = report.requests_by_mode
-    assert modes["edge-only"] == back - 5 and modes["split"] == report.requests - (back - 5) > back
+    assert modes["edge-only"] == back - 5 and modes["split"] == report.requests - (back - 5) > 5  # resumed
     assert report.mode == "mixed" and "back on the server" in report.summary()
     # every request, whichever way it ran, gives the model's logits (the test split, cycled)
     images = build_dataset("digits", size=32).test.images
@@ -107,3 +107,25 @@ def test_retries_back_off_while_nothing_listens(monkeypatch):
     gaps = [b - a for a, b in zip(tries, tries[1:])]
     assert report.mode == "edge-only" and report.reconnects == [] and len(tries) >= 4
     assert gaps[0] >= 0.19 and all(g <= 0.6 for g in gaps) and gaps[-1] >= 0.39  # 0.2, 0.4, 0.4, ...
+
+
+def test_a_server_back_with_other_weights_is_not_used_and_the_run_stays_on_the_edge():
+    adapter = load_adapter("tiny-resnet")
+    chain = load_chain(adapter)
+    other = load_adapter("tiny-resnet")
+    with torch.no_grad():
+        next(other.model.parameters()).add_(1.0)
+    first = start_server(chain, TOKEN, ServeConfig(port=0))
+    link = RestartAfter(load_chain(other), first.port, calls=10 + 2 * 2 + 1, down_s=0.1)  # down at request 2
+    link.servers.append(first)
+    cfg = OffloadRunConfig("tiny-resnet", f"127.0.0.1:{first.port}", TOKEN, split=2, batch_size=32,
+                           duration_s=1.5, timeout_s=2.0)
+    try:
+        with pytest.warns(UserWarning) as caught:
+            report = run_offload(cfg, link, chain=chain)
+    finally:
+        for s in link.servers:
+            s.stop(grace=0)
+    assert any("serve and run the same model" in str(w.message) for w in caught)
+    assert report.reconnects == [] and report.requests_by_mode["split"] == 2
+    assert report.requests_by_mode["edge-only"] == report.requests - 2

@@ -92,6 +92,10 @@ def test_the_link_estimate_ignores_unmeasurable_frames_and_follows_a_change_in_t
     for _ in range(50):  # 12 KB frames on loopback: microseconds of scheduler noise, not a rate
         assert not link.observe_transfer(12_000, rng.uniform(1e-6, 3e-4))
     assert link.bandwidth == pytest.approx(5e8) and link.ignored == 50
+    assert link.observe_transfer(12_000, 0.01) and link.bandwidth == pytest.approx(5e8)  # one hiccup: ignored
+    assert link.pending is not None  # ... but probed again soon
+    assert link.observe_transfer(2 * MIN_SAMPLE_BYTES, 2 * MIN_SAMPLE_BYTES / 5e8)
+    assert link.pending is None
     for _ in range(2):  # a drop to 100 kB/s: 12 KB take 120 ms
         assert link.observe_transfer(12_000, 0.12)
     assert link.bandwidth == pytest.approx(1e5, rel=0.01) and link.pending is None

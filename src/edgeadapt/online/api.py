@@ -264,7 +264,7 @@ def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | N
       no knobs, ``budget.steps`` steps — what ``full`` runs; its step is measured first). The plan
       then also sets the edge steps (``budget.edge_steps``: as many as fit) and may drop our loss's
       distillation term for the edge methods (``memory_plan.loss``: ``"without distillation"``) when
-      that affords more steps; freezing is its last resort
+      too few steps fit with it; freezing is its last resort
       (:func:`~edgeadapt.online.retrain.plan_for_budget`).
     - ``source``: the labelled source data for the statistics the edge keeps and the static
       baseline's fine-tuning — a registered dataset name, a ``data:`` mapping, a batch factory or

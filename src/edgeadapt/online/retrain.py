@@ -24,10 +24,11 @@ unconstrained retraining that ``full`` runs) is planned with the memory budget b
 :func:`plan_for_budget`: per plan it measures the step, and so how many of the configured steps fit
 the time (``RetrainBudget.edge_steps``); it may also drop the distillation term, whose frozen-FM
 teacher forward is a fixed cost of every step. Measured on the image benchmark (tiny ViT, width 0.75,
-default stream, seed 0): freezing 1 / 3 of 4 blocks cost 1.7 / 4.7 accuracy points, 12 or 15 of the
-30 steps 0.8 / 1.2, dropping distillation none (+1.0) — hence the preference order in
-:func:`plan_for_budget`. Dropping distillation changes the loss, so a run records it
-(``memory_plan.loss``).
+default stream, edgeadapt's mean accuracy): freezing 1 / 3 of 4 blocks cost 1.7 / 4.7 points (seed 0);
+15 instead of 30 steps 1.2 (seed 0), 12 instead of 30 steps 2.6 (seed 2); dropping distillation at 15 /
+12 steps a further 0.9 (seed 0) / 1.8 (seed 2) — hence the preference order in :func:`plan_for_budget`:
+fewer steps first, then the loss without distillation, then frozen blocks. Dropping distillation
+changes the loss, so a run records it (``memory_plan.loss``).
 TODO: rank fitting plans by measured accuracy gain per second with :mod:`edgeadapt.memory.search`
 (it needs labelled probes, which the edge does not have).
 """
@@ -252,9 +253,8 @@ LOOP_STEPS = (2, 8)
 """The two short retraining runs (optimizer steps) :func:`loop_seconds` times."""
 
 MIN_STEP_SHARE = 0.4
-"""A time plan freezes more blocks only when fewer than this share of the configured steps would fit
-otherwise: on the image benchmark (one seed) 12 / 15 of 30 steps cost 0.8 / 1.2 accuracy points, freezing
-1 of 4 blocks 1.7."""
+"""A time plan drops distillation, then freezes more blocks, only when fewer than this share of the
+configured steps would fit otherwise (module docstring: the measurements behind the order)."""
 
 
 @dataclass(frozen=True)
@@ -408,11 +408,11 @@ def plan_for_budget(adapter: HFAdapter, losses: Sequence[tuple[str, LossFn]], ba
 
     For each number of frozen blocks, fewest first, and each loss, the plans predicted to fit the
     memory (within :data:`PREDICTION_SLACK`) are measured fastest-predicted first until one fits when
-    measured (bytes: one steady-state step; seconds: :func:`loop_seconds`); among those the one
-    affording the most steps wins (ties: the earlier loss, then the faster step). It is taken when it
-    keeps at least :data:`MIN_STEP_SHARE` of ``steps``; else the next frozen count is tried, and at the
-    end the plan affording the most steps (fewest frozen blocks among equals). Freezing is the last
-    resort because it cost the most accuracy in our measurements (module docstring). A relative
+    measured (bytes: one steady-state step; seconds: :func:`loop_seconds`). The earliest loss whose
+    plan keeps at least :data:`MIN_STEP_SHARE` of ``steps`` is taken (with as many steps as fit); when
+    none does, the next frozen count is tried, and at the end the plan affording the most steps (fewest
+    frozen blocks, then the earlier loss, among equals). Cutting steps comes first and freezing last
+    because that is the order of their accuracy cost in our measurements (module docstring). A relative
     ``time_budget`` is resolved against ``reference`` (``(fixed, per_step)`` of the unconstrained
     retraining, :func:`loop_seconds` with ``constrained=False``) for ``steps`` steps.
 
@@ -471,13 +471,12 @@ def plan_for_budget(adapter: HFAdapter, losses: Sequence[tuple[str, LossFn]], ba
                     planned = PlannedMemory(e, nbytes, step, n, losses[i][0], seconds, whole)
                     options.append(((n, -k, -i, -step), planned))
                     break
-        if not options:
-            continue
-        key, chosen = max(options, key=lambda o: o[0])
-        if key[0] >= max(1, math.ceil(MIN_STEP_SHARE * steps)):
-            return chosen
-        if best is None or key > best[0]:
-            best = key, chosen
+        enough = [o for o in options if o[0][0] >= max(1, math.ceil(MIN_STEP_SHARE * steps))]
+        if enough:  # the earliest loss that keeps enough steps
+            return max(enough, key=lambda o: (o[0][2], o[0][0], o[0][3]))[1]
+        for key, chosen in options:
+            if best is None or key > best[0]:
+                best = key, chosen
     if best is not None and best[0][0] >= 1:
         return best[1]
     if best is None:  # nothing fits the memory: the memory planner's error names the smallest budget

@@ -120,15 +120,19 @@ def test_the_time_budget_picks_a_faster_plan_than_memory_only_planning(monkeypat
     assert half.plan == MemoryPlan() and half.steps == 8  # (40.25 - 0.5) / 4.5 s
 
 
-def test_the_lighter_loss_is_taken_only_when_it_affords_more_steps(monkeypatch):
+def test_the_lighter_loss_is_taken_only_when_too_few_steps_fit_the_configured_one(monkeypatch):
     adapter = load_adapter("tiny-vit")
     batch = _batch(adapter)
     losses = [(CONFIGURED, entropy), (WITHOUT_DISTILLATION, entropy_too)]
     monkeypatch.setattr(retrain_mod, "loop_seconds", fake_clock(light=0.5))
-    short = plan_for_budget(adapter, losses, batch, None, TimeBudget.parse(20.5), 10, "cpu")
-    assert short.variant == WITHOUT_DISTILLATION and short.steps == 8 and short.plan == MemoryPlan()
+    # 0.5 + 15 s: 3 of 10 steps at 4.5 s as configured (< 40%), 6 at 2.25 s without distillation
+    short = plan_for_budget(adapter, losses, batch, None, TimeBudget.parse(15.5), 10, "cpu")
+    assert short.variant == WITHOUT_DISTILLATION and short.steps == 6 and short.plan == MemoryPlan()
+    # 0.5 + 20 s: 4 steps as configured are enough (the lighter loss would afford 8): kept as configured
+    enough = plan_for_budget(adapter, losses, batch, None, TimeBudget.parse(20.5), 10, "cpu")
+    assert enough.variant == CONFIGURED and enough.steps == 4 and enough.plan == MemoryPlan()
     roomy = plan_for_budget(adapter, losses, batch, None, TimeBudget.parse(1000), 10, "cpu")
-    assert roomy.variant == CONFIGURED and roomy.steps == 10  # all steps fit either way: as configured
+    assert roomy.variant == CONFIGURED and roomy.steps == 10
 
 
 def test_an_infeasible_time_names_the_smallest_feasible_one(monkeypatch):

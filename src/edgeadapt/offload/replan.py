@@ -9,11 +9,11 @@ call's bandwidth can read 230 or 7000 Mbit/s — so a plan is not replaced on ev
 2. :meth:`Replanner.check`: the new solution replaces the plan only when it differs *and* its
    predicted latency on the new link beats the current placement's (re-costed on the same link)
    by :data:`REPLAN_MARGIN`; otherwise the placement stays and only the reference figures move;
-3. two placement changes are at least an interval apart (the first is never held back): at first
-   ``min_interval_s``, doubled (up to :data:`MAX_INTERVAL_S`) each time a change returns to the
-   placement just left (A → B → A: a link hovering at a break-even point — on a tbf-shaped link
-   small frames ride the burst and large ones do not), back to ``min_interval_s`` after a change
-   to a third placement.
+3. two placement changes are at least ``min_interval_s`` apart (the first is never held back), and
+   a change back to the placement just left (A → B → A: a link hovering at a break-even point — on
+   a tbf-shaped link small frames ride the burst and large ones do not) waits an interval doubled
+   on each such flap (up to :data:`MAX_INTERVAL_S`); a change to a third placement resets it, so a
+   real change of link after a flapping spell is not held back.
 
 A real change (a drop from loopback to 10 Mbit/s) passes all three on the first sample that shows
 it; see ``benchmarks/offload_runtime.py`` for the measured time from the change to the new plan.
@@ -131,9 +131,10 @@ class Replanner:
             self.kept += 1
             return Change(reason, changed=False)
         t = self.clock()
-        if self.last_change_s is not None and t - self.last_change_s < self.interval_s:
+        back = (best.widths, best.devices) == self.left  # a flap waits the doubled interval, a new one not
+        wait = self.interval_s if back else self.min_interval_s
+        if self.last_change_s is not None and t - self.last_change_s < wait:
             return Change(reason, changed=False, held=True)  # planned stays: checked again next time
-        back = (best.widths, best.devices) == self.left
         self.interval_s = min(2 * self.interval_s, MAX_INTERVAL_S) if back else self.min_interval_s
         self.left = (now.widths, now.devices)
         self.current, self.planned, self.last_change_s = best, (bandwidth, rtt_s), t

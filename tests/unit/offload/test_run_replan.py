@@ -85,6 +85,26 @@ def test_a_flapping_link_doubles_the_interval_between_changes_back_and_forth():
     assert planner.interval_s == 8.0  # a flap back once more: the interval stays at its cap
 
 
+def test_a_third_placement_after_flapping_is_not_held_by_the_doubled_interval():
+    # block 0 shrinks 10,000 input bytes to 100: at 1 MB/s a split (block 0 on the edge) wins,
+    # at 10 kB/s edge-only, at 1 GB/s cloud-only
+    rows = [[BlockProfile(f"b{b}", 1.0, 10, 10, out, 100, {"edge": 5e-3, "cloud": 1e-3}, 0.0)]
+            for b, out in enumerate((100, 1000, 1000))]
+    profile = ChainProfile("split", [r[0].block for r in rows], [1.0], [EDGE, CLOUD], 1, 10_000, 0.9, rows,
+                           [[1.0] * 3])
+    clock = Clock()
+    planner = Replanner(profile, 0.5, min_interval_s=0.5, clock=clock)
+    planner.start(1e9, 1e-3)
+    for bandwidth in (1e4, 1e9, 1e4, 1e9, 1e4):  # edge-only and cloud-only in turn: flaps
+        while not planner.check(bandwidth, 1e-3).changed:
+            clock.now += 0.05
+    assert planner.interval_s == 8.0 and planner.current.devices == (0, 0, 0)
+    clock.now += 0.6
+    assert planner.check(1e9, 1e-3).held  # cloud-only again: a flap, held for 8 s
+    change = planner.check(1e6, 1e-3)  # a split: a new placement, due after 0.5 s
+    assert change.changed and planner.current.devices == (0, 1, 1) and planner.interval_s == 0.5
+
+
 def test_the_link_estimate_ignores_unmeasurable_frames_and_follows_a_change_in_two_samples():
     link = LinkEstimate()
     assert link.observe_transfer(2 * MIN_SAMPLE_BYTES, 2 * MIN_SAMPLE_BYTES / 5e8)  # a 500 MB/s probe

@@ -33,7 +33,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from edgeadapt.offload.netem import TokenBucket
 from edgeadapt.offload.placement import Placement
 from edgeadapt.offload.profile import ChainProfile
 from edgeadapt.offload.replan import REPLAN_FACTOR, REPLAN_INTERVAL_S, Replanner, plan, replan_reason
+from edgeadapt.offload.report import OffloadReport
 from edgeadapt.offload.serve import RuntimeChain, descendants_dir, load_chain
 
 __all__ = ["OffloadReport", "OffloadRunConfig", "edge_cloud_profile", "plan", "replan_reason", "run_offload",
@@ -117,90 +118,6 @@ class OffloadRunConfig:
     emulate_edge: bool = False
     """Run the edge's blocks as its device profile says: with its thread count, and sleeping
     ``(slowdown - 1)×`` their compute time (so measured latency matches what the plan assumed)."""
-
-
-@dataclass
-class OffloadReport:
-    """What ``offload run`` prints: accuracy, latency per request (ms), bytes, the split or the
-    placement (per block: width and device), re-plans, the link."""
-
-    model: str
-    server: str
-    data: str
-    split: int | None
-    blocks: int
-    split_after: str | None
-    mode: str
-    fallback: dict[str, Any] | None
-    samples: int
-    requests: int
-    batch_size: int
-    accuracy: float
-    latency_ms: dict[str, float]
-    bytes_sent: int
-    """``Run`` frames sent (activations; the payload). Link probes are in :attr:`probe_bytes`."""
-    bytes_received: int
-    rtt_ms: float | None
-    bandwidth_mbps: float | None
-    requests_by_mode: dict[str, int] = field(default_factory=dict)
-    """Requests that ran ``edge-only``, ``split`` and ``cloud-only`` (by where their blocks ran)."""
-    probe_bytes: dict[str, int] = field(default_factory=dict)
-    """``sent`` and ``received`` by the ``Info``, ``Ping`` and ``Echo`` calls that measure the link."""
-    fallbacks: list[dict[str, Any]] = field(default_factory=list)
-    """Every fall back to edge-only: ``at_request``, ``reason`` (``fallback`` is the first)."""
-    reconnects: list[dict[str, Any]] = field(default_factory=list)
-    """Every return to the server after a fallback: ``at_request``, ``down_s`` (seconds since the
-    fallback), ``tries``."""
-    replan_checks: int = 0
-    """Re-solves after the first plan that kept the placement (link moved, placement not better)."""
-    started_at: float | None = None
-    """When the first request was sent (``time.time()``, epoch seconds): replans' ``at_s`` count from it."""
-    placement: dict[str, Any] | None = None
-    """The placement in force at the end: ``blocks`` (per block ``block``, ``width``, ``device``),
-    and with ``floor`` the plan's ``floor``, ``predicted_accuracy``, ``predicted_latency_ms``, the
-    ``link`` it was solved for, the ``devices`` (profiles) and the profile's ``batch_size``."""
-    replans: list[dict[str, Any]] = field(default_factory=list)
-    """Every placement change: ``at_request``, ``at_s`` (seconds since the run started) and ``time``
-    (epoch seconds), ``reason``, the ``link`` solved for, ``changed`` (true: a kept placement is
-    counted in :attr:`replan_checks`, not listed), and the new placement's ``blocks``; a return to
-    the server after a fallback is one too (``reason`` ``reconnected``)."""
-    logits: torch.Tensor | None = field(default=None, repr=False)
-    """Every sample's logits in dataset order (``[N, classes]``), kept for checks; not in :meth:`to_dict`."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "logits"}
-
-    def summary(self) -> str:
-        lat = self.latency_ms
-        lines = [f"{self.model} on {self.data}: accuracy {self.accuracy:.4f} over {self.samples} samples "
-                 f"({self.requests} requests of {self.batch_size})"]
-        where = (f"split after block {self.split}/{self.blocks} ({self.split_after or 'input'})"
-                 if self.split is not None else f"placement over {self.blocks} blocks")
-        by_mode = ", ".join(f"{v} {k}" for k, v in self.requests_by_mode.items() if v)
-        lines.append(f"{where}, mode {self.mode} (requests: {by_mode})")
-        lines += [f"  fell back to edge-only at request {f['at_request']}: {f['reason']}"
-                  for f in self.fallbacks]
-        lines += [f"  back on the server at request {r['at_request']} after {r['down_s']:.1f} s"
-                  for r in self.reconnects]
-        if self.placement is not None and self.split is None:
-            p = self.placement
-            lines.append(f"floor {p['floor']:.4f}: predicted accuracy {p['predicted_accuracy']:.4f}, "
-                         f"predicted latency {p['predicted_latency_ms']:.2f} ms")
-            lines += [f"  {i + 1:>2} {b['block']:<40} width {b['width']:<5} on {b['device']}"
-                      for i, b in enumerate(p["blocks"])]
-            lines.append(f"placement changed {len(self.replans)} times "
-                         f"({self.replan_checks} re-solves kept it)"
-                         + "".join(f"\n  at request {r['at_request']}: {r['reason']} -> "
-                                   + ", ".join(f"{b['width']}@{b['device']}" for b in r["blocks"])
-                                   for r in self.replans))
-        probes = self.probe_bytes
-        lines.append(f"latency p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms; payload sent "
-                     f"{self.bytes_sent:,} bytes, received {self.bytes_received:,}; link probes sent "
-                     f"{probes.get('sent', 0):,}, received {probes.get('received', 0):,}")
-        if self.rtt_ms is not None:
-            bw = f"{self.bandwidth_mbps:.1f} Mbit/s" if self.bandwidth_mbps is not None else "not measured"
-            lines.append(f"link: rtt {self.rtt_ms:.2f} ms, bandwidth {bw} (moving averages)")
-        return "\n".join(lines)
 
 
 # -- placement-driven runs ---------------------------------------------------------------------

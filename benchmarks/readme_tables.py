@@ -320,10 +320,12 @@ def memory_planner(result: Result) -> list[str]:
 
 
 def offload(result: Result) -> list[str]:
-    """Per model, devices, batch and link at the tight floor: each method's predicted latency (ours and
-    the early exit with test accuracy and bytes sent) and ours / early-exit at both floors; then the
-    real transfers over the shaped link (nominal vs measured rate, predicted vs measured latency)."""
-    anchor = result["anchor_ratio"]
+    """Per setting (the headline first), model, devices, batch and link at the tight floor: each
+    method's predicted latency (ours and the early exit with test accuracy and bytes sent), ours / the
+    best baseline and ours / early exit at both floors; a note per setting (devices and their
+    calibration, data, accuracies, distillation and width checks); then the real transfers over the
+    shaped link (nominal vs measured rate, predicted vs measured latency)."""
+    anchor, target = result["anchor_ratio"], result["target_ratio"]
 
     def ms(v: dict[str, Any]) -> str:
         return "does not fit" if v.get("latency_s") is None else f"{v['latency_s'] * 1e3:.2f} ms"
@@ -331,27 +333,53 @@ def offload(result: Result) -> list[str]:
     def full(v: dict[str, Any]) -> str:
         return f"{ms(v)}, {v['accuracy_test']:.1%}, {v['bytes_sent'] / 1e3:.1f} kB"
 
-    def ratio(x: float) -> str:
-        return bold(f"{x:.3f}", x <= anchor)
+    def cell_key(r: dict[str, Any]) -> tuple:
+        return r["setting"], r["model"], r["devices"], r["batch"], r["rate_mbit"]
 
-    ratios = {(r["model"], r["devices"], r["batch"], r["rate_mbit"], r["floor_name"]): r["ours_vs_early_exit"]
-              for r in result["rows"]}
-    lines = ["| model | devices | batch | Mbit/s | floor | ours | early exit + split | Neurosurgeon | "
-             "edge-only | cloud-only | ours / early exit (tight; loose floor) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        if r["floor_name"] != "tight":
-            continue
-        m = r["methods"]
-        key = (r["model"], r["devices"], r["batch"], r["rate_mbit"])
-        lines.append(f"| {r['model']} | {r['devices']} | {r['batch']} | {r['rate_mbit']} | "
-                     f"{r['floor']:.3f} | {full(m['ours'])} | {full(m['early-exit'])} | "
-                     f"{ms(m['neurosurgeon'])} | {ms(m['edge-only'])} | {ms(m['cloud-only'])} | "
-                     f"{ratio(ratios[(*key, 'tight')])}; {ratio(ratios[(*key, 'loose')])} |")
+    by_key = {(*cell_key(r), r["floor_name"]): r for r in result["rows"]}
+    lines: list[str] = []
+    for name, s in result["settings"].items():
+        rows = [r for r in result["rows"] if r["setting"] == name]
+        title = "Headline" if name == result["headline"] else "Second table"
+        lines += [f"{title}: setting **{name}** ({s['data']}).", "",
+                  "| model | devices | batch | Mbit/s | floor | ours | early exit + split | Neurosurgeon | "
+                  "edge-only | cloud-only | ours / best baseline (tight; loose) | ours / early exit |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if r["floor_name"] != "tight":
+                continue
+            m, loose = r["methods"], by_key[(*cell_key(r), "loose")]
+            vs_best = "; ".join(
+                bold(f"{x['ours_vs_best_baseline']:.3f}", x["ours_vs_best_baseline"] <= target)
+                + f" ({x['best_baseline']})" for x in (r, loose))
+            lines.append(
+                f"| {r['model']} | {r['devices']} | {r['batch']} | {r['rate_mbit']} | {r['floor']:.3f} | "
+                f"{full(m['ours'])} | {full(m['early-exit'])} | {ms(m['neurosurgeon'])} | "
+                f"{ms(m['edge-only'])} | {ms(m['cloud-only'])} | {vs_best} | "
+                f"{r['ours_vs_early_exit']:.3f}; {loose['ours_vs_early_exit']:.3f} |")
+        dev = s["devices"]
+        models = "; ".join(
+            f"{m['name']}: full {m['full_accuracy_val']:.1%} val / {m['full_accuracy_test']:.1%} test, exits "
+            + ", ".join(f"{a:.0%}" for a in m["exit_accuracy_val"]) + " val"
+            + f" ({m['exit_epochs']} epochs), descendants distilled {m['distill_epochs']} epochs (all blocks "
+            + "at one width, val: " + " → ".join(
+                "/".join(f"{a:.0%}" for a in c["uniform_val"].values()) + f" after {c['epochs']}"
+                for c in m["distill_check"])
+            + " for widths " + "/".join(m["distill_check"][0]["uniform_val"])
+            + "), whole chain at each width vs full: FLOPs "
+            + "/".join(f"{w['flops_ratio']:.2f}" for w in m["width_latency"])
+            + ", measured batch 1 " + "/".join(f"{w['batch1_ratio']:.2f}" for w in m["width_latency"])
+            + ", batch 128 " + "/".join(f"{w['batch128_ratio']:.2f}" for w in m["width_latency"])
+            + f", additive-model error {m['additive_error']:.1%}" for m in s["models"])
+        lines += ["", f"Devices ({name}): edge — {dev['edge']['description']}; cloud — "
+                  f"{dev['cloud']['description']}; helpers — {dev['helper']['description']}, each holding "
+                  f"half the model. On test, ours meets the floor in "
+                  f"{s['floor_met_test']['ours']}/{s['cells']} "
+                  f"cells, the early exit in {s['floor_met_test']['early-exit']}/{s['cells']}. {models}.", ""]
     real = result["real_transfers"]
     rates = {x["nominal_mbit"]: x["measured_mbit"] for x in real["rates"]}
     methods = list(dict.fromkeys(x["method"] for x in real["rows"]))
-    lines += ["", f"Real transfers ({real['mechanism']}; resnet18-tiny, edge+cloud, tight floor): "
+    lines += [f"Real transfers ({real['mechanism']}; {real['model']}, edge+cloud, tight floor): "
               "predicted → measured latency.", "",
               "| batch | nominal | measured rate | " + " | ".join(methods) + " |",
               "|---|---|---|" + "---|" * len(methods)]
@@ -361,20 +389,43 @@ def offload(result: Result) -> list[str]:
             lines.append(f"| {bs} | {rate} Mbit/s | {got:.2f} Mbit/s | " + " | ".join(
                 f"{cells[k]['predicted_s'] * 1e3:.1f} → {cells[k]['measured_s'] * 1e3:.1f} ms"
                 + ("*" if cells[k]["extrapolated"] else "") if k in cells else "–" for k in methods) + " |")
-    models = "; ".join(f"{m['name']}: full {m['full_accuracy_test']:.1%} test, exits "
-                       + ", ".join(f"{a:.0%}" for a in m["exit_accuracy_test"])
-                       + f", additive-model error {m['additive_error']:.1%}" for m in result["models"])
-    edge = result["devices"]["edge"]
-    lines += ["", f"Edge: this machine at {edge['threads']} thread, latencies ×{edge['slowdown']:g} "
-              "(emulated); cloud and helpers: this machine at 1 thread, ×1; helpers each hold half the "
-              f"model. Every link {result['rtt_s'] * 1e3:g} ms round trip. Latency predicted by the "
-              "placement cost model from the measured profiles; cells: latency, test accuracy, bytes "
-              "sent. Floors: full val accuracy − 1 point (tight) and − 3 (loose); ours is verified on val "
-              "(re-solved when the additive model was optimistic); on test, ours meets the floor in "
-              f"{result['floor_met_test']['ours']}/{len(result['rows'])} cells, the early exit in "
-              f"{result['floor_met_test']['early-exit']}/{len(result['rows'])}. Accuracies — {models}. "
-              f"* a transfer over {real['send_cap_s']:g} s was extrapolated from the measured rate. Bold: "
-              f"ours / early exit ≤ {anchor:.3f} (LegoDNN-offload 10.00 ms vs DDPG 13.74 ms)."]
+    lines += ["", f"Every link {result['rtt_s'] * 1e3:g} ms round trip. Latency predicted by the placement "
+              "cost model from the measured profiles; cells: latency, test accuracy, bytes sent. Floors: "
+              "full val accuracy − 1 point (tight) and − 3 (loose); ours is verified on val (re-solved when "
+              f"the additive model was optimistic). * a transfer over {real['send_cap_s']:g} s was "
+              "extrapolated "
+              f"from the measured rate. Bold: ours ≤ {target:g}× the best baseline (the issue's target); the "
+              f"LegoDNN-offload paper's own ratio vs DDPG early exits is {anchor:.3f} (10.00 vs 13.74 ms)."]
+    return lines + footer(result)
+
+
+def offload_runtime(result: Result) -> list[str]:
+    """Real ``offload run`` request streams against an ``offload serve`` process (p50/p95 per link
+    and case), the re-plan times after link steps, and the malformed-frame count."""
+    lines = ["| link | case | mode | p50 | p95 | payload sent | link probes | link estimate |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in result["latency"]:
+        bw = r["bandwidth_estimate_mbps"]
+        lines.append(f"| {r['link']} | {r['case']} | {r['mode']} | {r['p50_ms']:.2f} ms | "
+                     f"{r['p95_ms']:.2f} ms | {r['bytes_sent'] / 1e3:.1f} kB | "
+                     f"{r['probe_bytes_sent'] / 1e3:.1f} kB | "
+                     + ("–" if bw is None else f"{bw:.1f} Mbit/s") + " |")
+    fmt = lambda x: "none" if x is None else f"{x:.2f} s"  # noqa: E731
+    runs = result["replan_token_bucket"]
+    lines += ["", f"Batch 1, requests one after another ({result['latency'][0]['requests']} per row), "
+              f"{result['model']}; floor {result['floor']}. Re-plan time, token bucket (loopback → "
+              "0.16 Mbit/s → loopback): drop " + ", ".join(fmt(r["drop_s"]) for r in runs) + "; recovery "
+              + ", ".join(fmt(r["recover_s"]) for r in runs) + "."]
+    veth = result.get("veth", {})
+    if "replan" in veth:
+        v = veth["replan"]
+        lines[-1] += (f" Shaped veth (tbf, 100 → 1 → 100 Mbit/s): drop {fmt(v['drop_s'])}, recovery "
+                      f"{fmt(v['recover_s'])}.")
+    elif "skipped" in veth:
+        lines[-1] += f" Shaped veth: skipped ({veth['skipped']})."
+    fuzz = result["fuzz"]
+    lines[-1] += (f" Malformed frames: {fuzz['frames']:,} sent, {fuzz['crashes']} crashes, statuses "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(fuzz["by_status"].items())) + ".")
     return lines + footer(result)
 
 
@@ -383,7 +434,7 @@ RENDERERS: dict[str, Callable[[Result], list[str]]] = {
     "online_stream_text": online_stream_text, "online_stream_planner": online_stream_planner,
     "prune_fidelity": prune_fidelity, "prune_fidelity_iter4": prune_fidelity,
     "llm_prune": llm_prune, "drift_severity": drift_severity, "memory_planner": memory_planner,
-    "offload": offload}
+    "offload": offload, "offload_runtime": offload_runtime}
 
 
 def render(name: str, results: Path = RESULTS) -> str:

@@ -34,7 +34,8 @@ Arm = TypeVar("Arm")
 
 MAX_PROBE_SECONDS = 20.0  # predicted training seconds of all probes together (planning stays <= 60 s)
 
-__all__ = ["MAX_PROBE_SECONDS", "Probe", "Prober", "race", "successive_halving", "update_class"]
+__all__ = ["MAX_PROBE_SECONDS", "Probe", "Prober", "departure_of", "race", "successive_halving",
+           "update_class"]
 
 
 def successive_halving(arms: Sequence[Arm], pull: Callable[[Arm, int], tuple[float, ...]],
@@ -65,7 +66,7 @@ def successive_halving(arms: Sequence[Arm], pull: Callable[[Arm, int], tuple[flo
         steps *= eta
 
 
-def race(step_seconds: Sequence[float], frozen: Sequence[int],
+def race(step_seconds: Sequence[float], departures: Sequence[float],
          pull: Callable[[int, int], tuple[float, ...]], *, horizon_steps: int | None = None,
          horizon_seconds: float | None = None, max_probe_seconds: float = MAX_PROBE_SECONDS,
          min_steps: int = 1, noise: float | Callable[[tuple[float, ...]], float] = 0.0, eta: int = 2,
@@ -73,7 +74,9 @@ def race(step_seconds: Sequence[float], frozen: Sequence[int],
     """Which arm buys the most in the retraining horizon: successive halving on equal budgets.
 
     Arm ``k`` costs ``step_seconds[k]`` per optimizer step (predicted, so the schedule is
-    deterministic) and freezes ``frozen[k]`` blocks. ``pull(k, steps)`` trains it on to ``steps``
+    deterministic) and departs ``departures[k]`` from the unconstrained training (its frozen
+    blocks; :func:`~edgeadapt.memory.search.search` adds one per halving of the batch and one
+    when BatchNorm no longer normalises over the whole batch). ``pull(k, steps)`` trains it on to ``steps``
     steps in all and returns its gain reached (a tuple, higher is better: the metric, then
     tie-breakers). The horizon is ``horizon_steps`` (a step-budgeted retraining: arms are compared
     at equal steps) or ``horizon_seconds`` (a time-budgeted one: at equal training seconds, so a
@@ -82,9 +85,9 @@ def race(step_seconds: Sequence[float], frozen: Sequence[int],
     rounds get ``1/eta`` of the next one's budget (at least ``min_steps`` steps), and the best
     ``ceil(n / eta)`` survive each round. Ranking is by the gain *reached*, not per second: a
     frozen arm that rises fast in a few steps but plateaus lower loses over a long horizon. A
-    more-frozen arm must also beat a less-frozen one by more than ``noise`` (the probe's
-    resolution; or ``noise(score)``, the resolution at the score an arm reached) per extra frozen
-    block: the first score is lowered by ``noise * frozen[k]``.
+    more-departed arm (e.g. more frozen) must also beat a less-departed one by more than ``noise``
+    (the probe's resolution; or ``noise(score)``, the resolution at the score an arm reached) per
+    unit of departure: the first score is lowered by ``noise * departures[k]``.
 
     ``step_scale[k]`` (default 1): arm ``k``'s optimizer steps per step of the horizon, for arms
     at a smaller effective batch than the data's (``B / b``: a step-budgeted horizon then gives
@@ -93,8 +96,8 @@ def race(step_seconds: Sequence[float], frozen: Sequence[int],
     Returns the chosen arm's index and the steps each arm reached. Raises
     :class:`~edgeadapt.errors.ConfigError` without arms or with an unusable horizon."""
     n = len(step_seconds)
-    if n == 0 or len(frozen) != n:
-        raise ConfigError("race needs at least one arm, with a step time and a frozen count each")
+    if n == 0 or len(departures) != n:
+        raise ConfigError("race needs at least one arm, with a step time and a departure each")
     if (horizon_steps is None) == (horizon_seconds is None):
         raise ConfigError("race needs exactly one of horizon_steps and horizon_seconds")
     scale = [1.0] * n if step_scale is None else [float(v) for v in step_scale]
@@ -128,8 +131,8 @@ def race(step_seconds: Sequence[float], frozen: Sequence[int],
             reached[k] = max(reached.get(k, 0), steps_at(k, clock))
             score = tuple(pull(k, reached[k]))
             resolution = noise(score) if callable(noise) else noise
-            scores[k] = (score[0] - resolution * frozen[k],) + score[1:]
-        ranked = sorted(alive, key=lambda k: (tuple(-v for v in scores[k]), frozen[k], k))
+            scores[k] = (score[0] - resolution * departures[k],) + score[1:]
+        ranked = sorted(alive, key=lambda k: (tuple(-v for v in scores[k]), departures[k], k))
         alive = sorted(ranked[:sizes[r + 1]])
     return alive[0], reached
 
@@ -148,6 +151,16 @@ def update_class(plan: MemoryPlan, batch_size: int, num_blocks: int, has_bn: boo
         return frozen, "frozen", 0
     return frozen, "micro", mb
 
+
+
+def departure_of(plan: MemoryPlan, batch_size: int, data_batch: int, num_blocks: int, has_bn: bool) -> float:
+    """How far ``plan`` at effective ``batch_size`` departs from the unconstrained training on the
+    data's batch of ``data_batch``, in units of the probe noise (:func:`race`'s ``departures``):
+    its frozen blocks, one per halving of the batch, one when BatchNorm stops normalising over the
+    whole batch. Micro-batching (of a per-sample loss, no BatchNorm) and checkpointing alone depart
+    not at all: they make the unconstrained run's updates."""
+    frozen, norm, _ = update_class(plan, batch_size, num_blocks, has_bn)
+    return frozen + math.log2(data_batch / batch_size) + (norm != "batch")
 
 
 class Probe:

@@ -17,7 +17,7 @@ from edgeadapt.memory.estimator import measure, predict, profile
 from edgeadapt.memory.knobs import block_chain, split_batch
 from edgeadapt.memory.plan import ADAPTATION_LOSS, LossTraits, MemoryPlan
 from edgeadapt.memory.plan_file import load_plan, save_plan
-from edgeadapt.memory.probes import Prober
+from edgeadapt.memory.probes import Prober, departure_of
 from edgeadapt.memory.search import enumerate_plans, pareto, race, search, successive_halving, update_class
 from edgeadapt.models.registry import load_adapter
 
@@ -329,3 +329,13 @@ def test_the_freezing_margin_is_the_standard_error_at_the_accuracy_an_arm_reache
 
     assert race([0.1, 0.1], [0, 1], pull, horizon_steps=4, noise=0.06)[0] == 0
     assert race([0.1, 0.1], [0, 1], pull, horizon_steps=4, noise=margin)[0] == 1
+
+
+def test_plans_that_change_the_training_depart_from_it_and_exact_reformulations_do_not():
+    """Before: only frozen blocks counted against an arm, so a batch of 8 instead of 32 (noisier
+    updates; tiny ViT ended 4 points lower after 15 s) raced the full batch with no margin."""
+    assert departure_of(MemoryPlan(micro_batch_size=8, checkpoint_segments=2), 32, 32, 4, False) == 0
+    assert departure_of(MemoryPlan(), 8, 32, 4, False) == 2  # two halvings of the batch
+    assert departure_of(MemoryPlan(freeze_blocks=1), 16, 32, 4, False) == 2
+    assert departure_of(MemoryPlan(micro_batch_size=4), 32, 32, 3, True) == 1  # BatchNorm frozen
+    assert departure_of(MemoryPlan(), 32, 32, 3, True) == 0

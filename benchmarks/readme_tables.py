@@ -399,12 +399,42 @@ def offload(result: Result) -> list[str]:
     return lines + footer(result)
 
 
+def offload_runtime(result: Result) -> list[str]:
+    """Real ``offload run`` request streams against an ``offload serve`` process (p50/p95 per link
+    and case), the re-plan times after link steps, and the malformed-frame count."""
+    lines = ["| link | case | mode | p50 | p95 | payload sent | link probes | link estimate |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in result["latency"]:
+        bw = r["bandwidth_estimate_mbps"]
+        lines.append(f"| {r['link']} | {r['case']} | {r['mode']} | {r['p50_ms']:.2f} ms | "
+                     f"{r['p95_ms']:.2f} ms | {r['bytes_sent'] / 1e3:.1f} kB | "
+                     f"{r['probe_bytes_sent'] / 1e3:.1f} kB | "
+                     + ("–" if bw is None else f"{bw:.1f} Mbit/s") + " |")
+    fmt = lambda x: "none" if x is None else f"{x:.2f} s"  # noqa: E731
+    runs = result["replan_token_bucket"]
+    lines += ["", f"Batch 1, requests one after another ({result['latency'][0]['requests']} per row), "
+              f"{result['model']}; floor {result['floor']}. Re-plan time, token bucket (loopback → "
+              "0.16 Mbit/s → loopback): drop " + ", ".join(fmt(r["drop_s"]) for r in runs) + "; recovery "
+              + ", ".join(fmt(r["recover_s"]) for r in runs) + "."]
+    veth = result.get("veth", {})
+    if "replan" in veth:
+        v = veth["replan"]
+        lines[-1] += (f" Shaped veth (tbf, 100 → 1 → 100 Mbit/s): drop {fmt(v['drop_s'])}, recovery "
+                      f"{fmt(v['recover_s'])}.")
+    elif "skipped" in veth:
+        lines[-1] += f" Shaped veth: skipped ({veth['skipped']})."
+    fuzz = result["fuzz"]
+    lines[-1] += (f" Malformed frames: {fuzz['frames']:,} sent, {fuzz['crashes']} crashes, statuses "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(fuzz["by_status"].items())) + ".")
+    return lines + footer(result)
+
+
 RENDERERS: dict[str, Callable[[Result], list[str]]] = {
     "kb_widths": kb_widths, "prune_memory": prune_memory, "online_stream": online_stream,
     "online_stream_text": online_stream_text, "online_stream_planner": online_stream_planner,
     "prune_fidelity": prune_fidelity, "prune_fidelity_iter4": prune_fidelity,
     "llm_prune": llm_prune, "drift_severity": drift_severity, "memory_planner": memory_planner,
-    "offload": offload}
+    "offload": offload, "offload_runtime": offload_runtime}
 
 
 def render(name: str, results: Path = RESULTS) -> str:

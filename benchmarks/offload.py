@@ -1,7 +1,7 @@
 """Offload benchmark: placement of block descendants (ours) vs edge-only, cloud-only, Neurosurgeon and
 early exits (exit + split by exhaustive search), on the same profiles and link model.
 
-Two settings, every method in the same harness, at the same accuracy floors (full val accuracy − 1 and
+Three settings, every method in the same harness, at the same accuracy floors (full val accuracy − 1 and
 − 3 points), batch 1 and 128, links of 1, 10 and 100 Mbit/s with a 5 ms round trip, one edge + one cloud
 and one edge + two helpers:
 
@@ -17,7 +17,18 @@ hold half the model's weights. Descendants distilled for 16 epochs (accuracy at 
 recorded after 8 and 16, to show whether longer training would help), exit heads trained as many
 epochs on the same batches; each width's real chain latency is measured, not only summed.
 
-**digits (previous setting, second table).** ResNet-18-style chain with widths 16-128
+**pairs (depth matters).** The jetson setting's shallow exits still match the full network (a linear
+head after block 2-3 is as accurate as all eight blocks on single digits), unlike the seed's
+CIFAR-100, which is not available offline. Here the task needs depth: ``digit pairs``
+(:mod:`edgeadapt.data.digit_pairs`), two scikit-learn digits side by side in a 32×32 image (each 16×16),
+label ``(a + b) % 10`` — a linear head on pooled features scores each digit separately and cannot
+compute the sum. 16,000 train pairs from digits' train split, 2,000 val pairs from its val split, 4,000
+test pairs from its test split (no digit shared across splits). A ResNet-18-style chain, basic blocks
+[2, 2, 2, 2] at widths 32-256 (2.8 M parameters; ``runs/offload-resnet18-pairs``, trained
+:data:`PAIRS_EPOCHS` epochs), the jetson setting's calibrated devices, descendants distilled
+:data:`PAIRS_DISTILL` epochs and exits as many.
+
+**digits (previous setting, last table).** ResNet-18-style chain with widths 16-128
 (``runs/offload-resnet18``) and tiny-vit (``runs/source-vit``) on clean digits; the edge is
 ``EMULATED_EDGE`` (one thread, ×4), the cloud and helpers this machine at one thread (×1).
 
@@ -36,6 +47,8 @@ measured rate (flagged).
 
     OMP_NUM_THREADS=1 python benchmarks/offload.py           # ~10 min on 2 shared cores (first run trains)
     python benchmarks/offload.py --quick                     # 1 epoch, few repeats: runs/bench-smoke/
+    python benchmarks/offload.py --only pairs                # one setting; the others' rows, settings and
+                                                             # real transfers kept from the existing JSON
 """
 
 from __future__ import annotations
@@ -58,6 +71,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import RESULTS, SMOKE, write_json  # noqa: E402
 
+from edgeadapt.data.digit_pairs import digit_pairs  # noqa: E402
 from edgeadapt.data.registry import build_dataset  # noqa: E402
 from edgeadapt.data.splits import ImageSplit  # noqa: E402
 from edgeadapt.errors import ConfigError, InfeasibleError  # noqa: E402
@@ -108,6 +122,10 @@ VERIFY_TRIES = 6
 CORRUPTIONS = ("gaussian_noise", "motion_blur", "fog", "contrast")
 SEVERITY = 5
 VAL_FRACTION = 0.25  # of train + val: 359 val images (digits' own val: 180)
+PAIRS_HIDDEN = [32, 64, 128, 256]  # the pairs chain: 2.8 M parameters, ~17 s per epoch at 1 thread here
+PAIRS_EPOCHS = 10
+PAIRS_DISTILL = (2, 2)
+SETTINGS = ("jetson", "pairs", "digits")
 
 
 @dataclass
@@ -499,36 +517,72 @@ def model_summary(m: dict[str, Any]) -> dict[str, Any]:
             "width_latency": m["width_latency"], "prepare_s": round(m["seconds"], 1)}
 
 
+Rows = list[dict[str, Any]]
+
+
+def merge_previous(out: Path, chosen: list[str], rows: Rows, settings: dict[str, Any],
+                   real: dict[str, Any] | None) -> tuple[Rows, dict[str, Any], dict[str, Any]]:
+    """With ``--only``: the settings not re-run keep their rows and summaries from ``out`` (which must
+    exist and hold them), and the real transfers come from it when the jetson setting was not re-run."""
+    if not out.is_file():
+        raise ConfigError(f"--only needs a previous {out} for the other settings; run without --only first")
+    old = json.loads(out.read_text())
+    keep = [s for s in SETTINGS if s not in chosen]
+    missing = [s for s in keep if s not in old["settings"]]
+    if missing:
+        raise ConfigError(f"{out} holds no setting {missing}; run them (--only {' --only '.join(missing)})")
+    rows = [r for r in old["rows"] if r["setting"] in keep] + rows
+    settings = {**{s: old["settings"][s] for s in keep}, **settings}
+    settings = {s: settings[s] for s in SETTINGS}
+    return sorted(rows, key=lambda r: SETTINGS.index(r["setting"])), settings, real or old["real_transfers"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 epoch, few repeats; results to runs/bench-smoke/")
+    ap.add_argument("--only", action="append", choices=SETTINGS,
+                    help="run only this setting (repeatable); the others are kept from the existing JSON")
     args = ap.parse_args()
+    chosen = args.only or list(SETTINGS)
     start = time.perf_counter()
     torch.set_num_threads(1)
     runs = Path("runs") / ("bench-smoke/offload" if args.quick else "offload-bench")
     smoke = "bench-smoke/" if args.quick else ""
     here_s = reference_latency(threads=1, repeats=3 if args.quick else 9)
-    jetson = Setting("jetson", calibrated_device("edge", "jetson-nano", here_s, 2 * 2**30),
-                     calibrated_device("cloud", "cloud-gpu", here_s, 16 * 2**30),
-                     calibrated_device("helper", "jetson-xavier", here_s, 1), (8, 8), 16,
+    edge, cloud, helper = (calibrated_device("edge", "jetson-nano", here_s, 2 * 2**30),
+                           calibrated_device("cloud", "cloud-gpu", here_s, 16 * 2**30),
+                           calibrated_device("helper", "jetson-xavier", here_s, 1))
+    jetson = Setting("jetson", edge, cloud, helper, (8, 8), 16,
                      corrupted_mix, f"digits-c severity {SEVERITY}, image i under "
                      f"{'/'.join(CORRUPTIONS)}[i % 4], 32x32, val: {VAL_FRACTION:.0%} of train + val")
+    pairs = Setting("pairs", edge, cloud, helper, PAIRS_DISTILL, sum(PAIRS_DISTILL), digit_pairs,
+                    "digit pairs: two sklearn digits side by side (16x16 each, 32x32 image), label "
+                    "(a + b) mod 10; 16,000 train / 2,000 val / 4,000 test pairs, each split from "
+                    "digits' own split")
     digits = Setting("digits", EMULATED_EDGE, CLOUD, HELPER, (6,), 4,
                      lambda size: build_dataset("digits", size=size), "digits at the model's size")
-    r18_dir = Path(f"runs/{smoke}offload-resnet18-dc")
-    r18 = train_resnet(r18_dir, "resnet18", [64, 128, 256, 512], jetson.splits(32), 2 if args.quick else 15)
-    tiny_dir = Path(f"runs/{smoke}offload-resnet18")
-    tiny = train_resnet(tiny_dir, "resnet18-tiny", [16, 32, 64, 128], digits.splits(32),
-                        2 if args.quick else 8)
-    vit, _ = train_source_vit("runs/source-vit", progress=False)
-    models = [prepare("resnet18", r18, jetson, runs / "resnet18-dc", args.quick),
-              prepare("resnet18-tiny", tiny, digits, runs / "resnet18-tiny", args.quick),
-              prepare("tiny-vit", vit, digits, runs / "tiny-vit", args.quick)]
+    models = []
+    if "jetson" in chosen:
+        r18 = train_resnet(Path(f"runs/{smoke}offload-resnet18-dc"), "resnet18", [64, 128, 256, 512],
+                           jetson.splits(32), 2 if args.quick else 15)
+        models.append(prepare("resnet18", r18, jetson, runs / "resnet18-dc", args.quick))
+    if "pairs" in chosen:
+        rp = train_resnet(Path(f"runs/{smoke}offload-resnet18-pairs"), "resnet18-pairs", PAIRS_HIDDEN,
+                          pairs.splits(32), 1 if args.quick else PAIRS_EPOCHS)
+        models.append(prepare("resnet18-pairs", rp, pairs, runs / "resnet18-pairs", args.quick))
+    if "digits" in chosen:
+        tiny = train_resnet(Path(f"runs/{smoke}offload-resnet18"), "resnet18-tiny", [16, 32, 64, 128],
+                            digits.splits(32), 2 if args.quick else 8)
+        vit, _ = train_source_vit("runs/source-vit", progress=False)
+        models += [prepare("resnet18-tiny", tiny, digits, runs / "resnet18-tiny", args.quick),
+                   prepare("tiny-vit", vit, digits, runs / "tiny-vit", args.quick)]
     rows = [row for m in models for row in run_cells(m)]
-    real = real_transfers(rows, "resnet18", args.quick)
+    real = real_transfers(rows, "resnet18", args.quick) if "jetson" in chosen else None
     solve_s = solve_time_24x5x3()
     settings = {}
-    for s in (jetson, digits):
+    for s in (jetson, pairs, digits):
+        if s.name not in chosen:
+            continue
         settings[s.name] = {
             "data": s.data, "devices": {"edge": s.edge.to_dict(), "cloud": s.cloud.to_dict(),
                                         "helper": {**s.helper.to_dict(),
@@ -537,15 +591,18 @@ def main() -> None:
             "floor_met_test": {k: sum(r["methods"][k]["accuracy_test"] >= r["floor"] - 1e-9 for r in rows
                                       if r["setting"] == s.name) for k in ("ours", "early-exit")},
             "cells": sum(r["setting"] == s.name for r in rows)}
+    out = (SMOKE if args.quick else RESULTS) / "offload.json"
+    if args.only:
+        rows, settings, real = merge_previous(out, chosen, rows, settings, real)
     result = {
         "benchmark": "offload", "quick": args.quick,
         "omp_num_threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
         "reference_resnet18_s": here_s, "settings": settings, "headline": "jetson",
         "rtt_s": RTT_S, "rates_mbit": list(RATES_MBIT), "widths": list(WIDTHS), "anchor_ratio": ANCHOR,
         "target_ratio": TARGET, "rows": rows, "real_transfers": real, "solve_24x5x3_s": solve_s,
-        "seconds": round(time.perf_counter() - start, 1)}
+        "seconds": round(time.perf_counter() - start, 1),
+        "rerun": chosen if args.only else None}
     result["targets"] = targets(rows, solve_s, real)
-    out = (SMOKE if args.quick else RESULTS) / "offload.json"
     write_json(out, result)
     plot(rows, out.with_suffix(".png"))
     for t in result["targets"]:

@@ -340,7 +340,7 @@ def offload(result: Result) -> list[str]:
     lines: list[str] = []
     for name, s in result["settings"].items():
         rows = [r for r in result["rows"] if r["setting"] == name]
-        title = "Headline" if name == result["headline"] else "Second table"
+        title = "Headline" if name == result["headline"] else "Setting"
         lines += [f"{title}: setting **{name}** ({s['data']}).", "",
                   "| model | devices | batch | Mbit/s | floor | ours | early exit + split | Neurosurgeon | "
                   "edge-only | cloud-only | ours / best baseline (tight; loose) | ours / early exit |",

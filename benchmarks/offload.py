@@ -45,7 +45,7 @@ the round trip (added in the application: no netem here). Nominal and measured e
 reported. Transfers predicted to take over 3 s are not sent: their time is extrapolated from the
 measured rate (flagged).
 
-    OMP_NUM_THREADS=1 python benchmarks/offload.py           # ~10 min on 2 shared cores (first run trains)
+    OMP_NUM_THREADS=1 python benchmarks/offload.py           # ~6 min on 2 shared cores (+6 to train)
     python benchmarks/offload.py --quick                     # 1 epoch, few repeats: runs/bench-smoke/
     python benchmarks/offload.py --only pairs                # one setting; the others' rows, settings and
                                                              # real transfers kept from the existing JSON

@@ -16,13 +16,16 @@ tokens), on CPU with one thread:
 2. **Budgets** at 0.25×, 0.5× and 0.75× of the measured no-knob peak: which plans fit (predicted;
    then measured), for no knobs, each knob alone at its least costly setting that fits (largest
    micro-batch; fewest frozen blocks; the fastest checkpoint segment count), square-root
-   checkpointing, and the plan chosen by :func:`edgeadapt.memory.search.search` (profile, predict,
-   Pareto, successive-halving probes on the drift data's validation split).
-3. **Accuracy after a fixed retraining time.** A source model (a few seconds of training on clean
+   checkpointing, a smaller effective batch alone (the largest divisor of the batch that fits, no
+   accumulation), and the plan chosen by :func:`edgeadapt.memory.search.search` (profile,
+   predict, Pareto, successive-halving probes on the drift data's validation split, over the
+   retraining time as its horizon, with effective batches B/2, B/4, B/8 offered as a knob).
+3. **Accuracy after a fixed retraining time.** A source model (a fixed number of steps on clean
    digits / Python's pydoc topics) is retrained under each plan for the same CPU time (process time
    of the optimizer steps, one thread: robust to other jobs on a shared machine) on a drift domain
    (``digits-c`` fog:3 / ``stdlib-text`` docstrings) and scored on its test split: accuracy for the
-   images, perplexity for the LM. The no-knob run is the unconstrained reference.
+   images, perplexity for the LM; the mean over ``--seeds`` retraining seeds (each its own batch
+   order and torch seed). The no-knob run at the original batch is the unconstrained reference.
 
 Targets, computed from the rows: our prediction within 5% of measured on every row (prediction and
 budget tables); our mean |error| at most MemTracker's on the plans MemTracker ran; no plan chosen to
@@ -30,11 +33,11 @@ fit (ours or a knob alone) measured over its budget; at every budget our plan's 
 the best plan that fits (perplexity at most); at 0.5× within 1 point of the unconstrained run
 (images; 1% perplexity for the LM); planning (profile + search) ≤ 60 s.
 
-    python benchmarks/memory_planner.py [--seconds 10] [--quick] [--out PATH]
+    python benchmarks/memory_planner.py [--seconds 15] [--seeds 2] [--quick] [--out PATH]
 
 Writes ``benchmarks/results/memory_planner.json`` (``{"models", "prediction": [rows], "budgets":
 [rows], "retraining": [rows], "targets", ...}``) and a PNG next to it; ``--quick`` (1 s of
-retraining, short source phase, few evaluation batches) writes to ``runs/bench-smoke/``.
+retraining, one seed, short source phase, few evaluation batches) writes to ``runs/bench-smoke/``.
 """
 
 from __future__ import annotations
@@ -43,8 +46,10 @@ import argparse
 import copy
 import math
 import os
+import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +65,7 @@ from readme_tables import memory_planner as readme_table  # noqa: E402
 from edgeadapt.data.registry import build_dataset, options_at_size  # noqa: E402
 from edgeadapt.errors import InfeasibleError  # noqa: E402
 from edgeadapt.memory.estimator import make_optimizer, measure, predict, profile  # noqa: E402
-from edgeadapt.memory.knobs import apply_plan, block_chain, micro_batches, train_step  # noqa: E402
+from edgeadapt.memory.knobs import apply_plan, block_chain, micro_batches, split_batch, train_step  # noqa: E402
 from edgeadapt.memory.plan import MemoryPlan, task_loss_traits  # noqa: E402
 from edgeadapt.memory.search import describe_plan, search  # noqa: E402
 from edgeadapt.models.registry import load_adapter  # noqa: E402
@@ -72,12 +77,14 @@ FRACTIONS = (0.25, 0.5, 0.75)
 MODELS: dict[str, dict[str, Any]] = {
     "tiny-resnet": {
         "batch": 32,
+        "source_steps": 900,  # about 5 s of CPU
         "source": ("digits", {}),
         "drift": ("digits-c", {"corruption": "fog", "severity": 3}),
         "drift_name": "digits-c fog:3",
     },
     "tiny-vit": {
         "batch": 32,
+        "source_steps": 450,
         "source": ("digits", {}),
         "drift": ("digits-c", {"corruption": "fog", "severity": 3}),
         "drift_name": "digits-c fog:3",
@@ -85,12 +92,15 @@ MODELS: dict[str, dict[str, Any]] = {
     "tiny-llama": {
         "batch": 8,
         "seq": 64,
+        "source_steps": 350,
         "source": ("stdlib-text", {"source": "pydoc-topics"}),
         "drift": ("stdlib-text", {"source": "docstrings"}),
         "drift_name": "stdlib-text docstrings",
     },
 }
-BASELINES = ("no knobs", "micro-batch alone", "freeze alone", "checkpoint alone", "sqrt checkpointing")
+BASELINES = ("no knobs", "micro-batch alone", "freeze alone", "checkpoint alone", "sqrt checkpointing",
+             "smaller batch alone")
+Choice = tuple[MemoryPlan, int | None]  # a plan and its effective batch (None: the data's)
 
 
 def splits_of(adapter: Any, name: str, options: dict[str, Any]) -> Any:
@@ -124,18 +134,25 @@ def evaluate(adapter: Any, batches: list[dict]) -> float:
 
 
 def retrain(
-    adapter: Any, start: dict[str, torch.Tensor], plan: MemoryPlan, batches: list[dict], seconds: float
+    adapter: Any,
+    start: dict[str, torch.Tensor],
+    plan: MemoryPlan,
+    batches: list[dict],
+    seconds: float,
+    seed: int = SEED,
+    max_steps: int | None = None,
 ) -> tuple[int, float]:
     """Train from ``start`` under ``plan`` until the optimizer steps have used ``seconds`` of process
-    CPU time; returns (steps, CPU seconds). Same seed, same batch order for every plan."""
+    CPU time (or ``max_steps`` steps); returns (steps, CPU seconds). Same seed, same batch order for
+    every plan."""
     model = adapter.model
     model.load_state_dict(start)
     model.train()
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     used, steps = 0.0, 0
     with apply_plan(model, plan, block_chain(adapter)) as knobs:
         opt = make_optimizer(knobs.trainable_parameters(), "adam", lr=LR)
-        while used < seconds:
+        while used < seconds and (max_steps is None or steps < max_steps):
             t = time.process_time()
             train_step(adapter, batches[steps % len(batches)], plan, opt)
             used += time.process_time() - t
@@ -220,11 +237,17 @@ def prediction_plans(n: int, batch: int) -> dict[str, MemoryPlan]:
     }
 
 
-def baselines(prof: Any, n: int, batch: int, budget: int) -> dict[str, MemoryPlan | None]:
-    """Each knob alone at its least costly setting predicted to fit (None: none fits)."""
+def baselines(
+    prof: Any, n: int, batch: int, budget: int, measured: Callable[[MemoryPlan, int | None], int]
+) -> dict[str, Choice | None]:
+    """Each knob alone at its least costly setting that fits, predicted and then measured (as the
+    search confirms its probes; None: none fits); the smaller batch alone is the largest divisor
+    of the batch (B/2 … B/8) that fits without another knob."""
 
-    def fits(plan: MemoryPlan) -> bool:
-        return predict(prof, plan, batch).predicted_bytes <= budget
+    def fits(plan: MemoryPlan, rows: int = batch) -> bool:
+        if predict(prof, plan, rows).predicted_bytes > budget:
+            return False
+        return measured(plan, None if rows == batch else rows) <= budget
 
     sizes = [d for d in range(batch - 1, 0, -1) if batch % d == 0]
     micro = next(
@@ -238,13 +261,30 @@ def baselines(prof: Any, n: int, batch: int, budget: int) -> dict[str, MemoryPla
     ]
     ckpt = min(ckpts, key=lambda p: predict(prof, p, batch).step_seconds) if ckpts else None
     sqrt = MemoryPlan(checkpoint_segments=math.ceil(math.sqrt(n)))
-    return {
+    smaller = next((b for b in smaller_batches(batch) if fits(MemoryPlan(), b)), None)
+    plans = {
         "no knobs": MemoryPlan() if fits(MemoryPlan()) else None,
         "micro-batch alone": micro,
         "freeze alone": freeze,
         "checkpoint alone": ckpt,
         "sqrt checkpointing": sqrt if fits(sqrt) else None,
     }
+    out: dict[str, Choice | None] = {k: None if p is None else (p, None) for k, p in plans.items()}
+    out["smaller batch alone"] = None if smaller is None else (MemoryPlan(), smaller)
+    return out
+
+
+def smaller_batches(batch: int) -> list[int]:
+    """The effective batches offered besides the data's: B/2, B/4, B/8 (those >= 1)."""
+    return [batch // k for k in (2, 4, 8) if batch // k >= 1 and batch % k == 0]
+
+
+def describe(choice: Choice) -> str:
+    return describe_plan(choice[0], choice[1])
+
+
+def choice_key(choice: Choice) -> str:
+    return f"{choice[0].model_dump_json()}@{choice[1]}"
 
 
 def run_model(name: str, spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -260,15 +300,17 @@ def run_model(name: str, spec: dict[str, Any], args: argparse.Namespace) -> dict
     drift = splits_of(adapter, *spec["drift"])
     n_eval = 2 if args.quick else 16  # images: every full test batch
     train = take(adapter, drift.train, batch_size, 4 if args.quick else 400, True, seq)  # all of it
-    val = take(adapter, drift.val, batch_size, 2 if args.quick else 4, False, seq)
+    val = take(adapter, drift.val, batch_size, 2 if args.quick else 5, False, seq)
     test = take(adapter, drift.test, batch_size, n_eval, False, seq)
-    # the source model: a few seconds of plain training on the source domain, the same start for all
+    # the source model: a fixed number of plain steps on the source domain (not a time: the same
+    # start in every run), the same start for all plans
     retrain(
         adapter,
         {k: v.clone() for k, v in adapter.model.state_dict().items()},
         MemoryPlan(),
         take(adapter, source.train, batch_size, 24, True, seq),
-        args.source_seconds,
+        float("inf"),
+        max_steps=20 if args.quick else spec["source_steps"],
     )
     start = {k: v.detach().clone() for k, v in adapter.model.state_dict().items()}
     source_score = evaluate(adapter, test)
@@ -280,10 +322,11 @@ def run_model(name: str, spec: dict[str, Any], args: argparse.Namespace) -> dict
     acc_bytes, acc_source = accelerate_estimate(adapter.model)
     measured_cache: dict[str, int] = {}
 
-    def measured(plan: MemoryPlan) -> int:
-        key = plan.model_dump_json()
+    def measured(plan: MemoryPlan, rows: int | None = None) -> int:
+        key = choice_key((plan, rows))
         if key not in measured_cache:
-            measured_cache[key] = measure(adapter, plan, batch, "adam", chain=chain).total_bytes
+            part = split_batch(batch, rows)[0] if rows else batch
+            measured_cache[key] = measure(adapter, plan, part, "adam", chain=chain).total_bytes
         return measured_cache[key]
 
     prediction = []
@@ -319,38 +362,53 @@ def run_model(name: str, spec: dict[str, Any], args: argparse.Namespace) -> dict
         )
 
     full = measured(MemoryPlan())
-    budgets, trained = [], {}
+    budgets: list[dict[str, Any]] = []
+    trained: dict[str, Choice] = {}
     for f in FRACTIONS:
         budget = int(f * full)
-        chosen = dict(baselines(prof, n, batch_size, budget))
+        chosen = dict(baselines(prof, n, batch_size, budget, measured))
         t = time.perf_counter()
         try:
-            result = search(adapter, budget, train, val, lr=LR, seed=SEED, prof=prof)
-            ours, note, cand = result.chosen.plan, None, result.chosen
+            result = search(
+                adapter,
+                budget,
+                train,
+                val,
+                lr=LR,
+                seed=SEED,
+                prof=prof,
+                horizon_seconds=args.seconds,
+                batch_sizes=smaller_batches(batch_size),
+                max_probes=12,  # with smaller batches offered there are more classes of updates
+                max_probe_seconds=15.0,  # predicted; probes run slower under load (planning <= 60 s)
+            )
+            ours, note, cand = (result.chosen.plan, result.chosen.batch_size), None, result.chosen
             search_seconds = result.planning_seconds
         except InfeasibleError as exc:
             ours, note, cand, search_seconds = None, str(exc), None, time.perf_counter() - t
         chosen["ours"] = ours
-        for method, plan in chosen.items():
+        for method, pick in chosen.items():
+            plan, rows = pick if pick is not None else (None, None)
             row = {
                 "model": name,
                 "fraction": f,
                 "budget_bytes": budget,
                 "method": method,
-                "fits": plan is not None,
-                "plan": None if plan is None else describe_plan(plan),
+                "fits": pick is not None,
+                "plan": None if pick is None else describe(pick),
                 "plan_json": None if plan is None else plan.model_dump(),
+                "batch": rows,
             }
-            if plan is not None:
-                pred = predict(prof, plan, batch_size).predicted_bytes
-                real = measured(plan)
+            if pick is not None:
+                pred = predict(prof, plan, rows or batch_size).predicted_bytes
+                real = measured(plan, rows)
                 row.update(
                     predicted_bytes=pred,
                     measured_bytes=real,
                     ours_error=error(pred, real),
                     measured_within_budget=real <= budget,
                 )
-                trained.setdefault(plan.model_dump_json(), plan)
+                trained.setdefault(choice_key(pick), pick)
             if method == "ours":
                 row.update(
                     planning_seconds=round(profile_seconds + search_seconds, 3),
@@ -360,28 +418,40 @@ def run_model(name: str, spec: dict[str, Any], args: argparse.Namespace) -> dict
             budgets.append(row)
         print(
             f"{name:<12} budget {f:.2f}x = {budget:,} B: "
-            + ", ".join(f"{m}: {'-' if p is None else describe_plan(p)}" for m, p in chosen.items()),
+            + ", ".join(f"{m}: {'-' if p is None else describe(p)}" for m, p in chosen.items()),
             file=sys.stderr,
         )
 
-    trained.setdefault(MemoryPlan().model_dump_json(), MemoryPlan())
+    trained.setdefault(choice_key((MemoryPlan(), None)), (MemoryPlan(), None))
     retraining = []
-    for key, plan in trained.items():
-        steps, used = retrain(adapter, start, plan, train, args.seconds)
-        score = evaluate(adapter, test)
+    for key, (plan, rows) in trained.items():
+        data = [part for b in train for part in split_batch(b, rows)] if rows else train
+        scores, runs = [], []
+        for seed in range(args.seeds):
+            order = list(data)
+            if seed:  # each seed its own batch order (seed 0: the order the search probed)
+                random.Random(seed).shuffle(order)
+            steps, used = retrain(adapter, start, plan, order, args.seconds, seed=SEED + seed)
+            scores.append(evaluate(adapter, test))
+            runs.append({"steps": steps, "cpu_seconds": round(used, 2)})
+        score = sum(scores) / len(scores)
         retraining.append(
             {
                 "model": name,
-                "plan": describe_plan(plan),
+                "plan": describe((plan, rows)),
                 "plan_json": plan.model_dump(),
-                "steps": steps,
-                "cpu_seconds": round(used, 2),
+                "batch": rows,
+                "steps": round(sum(r["steps"] for r in runs) / len(runs)),
+                "cpu_seconds": round(sum(r["cpu_seconds"] for r in runs) / len(runs), 2),
                 "score": round(score, 4),
+                "scores": [round(v, 4) for v in scores],
             }
         )
         print(
-            f"{name:<12} retrain {describe_plan(plan):<22} {steps:>5} steps in {used:.1f} s CPU: "
-            f"{'accuracy' if adapter.modality == 'image' else 'perplexity'} {score:.4f}",
+            f"{name:<12} retrain {describe((plan, rows)):<22} {retraining[-1]['steps']:>5} steps in "
+            f"{retraining[-1]['cpu_seconds']:.1f} s CPU: "
+            f"{'accuracy' if adapter.modality == 'image' else 'perplexity'} {score:.4f} "
+            f"(seeds {', '.join(f'{v:.4f}' for v in scores)})",
             file=sys.stderr,
         )
     adapter.model.load_state_dict(start)
@@ -405,9 +475,12 @@ def run_model(name: str, spec: dict[str, Any], args: argparse.Namespace) -> dict
     }
 
 
-def score_of(result: dict[str, Any], model: str, plan_json: dict | None) -> float | None:
+def score_of(
+    result: dict[str, Any], model: str, plan_json: dict | None, batch: int | None = None
+) -> float | None:
+    """The mean score of ``plan_json`` at effective ``batch`` (None: the data's) for ``model``."""
     for r in result["retraining"]:
-        if r["model"] == model and r["plan_json"] == plan_json:
+        if r["model"] == model and r["plan_json"] == plan_json and r.get("batch") == batch:
             return r["score"]
     return None
 
@@ -455,9 +528,13 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         lower = info["metric"] == "perplexity"
         for f in FRACTIONS:
             rows = {r["method"]: r for r in result["budgets"] if r["model"] == model and r["fraction"] == f}
-            ours = score_of(result, model, rows["ours"]["plan_json"]) if rows["ours"]["fits"] else None
+            ours = (
+                score_of(result, model, rows["ours"]["plan_json"], rows["ours"].get("batch"))
+                if rows["ours"]["fits"]
+                else None
+            )
             base = [
-                score_of(result, model, rows[m]["plan_json"])
+                score_of(result, model, rows[m]["plan_json"], rows[m].get("batch"))
                 for m in BASELINES
                 if rows[m]["fits"] and rows[m]["measured_within_budget"]
             ]
@@ -469,7 +546,7 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             "ours"
         ]
         unconstrained = score_of(result, model, MemoryPlan().model_dump())
-        ours_half = score_of(result, model, half["plan_json"]) if half["fits"] else None
+        ours_half = score_of(result, model, half["plan_json"], half.get("batch")) if half["fits"] else None
         if ours_half is not None:
             near.append(
                 (model, lower, (ours_half / unconstrained - 1) if lower else (ours_half - unconstrained))
@@ -521,10 +598,10 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
-        "--seconds", type=float, default=None, help="retraining CPU seconds per plan (default 10; --quick 1)"
+        "--seconds", type=float, default=None, help="retraining CPU seconds per plan (default 15; --quick 1)"
     )
     ap.add_argument(
-        "--source-seconds", type=float, default=None, help="source-model training (default 5; --quick 1)"
+        "--seeds", type=int, default=None, help="retraining seeds per plan, mean score (default 2; --quick 1)"
     )
     ap.add_argument("--models", default=",".join(MODELS), help=f"subset of {','.join(MODELS)}")
     ap.add_argument(
@@ -534,10 +611,8 @@ def main() -> None:
         "--out", type=Path, default=None, help="result JSON (default benchmarks/results/memory_planner.json)"
     )
     args = ap.parse_args()
-    args.seconds = args.seconds if args.seconds is not None else (1.0 if args.quick else 10.0)
-    args.source_seconds = (
-        args.source_seconds if args.source_seconds is not None else (1.0 if args.quick else 5.0)
-    )
+    args.seconds = args.seconds if args.seconds is not None else (1.0 if args.quick else 15.0)
+    args.seeds = args.seeds if args.seeds is not None else (1 if args.quick else 2)
     out = args.out or (SMOKE if args.quick else RESULTS) / "memory_planner.json"
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     start = time.perf_counter()
@@ -546,11 +621,13 @@ def main() -> None:
         "device": "cpu",
         "threads": torch.get_num_threads(),
         "retrain_cpu_seconds": args.seconds,
-        "source_seconds": args.source_seconds,
+        "seeds": list(range(SEED, SEED + args.seeds)),  # retraining seeds; the search uses SEED
+        "source_steps": {name: spec["source_steps"] for name, spec in MODELS.items()},
         "optimizer": f"adam lr {LR}",
         "fractions": list(FRACTIONS),
         "our_plan_source": "edgeadapt.memory.search.search (profile, predict, Pareto, "
-        "successive-halving probes on the drift validation split)",
+        "successive-halving probes on the drift validation split over the retraining time; "
+        "effective batches B/2, B/4, B/8 offered; up to 12 classes probed, 15 s of predicted probing)",
         "models": [],
         "prediction": [],
         "budgets": [],
@@ -599,7 +676,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
             pts = []
             for r in result["budgets"]:
                 if r["model"] == model and r["method"] == method and r["fits"]:
-                    pts.append((r["fraction"], score_of(result, model, r["plan_json"])))
+                    pts.append((r["fraction"], score_of(result, model, r["plan_json"], r.get("batch"))))
             if pts:
                 ax.plot(*zip(*pts), marker="o", lw=2.5 if method == "ours" else 1, label=method)
         ax.axhline(

@@ -49,7 +49,7 @@ from edgeadapt.errors import ConfigError  # noqa: E402
 from edgeadapt.models.registry import load_adapter  # noqa: E402
 from edgeadapt.offload.build import OffloadBuildConfig, build_offload  # noqa: E402
 from edgeadapt.offload.fuzz import fuzz_server  # noqa: E402
-from edgeadapt.offload.netem import SteppedBucket, set_rate, veth_namespaces  # noqa: E402
+from edgeadapt.offload.netem import SteppedBucket, namespaces_available, set_rate, veth_namespaces  # noqa: E402
 from edgeadapt.offload.profile import EMULATED_EDGE, LOCAL_CLOUD, ChainProfile  # noqa: E402
 from edgeadapt.offload.run import OffloadRunConfig, run_offload  # noqa: E402
 from edgeadapt.offload.serve import load_chain  # noqa: E402
@@ -182,20 +182,9 @@ def fmt_s(x: float | None) -> str:
     return "none" if x is None else f"{x:.2f} s"
 
 
-def netns_ok() -> bool:
-    name = f"eart-probe-{os.getpid()}"
-    try:
-        ok = subprocess.run(["ip", "netns", "add", name], capture_output=True, timeout=10).returncode == 0
-    except (FileNotFoundError, subprocess.TimeoutExpired):
-        return False
-    if ok:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
-    return ok
-
-
 def veth(built: Path, token_file: Path, floor: float, limit: int, quick: bool) -> dict[str, Any]:
     """Latencies at 10 Mbit/s and the re-plan time on 100 -> 1 -> 100 Mbit/s, over a shaped veth pair."""
-    if not netns_ok():
+    if not namespaces_available("eart"):
         return {"skipped": "needs root and `ip netns` (iproute2)"}
     out: dict[str, Any] = {}
     with veth_namespaces(10, prefix="eart", subnet="10.231.9") as pair:

@@ -42,7 +42,7 @@ def _prune(args: argparse.Namespace) -> int:
     from edgeadapt.models.inspect import inspect_model
     from edgeadapt.pruning.apply import apply_plan
     from edgeadapt.pruning.budget import BUDGETS, check_budget
-    from edgeadapt.pruning.checkpoint import load_model, save_pruned
+    from edgeadapt.pruning.checkpoint import load_model
     from edgeadapt.pruning.importance import IMPORTANCES, check_importance
     from edgeadapt.pruning.memory import check_scoring_memory, tokens_per_sample
     from edgeadapt.pruning.plan import PruningPlan
@@ -88,14 +88,7 @@ def _prune(args: argparse.Namespace) -> int:
               param_sparsity=args.param_sparsity, scope=args.scope, protect_first=args.protect_first,
               protect_last=args.protect_last, seed=args.seed, progress=bar_enabled(), device=args.device)
         adapter.model.cpu()
-    after = inspect_model(adapter)
-    save_pruned(adapter, args.out, config={k: v for k, v in vars(args).items() if k != "func"})
-    print(adapter.plan.summary())
-    print(f"params {before.total_params:,} -> {after.total_params:,} "
-          f"({after.total_params / before.total_params:.1%}); FLOPs/{after.unit} "
-          f"{before.total_flops:,} -> {after.total_flops:,} ({after.total_flops / before.total_flops:.1%})")
-    print(f"saved to {args.out}")
-    return 0
+    return _save_and_report(args, adapter, before)
 
 
 def _prune_channels(args: argparse.Namespace, adapter: Any, before: Any) -> int:
@@ -103,10 +96,8 @@ def _prune_channels(args: argparse.Namespace, adapter: Any, before: Any) -> int:
     ``edgeadapt.pruning.channels.prune_channels(...)`` / ``apply_channel_plan(...)`` +
     ``save_pruned(...)``."""
     from edgeadapt.data.calibration import calibration_batches
-    from edgeadapt.models.inspect import inspect_model
     from edgeadapt.pruning.channel_plan import ChannelPlan
     from edgeadapt.pruning.channels import NEEDS_BATCHES, apply_channel_plan, prune_channels
-    from edgeadapt.pruning.checkpoint import save_pruned
 
     if args.target != ["neurons"]:
         raise ConfigError(f"{args.model} is a CNN ({adapter.family}): it is pruned by channels "
@@ -123,14 +114,7 @@ def _prune_channels(args: argparse.Namespace, adapter: Any, before: Any) -> int:
                        param_sparsity=args.param_sparsity, protect_first=args.protect_first,
                        protect_last=args.protect_last, seed=args.seed, device=args.device)
         adapter.model.cpu()
-    after = inspect_model(adapter)
-    save_pruned(adapter, args.out, config={k: v for k, v in vars(args).items() if k != "func"})
-    print(adapter.plan.summary())
-    print(f"params {before.total_params:,} -> {after.total_params:,} "
-          f"({after.total_params / before.total_params:.1%}); FLOPs/image "
-          f"{before.total_flops:,} -> {after.total_flops:,} ({after.total_flops / before.total_flops:.1%})")
-    print(f"saved to {args.out}")
-    return 0
+    return _save_and_report(args, adapter, before)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -194,3 +178,20 @@ def add_prune_parsers(sub: Any) -> None:
     s.add_argument("--no-verify", action="store_true",
                    help="skip reloading the export with transformers and comparing outputs")
     s.set_defaults(func=cmd_export)
+
+
+def _save_and_report(args: argparse.Namespace, adapter: Any, before: Any) -> int:
+    """Save the pruned ``adapter`` to ``--out`` (plan + weights + the command's arguments) and print
+    its plan and the parameters and FLOPs before → after (``before``: its ``inspect_model`` report
+    taken before pruning). Returns the exit status 0."""
+    from edgeadapt.models.inspect import inspect_model
+    from edgeadapt.pruning.checkpoint import save_pruned
+
+    after = inspect_model(adapter)
+    save_pruned(adapter, args.out, config={k: v for k, v in vars(args).items() if k != "func"})
+    print(adapter.plan.summary())
+    print(f"params {before.total_params:,} -> {after.total_params:,} "
+          f"({after.total_params / before.total_params:.1%}); FLOPs/{after.unit} "
+          f"{before.total_flops:,} -> {after.total_flops:,} ({after.total_flops / before.total_flops:.1%})")
+    print(f"saved to {args.out}")
+    return 0

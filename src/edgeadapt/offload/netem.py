@@ -16,6 +16,7 @@ Report the measured effective rate next to the nominal one: tbf at 1, 10, 100 Mb
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -125,6 +126,20 @@ class NamespacePair:
 
 def _ip(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True, text=True, timeout=10)
+
+
+def namespaces_available(prefix: str = "ea") -> bool:
+    """True when this process may create network namespaces (root and iproute2's ``ip netns``): the
+    check :func:`veth_namespaces` needs before it is used, made by adding and deleting a probe
+    namespace (10 s timeout each)."""
+    name = f"{prefix}-probe-{os.getpid()}"
+    try:
+        ok = subprocess.run(["ip", "netns", "add", name], capture_output=True, timeout=10).returncode == 0
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return False
+    if ok:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+    return ok
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from torch import nn
 from edgeadapt.cli.main import main
 from edgeadapt.errors import ConfigError, PathError
 from edgeadapt.models.registry import load_adapter
-from edgeadapt.offload.netem import TokenBucket, veth_namespaces
+from edgeadapt.offload.netem import TokenBucket, namespaces_available, veth_namespaces
 from edgeadapt.offload.run import OffloadRunConfig, run_offload
 from edgeadapt.offload.serve import RuntimeChain, ServeConfig, load_chain, start_server
 from edgeadapt.offload.transport import (
@@ -377,18 +377,7 @@ def test_the_token_bucket_lets_a_burst_through_then_holds_the_rate():
         TokenBucket(rate=0, burst=1)
 
 
-def _netns_available() -> bool:
-    name = f"ea-probe-{os.getpid()}"
-    try:
-        ok = subprocess.run(["ip", "netns", "add", name], capture_output=True, timeout=10).returncode == 0
-    except (FileNotFoundError, subprocess.TimeoutExpired):
-        return False
-    if ok:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
-    return ok
-
-
-@pytest.mark.skipif(not _netns_available(), reason="needs root and `ip netns` (iproute2)")
+@pytest.mark.skipif(not namespaces_available(), reason="needs root and `ip netns` (iproute2)")
 def test_a_shaped_veth_pair_between_namespaces_is_created_and_torn_down():
     prefix = f"ea{os.getpid() % 100000}"
     with veth_namespaces(100, prefix=prefix, subnet="10.231.7") as pair:

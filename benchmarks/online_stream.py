@@ -33,7 +33,7 @@ perplexity ≤ 0.9× source's, ≤ static's, ≤ 1.03× full's, at ≤ 0.5× ful
 **Planner** (``--planner``, image): per seed, full and edgeadapt on the default stream without the
 planner, then both again with ``adapt(memory_budget=0.5 × full's measured peak, time_budget="0.5x")``
 (the edge plan: frozen blocks, checkpoint segments, edge steps per domain and whether distillation
-stays; :func:`edgeadapt.online.retrain.plan_for_budget`). Targets, paired per seed: the planned
+stays; :func:`edgeadapt.online.edge_plan.plan_for_budget`). Targets, paired per seed: the planned
 edgeadapt's peak memory and retraining time (median per domain) ≤ 0.5× full's in the same run, and its
 mean accuracy within 1 point of edgeadapt without the planner. Writes
 ``benchmarks/results/online_stream_planner.json``.

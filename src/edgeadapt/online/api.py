@@ -42,22 +42,21 @@ from edgeadapt.models.inspect import check_context, limits_from_config
 from edgeadapt.offline.artifacts import KIND as KB_KIND
 from edgeadapt.offline.artifacts import VERSION as KB_VERSION
 from edgeadapt.offline.artifacts import load_kb
-from edgeadapt.online.losses import AdaptLossConfig, set_trainable, source_stats
-from edgeadapt.online.methods import method_names, methods_for
-from edgeadapt.online.methods.base import MethodContext, loss_config_for, our_loss
-from edgeadapt.online.proxy import extract_proxy, width_for_memory, width_for_params
-from edgeadapt.online.retrain import (
+from edgeadapt.online.edge_plan import (
     CONFIGURED,
     WITHOUT_DISTILLATION,
     PlannedMemory,
-    RetrainBudget,
     TimeBudget,
     describe_plan,
     loop_seconds,
     plan_for_budget,
     plan_for_memory,
-    unlabeled,
 )
+from edgeadapt.online.losses import AdaptLossConfig, set_trainable, source_stats
+from edgeadapt.online.methods import method_names, methods_for
+from edgeadapt.online.methods.base import MethodContext, loss_config_for, our_loss
+from edgeadapt.online.proxy import extract_proxy, width_for_memory, width_for_params
+from edgeadapt.online.retrain import RetrainBudget, unlabeled
 from edgeadapt.online.runner import build_methods, run_stream
 from edgeadapt.pruning.prune import prune
 from edgeadapt.training.config import TrainConfig
@@ -166,15 +165,15 @@ def edge_memory_plan(kb: Any, width: float, memory_bytes: int | None, stats: Any
                      budget: RetrainBudget, trainable: str = "all", fm: Any = None,
                      time_budget: TimeBudget | None = None) -> PlannedMemory:
     """The memory plan (freezing, checkpointing) of the edge methods' retraining within
-    ``memory_bytes``, chosen by :func:`~edgeadapt.online.retrain.plan_for_memory` on the proxy at
+    ``memory_bytes``, chosen by :func:`~edgeadapt.online.edge_plan.plan_for_memory` on the proxy at
     ``width`` cut for the first domain ``first``, with our loss on one of its batches (predicted,
     then confirmed by measuring one step); an infeasible budget raises
     :class:`~edgeadapt.errors.InfeasibleError` naming the smallest one.
 
     With ``time_budget`` (seconds per domain, or a fraction of the unconstrained retraining: ``fm``
     with ``trainable`` retrained with our loss and no knobs for ``budget.steps``, its step measured
-    here by :func:`~edgeadapt.online.retrain.loop_seconds`)
-    :func:`~edgeadapt.online.retrain.plan_for_budget` also chooses the edge steps per domain
+    here by :func:`~edgeadapt.online.edge_plan.loop_seconds`)
+    :func:`~edgeadapt.online.edge_plan.plan_for_budget` also chooses the edge steps per domain
     and may drop the distillation term (:func:`without_distillation`)."""
     proxy = extract_proxy(kb, unlabeled(first.adapt.batches(256)), width).adapter
     set_trainable(proxy, trainable)
@@ -265,7 +264,7 @@ def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | N
       then also sets the edge steps (``budget.edge_steps``: as many as fit) and may drop our loss's
       distillation term for the edge methods (``memory_plan.loss``: ``"without distillation"``) when
       too few steps fit with it; freezing is its last resort
-      (:func:`~edgeadapt.online.retrain.plan_for_budget`).
+      (:func:`~edgeadapt.online.edge_plan.plan_for_budget`).
     - ``source``: the labelled source data for the statistics the edge keeps and the static
       baseline's fine-tuning — a registered dataset name, a ``data:`` mapping, a batch factory or
       batches; default: the dataset recorded in the knowledge base directory.

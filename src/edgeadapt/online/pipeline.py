@@ -24,10 +24,11 @@ from edgeadapt.memory.plan import ADAPTATION_LOSS, MemoryPlan, check_micro_batch
 from edgeadapt.models.registry import make_task, task_of
 from edgeadapt.offline.lora import load_lora_artifact
 from edgeadapt.online.api import adapt, check_methods
+from edgeadapt.online.edge_plan import TimeBudget
 from edgeadapt.online.methods import method_names
 from edgeadapt.online.methods.base import loss_config_for
 from edgeadapt.online.report import write_report
-from edgeadapt.online.retrain import RetrainBudget, TimeBudget
+from edgeadapt.online.retrain import RetrainBudget
 from edgeadapt.rundir import claim_output
 from edgeadapt.tracking.run import make_logger
 

@@ -20,8 +20,9 @@ from edgeadapt.offline.artifacts import save_kb
 from edgeadapt.offline.lora import LoraSettings, save_lora_artifact
 from edgeadapt.online import api
 from edgeadapt.online.api import adapt
+from edgeadapt.online.edge_plan import PREDICTION_SLACK, plan_for_memory
 from edgeadapt.online.pipeline import AdaptConfig, run_adapt
-from edgeadapt.online.retrain import PREDICTION_SLACK, RetrainBudget, plan_for_memory, retrain, step_memory
+from edgeadapt.online.retrain import RetrainBudget, retrain, step_memory
 from tests.conftest import make_batches, state
 from tests.unit.online.conftest import OFFLINE_RECORD
 

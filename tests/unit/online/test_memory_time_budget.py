@@ -19,19 +19,19 @@ from edgeadapt.memory.estimator import Estimate
 from edgeadapt.memory.plan import MemoryPlan
 from edgeadapt.models.registry import load_adapter
 from edgeadapt.online import api
-from edgeadapt.online import retrain as retrain_mod
+from edgeadapt.online import edge_plan as edge_plan_mod
 from edgeadapt.online.api import adapt
-from edgeadapt.online.pipeline import AdaptConfig
-from edgeadapt.online.retrain import (
+from edgeadapt.online.edge_plan import (
     CONFIGURED,
     WITHOUT_DISTILLATION,
     PlannedMemory,
-    RetrainBudget,
     TimeBudget,
     loop_seconds,
     plan_for_budget,
     plan_for_memory,
 )
+from edgeadapt.online.pipeline import AdaptConfig
+from edgeadapt.online.retrain import RetrainBudget
 from tests.conftest import make_batches
 
 BUDGET = {"steps": 2, "batch_size": 16, "device": "cpu"}
@@ -104,7 +104,7 @@ def test_the_time_budget_picks_a_faster_plan_than_memory_only_planning(monkeypat
     free = roomy.measured_bytes
     memory_only = plan_for_memory(adapter, entropy, batch, int(free * 0.8), "cpu")
     assert memory_only.plan.freeze_blocks == 0 and memory_only.plan.checkpoint_segments > 0
-    monkeypatch.setattr(retrain_mod, "loop_seconds", fake_clock())
+    monkeypatch.setattr(edge_plan_mod, "loop_seconds", fake_clock())
     assert len(adapter.blocks()) == 4  # the memory-only plan's step is 0.5 + 4 + 1 s on the fake clock
     # 10 steps wanted; 0.5 + 20 s affords 3 at 5.5 s (< 40%): one frozen block (<= 4.5 s, >= 4 steps) wins
     tight = plan_for_budget(adapter, [(CONFIGURED, entropy)], batch, int(free * 0.8), TimeBudget.parse(20.5),
@@ -127,7 +127,7 @@ def test_the_lighter_loss_is_taken_only_when_too_few_steps_fit_the_configured_on
     adapter = load_adapter("tiny-vit")
     batch = _batch(adapter)
     losses = [(CONFIGURED, entropy), (WITHOUT_DISTILLATION, entropy_too)]
-    monkeypatch.setattr(retrain_mod, "loop_seconds", fake_clock(light=0.5))
+    monkeypatch.setattr(edge_plan_mod, "loop_seconds", fake_clock(light=0.5))
     # 0.5 + 15 s: 3 of 10 steps at 4.5 s as configured (< 40%), 6 at 2.25 s without distillation
     short = plan_for_budget(adapter, losses, batch, None, TimeBudget.parse(15.5), 10, "cpu")
     assert short.variant == WITHOUT_DISTILLATION and short.steps == 6 and short.plan == MemoryPlan()
@@ -141,7 +141,7 @@ def test_the_lighter_loss_is_taken_only_when_too_few_steps_fit_the_configured_on
 def test_an_infeasible_time_names_the_smallest_feasible_one(monkeypatch):
     adapter = load_adapter("tiny-vit")
     batch = _batch(adapter)
-    monkeypatch.setattr(retrain_mod, "loop_seconds", fake_clock())
+    monkeypatch.setattr(edge_plan_mod, "loop_seconds", fake_clock())
     with pytest.raises(InfeasibleError, match=r"time_budget=0\.7 .* is infeasible: the fastest plan "
                        r"\(freeze 4 of 4 blocks.* 0\.500 s per domain \+ 0\.5000 s per step, so not one step "
                        r"fits; set time_budget >= 1\.00s"):

@@ -40,21 +40,28 @@ class RestartAfter(TokenBucket):
         return super().consume(n)
 
 
-def test_a_server_stopped_and_restarted_on_the_same_port_is_reconnected_and_split_resumes():
-    adapter = load_adapter("tiny-resnet")
-    chain = load_chain(adapter)
+def run_with_restart(chain, restarted_chain, down_at: int, down_s: float, duration_s: float):
+    """Run split 2 against a server serving ``chain`` that stops at request ``down_at`` (10 probe
+    messages, then 2 per request) and comes back ``down_s`` later serving ``restarted_chain``;
+    returns the report and the warnings raised."""
     first = start_server(chain, TOKEN, ServeConfig(port=0))
-    link = RestartAfter(chain, first.port, calls=10 + 2 * 5 + 1, down_s=0.2)  # down at request 5
+    link = RestartAfter(restarted_chain, first.port, calls=10 + 2 * down_at + 1, down_s=down_s)
     link.servers.append(first)
     cfg = OffloadRunConfig("tiny-resnet", f"127.0.0.1:{first.port}", TOKEN, split=2, batch_size=32,
-                           duration_s=2.5, timeout_s=2.0)
+                           duration_s=duration_s, timeout_s=2.0)
     try:
         with pytest.warns(UserWarning) as caught:
             report = run_offload(cfg, link, chain=chain)
     finally:
         for s in link.servers:
             s.stop(grace=0)
-    messages = [str(w.message) for w in caught]
+    return report, [str(w.message) for w in caught]
+
+
+def test_a_server_stopped_and_restarted_on_the_same_port_is_reconnected_and_split_resumes():
+    adapter = load_adapter("tiny-resnet")
+    chain = load_chain(adapter)
+    report, messages = run_with_restart(chain, chain, down_at=5, down_s=0.2, duration_s=2.5)
     assert any("unreachable at request 5" in m for m in messages), messages
     assert any("answers again" in m for m in messages), messages
     assert [f["at_request"] for f in report.fallbacks] == [5] and report.fallback == report.fallbacks[0]
@@ -115,17 +122,7 @@ def test_a_server_back_with_other_weights_is_not_used_and_the_run_stays_on_the_e
     other = load_adapter("tiny-resnet")
     with torch.no_grad():
         next(other.model.parameters()).add_(1.0)
-    first = start_server(chain, TOKEN, ServeConfig(port=0))
-    link = RestartAfter(load_chain(other), first.port, calls=10 + 2 * 2 + 1, down_s=0.1)  # down at request 2
-    link.servers.append(first)
-    cfg = OffloadRunConfig("tiny-resnet", f"127.0.0.1:{first.port}", TOKEN, split=2, batch_size=32,
-                           duration_s=1.5, timeout_s=2.0)
-    try:
-        with pytest.warns(UserWarning) as caught:
-            report = run_offload(cfg, link, chain=chain)
-    finally:
-        for s in link.servers:
-            s.stop(grace=0)
-    assert any("serve and run the same model" in str(w.message) for w in caught)
+    report, messages = run_with_restart(chain, load_chain(other), down_at=2, down_s=0.1, duration_s=1.5)
+    assert any("serve and run the same model" in m for m in messages)
     assert report.reconnects == [] and report.requests_by_mode["split"] == 2
     assert report.requests_by_mode["edge-only"] == report.requests - 2

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeadapt.cli.args import finite_float, nonempty_str, nonnegative_int, positive_int
-from edgeadapt.errors import ConfigError
+from edgeadapt.errors import ConfigError, OutputExistsError
 
 
 def width_list(text: str) -> tuple[float, ...]:
@@ -42,6 +42,10 @@ def cmd_offload_build(args: argparse.Namespace) -> int:
     from edgeadapt.outputs import check_output_dir
 
     out = check_output_dir(args.out, "--out")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise OutputExistsError(f"--out: {str(out)!r} is not empty (it holds "
+                                f"{', '.join(sorted(p.name for p in out.iterdir())[:5])}); choose an empty "
+                                "or new directory, or pass --overwrite to replace its descendants, profile")
     devices = ([DeviceProfile.load(p) for p in args.device_profile] if args.device_profile
                else [EMULATED_EDGE, LOCAL_CLOUD])
     names = [d.name for d in devices]
@@ -113,7 +117,10 @@ def add_offload_parser(sub: Any) -> None:
                         "distillation) and their profile per device: what `run --floor` places")
     o.add_argument("model", help="a trained CNN or ViT (name, HF directory or edgeadapt artifact)")
     o.add_argument("--out", type=Path, required=True,
-                   help="output directory: descendants/ (the artifact) and profile.json")
+                   help="output directory: descendants/ (the artifact) and profile.json; must be new or "
+                   "empty unless --overwrite")
+    o.add_argument("--overwrite", action="store_true",
+                   help="build into a non-empty --out, replacing its descendants/ and profile.json")
     o.add_argument("--widths", type=width_list, default=(1.0, 0.75, 0.5, 0.25),
                    help="shares of each block's inner units kept, a comma list including 1 (default "
                    "1,0.75,0.5,0.25)")

@@ -17,6 +17,7 @@ from typing import Any
 
 from edgeadapt.data.registry import build_dataset, dataset_info, options_at_size
 from edgeadapt.errors import ConfigError
+from edgeadapt.numerics import upcast
 from edgeadapt.offload.artifact import save_descendants
 from edgeadapt.offload.blocks import WIDTHS, Descendants, distill, make_descendants
 from edgeadapt.offload.profile import EMULATED_EDGE, LOCAL_CLOUD, ChainProfile, DeviceProfile, profile_chain
@@ -69,7 +70,12 @@ def build_offload(cfg: OffloadBuildConfig, out: str | Path,
     loaded and dense) into ``out``; returns them and their profile. A dataset whose class count is
     not the model's is a :class:`~edgeadapt.errors.ConfigError`."""
     adapter = adapter if adapter is not None else load_model(cfg.model)
+    if getattr(adapter.config, "image_size", None) is None:
+        raise ConfigError(f"offload build: {cfg.model!r} is a {adapter.family} model without an image size; "
+                          "offload takes image classifiers (the CNN families or a ViT) — use a model such "
+                          "as tiny-resnet or tiny-vit")
     adapter.model.cpu().eval()
+    upcast(adapter.model)  # bf16/fp16 checkpoints: distilled, profiled and served in float32 on the CPU
     size = int(adapter.config.image_size)
     splits = build_dataset(cfg.data, **options_at_size(cfg.data, {}, size, "data"))
     labels = int(adapter.config.num_labels)

@@ -38,6 +38,7 @@ from torch import nn
 
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import weights_hash
+from edgeadapt.numerics import upcast
 from edgeadapt.offload.artifact import KIND as DESCENDANTS_KIND
 from edgeadapt.offload.artifact import load_descendants
 from edgeadapt.offload.blocks import Descendants, block_chain
@@ -177,6 +178,7 @@ def load_chain(model: str | Path | Any) -> RuntimeChain:
         return chain_from_descendants(load_descendants(directory), str(model))
     adapter = load_model(model)
     adapter.model.cpu().eval()
+    upcast(adapter.model)  # a bf16/fp16 checkpoint runs in float32 on the CPU, as `offload build` makes it
     return chain_from_adapter(adapter, str(model))
 
 

@@ -35,3 +35,49 @@ def test_offload_build_writes_the_artifact_and_profile_that_serve_and_run_take(t
     assert main(["offload", "build", "tiny-resnet", "--out", str(tmp_path / "b4"), "--device-profile",
                  str(tmp_path / "missing.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+FAST = ["--widths", "1,0.5", "--epochs", "1", "--batch-size", "256", "--warmup", "0", "--repeats", "1",
+        "--checks", "0", "--json"]
+
+
+def test_offload_build_refuses_a_non_empty_out_unless_overwrite(tmp_path, capsys):
+    """Before: building into a directory holding another run's files mixed the artifact into it
+    silently (new-user trial)."""
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "report.md").write_text("another run's report")
+    assert main(["offload", "build", "tiny-resnet", "--out", str(out), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "not empty" in err and "report.md" in err and "--overwrite" in err
+    assert sorted(p.name for p in out.iterdir()) == ["report.md"]
+    assert main(["offload", "build", "tiny-resnet", "--out", str(out), *FAST, "--overwrite"]) == 0
+    assert (out / "profile.json").is_file() and (out / "report.md").is_file()
+
+
+def test_offload_build_refuses_a_language_model_by_name(tmp_path, capsys):
+    """Before: `offload build tiny-llama` crashed with AttributeError 'image_size' (new-user trial)."""
+    assert main(["offload", "build", "tiny-llama", "--out", str(tmp_path / "o"), *FAST]) == 2
+    assert "image classifiers" in capsys.readouterr().err
+
+
+def test_a_bf16_checkpoint_builds_serves_and_matches_its_float32_chain(tmp_path, capsys):
+    """Before: `offload build`/`serve` on a bf16 checkpoint crashed on float32 images (new-user trial).
+    The runtime runs it in float32; the chain loaded from the bf16 directory equals the upcast model."""
+    import torch
+
+    from edgeadapt.models.registry import load_adapter
+
+    adapter = load_adapter("tiny-resnet")
+    adapter.model.to(torch.bfloat16)
+    adapter.model.save_pretrained(tmp_path / "bf16")
+    assert main(["offload", "build", str(tmp_path / "bf16"), "--out", str(tmp_path / "o"), *FAST]) == 0
+    chain = load_chain(tmp_path / "bf16")
+    assert all(p.dtype == torch.float32 for b in chain.blocks for p in b.parameters())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = adapter.model.float().eval()(pixel_values=x).logits
+        out = x
+        for block in chain.blocks:
+            out = block(out)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)

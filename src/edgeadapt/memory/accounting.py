@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import gc
+import math
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -92,7 +93,11 @@ def parse_bytes(value: int | str) -> int:
     if not match or (unit and unit not in _UNITS):
         raise ConfigError(f"a size must be bytes or a number with a unit ({', '.join(_UNITS)}), e.g. "
                          f"'16MiB', got {value!r}")
-    return int(float(match.group(1)) * _UNITS[unit or "b"])
+    size = float(match.group(1)) * _UNITS[unit or "b"]
+    if size != int(size):
+        raise ConfigError(f"a size is a whole number of bytes, got {value!r} = {size:g} bytes; write "
+                          f"{int(size):,} or {math.ceil(size):,}, or use a larger unit")
+    return int(size)
 
 
 def _storage(t: torch.Tensor) -> torch.UntypedStorage | None:

@@ -207,3 +207,13 @@ def test_cuda_training_step(llama):
     finally:
         model.zero_grad(set_to_none=True)
         model.to("cpu")
+
+
+def test_parse_bytes_refuses_a_fraction_of_a_byte_instead_of_truncating():
+    """Before: `--budget 1.5` was accepted as 1 byte (new-user trial)."""
+    from edgeadapt.errors import ConfigError
+    from edgeadapt.memory.accounting import parse_bytes
+
+    assert parse_bytes("1.5GB") == 1_500_000_000 and parse_bytes("0.5KiB") == 512 and parse_bytes(4096) == 4096
+    with pytest.raises(ConfigError, match="whole number of bytes.*1 or 2"):
+        parse_bytes("1.5")

@@ -214,6 +214,7 @@ def test_parse_bytes_refuses_a_fraction_of_a_byte_instead_of_truncating():
     from edgeadapt.errors import ConfigError
     from edgeadapt.memory.accounting import parse_bytes
 
-    assert parse_bytes("1.5GB") == 1_500_000_000 and parse_bytes("0.5KiB") == 512 and parse_bytes(4096) == 4096
+    assert parse_bytes("1.5GB") == 1_500_000_000 and parse_bytes("0.5KiB") == 512
+    assert parse_bytes(4096) == 4096
     with pytest.raises(ConfigError, match="whole number of bytes.*1 or 2"):
         parse_bytes("1.5")

@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgeadapt.config import parse_config, read_yaml
 from edgeadapt.errors import ConfigError
@@ -52,6 +52,23 @@ class MemoryPlanFile(MemoryPlan):
     kind: Literal["memory-plan"] = KIND
     model: PlanModel | None = Field(None, description="The model the plan was chosen for; absent in "
                                     "files written before it was recorded (then not checked).")
+
+    @model_validator(mode="after")
+    def _within_recorded_model(self) -> MemoryPlanFile:
+        """A file that records its model cannot ask for more blocks than that model has (caught by
+        ``validate``, before any model loads)."""
+        if self.model is None:
+            return self
+        blocks = self.model.num_blocks
+        if self.freeze_fraction is None and self.freeze_blocks > blocks:
+            raise ConfigError(f"freeze_blocks: {self.freeze_blocks} exceeds the {blocks} blocks of "
+                              f"{self.model.name}, the model this plan records; use at most {blocks}")
+        trainable = blocks - self.frozen_blocks(blocks)
+        if self.checkpoint_segments > trainable:
+            raise ConfigError(f"checkpoint_segments: {self.checkpoint_segments} exceeds the {trainable} "
+                              f"trainable blocks of {self.model.name}, the model this plan records; use at "
+                              f"most {trainable}")
+        return self
 
     def plan(self) -> MemoryPlan:
         """The knobs alone."""

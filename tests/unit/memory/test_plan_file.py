@@ -94,3 +94,21 @@ def test_memory_estimate_refuses_an_uneven_micro_batch_before_loading(tmp_path, 
     err = capsys.readouterr().err
     assert f"--plan {plan}: micro_batch_size 3 does not divide the --batch-size 8" in err
     assert "1, 2, 4, 8" in err
+
+
+def test_validate_refuses_a_plan_asking_for_more_blocks_than_its_recorded_model(tmp_path, capsys):
+    """Before: a plan file with freeze_blocks 9 was 'valid' although it records num_blocks 3
+    (new-user trial); now `validate` refuses it before any model loads."""
+    import json
+
+    from edgeadapt.cli.main import main
+
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"kind": "memory-plan", "freeze_blocks": 9,
+                                "model": {"name": "tiny-regnet", "family": "regnet", "num_blocks": 3}}))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "freeze_blocks" in err and "9" in err and "3 blocks" in err
+    path.write_text(json.dumps({"kind": "memory-plan", "freeze_blocks": 1, "checkpoint_segments": 2,
+                                "model": {"name": "tiny-regnet", "family": "regnet", "num_blocks": 3}}))
+    assert main(["validate", str(path)]) == 0

@@ -30,8 +30,8 @@ from edgeadapt.memory.plan import MemoryPlan
 
 KIND = "memory-plan"
 
-__all__ = ["KIND", "MemoryPlanFile", "PlanModel", "check_divides", "check_plan_fits", "load_plan",
-           "load_plan_file", "plan_model", "save_plan"]
+__all__ = ["KIND", "MemoryPlanFile", "PlanModel", "check_blocks", "check_divides", "check_plan_fits",
+           "load_plan", "load_plan_file", "plan_model", "save_plan"]
 
 
 class PlanModel(BaseModel):
@@ -57,17 +57,8 @@ class MemoryPlanFile(MemoryPlan):
     def _within_recorded_model(self) -> MemoryPlanFile:
         """A file that records its model cannot ask for more blocks than that model has (caught by
         ``validate``, before any model loads)."""
-        if self.model is None:
-            return self
-        blocks = self.model.num_blocks
-        if self.freeze_fraction is None and self.freeze_blocks > blocks:
-            raise ConfigError(f"freeze_blocks: {self.freeze_blocks} exceeds the {blocks} blocks of "
-                              f"{self.model.name}, the model this plan records; use at most {blocks}")
-        trainable = blocks - self.frozen_blocks(blocks)
-        if self.checkpoint_segments > trainable:
-            raise ConfigError(f"checkpoint_segments: {self.checkpoint_segments} exceeds the {trainable} "
-                              f"trainable blocks of {self.model.name}, the model this plan records; use at "
-                              f"most {trainable}")
+        if self.model is not None:
+            check_blocks(self, self.model.num_blocks, f"{self.model.name}, the model this plan records")
         return self
 
     def plan(self) -> MemoryPlan:
@@ -99,6 +90,20 @@ def load_plan(path: str | Path) -> MemoryPlan:
     return load_plan_file(path).plan()
 
 
+def check_blocks(plan: MemoryPlan, blocks: int, model: str, prefix: str = "", fix: str = "") -> None:
+    """Raise :class:`~edgeadapt.errors.ConfigError` (``prefix`` + the field, its value, the block
+    count of ``model`` and the largest allowed value, then ``fix``) when ``plan`` freezes more than
+    ``blocks`` blocks or checkpoints more segments than the blocks left trainable."""
+    if plan.freeze_fraction is None and plan.freeze_blocks > blocks:
+        raise ConfigError(f"{prefix}freeze_blocks {plan.freeze_blocks} exceeds the {blocks} blocks of "
+                          f"{model}; use at most {blocks}{fix}")
+    trainable = blocks - plan.frozen_blocks(blocks)
+    if plan.checkpoint_segments > trainable:
+        raise ConfigError(f"{prefix}checkpoint_segments {plan.checkpoint_segments} exceeds the {trainable} "
+                          f"trainable blocks of {model} ({blocks} blocks, {blocks - trainable} frozen); use "
+                          f"at most {trainable}")
+
+
 def check_plan_fits(plan: MemoryPlanFile, adapter: Any, name: str, source: str = "plan") -> MemoryPlan:
     """The knobs of ``plan`` after checking them against ``adapter`` (loaded from ``name``).
 
@@ -108,15 +113,8 @@ def check_plan_fits(plan: MemoryPlanFile, adapter: Any, name: str, source: str =
     the plan still applies, but its memory was chosen for that model."""
     here = plan_model(adapter, name)
     blocks = here.num_blocks
-    if plan.freeze_fraction is None and plan.freeze_blocks > blocks:
-        raise ConfigError(f"{source}: freeze_blocks {plan.freeze_blocks} exceeds the {blocks} blocks of "
-                          f"{name}; use at most {blocks}, or plan for this model (`edgeadapt memory plan "
-                          f"{name} --budget SIZE --save FILE`)")
-    trainable = blocks - plan.frozen_blocks(blocks)
-    if plan.checkpoint_segments > trainable:
-        raise ConfigError(f"{source}: checkpoint_segments {plan.checkpoint_segments} exceeds the "
-                          f"{trainable} trainable blocks of {name} ({blocks} blocks, {blocks - trainable} "
-                          f"frozen); use at most {trainable}")
+    check_blocks(plan, blocks, name, f"{source}: ",
+                 f", or plan for this model (`edgeadapt memory plan {name} --budget SIZE --save FILE`)")
     if plan.model is not None and (plan.model.family, plan.model.num_blocks) != (here.family, blocks):
         warnings.warn(f"{source} was chosen for {plan.model.name} ({plan.model.family}, "
                       f"{plan.model.num_blocks} blocks), not {name} ({here.family}, {blocks} blocks): its "

@@ -11,6 +11,9 @@ from edgeadapt.cli.args import finite_float, nonempty_str, positive_int, size_te
 from edgeadapt.cli.data import _options
 from edgeadapt.errors import ConfigError
 
+DEFAULT_BATCH_SIZE = 8
+"""`memory plan`'s effective batch per step when --batch-size is not given."""
+
 
 def memory_batches(adapter: Any, model: str, data: str | None, options: dict[str, Any], batch_size: int,
                    num_batches: int, eval_batches: int, seed: int) -> tuple[list[dict], list[dict]]:
@@ -66,7 +69,7 @@ def cmd_memory_plan(args: argparse.Namespace) -> int:
     result = search(adapter, budget, train, held, lr=args.lr, seed=args.seed, probe_steps=args.probe_steps,
                     max_probes=args.max_probes, optimizer=args.optimizer)
     if args.save is not None:
-        save_plan(result.chosen.plan, args.save, plan_model(adapter, args.model))
+        save_plan(result.chosen.plan, args.save, plan_model(adapter, args.model), args.batch_size)
     print(json.dumps(result.to_dict(), indent=1) if args.json else format_result(result, args.all))
     if args.save is not None and not args.json:
         print(f"saved to {args.save}")
@@ -85,6 +88,8 @@ def cmd_memory_estimate(args: argparse.Namespace) -> int:
     from edgeadapt.pruning.checkpoint import load_model
 
     plan_file = load_plan_file(args.plan)
+    if args.batch_size is None:  # the batch the plan was chosen for, else 8
+        args.batch_size = plan_file.batch_size or DEFAULT_BATCH_SIZE
     check_divides(plan_file, args.batch_size, f"--plan {args.plan}: micro_batch_size", "--batch-size")
     adapter = load_model(args.model)
     plan = check_plan_fits(plan_file, adapter, args.model, f"--plan {args.plan}")
@@ -138,7 +143,10 @@ def add_memory_parser(sub: Any) -> None:
         m.add_argument("--data", type=nonempty_str, default=None,
                        help="registered dataset of the current data (default: built-in digits or text)")
         m.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="dataset option")
-        m.add_argument("--batch-size", type=positive_int, default=8, help="effective batch per step")
+        estimating = func is cmd_memory_estimate
+        m.add_argument("--batch-size", type=positive_int, default=None if estimating else DEFAULT_BATCH_SIZE,
+                       help="effective batch per step (default: "
+                       + ("the batch the plan file records, else 8)" if estimating else "8)"))
         m.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam")
         m.add_argument("--seed", type=int, default=0)
         m.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -24,6 +24,7 @@ from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from edgeadapt.artifacts import atomic_write_text
 from edgeadapt.config import parse_config, read_yaml
 from edgeadapt.errors import ConfigError
 from edgeadapt.memory.plan import MemoryPlan
@@ -52,6 +53,8 @@ class MemoryPlanFile(MemoryPlan):
     kind: Literal["memory-plan"] = KIND
     model: PlanModel | None = Field(None, description="The model the plan was chosen for; absent in "
                                     "files written before it was recorded (then not checked).")
+    batch_size: int | None = Field(None, ge=1, description="The effective batch the plan was chosen for "
+                                   "(`memory estimate`'s default --batch-size); absent in older files.")
 
     @model_validator(mode="after")
     def _within_recorded_model(self) -> MemoryPlanFile:
@@ -63,7 +66,7 @@ class MemoryPlanFile(MemoryPlan):
 
     def plan(self) -> MemoryPlan:
         """The knobs alone."""
-        return MemoryPlan(**self.model_dump(exclude={"kind", "model"}))
+        return MemoryPlan(**self.model_dump(exclude={"kind", "model", "batch_size"}))
 
 
 def plan_model(adapter: Any, name: str) -> PlanModel:
@@ -137,13 +140,17 @@ def check_divides(plan: MemoryPlan, batch_size: int, field: str = "micro_batch_s
                       f"{', '.join(map(str, divisors))} (or null: the whole batch in one pass)")
 
 
-def save_plan(plan: MemoryPlan, path: str | Path, model: PlanModel | None = None) -> Path:
-    """Write ``plan`` as JSON with ``kind: memory-plan`` (only the fields that differ from the
-    defaults) and, when given, the ``model`` it was chosen for; returns the path."""
+def save_plan(plan: MemoryPlan, path: str | Path, model: PlanModel | None = None,
+              batch_size: int | None = None) -> Path:
+    """Write ``plan`` atomically as JSON with ``kind: memory-plan`` (only the fields that differ from
+    the defaults) and, when given, the ``model`` and effective ``batch_size`` it was chosen for;
+    returns the path."""
     path = Path(path)
     data: dict[str, Any] = {"kind": KIND}
     if model is not None:
         data["model"] = model.model_dump()
+    if batch_size is not None:
+        data["batch_size"] = int(batch_size)
     data.update(MemoryPlan(**plan.model_dump()).model_dump(exclude_defaults=True))
-    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
     return path

@@ -112,3 +112,21 @@ def test_validate_refuses_a_plan_asking_for_more_blocks_than_its_recorded_model(
     path.write_text(json.dumps({"kind": "memory-plan", "freeze_blocks": 1, "checkpoint_segments": 2,
                                 "model": {"name": "tiny-regnet", "family": "regnet", "num_blocks": 3}}))
     assert main(["validate", str(path)]) == 0
+
+
+def test_a_saved_plan_records_its_batch_and_estimate_defaults_to_it(tmp_path, capsys):
+    """Before: `memory plan --batch-size 24 --save` then `memory estimate --plan` refused the plan
+    against a --batch-size 8 the user never typed (new-user trial); the file now records the batch."""
+    import json
+
+    from edgeadapt.cli.main import main
+    from edgeadapt.memory.plan import MemoryPlan
+    from edgeadapt.memory.plan_file import load_plan_file, save_plan
+
+    path = save_plan(MemoryPlan(micro_batch_size=12), tmp_path / "plan.json", batch_size=24)
+    loaded = load_plan_file(path)
+    assert loaded.batch_size == 24 and loaded.plan() == MemoryPlan(micro_batch_size=12)
+    assert main(["memory", "estimate", "tiny-resnet", "--plan", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["batch_size"] == 24
+    assert main(["memory", "estimate", "tiny-resnet", "--plan", str(path), "--batch-size", "8"]) == 2
+    assert "--batch-size" in capsys.readouterr().err

@@ -48,6 +48,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_int_list(text: str) -> tuple[int, ...]:
+    """A comma list of integers >= 1 (``4,8``: effective batch sizes)."""
+    return tuple(positive_int(part.strip()) for part in text.split(",") if part.strip())
+
+
 def nonnegative_int(text: str) -> int:
     """An integer >= 0 (numbers of protected blocks)."""
     value = _int(text)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgeadapt.cli.args import finite_float, nonempty_str, positive_int, size_text
+from edgeadapt.cli.args import finite_float, nonempty_str, positive_int, positive_int_list, size_text
 from edgeadapt.cli.data import _options
 from edgeadapt.errors import ConfigError
 
@@ -67,9 +67,11 @@ def cmd_memory_plan(args: argparse.Namespace) -> int:
     train, held = memory_batches(adapter, args.model, args.data, _options(args.option), args.batch_size,
                                  args.probe_batches, args.eval_batches, args.seed)
     result = search(adapter, budget, train, held, lr=args.lr, seed=args.seed, probe_steps=args.probe_steps,
-                    max_probes=args.max_probes, optimizer=args.optimizer)
+                    max_probes=args.max_probes, optimizer=args.optimizer,
+                    batch_sizes=args.batch_sizes or None)
     if args.save is not None:
-        save_plan(result.chosen.plan, args.save, plan_model(adapter, args.model), args.batch_size)
+        save_plan(result.chosen.plan, args.save, plan_model(adapter, args.model),
+                  result.chosen.batch_size or args.batch_size)
     print(json.dumps(result.to_dict(), indent=1) if args.json else format_result(result, args.all))
     if args.save is not None and not args.json:
         print(f"saved to {args.save}")
@@ -136,6 +138,9 @@ def add_memory_parser(sub: Any) -> None:
             m.add_argument("--eval-batches", type=positive_int, default=4, help="held-out batches scored")
             m.add_argument("--lr", type=finite_float, default=1e-3, help="probe learning rate")
             m.add_argument("--save", type=Path, default=None, help="write the chosen plan (kind memory-plan)")
+            m.add_argument("--batch-sizes", type=positive_int_list, default=(),
+                           help="also offer smaller effective batches, e.g. 4,8 (each dividing --batch-size; "
+                           "fewer rows per step: less memory, more steps per second, other gradients)")
             m.add_argument("--all", action="store_true", help="list over-budget and dominated plans too")
         else:
             m.add_argument("--plan", type=Path, required=True, help="a MemoryPlan JSON/YAML file")

@@ -130,3 +130,19 @@ def test_a_saved_plan_records_its_batch_and_estimate_defaults_to_it(tmp_path, ca
     assert json.loads(capsys.readouterr().out)["batch_size"] == 24
     assert main(["memory", "estimate", "tiny-resnet", "--plan", str(path), "--batch-size", "8"]) == 2
     assert "--batch-size" in capsys.readouterr().err
+
+
+def test_memory_plan_offers_smaller_effective_batches_from_the_cli(tmp_path, capsys):
+    """`memory plan --batch-sizes 8` puts plans at an effective batch of 8 in the table (the library's
+    search(batch_sizes=...) had no flag); a size that does not divide --batch-size is refused."""
+    import json
+
+    from edgeadapt.cli.main import main
+
+    common = ["memory", "plan", "tiny-resnet", "--budget", "64MiB", "--batch-size", "16", "--max-probes", "2",
+              "--probe-batches", "2", "--eval-batches", "1", "--json"]
+    assert main([*common, "--batch-sizes", "8"]) == 0
+    plans = json.loads(capsys.readouterr().out)["plans"]
+    assert {p["batch_size"] for p in plans} == {None, 8}
+    assert main([*common, "--batch-sizes", "5"]) == 2
+    assert "5" in capsys.readouterr().err

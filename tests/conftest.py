@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import os
+import sys
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -128,6 +130,20 @@ def load(minilm_adapter):
 
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` as a module, imported by path once (``benchmarks/`` is not
+    a package; its directory goes on ``sys.path`` so a script's own ``import benchlib`` works)."""
+    if name not in sys.modules:
+        bench = REPO / "benchmarks"
+        sys.path.insert(0, str(bench))
+        spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
 SOURCE_RECIPE_YAML = REPO / "configs" / "train-vit-digits.yaml"
 
 

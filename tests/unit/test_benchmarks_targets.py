@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from edgeadapt.online.methods import method_names, unregister_method
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load(name: str):
-    """Import a benchmark script by path (``benchmarks/`` is not a package)."""
-    if name not in sys.modules:
-        sys.path.insert(0, str(BENCH))
-        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+from tests.conftest import load_benchmark
 
 
 def _by_name(targets: list[dict]) -> dict[str, dict]:
@@ -30,7 +14,7 @@ def _by_name(targets: list[dict]) -> dict[str, dict]:
 
 
 def test_kb_widths_aggregates_seeds_and_judges_kb_against_static_per_seed():
-    kb_widths = _load("kb_widths")
+    kb_widths = load_benchmark("kb_widths")
 
     def run(seed: int, kb: float, static: float) -> dict:
         rows = [{"width": w, "kb": kb, "kb_dynamic": kb, "static": static, "static_kd": static,
@@ -49,7 +33,7 @@ def test_kb_widths_aggregates_seeds_and_judges_kb_against_static_per_seed():
 
 
 def test_online_stream_targets_use_paired_per_seed_differences_and_ratios():
-    online_stream = _load("online_stream")
+    online_stream = load_benchmark("online_stream")
 
     def row(method: str, acc: list[float], seconds: list[float], memory: list[float]) -> dict:
         return {"method": method, "mean_accuracy": sum(acc) / len(acc), "mean_accuracy_seeds": acc,
@@ -71,7 +55,7 @@ def test_online_stream_targets_use_paired_per_seed_differences_and_ratios():
 
 
 def test_prune_fidelity_targets_compare_our_best_with_the_peers_best():
-    prune_fidelity = _load("prune_fidelity")
+    prune_fidelity = load_benchmark("prune_fidelity")
     rows = [{"method": m, "target": "heads", "sparsity": 0.5, "cosine": c, "cosine_seeds": s}
             for m, c, s in (("magnitude", 0.70, [0.70, 0.70]), ("taylor", 0.76, [0.75, 0.77]),
                             ("tp-magnitude", 0.71, [0.71, 0.71]), ("tp-taylor", 0.765, [0.77, 0.76]))]
@@ -81,7 +65,7 @@ def test_prune_fidelity_targets_compare_our_best_with_the_peers_best():
 
 
 def test_llm_prune_targets_pick_the_lowest_perplexity_of_each_side():
-    llm_prune = _load("llm_prune")
+    llm_prune = load_benchmark("llm_prune")
     rows = []
     measured = (("ours-taylor", 121.0, [116.0, 117.0]), ("ours-fisher", 122.0, [118.0, 118.0]),
                 ("tp-magnitude", 122.5, [115.0, 116.0]), ("random", 140.0, [123.0, 124.0]))
@@ -107,7 +91,7 @@ def _acc_row(method: str, acc: list[float], memory: float = 10.0, seconds: float
 
 
 def test_gap_closed_is_the_ratio_of_stream_means_per_seed():
-    online_stream = _load("online_stream")
+    online_stream = load_benchmark("online_stream")
     assert online_stream.gap_closed(0.7, 0.5, 0.9) == pytest.approx(0.5)
     assert online_stream.gap_closed(0.4, 0.5, 0.9) == pytest.approx(-0.25)  # worse than source
     assert online_stream.gap_closed(0.6, 0.5, 0.5) is None  # no gap: the oracle is not above source
@@ -134,7 +118,7 @@ def _image_stream(online_stream, accs: dict[str, list[float]], worst: float = 0.
 
 
 def test_image_targets_per_stream_peers_source_gap_and_worst_domain():
-    online_stream = _load("online_stream")
+    online_stream = load_benchmark("online_stream")
     good = {"source": [0.60, 0.62], "tent": [0.62, 0.63], "eata": [0.64, 0.64], "sar": [0.63, 0.66],
             "static": [0.65, 0.65], "full": [0.70, 0.70], "edgeadapt": [0.70, 0.71], "oracle": [0.75, 0.77]}
     weak = {**good, "edgeadapt": [0.64, 0.65]}  # below sar/static, only +3.5 pts over source
@@ -166,7 +150,7 @@ def test_image_targets_per_stream_peers_source_gap_and_worst_domain():
 
 
 def test_text_targets_are_paired_perplexity_and_memory_ratios():
-    online_stream = _load("online_stream")
+    online_stream = load_benchmark("online_stream")
 
     def row(method: str, ppl: list[float], memory: float) -> dict:
         return {"method": method, "mean_perplexity": sum(ppl) / len(ppl), "mean_perplexity_seeds": ppl,
@@ -187,7 +171,7 @@ def test_text_targets_are_paired_perplexity_and_memory_ratios():
 
 
 def test_importing_the_online_benchmark_leaves_the_method_registry_alone():
-    online_stream = _load("online_stream")
+    online_stream = load_benchmark("online_stream")
     assert "oracle" not in method_names()  # registered only when the benchmark runs (register_oracle)
     online_stream.register_oracle()
     try:
@@ -209,7 +193,7 @@ class _Toy:
 
 
 def test_the_oracle_step_trains_on_its_labelled_batches_not_the_unlabeled_one():
-    online_stream = _load("online_stream")
+    online_stream = load_benchmark("online_stream")
     toy = _Toy()
     labelled = [{"x": torch.ones(4, 2), "labels": torch.full((4,), 3.0)},
                 {"x": -torch.ones(4, 2), "labels": torch.full((4,), -3.0)}]
@@ -228,7 +212,7 @@ def test_the_oracle_step_trains_on_its_labelled_batches_not_the_unlabeled_one():
 
 
 def test_the_shuffled_stream_is_the_default_stream_in_a_fixed_other_order():
-    online_stream = _load("online_stream")
+    online_stream = load_benchmark("online_stream")
     default = online_stream.DriftStream.parse(online_stream.DEFAULT_STREAM).to_list()
     order = online_stream.shuffled(online_stream.DEFAULT_STREAM)
     assert order == online_stream.shuffled(online_stream.DEFAULT_STREAM) != default

@@ -25,7 +25,6 @@ import contextlib
 import copy
 import math
 import statistics
-import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
@@ -37,7 +36,7 @@ from edgeadapt.data.tokens import token_blocks
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.tasks import model_inputs
 from edgeadapt.progress import bar_enabled
-from edgeadapt.training.device import resolve_device, to_device
+from edgeadapt.training.device import resolve_device, timed, to_device
 
 Mode = Literal["inference", "train"]
 Batch = dict[str, torch.Tensor]
@@ -197,16 +196,6 @@ def _probe(model_or_adapter: Any, batch: Batch, mode: Mode,
     yield step, probe, opt
 
 
-def _timed(step: Callable[[], None], dev: torch.device) -> float:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    start = time.perf_counter()
-    step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    return time.perf_counter() - start
-
-
 def _check_counts(repeats: int, warmup: int) -> None:
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
@@ -246,7 +235,7 @@ def compare_speed(models: Mapping[str, Any], batch: Batch, mode: Mode = "inferen
         for r in range(warmup + repeats):
             k = r % len(names)
             for name in names[k:] + names[:k]:
-                t = _timed(steps[name], dev)
+                t = timed(steps[name], dev)
                 if r >= warmup:
                     seconds[name].append(t)
     tokens = batch["input_ids"].numel()

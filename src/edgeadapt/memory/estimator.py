@@ -56,10 +56,7 @@ Example::
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-
-import torch
 
 from edgeadapt.memory.accounting import measure_peak
 from edgeadapt.memory.knobs import BlockChain, apply_plan, batch_size_of, block_chain, train_step
@@ -68,7 +65,7 @@ from edgeadapt.memory.profile import OptimizerName, make_optimizer, profile
 from edgeadapt.memory.replay import replay_peak, replay_seconds
 from edgeadapt.memory.trace import Batch, LossFn, Profile, probing
 from edgeadapt.models.adapter import ModelAdapter
-from edgeadapt.training.device import to_device
+from edgeadapt.training.device import timed, to_device
 
 # Profile, profile, make_optimizer and probing live in their own modules and are re-exported here,
 # the estimator's public entry point
@@ -149,11 +146,5 @@ def measure(adapter: ModelAdapter, plan: MemoryPlan, batch: Batch, optimizer: Op
             return train_step(adapter, batch, plan, opt, loss_fn=loss_fn, traits=traits)
         step()
         _, report = measure_peak(step, device=device, modules=[model], optimizer=opt)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t
+        seconds = timed(step, device)
     return Measurement(total_bytes=report.total_bytes, step_seconds=seconds, method=report.method)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import torch
 
 from edgeadapt.errors import ConfigError
@@ -22,3 +25,15 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def timed(step: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds one call of ``step`` takes on ``device``; on CUDA the device is synchronized
+    before and after, so queued kernels are counted in the call that launched them."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start

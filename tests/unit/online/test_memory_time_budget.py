@@ -6,10 +6,7 @@ methods only and records them."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -32,7 +29,7 @@ from edgeadapt.online.edge_plan import (
 )
 from edgeadapt.online.pipeline import AdaptConfig
 from edgeadapt.online.retrain import RetrainBudget
-from tests.conftest import make_batches
+from tests.conftest import load_benchmark, make_batches
 
 BUDGET = {"steps": 2, "batch_size": 16, "device": "cpu"}
 
@@ -210,21 +207,8 @@ def test_the_time_budget_flag_reaches_the_config_and_its_error_names_the_flag(tm
     assert not (tmp_path / "adapt").exists()
 
 
-def _online_stream_script():
-    """benchmarks/online_stream.py, imported by path (``benchmarks/`` is not a package)."""
-    name = "online_stream"
-    if name not in sys.modules:
-        bench = Path(__file__).resolve().parents[3] / "benchmarks"
-        sys.path.insert(0, str(bench))
-        spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def test_the_planner_benchmark_pairs_ratios_with_full_in_the_same_run():
-    bench = _online_stream_script()
+    bench = load_benchmark("online_stream")
 
     def run(full_s, edge_s, edge_acc, steps):
         rows = [{"method": "full", "mean_accuracy": 0.8, "retrain_seconds": full_s, "peak_memory_bytes": 100},

@@ -80,25 +80,34 @@ def cmd_memory_plan(args: argparse.Namespace) -> int:
 
 def cmd_memory_estimate(args: argparse.Namespace) -> int:
     """Predict one plan's peak memory and step time from two profiled steps (``--measure``: and
-    run it). The plan is refused before the model loads when its micro-batch does not divide
-    ``--batch-size``, and before profiling when it asks for more blocks than the model has.
+    run it). A micro-batch that does not divide ``--batch-size`` is accepted as ``train`` accepts it
+    (micro-batches of ``ceil`` size, the last smaller; the peak is the largest one's); the plan is
+    refused before the model loads when its micro-batch is larger than ``--batch-size``, and before
+    profiling when it asks for more blocks than the model has.
     Python: ``edgeadapt.memory.estimator.estimate(adapter, load_plan(PLAN), batch)``."""
     from edgeadapt.memory.accounting import format_bytes
     from edgeadapt.memory.estimator import estimate, measure
-    from edgeadapt.memory.plan_file import check_divides, check_plan_fits, load_plan_file
+    from edgeadapt.memory.plan_file import (
+        check_micro_batch_size,
+        check_plan_fits,
+        load_plan_file,
+        micro_batch_sizes,
+    )
     from edgeadapt.memory.search import describe_plan
     from edgeadapt.pruning.checkpoint import load_model
 
     plan_file = load_plan_file(args.plan)
     if args.batch_size is None:  # the batch the plan was chosen for, else 8
         args.batch_size = plan_file.batch_size or DEFAULT_BATCH_SIZE
-    check_divides(plan_file, args.batch_size, f"--plan {args.plan}: micro_batch_size", "--batch-size")
+    check_micro_batch_size(plan_file, args.batch_size, f"--plan {args.plan}: micro_batch_size",
+                           "--batch-size")
     adapter = load_model(args.model)
     plan = check_plan_fits(plan_file, adapter, args.model, f"--plan {args.plan}")
     batch = memory_batches(adapter, args.model, args.data, _options(args.option), args.batch_size, 1, 1,
                            args.seed)[0][0]
     est = estimate(adapter, plan, batch, args.optimizer)
-    out: dict[str, Any] = {"plan": plan.model_dump(), "batch_size": args.batch_size,
+    sizes = micro_batch_sizes(plan, args.batch_size)
+    out: dict[str, Any] = {"plan": plan.model_dump(), "batch_size": args.batch_size, "micro_batches": sizes,
                            "predicted_bytes": est.predicted_bytes, "breakdown": est.breakdown,
                            "step_seconds": est.step_seconds, "measured_bytes": None,
                            "measured_step_seconds": None}
@@ -110,6 +119,9 @@ def cmd_memory_estimate(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.model}, batch {args.batch_size}, {describe_plan(plan)}: predicted peak "
           f"{format_bytes(est.predicted_bytes)}, step {est.step_seconds:.4f} s")
+    if len(set(sizes)) > 1:  # a micro-batch that does not divide the batch: say what the peak is of
+        print(f"  micro-batches of {', '.join(map(str, sizes))} rows (losses weighted by their share); the "
+              f"peak is the largest one's ({sizes[0]})")
     print("  " + ", ".join(f"{k} {format_bytes(v)}" for k, v in est.breakdown.items()))
     if args.measure:
         print(f"  measured {format_bytes(out['measured_bytes'])} "

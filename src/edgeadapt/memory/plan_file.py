@@ -31,8 +31,8 @@ from edgeadapt.memory.plan import MemoryPlan
 
 KIND = "memory-plan"
 
-__all__ = ["KIND", "MemoryPlanFile", "PlanModel", "check_blocks", "check_divides", "check_plan_fits",
-           "load_plan", "load_plan_file", "plan_model", "save_plan"]
+__all__ = ["KIND", "MemoryPlanFile", "PlanModel", "check_blocks", "check_micro_batch_size",
+           "check_plan_fits", "load_plan", "load_plan_file", "micro_batch_sizes", "plan_model", "save_plan"]
 
 
 class PlanModel(BaseModel):
@@ -126,18 +126,25 @@ def check_plan_fits(plan: MemoryPlanFile, adapter: Any, name: str, source: str =
     return plan.plan()
 
 
-def check_divides(plan: MemoryPlan, batch_size: int, field: str = "micro_batch_size",
-                  batch_field: str = "batch size") -> None:
-    """Refuse (:class:`~edgeadapt.errors.ConfigError`) a micro-batch size that does not divide the
-    batch (micro-batches of unequal size, or one larger than the batch), naming ``field``, the
-    values and the divisors that do."""
+def check_micro_batch_size(plan: MemoryPlan, batch_size: int, field: str = "micro_batch_size",
+                           batch_field: str = "batch size") -> None:
+    """Refuse (:class:`~edgeadapt.errors.ConfigError`, naming ``field``, the values and the fix) a
+    micro-batch size larger than the batch: it would ask for more rows than a batch has. A size that
+    does not divide the batch is accepted, as ``train`` accepts it: the batch is split into
+    ``ceil(batch / micro_batch_size)`` micro-batches, the last one smaller, whose losses are weighted
+    by their share (the same gradient); the peak is that of the largest micro-batch."""
     mb = plan.micro_batch_size
-    if mb is None or (mb <= batch_size and batch_size % mb == 0):
+    if mb is None or mb <= batch_size:
         return
-    divisors = [d for d in range(1, batch_size + 1) if batch_size % d == 0]
-    why = "is larger than" if mb > batch_size else "does not divide"
-    raise ConfigError(f"{field} {mb} {why} the {batch_field} {batch_size}; use one of its divisors "
-                      f"{', '.join(map(str, divisors))} (or null: the whole batch in one pass)")
+    raise ConfigError(f"{field} {mb} is larger than the {batch_field} {batch_size}; use at most {batch_size} "
+                      f"(or null: the whole batch in one pass)")
+
+
+def micro_batch_sizes(plan: MemoryPlan, batch_size: int) -> list[int]:
+    """The sizes of the micro-batches ``plan`` splits a batch of ``batch_size`` into (``[3, 3, 2]``
+    for 3 of 8), in order; the first is the largest."""
+    mb = min(plan.micro_batch_size or batch_size, batch_size)
+    return [min(mb, batch_size - i) for i in range(0, batch_size, mb)]
 
 
 def save_plan(plan: MemoryPlan, path: str | Path, model: PlanModel | None = None,

@@ -1,8 +1,8 @@
 """Memory plan files record the model they were chosen for and are checked against the model they
-are applied to; ``memory estimate`` refuses a micro-batch that does not divide the batch.
+are applied to; ``memory estimate`` refuses a micro-batch larger than the batch and, like ``train``,
+accepts one that does not divide it (predicting the largest micro-batch's peak).
 
-Before: a plan file held only the knobs, so a ViT plan applied to a ResNet silently, and
-``memory estimate --plan`` took ``micro_batch_size: 3`` for ``--batch-size 8``.
+Before: a plan file held only the knobs, so a ViT plan applied to a ResNet silently.
 """
 
 from __future__ import annotations
@@ -12,20 +12,21 @@ import warnings
 
 import pytest
 
-from edgeadapt.cli import memory as cli_memory
 from edgeadapt.cli.main import main
 from edgeadapt.errors import ConfigError
 from edgeadapt.memory.plan import MemoryPlan
 from edgeadapt.memory.plan_file import (
     PlanModel,
-    check_divides,
+    check_micro_batch_size,
     check_plan_fits,
     load_plan,
     load_plan_file,
+    micro_batch_sizes,
     plan_model,
     save_plan,
 )
 from edgeadapt.models.registry import load_adapter
+from edgeadapt.pruning import checkpoint
 
 VIT = PlanModel(name="tiny-vit", family="vit", num_blocks=4)
 
@@ -76,24 +77,39 @@ def test_a_plan_recorded_for_another_model_warns_and_an_old_file_does_not(tmp_pa
         check_plan_fits(same, resnet, "tiny-resnet")
 
 
-@pytest.mark.parametrize("mb, why", [(3, "does not divide"), (16, "is larger than")])
-def test_a_micro_batch_that_does_not_divide_the_batch_names_the_divisors(mb, why):
-    with pytest.raises(ConfigError, match=rf"micro_batch_size {mb} {why} the batch size 8; use one of its "
-                                          r"divisors 1, 2, 4, 8"):
-        check_divides(MemoryPlan(micro_batch_size=mb), 8)
-    check_divides(MemoryPlan(micro_batch_size=4), 8)
-    check_divides(MemoryPlan(), 8)
+def test_a_micro_batch_larger_than_the_batch_is_refused_and_an_uneven_one_is_not():
+    with pytest.raises(ConfigError, match=r"micro_batch_size 16 is larger than the batch size 8; use at"):
+        check_micro_batch_size(MemoryPlan(micro_batch_size=16), 8)
+    for plan in (MemoryPlan(micro_batch_size=3), MemoryPlan(micro_batch_size=4), MemoryPlan()):
+        check_micro_batch_size(plan, 8)
+    assert micro_batch_sizes(MemoryPlan(micro_batch_size=3), 8) == [3, 3, 2]
+    assert micro_batch_sizes(MemoryPlan(micro_batch_size=16), 8) == [8]
+    assert micro_batch_sizes(MemoryPlan(), 8) == [8]
 
 
-def test_memory_estimate_refuses_an_uneven_micro_batch_before_loading(tmp_path, capsys, monkeypatch):
-    plan = tmp_path / "m3.json"
-    plan.write_text('{"micro_batch_size": 3}')
-    monkeypatch.setattr(cli_memory, "load_model", lambda name: pytest.fail("loaded the model first"),
-                        raising=False)
+def test_memory_estimate_refuses_a_micro_batch_larger_than_the_batch_before_loading(tmp_path, capsys,
+                                                                                      monkeypatch):
+    plan = tmp_path / "m16.json"
+    plan.write_text('{"micro_batch_size": 16}')
+    monkeypatch.setattr(checkpoint, "load_model", lambda name: pytest.fail("loaded the model first"))
     assert main(["memory", "estimate", "tiny-resnet", "--plan", str(plan), "--batch-size", "8"]) == 2
     err = capsys.readouterr().err
-    assert f"--plan {plan}: micro_batch_size 3 does not divide the --batch-size 8" in err
-    assert "1, 2, 4, 8" in err
+    assert f"--plan {plan}: micro_batch_size 16 is larger than the --batch-size 8; use at most 8" in err
+
+
+def test_memory_estimate_accepts_an_uneven_micro_batch_as_train_does(tmp_path, capsys):
+    """Before: `memory estimate` refused micro_batch_size 3 for --batch-size 8 ("does not divide") while
+    `train` runs it (micro-batches 3, 3, 2 weighted by their share); now it predicts the peak of the
+    largest micro-batch, and the prediction matches the measured step of the real 3, 3, 2 split."""
+    plan = tmp_path / "m3.json"
+    plan.write_text('{"micro_batch_size": 3}')
+    assert main(["memory", "estimate", "tiny-resnet", "--plan", str(plan), "--batch-size", "8", "--measure",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["micro_batches"] == [3, 3, 2]
+    assert out["predicted_bytes"] == pytest.approx(out["measured_bytes"], rel=0.02)
+    assert main(["memory", "estimate", "tiny-resnet", "--plan", str(plan), "--batch-size", "8"]) == 0
+    assert "micro-batches of 3, 3, 2 rows" in capsys.readouterr().out
 
 
 def test_validate_refuses_a_plan_asking_for_more_blocks_than_its_recorded_model(tmp_path, capsys):

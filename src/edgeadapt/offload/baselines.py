@@ -10,8 +10,9 @@ with its links), so compute, transfers and memory follow one latency model:
 - :func:`neurosurgeon`: the best single split of the uncompressed chain — blocks ``[0, k)`` on the
   edge, ``[k, B)`` on one server — over every ``k`` and server (Neurosurgeon, ASPLOS'17, with the
   profile's measured per-block latencies as its latency models).
-- :func:`early_exit`: BranchyNet-style exit heads (:class:`ExitHead`: pooling + linear, trained by
-  :func:`train_exit_heads` on the frozen chain's intermediate outputs). A request runs blocks
+- :func:`early_exit`: BranchyNet-style exit heads (:class:`~edgeadapt.offload.exits.ExitHead`:
+  pooling + linear, trained by :func:`~edgeadapt.offload.exits.train_exit_heads` on the frozen
+  chain's intermediate outputs). A request runs blocks
   ``0..e`` at full width and exit ``e``'s head; the exit *and* the device of every block are chosen
   by exhaustive search for the least latency whose measured exit accuracy meets the floor — an
   upper bound on what the DDPG agent of DEC-DNN-IO (TaskOffloadingAtEdge's baseline: exits meeting
@@ -31,13 +32,10 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-import torch
-from torch import nn
-
 from edgeadapt.errors import ConfigError, InfeasibleError
-from edgeadapt.offload.blocks import BlockChain
+from edgeadapt.offload.exits import ExitProfile
 from edgeadapt.offload.placement import Option, Placement, PlacementProblem, evaluate, feasible
-from edgeadapt.offload.profile import ChainProfile, DeviceProfile, measure_latencies, state_bytes
+from edgeadapt.offload.profile import ChainProfile
 
 # exhaustive device search per exit is (devices ** blocks); above this many assignments only
 # contiguous segments (each device used at most once, in chain order) are searched
@@ -164,114 +162,6 @@ def cloud_only(problem: PlacementProblem) -> BaselineResult:
 
 
 # -- early exits -------------------------------------------------------------------------------
-class ExitHead(nn.Module):
-    """A BranchyNet-style exit: pool an intermediate activation (``[B, C, H, W]`` to a 2×2 grid,
-    flattened to ``4C``, so the exit keeps coarse layout; a ``[B, T, H]`` sequence by its mean over
-    T), normalise it (LayerNorm without parameters) and a linear classifier to ``num_labels``."""
-
-    GRID = 2
-
-    def __init__(self, features: int, num_labels: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(features, elementwise_affine=False)
-        self.linear = nn.Linear(features, num_labels)
-
-    @classmethod
-    def pool(cls, hidden: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W] -> [B, 4C]`` or ``[B, T, H] -> [B, H]``."""
-        if hidden.dim() == 4:
-            return torch.flatten(nn.functional.adaptive_avg_pool2d(hidden, cls.GRID), 1)
-        if hidden.dim() == 3:
-            return hidden.mean(dim=1)
-        raise ConfigError("an exit head pools [B, C, H, W] or [B, T, H] activations, got "
-                          f"{list(hidden.shape)}")
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.norm(self.pool(hidden)))
-
-
-def train_exit_heads(chain: BlockChain, batches: Sequence[dict[str, torch.Tensor]], num_labels: int,
-                     epochs: int = 3, lr: float = 1e-2, seed: int = 0) -> list[ExitHead]:
-    """One :class:`ExitHead` after every block but the last two (the last is the chain's own head;
-    an exit on the final features would duplicate it), trained with cross-entropy on the frozen
-    chain's outputs: per batch one backbone pass (no gradients) feeds every head, each takes an
-    Adam step (BranchyNet's equal weight per exit, backbone frozen). Heads are returned in eval
-    mode; ``heads[e]`` reads block ``e``'s output."""
-    if epochs < 1 or lr <= 0:
-        raise ConfigError(f"exit heads need epochs >= 1 and lr > 0; got {epochs}, {lr}")
-    chain.eval()
-    with torch.no_grad():
-        shapes = chain.trace(batches[0]["pixel_values"][:1])
-    gen = torch.Generator().manual_seed(seed)
-    heads = []
-    for out in shapes[:-2]:
-        head = ExitHead(ExitHead.pool(out).shape[-1], num_labels)
-        with torch.no_grad():
-            for p in head.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
-        heads.append(head)
-    optims = [torch.optim.Adam(h.parameters(), lr=lr) for h in heads]
-    for _ in range(epochs):
-        for batch in batches:
-            with torch.no_grad():
-                outs = chain.trace(batch["pixel_values"])
-            for head, opt, out in zip(heads, optims, outs):
-                loss = nn.functional.cross_entropy(head.train()(out), batch["labels"])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-    return [h.eval() for h in heads]
-
-
-@torch.no_grad()
-def exit_accuracies(chain: BlockChain, heads: Sequence[ExitHead],
-                    batches: Iterable[dict[str, torch.Tensor]]) -> list[float]:
-    """Top-1 accuracy of every exit (``heads[e]`` on block ``e``'s output) on labelled batches."""
-    chain.eval()
-    right, total = [0] * len(heads), 0
-    for batch in batches:
-        outs = chain.trace(batch["pixel_values"])
-        for e, head in enumerate(heads):
-            right[e] += int((head(outs[e]).argmax(-1) == batch["labels"]).sum())
-        total += int(batch["labels"].numel())
-    if total == 0:
-        raise ConfigError("exit accuracy needs at least one labelled example")
-    return [r / total for r in right]
-
-
-@dataclass(frozen=True)
-class ExitProfile:
-    """Exit after block ``block``: its measured accuracy (fraction), the head's latency per device
-    name (seconds, at the chain profile's batch size), its weight bytes and output (logits) bytes
-    per input."""
-
-    block: int
-    accuracy: float
-    latency_s: dict[str, float]
-    mem_bytes: int
-    out_bytes: int
-
-
-@torch.no_grad()
-def profile_exits(chain: BlockChain, heads: Sequence[ExitHead], accuracies: Sequence[float],
-                  x: torch.Tensor, devices: Sequence[DeviceProfile], warmup: int = 3,
-                  repeats: int = 10) -> list[ExitProfile]:
-    """Time every exit head on every device on the chain's real activations for input ``x`` (the
-    batch size latencies are wanted at), as :func:`~edgeadapt.offload.profile.profile_chain` does."""
-    if len(accuracies) != len(heads):
-        raise ConfigError(f"{len(accuracies)} accuracies for {len(heads)} exit heads")
-    outs = chain.eval().trace(x)
-    runs = [(head, outs[e], d) for e, head in enumerate(heads) for d in devices]
-    seconds = iter(measure_latencies(runs, warmup, repeats))
-    profiles = []
-    for e, head in enumerate(heads):
-        latency = {d.name: next(seconds) for d in devices}
-        logits = head(outs[e][:1])
-        profiles.append(ExitProfile(e, float(accuracies[e]), latency, state_bytes(head),
-                                    logits.numel() * logits.element_size()))
-    return profiles
-
-
 def _best_devices(problem: PlacementProblem) -> Placement | None:
     """The least-latency device per block of a one-option-per-block problem that fits memory:
     every assignment when there are few, else contiguous segments in chain order."""

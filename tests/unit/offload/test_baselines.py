@@ -7,17 +7,9 @@ import pytest
 from edgeadapt.data.registry import build_dataset
 from edgeadapt.errors import InfeasibleError
 from edgeadapt.models.registry import load_adapter
-from edgeadapt.offload.baselines import (
-    ExitProfile,
-    bytes_sent,
-    cloud_only,
-    early_exit,
-    edge_only,
-    exit_accuracies,
-    neurosurgeon,
-    train_exit_heads,
-)
+from edgeadapt.offload.baselines import bytes_sent, cloud_only, early_exit, edge_only, neurosurgeon
 from edgeadapt.offload.blocks import block_chain
+from edgeadapt.offload.exits import ExitProfile, exit_accuracies, train_exit_heads
 from edgeadapt.offload.profile import BlockProfile, ChainProfile, DeviceProfile
 
 EDGE = DeviceProfile("edge", 4.0, 1, 2**30)

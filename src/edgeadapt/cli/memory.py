@@ -71,7 +71,7 @@ def cmd_memory_plan(args: argparse.Namespace) -> int:
                     batch_sizes=args.batch_sizes or None)
     if args.save is not None:
         save_plan(result.chosen.plan, args.save, plan_model(adapter, args.model),
-                  result.chosen.batch_size or args.batch_size)
+                  result.chosen.batch_size or args.batch_size, budget)
     print(json.dumps(result.to_dict(), indent=1) if args.json else format_result(result, args.all))
     if args.save is not None and not args.json:
         print(f"saved to {args.save}")
@@ -108,6 +108,7 @@ def cmd_memory_estimate(args: argparse.Namespace) -> int:
     est = estimate(adapter, plan, batch, args.optimizer)
     sizes = micro_batch_sizes(plan, args.batch_size)
     out: dict[str, Any] = {"plan": plan.model_dump(), "batch_size": args.batch_size, "micro_batches": sizes,
+                           "budget_bytes": plan_file.budget_bytes,
                            "predicted_bytes": est.predicted_bytes, "breakdown": est.breakdown,
                            "step_seconds": est.step_seconds, "measured_bytes": None,
                            "measured_step_seconds": None}
@@ -117,8 +118,10 @@ def cmd_memory_estimate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
+    budget = plan_file.budget_bytes
+    within = "" if budget is None else f" (planned for a budget of {format_bytes(budget)})"
     print(f"{args.model}, batch {args.batch_size}, {describe_plan(plan)}: predicted peak "
-          f"{format_bytes(est.predicted_bytes)}, step {est.step_seconds:.4f} s")
+          f"{format_bytes(est.predicted_bytes)}{within}, step {est.step_seconds:.4f} s")
     if len(set(sizes)) > 1:  # a micro-batch that does not divide the batch: say what the peak is of
         print(f"  micro-batches of {', '.join(map(str, sizes))} rows (losses weighted by their share); the "
               f"peak is the largest one's ({sizes[0]})")

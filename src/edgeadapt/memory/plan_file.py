@@ -2,17 +2,21 @@
 
 A plan file holds the fields of :class:`~edgeadapt.memory.plan.MemoryPlan` and, optionally,
 ``kind: memory-plan`` (what ``edgeadapt validate`` needs to know the file is a plan;
-:func:`save_plan` writes it) and ``model``: the model the plan was chosen for (its name, family and
-number of blocks; :func:`save_plan` records it when given the adapter). ``edgeadapt memory plan
+:func:`save_plan` writes it), ``model``: the model the plan was chosen for (its name — a local
+model directory as an absolute path, so the file means the same from any directory —, family,
+number of blocks and weight dtype; :func:`save_plan` records it when given the adapter), and the
+effective ``batch_size`` and memory ``budget_bytes`` it was chosen for. ``edgeadapt memory plan
 --save`` writes one and ``edgeadapt memory estimate --plan`` reads it. Example::
 
-    {"kind": "memory-plan", "model": {"name": "tiny-vit", "family": "vit", "num_blocks": 4},
+    {"kind": "memory-plan", "model": {"name": "tiny-vit", "family": "vit", "num_blocks": 4,
+     "dtype": "float32"}, "batch_size": 8, "budget_bytes": 4194304,
      "micro_batch_size": 4, "freeze_blocks": 1, "checkpoint_segments": 2}
 
 A plan is checked against the model it is applied to (:func:`check_plan_fits`): frozen blocks
 and checkpoint segments must exist in that model, and a plan recorded for another model is
-warned about (its memory figures were predicted for that model). Files without ``model`` (written
-before it was recorded) load as before, without the model check.
+warned about (its memory figures were predicted for that model, at that dtype). Files without
+``model``, ``dtype``, ``batch_size`` or ``budget_bytes`` (written before they were recorded) load as
+before, without the checks those fields allow.
 """
 
 from __future__ import annotations
@@ -40,10 +44,13 @@ class PlanModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(description="The model as given to `memory plan` (a built-in name or a path).")
+    name: str = Field(description="The model as given to `memory plan`: a built-in or hub name as typed, "
+                      "a local model directory as an absolute path.")
     family: str = Field(description="Its architecture family (vit, llama, resnet, ...).")
     num_blocks: int = Field(ge=1, description="Blocks the memory knobs act on (freeze_blocks and "
                             "checkpoint_segments count these).")
+    dtype: str | None = Field(None, description="The dtype of its weights when planned (float32, bfloat16, "
+                              "...): the memory figures scale with it; absent in older files.")
 
 
 class MemoryPlanFile(MemoryPlan):
@@ -55,6 +62,8 @@ class MemoryPlanFile(MemoryPlan):
                                     "files written before it was recorded (then not checked).")
     batch_size: int | None = Field(None, ge=1, description="The effective batch the plan was chosen for "
                                    "(`memory estimate`'s default --batch-size); absent in older files.")
+    budget_bytes: int | None = Field(None, ge=1, description="The memory budget (bytes) the plan was chosen "
+                                     "for (`memory plan --budget`); absent in older files.")
 
     @model_validator(mode="after")
     def _within_recorded_model(self) -> MemoryPlanFile:
@@ -66,15 +75,20 @@ class MemoryPlanFile(MemoryPlan):
 
     def plan(self) -> MemoryPlan:
         """The knobs alone."""
-        return MemoryPlan(**self.model_dump(exclude={"kind", "model", "batch_size"}))
+        return MemoryPlan(**self.model_dump(exclude={"kind", "model", "batch_size", "budget_bytes"}))
 
 
-def plan_model(adapter: Any, name: str) -> PlanModel:
-    """The :class:`PlanModel` of ``adapter`` (loaded from ``name``): its family and block count."""
+def plan_model(adapter: Any, name: str | Path) -> PlanModel:
+    """The :class:`PlanModel` of ``adapter`` (loaded from ``name``): its name (absolute when ``name`` is
+    a local path, as typed for a built-in or hub name), family, block count and weight dtype."""
     from edgeadapt.memory.knobs import block_chain  # imports torch: `validate` of a plan file does not
 
-    return PlanModel(name=str(name), family=str(getattr(adapter, "family", "unknown")),
-                     num_blocks=len(block_chain(adapter).blocks))
+    local = Path(name).expanduser()
+    params = list(adapter.model.parameters())
+    return PlanModel(name=str(local.resolve()) if local.exists() else str(name),
+                     family=str(getattr(adapter, "family", "unknown")),
+                     num_blocks=len(block_chain(adapter).blocks),
+                     dtype=str(params[0].dtype).removeprefix("torch.") if params else None)
 
 
 def load_plan_file(path: str | Path) -> MemoryPlanFile:
@@ -112,15 +126,20 @@ def check_plan_fits(plan: MemoryPlanFile, adapter: Any, name: str, source: str =
 
     Raises :class:`~edgeadapt.errors.ConfigError` naming ``source``, the field, its value and the
     model's block count when ``freeze_blocks`` or ``checkpoint_segments`` asks for more blocks than
-    the model has. Warns when the file records another model (another family or block count):
-    the plan still applies, but its memory was chosen for that model."""
+    the model has. Warns when the file records another model (another family or block count, or
+    another weight dtype when it records one): the plan still applies, but its memory was chosen for
+    that model."""
     here = plan_model(adapter, name)
     blocks = here.num_blocks
     check_blocks(plan, blocks, name, f"{source}: ",
                  f", or plan for this model (`edgeadapt memory plan {name} --budget SIZE --save FILE`)")
-    if plan.model is not None and (plan.model.family, plan.model.num_blocks) != (here.family, blocks):
-        warnings.warn(f"{source} was chosen for {plan.model.name} ({plan.model.family}, "
-                      f"{plan.model.num_blocks} blocks), not {name} ({here.family}, {blocks} blocks): its "
+    recorded = plan.model
+    dtype = recorded is not None and recorded.dtype is not None and recorded.dtype != here.dtype
+    if recorded is not None and (dtype or (recorded.family, recorded.num_blocks) != (here.family, blocks)):
+        def kind(m: PlanModel) -> str:
+            return f"{m.family}, {m.num_blocks} blocks" + (f", {m.dtype}" if dtype else "")
+        warnings.warn(f"{source} was chosen for {recorded.name} ({kind(recorded)}), not {name} "
+                      f"({kind(here)}): its "
                       f"memory figures do not carry over; plan for this model with `edgeadapt memory plan "
                       f"{name} --budget SIZE`", stacklevel=2)
     return plan.plan()
@@ -148,16 +167,18 @@ def micro_batch_sizes(plan: MemoryPlan, batch_size: int) -> list[int]:
 
 
 def save_plan(plan: MemoryPlan, path: str | Path, model: PlanModel | None = None,
-              batch_size: int | None = None) -> Path:
+              batch_size: int | None = None, budget_bytes: int | None = None) -> Path:
     """Write ``plan`` atomically as JSON with ``kind: memory-plan`` (only the fields that differ from
-    the defaults) and, when given, the ``model`` and effective ``batch_size`` it was chosen for;
-    returns the path."""
+    the defaults) and, when given, the ``model``, effective ``batch_size`` and memory ``budget_bytes``
+    it was chosen for; returns the path."""
     path = Path(path)
     data: dict[str, Any] = {"kind": KIND}
     if model is not None:
-        data["model"] = model.model_dump()
+        data["model"] = model.model_dump(exclude_none=True)
     if batch_size is not None:
         data["batch_size"] = int(batch_size)
+    if budget_bytes is not None:
+        data["budget_bytes"] = int(budget_bytes)
     data.update(MemoryPlan(**plan.model_dump()).model_dump(exclude_defaults=True))
     atomic_write_text(path, json.dumps(data, indent=1) + "\n")
     return path

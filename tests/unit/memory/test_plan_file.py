@@ -37,7 +37,8 @@ def test_memory_plan_save_records_the_model(tmp_path, capsys):
                  "--probe-steps", "1", "--probe-batches", "1", "--eval-batches", "1",
                  "--save", str(saved)]) == 0
     data = json.loads(saved.read_text())
-    assert data["model"] == {"name": "tiny-resnet", "family": "resnet", "num_blocks": 3}
+    assert data["model"] == {"name": "tiny-resnet", "family": "resnet", "num_blocks": 3, "dtype": "float32"}
+    assert data["budget_bytes"] == 64 * 2**20 and data["batch_size"] == 8
     assert main(["validate", str(saved)]) == 0 and "valid memory-plan" in capsys.readouterr().out
 
 
@@ -162,3 +163,40 @@ def test_memory_plan_offers_smaller_effective_batches_from_the_cli(tmp_path, cap
     assert {p["batch_size"] for p in plans} == {None, 8}
     assert main([*common, "--batch-sizes", "5"]) == 2
     assert "5" in capsys.readouterr().err
+
+
+def test_a_local_model_is_recorded_by_its_absolute_path_and_a_hub_name_as_typed(tmp_path, monkeypatch):
+    """Before: `memory plan runs/m --save` recorded "runs/m", which means another model (or none) from
+    another directory; a local directory is now recorded absolute, a built-in or hub name unchanged."""
+    resnet = load_adapter("tiny-resnet")
+    (tmp_path / "runs" / "m").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert plan_model(resnet, "runs/m").name == str((tmp_path / "runs" / "m").resolve())
+    assert plan_model(resnet, "tiny-resnet").name == "tiny-resnet"
+    assert plan_model(resnet, "org/some-model").name == "org/some-model"
+
+
+def test_a_plan_records_budget_and_dtype_and_warns_on_another_dtype(tmp_path):
+    """Before: a plan file recorded neither the budget nor the dtype it was chosen for, so a float32
+    plan applied to a bfloat16 model (half the bytes) passed silently. Old files (no dtype, no budget)
+    load as before."""
+    resnet = load_adapter("tiny-resnet")
+    here = plan_model(resnet, "tiny-resnet")
+    assert here.dtype == "float32"
+    path = save_plan(MemoryPlan(freeze_blocks=1), tmp_path / "p.json", here, 8, 3 * 2**20)
+    loaded = load_plan_file(path)
+    assert loaded.budget_bytes == 3 * 2**20 and loaded.model.dtype == "float32"
+    assert loaded.plan() == MemoryPlan(freeze_blocks=1)
+    bf16 = load_plan_file(save_plan(MemoryPlan(freeze_blocks=1), tmp_path / "b.json",
+                                    here.model_copy(update={"dtype": "bfloat16"})))
+    with pytest.warns(UserWarning, match=r"chosen for tiny-resnet \(resnet, 3 blocks, bfloat16\), not "
+                                         r"tiny-resnet \(resnet, 3 blocks, float32\)"):
+        check_plan_fits(bf16, resnet, "tiny-resnet")
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"kind": "memory-plan", "freeze_blocks": 1,
+                               "model": {"name": "tiny-resnet", "family": "resnet", "num_blocks": 3}}))
+    loaded = load_plan_file(old)
+    assert loaded.budget_bytes is None and loaded.model.dtype is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_plan_fits(loaded, resnet, "tiny-resnet") == MemoryPlan(freeze_blocks=1)

@@ -92,8 +92,9 @@ class TimeBudget:
     @classmethod
     def parse(cls, value: float | int | str, name: str = "time_budget") -> TimeBudget:
         """``1.5`` / ``"1.5s"`` / ``"1500ms"`` (seconds per domain) or ``"0.5x"`` (a fraction of the
-        unconstrained retraining). Raises :class:`~edgeadapt.errors.ConfigError` naming ``name`` for
-        anything else, zero or a negative value."""
+        unconstrained retraining, in (0, 1]). Raises :class:`~edgeadapt.errors.ConfigError` naming
+        ``name`` for anything else, zero or a negative value, and a multiplier above 1: a time budget
+        above the unconstrained run (``full``) is a request that would do nothing."""
         why = (f"{name}: {value!r} is not a time budget; give seconds of retraining per domain (e.g. 1.5, "
                "'1.5s' or '1500ms') or a fraction of the unconstrained retraining (e.g. '0.5x')")
         if isinstance(value, bool):
@@ -108,6 +109,10 @@ class TimeBudget:
         if not math.isfinite(number) or number <= 0:
             raise ConfigError(f"{name}: {value!r} must be positive; give e.g. 1.5 (seconds per domain) or "
                               "'0.5x'")
+        if unit == "x" and number > 1:
+            raise ConfigError(f"{name}: {value!r} asks for more than the unconstrained retraining (1x, what "
+                              "full runs), a request that would do nothing; give a fraction in (0, 1], e.g. "
+                              "'0.5x', or leave the time budget out")
         seconds = number / 1000 if unit == "ms" else number
         return cls(seconds, unit == "x", str(value))
 

@@ -116,3 +116,17 @@ def test_validate_of_an_unknown_file_lists_the_kinds_and_a_typo_gets_the_closest
     assert "frezee_blocks: unknown field; did you mean 'freeze_blocks'?" in err
     assert "train.weight_decy: unknown field; did you mean 'weight_decay'?" in err
     assert "layer: unknown field; remove it or check its spelling" in err
+
+
+def test_an_absurd_time_budget_is_refused_by_its_flag_before_the_output_directory(tmp_path, capsys):
+    """Before: `adapt --time-budget 1e9x --out DIR` (DIR not empty) was accepted as a budget and
+    reported as an output conflict; a multiplier above 1 now fails first, naming the flag, the value
+    and the fix, and the output directory is left alone."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["--quiet", "adapt", "--time-budget", "1e9x", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--time-budget: '1e9x'" in err and "would do nothing" in err and "(0, 1]" in err
+    assert "already holds" not in err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]

@@ -77,6 +77,12 @@ def test_time_budget_parses_seconds_and_fractions_and_refuses_the_rest():
             TimeBudget.parse(bad)
     with pytest.raises(ConfigError, match="relative"):
         half.seconds(None)
+    # before: '1e9x' was accepted (a budget a billion times the full run plans nothing)
+    assert TimeBudget.parse("1x").value == 1.0
+    for bad in ("1e9x", "1.01x", "2x"):
+        with pytest.raises(ConfigError, match=r"time_budget: .* more than the unconstrained retraining .*"
+                                              r"would do nothing; give a fraction in \(0, 1\]"):
+            TimeBudget.parse(bad)
     # the config field validates before any compute, naming the field
     assert AdaptConfig(time_budget="0.5x").time_budget == "0.5x"
     with pytest.raises(ValueError, match="time_budget: 'soon' is not a time budget"):

@@ -1,5 +1,6 @@
-"""Error messages in the words the user typed: a config field that a command-line flag set is named
-by that flag.
+"""Error messages in the words the user typed: the command as typed (:func:`command_name`: ``edgeadapt
+memory plan: error: ...``, the prefix argparse gives its own errors) and a config field that a
+command-line flag set named by that flag.
 
 The library names config fields (``memory_budget=1.0 KiB is infeasible ...; set memory_budget >=
 ...``), since it cannot know how a value arrived. When the user gave the value as ``--memory-budget``
@@ -16,6 +17,7 @@ of the same name (``--replan-factor`` -> ``replan_factor``) and those in :data:`
 
 from __future__ import annotations
 
+import argparse
 import re
 from collections.abc import Sequence
 
@@ -47,3 +49,12 @@ def name_flags(message: str, argv: Sequence[str]) -> str:
         for field in (flag[2:].replace("-", "_"), *FIELDS_OF_FLAG.get(flag, ())):
             message = _field_pattern(field).sub(flag, message)
     return message
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """The command as typed, with its subcommand: ``memory plan`` for ``edgeadapt memory plan ...``
+    (a command group's parser stores its subcommand as ``<command>_command``), ``adapt`` for a plain
+    command. Errors and warnings are prefixed ``edgeadapt <command_name>:``, as argparse prefixes its
+    own errors with the subparser's prog, so one command's messages share one prefix."""
+    sub = getattr(args, f"{args.command}_command", None)
+    return f"{args.command} {sub}" if isinstance(sub, str) else str(args.command)

@@ -20,7 +20,7 @@ from edgeadapt.cli.args import (
     positive_int,
 )
 from edgeadapt.cli.data import add_data_parser
-from edgeadapt.cli.flags import name_flags
+from edgeadapt.cli.flags import command_name, name_flags
 from edgeadapt.cli.llm import add_llm_parsers
 from edgeadapt.cli.memory import add_memory_parser
 from edgeadapt.cli.offload import add_offload_parser
@@ -179,14 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             if not args.debug:  # edgeadapt's own warnings as one line, like its errors
-                warnings.showwarning = _one_line_warning(args.command)
+                warnings.showwarning = _one_line_warning(command_name(args))
             code = handler(args)
             sys.stdout.flush()  # a closed pipe shows here, inside the try, not at interpreter exit
             return code
     except EdgeAdaptError as exc:
         if args.debug:
             raise
-        print(f"edgeadapt {args.command}: error: {name_flags(str(exc), argv)}", file=sys.stderr)
+        print(f"edgeadapt {command_name(args)}: error: {name_flags(str(exc), argv)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `edgeadapt ... | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

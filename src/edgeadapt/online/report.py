@@ -140,6 +140,50 @@ def domain_table(results: dict[str, Any]) -> str:
     return "\n\n".join(_domain_md(s) for s in sections(results))
 
 
+def _mib(nbytes: float | None) -> str:
+    return "–" if nbytes is None else f"{nbytes / 2**20:.2f} MiB"
+
+
+def plan_md(results: dict[str, Any]) -> str | None:
+    """The markdown section on the memory/time plan of a run's edge methods (``results["memory_plan"]``,
+    :func:`~edgeadapt.online.edge_plan.describe_plan`): the chosen knobs, predicted and measured peak
+    against the budget, the time budget and each method's retraining steps per domain; ``None`` for a
+    run without a plan (no ``memory_budget`` or ``time_budget``)."""
+    plan = results.get("memory_plan")
+    if not plan:
+        return None
+    edge = sorted({r["method"] for r in results.get("rows", []) if r.get("memory_plan")})
+    mb = plan.get("micro_batch_size")
+    frozen = plan.get("freeze_blocks", 0) if plan.get("freeze_fraction") is None else \
+        f"{plan['freeze_fraction']:.0%} of the blocks"
+    rows = [("frozen leading blocks", frozen), ("checkpoint segments", plan.get("checkpoint_segments", 0)),
+            ("micro-batch", "whole batch" if mb is None else mb)]
+    if plan.get("loss") is not None:
+        rows.append(("loss", plan["loss"]))
+    budget = plan.get("budget_bytes")
+    rows.append(("peak memory", f"predicted {_mib(plan.get('predicted_bytes'))}, measured "
+                 f"{_mib(plan.get('measured_bytes'))}, " + ("no memory budget" if budget is None
+                                                            else f"budget {_mib(budget)}")))
+    seconds = plan.get("time_budget_seconds")
+    if seconds is not None:
+        given = (results.get("config") or {}).get("time_budget")
+        reference = plan.get("reference_seconds")
+        of = "" if reference is None else f" of the unconstrained {reference:.3f} s"
+        rows.append(("time budget", f"{seconds:.3f} s of retraining per domain"
+                     + (f" ({given}{of})" if given is not None else of)))
+        rows.append(("measured step", f"{plan.get('measured_step_seconds') or 0:.4f} s"))
+    steps: dict[str, list[int]] = {}
+    for r in results.get("per_domain", []):
+        if "steps" in r:
+            steps.setdefault(r["method"], []).append(int(r["steps"]))
+    if steps:
+        rows.append(("steps per domain", ", ".join(
+            f"{m} {min(v)}" + (f"–{max(v)}" if max(v) != min(v) else "") for m, v in steps.items())))
+    table = "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
+    who = ", ".join(edge) or "the edge methods"
+    return f"## Memory and time plan\n\nChosen for {who} (other methods run unconstrained):\n\n{table}"
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
@@ -274,6 +318,9 @@ def write_report(results: dict[str, Any], out: str | Path, title: str = "edgeada
     atomic_write_text(out / "per_domain.csv", buf.getvalue())
     groups = sections(results)
     md_parts = [f"# {title}", notes]
+    plan = plan_md(results)
+    if plan is not None:
+        md_parts.append(plan)
     views = []
     for s in groups:
         images = _plots(s, out, "" if len(groups) == 1 else f"_{_safe(s.metric)}")

@@ -130,6 +130,9 @@ def test_adapt_memory_budget_plans_the_edge_methods_and_records_it(vit_kb, tmp_p
     written = json.loads((tmp_path / "adapt" / "results.json").read_text())
     assert written["memory_plan"]["budget_bytes"] == smallest * 4
     assert written["per_domain"][0]["memory_plan"] == written["memory_plan"]
+    report = (tmp_path / "adapt" / "report.md").read_text()  # the plan and steps, not only results.json
+    assert "## Memory and time plan" in report and f"budget {smallest * 4 / 2**20:.2f} MiB" in report
+    assert f"| steps per domain | edgeadapt {BUDGET['steps']} |" in report
 
 
 def test_memory_budget_flag_and_field_parse_sizes():

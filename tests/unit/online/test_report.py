@@ -146,3 +146,29 @@ def test_rows_of_two_metrics_get_a_section_each(tmp_path):
     assert [img["src"] for img in page.images] == ["accuracy_per_domain.png", "memory_time_accuracy.png",
                                                    "perplexity_per_domain.png", "memory_time_perplexity.png"]
     assert all((tmp_path / img["src"]).is_file() for img in page.images)
+
+
+def test_report_md_shows_the_memory_and_time_plan_and_the_steps(tmp_path):
+    """Before: a run with --memory-budget/--time-budget recorded its plan and each method's steps in
+    results.json only; report.md now has a section with the knobs, the peak against the budget, the
+    time budget and the steps per domain. A run without a plan has no such section."""
+    write_report(ACCURACY, tmp_path / "plain")
+    assert "Memory and time plan" not in (tmp_path / "plain" / "report.md").read_text()
+    plan = {"micro_batch_size": None, "freeze_blocks": 1, "freeze_fraction": None, "checkpoint_segments": 2,
+            "budget_bytes": 8 * 2**20, "predicted_bytes": 7 * 2**20, "measured_bytes": 6 * 2**20,
+            "predicted_step_seconds": 0.01, "measured_step_seconds": 0.02, "steps": 13,
+            "loss": "as configured", "time_budget_seconds": 0.5, "reference_seconds": 1.0}
+    run = {**ACCURACY, "memory_plan": plan, "config": {"time_budget": "0.5x"},
+           "rows": [{**r, **({"memory_plan": plan} if r["method"] == "edgeadapt" else {})}
+                    for r in ACCURACY["rows"]],
+           "per_domain": [{**r, "steps": 13 if r["method"] == "edgeadapt" else 30}
+                          for r in ACCURACY["per_domain"] if r["method"] != "source"]}
+    write_report(run, tmp_path / "planned")
+    md = (tmp_path / "planned" / "report.md").read_text()
+    assert "## Memory and time plan" in md and "Chosen for edgeadapt (other methods" in md
+    for line in ("| frozen leading blocks | 1 |", "| checkpoint segments | 2 |",
+                 "| micro-batch | whole batch |",
+                 "| peak memory | predicted 7.00 MiB, measured 6.00 MiB, budget 8.00 MiB |",
+                 "| time budget | 0.500 s of retraining per domain (0.5x of the unconstrained 1.000 s) |",
+                 "| steps per domain | tent 30, edgeadapt 13 |"):
+        assert line in md, md

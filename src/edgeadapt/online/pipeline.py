@@ -25,6 +25,7 @@ from edgeadapt.models.registry import make_task, task_of
 from edgeadapt.offline.lora import load_lora_artifact
 from edgeadapt.online.api import adapt, check_methods
 from edgeadapt.online.edge_plan import TimeBudget
+from edgeadapt.online.method_options import check_method_options
 from edgeadapt.online.methods import method_names
 from edgeadapt.online.methods.base import loss_config_for
 from edgeadapt.online.report import write_report
@@ -139,6 +140,7 @@ class AdaptConfig(BaseModel):
         if unknown:
             raise ConfigError(f"method_options: {unknown} are not registered methods; choose from "
                               f"{', '.join(method_names())}")
+        check_method_options(options)  # each method's settings, before any model loads
         return options
 
     @field_validator("stream")

@@ -130,3 +130,24 @@ def test_an_absurd_time_budget_is_refused_by_its_flag_before_the_output_director
     assert "--time-budget: '1e9x'" in err and "would do nothing" in err and "(0, 1]" in err
     assert "already holds" not in err
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_validate_catches_a_typo_inside_method_options_without_loading_the_model(tmp_path, capsys,
+                                                                                 monkeypatch):
+    """Before: `validate` passed `method_options: {eata: {d_margn: 0.4}}` (and options given to a method
+    that reads none); `adapt` found the eata typo only when building the method, after loading the
+    model, as a pydantic traceback. Now the config refuses it, with the closest field name."""
+    from edgeadapt.online import pipeline
+
+    monkeypatch.setattr(pipeline, "load_lora_artifact", lambda *a, **k: pytest.fail("loaded the model"))
+    config = tmp_path / "adapt.yaml"
+    config.write_text("kind: adapt\nmethod_options:\n  eata: {d_margn: 0.4}\n"
+                      "  edgeadapt: {safeguard: {enabeld: false}}\n  tent: {lr: 0.1}\n")
+    assert main(["validate", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "method_options.eata.d_margn: unknown field; did you mean 'd_margin'?" in err
+    assert "method_options.edgeadapt.safeguard.enabeld: unknown field; did you mean 'enabled'?" in err
+    assert "method_options.tent: tent takes no options" in err
+    config.write_text("kind: adapt\nmethod_options:\n  eata: {d_margin: 0.4}\n"
+                      "  edgeadapt: {safeguard: {enabled: false}}\n")
+    assert main(["validate", str(config)]) == 0

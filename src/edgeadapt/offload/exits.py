@@ -246,6 +246,18 @@ def exit_problem(problem: PlacementProblem, profile: ChainProfile, ex: ExitProfi
                             problem.bandwidth, problem.rtt_s, ex.accuracy, problem.source)
 
 
+def end_problems(profile: ChainProfile, exits: Sequence[ExitProfile],
+                 bandwidth: float | Sequence[Sequence[float]], rtt_s: float | Sequence[Sequence[float]],
+                 floor: float, source: int = 0) -> list[tuple[PlacementProblem, int | None]]:
+    """Every end of the chain a request may take at ``floor``, as ``(problem, exit block)``: the whole
+    chain (``None``) and each exit whose full-width accuracy reaches the floor
+    (:func:`exit_problem`). A caller that verifies accuracy by measurement re-solves each end with
+    its own raised floor, so one end's optimistic additive model does not exclude another."""
+    whole = profile.problem(bandwidth, rtt_s, source)
+    return [(whole, None)] + [(exit_problem(whole, profile, ex), ex.block) for ex in exits
+                              if ex.accuracy >= floor - 1e-12]
+
+
 def solve_with_exits(profile: ChainProfile, exits: Sequence[ExitProfile],
                      bandwidth: float | Sequence[Sequence[float]], rtt_s: float | Sequence[Sequence[float]],
                      floor: float, source: int = 0, backend: str = "highs",
@@ -256,13 +268,9 @@ def solve_with_exits(profile: ChainProfile, exits: Sequence[ExitProfile],
     With no exits this is :func:`~edgeadapt.offload.placement.solve` on ``profile.problem(...)``.
     Raises :class:`~edgeadapt.errors.InfeasibleError` naming the best reachable accuracy when no end
     meets the floor within the devices' memory."""
-    whole = profile.problem(bandwidth, rtt_s, source)
-    candidates: list[tuple[PlacementProblem, int | None]] = [(whole, None)]
-    candidates += [(exit_problem(whole, profile, ex), ex.block) for ex in exits
-                   if ex.accuracy >= floor - 1e-12]
     best: ExitPlacement | None = None
     reasons = []
-    for problem, block in candidates:
+    for problem, block in end_problems(profile, exits, bandwidth, rtt_s, floor, source):
         try:
             pl = solve(problem, floor, backend, time_limit_s)
         except InfeasibleError as exc:

@@ -35,9 +35,17 @@ def width_list(text: str) -> tuple[float, ...]:
 
 def cmd_offload_build(args: argparse.Namespace) -> int:
     """Make descendants of every block at ``--widths``, distill them block-wise on ``--data``, save
-    them (``DIR/descendants``) and profile them on the devices (``DIR/profile.json``).
-    Python: ``edgeadapt.offload.build.build_offload(OffloadBuildConfig(MODEL, ...), DIR, devices)``."""
-    from edgeadapt.offload.build import DESCENDANTS_DIR, PROFILE_FILE, OffloadBuildConfig, build_offload
+    them (``DIR/descendants``) and profile them on the devices (``DIR/profile.json``); train early-exit
+    heads for ``--exit-epochs`` (default: ``--epochs``; 0: none), saved in the artifact, profiled in
+    ``DIR/exits.json``.
+    Python: ``edgeadapt.offload.build.build_exits(OffloadBuildConfig(MODEL, ...), DIR, devices)``."""
+    from edgeadapt.offload.build import (
+        DESCENDANTS_DIR,
+        EXITS_FILE,
+        PROFILE_FILE,
+        OffloadBuildConfig,
+        build_exits,
+    )
     from edgeadapt.offload.profile import EMULATED_EDGE, LOCAL_CLOUD, DeviceProfile
     from edgeadapt.outputs import check_output_dir
 
@@ -53,12 +61,15 @@ def cmd_offload_build(args: argparse.Namespace) -> int:
         raise ConfigError(f"--device-profile: device names must differ, got {names}")
     cfg = OffloadBuildConfig(args.model, data=args.data, widths=args.widths, epochs=args.epochs, lr=args.lr,
                              batch_size=args.batch_size, profile_batch_size=args.profile_batch_size,
-                             warmup=args.warmup, repeats=args.repeats, checks=args.checks, seed=args.seed)
-    desc, profile = build_offload(cfg, out, devices)
+                             warmup=args.warmup, repeats=args.repeats, checks=args.checks, seed=args.seed,
+                             exit_epochs=args.epochs if args.exit_epochs is None else args.exit_epochs)
+    desc, profile, exits = build_exits(cfg, out, devices)
     summary: dict[str, Any] = {
         "out": str(out), "descendants": str(out / DESCENDANTS_DIR), "profile": str(out / PROFILE_FILE),
         "blocks": list(desc.names), "widths": list(desc.widths), "devices": names,
-        "base_accuracy": profile.base_accuracy, "batch_size": profile.batch_size}
+        "base_accuracy": profile.base_accuracy, "batch_size": profile.batch_size,
+        "exits": str(out / EXITS_FILE) if exits else None, "exit_epochs": cfg.exit_epochs,
+        "exit_accuracy": [ex.accuracy for ex in exits]}
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -66,6 +77,11 @@ def cmd_offload_build(args: argparse.Namespace) -> int:
           f"({args.epochs} epochs); base accuracy {profile.base_accuracy:.4f}")
     print(f"descendants: {summary['descendants']}\nprofile on {', '.join(names)} at batch "
           f"{profile.batch_size}: {summary['profile']}")
+    if exits:
+        accs = ", ".join(f"{ex.block + 1}: {ex.accuracy:.4f}" for ex in exits)
+        print(f"early exits after blocks {accs} (val accuracy, {cfg.exit_epochs} epochs): {summary['exits']}")
+    else:
+        print("no early exits (--exit-epochs 0)")
     print(f"serve it: edgeadapt offload serve --model {out} ...; run it: edgeadapt offload run --model {out} "
           "--floor F ...")
     return 0
@@ -82,7 +98,8 @@ def cmd_offload_serve(args: argparse.Namespace) -> int:
 
     def ready(running: Any) -> None:
         chain = running.servicer.chain
-        print(f"serving {args.model} ({len(chain)} blocks) on {args.host}:{running.port}", flush=True)
+        exits = f", exits after blocks 1..{len(chain.exits)}" if chain.exits else ""
+        print(f"serving {args.model} ({len(chain)} blocks{exits}) on {args.host}:{running.port}", flush=True)
 
     served = serve(args.model, token, cfg, ready=ready)
     print(f"stopped after {served} calls")
@@ -103,7 +120,7 @@ def cmd_offload_run(args: argparse.Namespace) -> int:
                            profile=str(args.profile) if args.profile else None,
                            edge_device=args.edge_device, cloud_device=args.cloud_device,
                            replan_factor=args.replan_factor, replan_interval_s=args.replan_interval,
-                           emulate_edge=args.emulate_edge)
+                           emulate_edge=args.emulate_edge, use_exits=not args.no_exits)
     report = run_offload(cfg)
     print(json.dumps(report.to_dict()) if args.json else report.summary())
     return 0
@@ -127,6 +144,9 @@ def add_offload_parser(sub: Any) -> None:
     o.add_argument("--data", type=nonempty_str, default="digits",
                    help="image dataset: train split distills, val split measures accuracy drops")
     o.add_argument("--epochs", type=positive_int, default=10, help="distillation epochs (default 10)")
+    o.add_argument("--exit-epochs", type=nonnegative_int, default=None, metavar="N",
+                   help="epochs training early-exit heads on the full-width chain, saved in the artifact and "
+                   "profiled in exits.json, so `run --floor` may stop at one (default: --epochs; 0: none)")
     o.add_argument("--lr", type=finite_float, default=1e-3, help="distillation learning rate (Adam)")
     o.add_argument("--batch-size", type=positive_int, default=64, help="distillation batch size")
     o.add_argument("--profile-batch-size", type=positive_int, default=1,
@@ -178,6 +198,9 @@ def add_offload_parser(sub: Any) -> None:
                    help="with --floor: least time between two placement changes (default 0.5)")
     o.add_argument("--emulate-edge", action="store_true",
                    help="with --floor: run the edge's blocks at its profile's threads and slowdown")
+    o.add_argument("--no-exits", action="store_true",
+                   help="with --floor: place the whole chain only, never stopping at an early exit of the "
+                   "artifact (by default the plan may end at an exit when that is faster at the floor)")
     o.add_argument("--data", type=nonempty_str, default="digits", help="image dataset (its test split)")
     o.add_argument("--batch-size", type=positive_int, default=None,
                    help="inputs per request (default: the profile's with --floor, else 32)")

@@ -5,12 +5,19 @@ A directory with ``descendants.safetensors`` (block ``b`` at width index ``w`` u
 plan), ``base_config.json`` and ``manifest.json`` (kind ``offload-descendants``: base identity,
 block names, widths, distillation losses, the producing config, file hashes). Loading rebuilds the
 base architecture from its config, applies each plan to a copy and loads the weights strictly.
+
+Optionally the chain's early-exit heads (:class:`~edgeadapt.offload.exits.ExitHead`, trained on the
+full-width chain): ``exits.safetensors`` (the head after block ``e`` under ``e{e}.``) and the manifest
+field ``exits`` (``blocks``, ``features`` per head, ``num_labels``), hashed like every other file.
+An artifact written without them (or before they existed) loads with no exits
+(:func:`load_exit_heads` returns ``[]``).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,31 +32,50 @@ from edgeadapt.artifacts import (
     replacing_dir,
     write_manifest,
 )
-from edgeadapt.errors import ArtifactError, PlanError
+from edgeadapt.errors import ArtifactError, ConfigError, PlanError
 from edgeadapt.models.cnn import CNNAdapter
 from edgeadapt.models.registry import build_from_config, task_of, wrap
 from edgeadapt.offload.blocks import Descendants, apply_width_plan, block_modules
+from edgeadapt.offload.exits import ExitHead
 from edgeadapt.pruning.channel_plan import ChannelPlan
 from edgeadapt.pruning.plan import PruningPlan
 
 KIND = "offload-descendants"
 VERSION = 1
 WEIGHTS = "descendants.safetensors"
+EXITS = "exits.safetensors"
 
 
 def _key(block: int, width_index: int) -> str:
     return f"b{block}.w{width_index}."
 
 
-def save_descendants(desc: Descendants, directory: str | Path, config: dict[str, Any] | None = None) -> Path:
+def _exit_key(block: int) -> str:
+    return f"e{block}."
+
+
+def save_descendants(desc: Descendants, directory: str | Path, config: dict[str, Any] | None = None,
+                     heads: Sequence[ExitHead] = ()) -> Path:
     """Write ``desc`` as an artifact: ``descendants.safetensors`` (every block at every width),
     ``plans/width-{i}.json`` (how width ``i`` was cut from the base), ``base_config.json`` and a
     manifest (kind ``offload-descendants``: base identity, block names, widths, distillation losses,
-    ``config``), atomically (staged and swapped in). Returns the directory."""
+    ``config``), atomically (staged and swapped in). ``heads`` (``heads[e]`` reads block ``e``'s
+    output, as :func:`~edgeadapt.offload.exits.train_exit_heads` returns them; at most one per block
+    but the last two) go to ``exits.safetensors`` and the manifest's ``exits``. Returns the directory."""
     directory = Path(directory)
+    if len(heads) > max(0, len(desc.names) - 2):
+        raise ConfigError(f"{len(heads)} exit heads for a chain of {len(desc.names)} blocks (at most one per "
+                        "block but the last two)")
     state = {_key(b, w) + k: v.detach().contiguous().clone()
              for b, row in enumerate(desc.modules) for w, m in enumerate(row)
              for k, v in m.state_dict().items()}
+    exit_state = {_exit_key(e) + k: v.detach().contiguous().clone()
+                  for e, head in enumerate(heads) for k, v in head.state_dict().items()}
+    fields: dict[str, Any] = {}
+    if heads:
+        fields["exits"] = {"blocks": list(range(len(heads))),
+                           "features": [h.linear.in_features for h in heads],
+                           "num_labels": heads[0].linear.out_features}
     with replacing_dir(directory) as staged:
         atomic_write_with(staged / WEIGHTS, lambda tmp: save_file(state, str(tmp)))
         atomic_write_text(staged / "base_config.json", json.dumps(desc.base_config, indent=1, default=str))
@@ -58,8 +84,11 @@ def save_descendants(desc: Descendants, directory: str | Path, config: dict[str,
         for i, plan in enumerate(desc.plans):
             plan.save(staged / "plans" / f"width-{i}.json")
             files.append(f"plans/width-{i}.json")
+        if heads:
+            atomic_write_with(staged / EXITS, lambda tmp: save_file(exit_state, str(tmp)))
+            files.append(EXITS)
         write_manifest(staged, KIND, VERSION, files, base=desc.base, blocks=desc.names,
-                       widths=list(desc.widths), losses=desc.losses, config=config or {})
+                       widths=list(desc.widths), losses=desc.losses, config=config or {}, **fields)
     return directory
 
 
@@ -102,3 +131,44 @@ def load_descendants(directory: str | Path) -> Descendants:
             modules[b].append(module.eval())
     return Descendants(names, widths, modules, plans, base, config_dict,
                        {k: list(v) for k, v in manifest.get("losses", {}).items()})
+
+
+def load_exit_heads(directory: str | Path) -> list[ExitHead]:
+    """The exit heads :func:`save_descendants` wrote into ``directory`` (``heads[e]`` reads block
+    ``e``'s output, in eval mode), or ``[]`` for an artifact without exits. The manifest is verified
+    as for :func:`load_descendants` (kind, version, every file's hash: a modified ``exits.safetensors``
+    is refused) and every head's weights load strictly (no missing or extra key, the recorded shapes).
+    Raises :class:`~edgeadapt.errors.ArtifactError`."""
+    directory = Path(directory)
+    manifest = read_manifest(directory, KIND, VERSION)
+    spec = manifest.get("exits")
+    if spec is None:
+        return []
+    n = len(manifest.get("blocks", []))
+    blocks, features, labels = (spec.get(k) for k in ("blocks", "features", "num_labels")) \
+        if isinstance(spec, dict) else (None, None, None)
+    if (not isinstance(blocks, list) or not isinstance(features, list) or len(features) != len(blocks)
+            or blocks != list(range(len(blocks))) or len(blocks) > max(0, n - 2)
+            or not all(isinstance(f, int) and f > 0 for f in features)
+            or not isinstance(labels, int) or labels < 1):
+        raise ArtifactError(f"{directory}/manifest.json: malformed 'exits' {spec!r} (blocks 0..k-1 of a "
+                            f"chain of {n}, a positive feature count each, num_labels); re-create it")
+    if EXITS not in manifest["files"]:
+        raise ArtifactError(f"{directory}/manifest.json lists exits but not {EXITS}, so they cannot be "
+                            "verified; re-create the artifact")
+    state = load_file(str(directory / EXITS))
+    heads = []
+    for e, f in zip(blocks, features):
+        head = ExitHead(f, labels)
+        prefix = _exit_key(e)
+        own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        try:
+            head.load_state_dict(own, strict=True)
+        except RuntimeError as exc:
+            raise ArtifactError(f"{directory}: weights of the exit after block {e} do not match the manifest "
+                                f"({str(exc).splitlines()[0]})") from None
+        heads.append(head.eval())
+    extra = [k for k in state if not any(k.startswith(_exit_key(e)) for e in blocks)]
+    if extra:
+        raise ArtifactError(f"{directory}/{EXITS} holds tensors of no listed exit: {extra[:3]}")
+    return heads

@@ -163,7 +163,8 @@ class OffloadClient:
         return out
 
     def info(self) -> dict[str, Any]:
-        """What the server serves: ``{"model", "blocks", "names", "weights_hash"}``."""
+        """What the server serves: ``{"model", "blocks", "names", "widths", "weights_hash", "exits",
+        "exits_hash"}`` (a server from before exits sends no ``exits``/``exits_hash``)."""
         return json.loads(self.call("Info", b""))
 
     def ping(self, timeout_s: float | None = None) -> float:
@@ -182,14 +183,17 @@ class OffloadClient:
         self.link.observe_transfer(2 * nbytes, wire)
         return 2 * nbytes / max(wire, 1e-9)
 
-    def run(self, start: int, end: int, x: torch.Tensor,
-            widths: Sequence[float] | None = None) -> torch.Tensor:
-        """Blocks ``[start, end)`` on the server, at ``widths`` (one per block; ``None``: full width).
-        The call updates :attr:`link`'s bandwidth: bytes both ways over the call time less the
-        server's compute and the smallest round trip seen."""
+    def run(self, start: int, end: int, x: torch.Tensor, widths: Sequence[float] | None = None,
+            exit_block: int | None = None) -> torch.Tensor:
+        """Blocks ``[start, end)`` on the server, at ``widths`` (one per block; ``None``: full width),
+        then its exit head after block ``exit_block`` when given (``end == exit_block + 1``; the
+        result is that exit's logits). The call updates :attr:`link`'s bandwidth: bytes both ways
+        over the call time less the server's compute and the smallest round trip seen."""
         fields: dict[str, Any] = {"start": start, "end": end}
         if widths is not None:
             fields["widths"] = [float(w) for w in widths]
+        if exit_block is not None:
+            fields["exit"] = int(exit_block)
         frame = encode_frame(x, fields)
         t0 = time.perf_counter()
         out = self.call("Run", frame)

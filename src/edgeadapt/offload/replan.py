@@ -17,15 +17,20 @@ call's bandwidth can read 230 or 7000 Mbit/s — so a plan is not replaced on ev
 
 A real change (a drop from loopback to 10 Mbit/s) passes all three on the first sample that shows
 it; see ``benchmarks/offload_runtime.py`` for the measured time from the change to the new plan.
+
+With exit profiles (:class:`~edgeadapt.offload.exits.ExitProfile`) the plan may end the chain at an
+early exit: every solve is :func:`~edgeadapt.offload.exits.solve_with_exits` (the fastest end of
+the chain meeting the floor), and a placement is its widths, devices *and* exit.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from edgeadapt.offload.placement import Placement, evaluate, solve
+from edgeadapt.offload.exits import ExitPlacement, ExitProfile, exit_problem, solve_with_exits
+from edgeadapt.offload.placement import Placement, PlacementProblem, evaluate, solve
 from edgeadapt.offload.profile import ChainProfile
 
 REPLAN_FACTOR = 1.5
@@ -72,6 +77,27 @@ def plan(profile: ChainProfile, floor: float, bandwidth: float, rtt_s: float) ->
     return solve(profile.problem(bandwidth, rtt_s, source=0), floor)
 
 
+def plan_with_exits(profile: ChainProfile, exits: Sequence[ExitProfile], floor: float, bandwidth: float,
+                    rtt_s: float) -> ExitPlacement:
+    """As :func:`plan`, over every end of the chain: the whole chain and each exit of ``exits``
+    (:func:`~edgeadapt.offload.exits.solve_with_exits`); with no exits exactly :func:`plan`. Raises
+    :class:`~edgeadapt.errors.InfeasibleError` naming the best reachable accuracy."""
+    if not exits:
+        whole = profile.problem(bandwidth, rtt_s, source=0)
+        return ExitPlacement(plan(profile, floor, bandwidth, rtt_s), whole, None)
+    return solve_with_exits(profile, exits, bandwidth, rtt_s, floor, source=0)
+
+
+def end_problem(profile: ChainProfile, exits: Sequence[ExitProfile], exit_block: int | None, bandwidth: float,
+                rtt_s: float) -> PlacementProblem:
+    """The placement problem of the chain ending at exit ``exit_block`` (``None``: the whole chain) on
+    a link of ``bandwidth`` bytes/s and ``rtt_s`` seconds: what a placement of that end is re-costed on."""
+    whole = profile.problem(bandwidth, rtt_s, source=0)
+    if exit_block is None:
+        return whole
+    return exit_problem(whole, profile, next(ex for ex in exits if ex.block == exit_block))
+
+
 @dataclass
 class Change:
     """The outcome of one :meth:`Replanner.check` that re-solved: ``reason`` (the link move),
@@ -85,7 +111,9 @@ class Change:
 @dataclass
 class Replanner:
     """The placement in force for ``profile`` (two devices, edge first) at ``floor``, and the policy
-    that replaces it (module docstring). ``clock`` is seconds (monotonic)."""
+    that replaces it (module docstring). ``clock`` is seconds (monotonic). With ``exits`` the
+    placement may end at an exit: :attr:`exit_block` (``None``: the whole chain), and then
+    :attr:`current` places blocks ``0..exit_block`` and the exit head as one more block."""
 
     profile: ChainProfile
     floor: float
@@ -100,15 +128,20 @@ class Replanner:
     interval_s: float | None = None
     """The interval in force (``min_interval_s``, doubled on each flap back); set by :meth:`start`."""
     left: tuple | None = None
-    """(widths, devices) of the placement before the current one (a change back to it is a flap)."""
+    """(widths, devices, exit) of the placement before the current one (a change back to it is a flap)."""
     resolves: int = 0
     """Re-solves of the integer program after the first plan (kept or changed)."""
     kept: int = field(default=0)
     """Re-solves that kept the placement (same solution, or not better by the margin)."""
+    exits: Sequence[ExitProfile] = ()
+    """Exit profiles the plan may end at (none: the whole chain always)."""
+    exit_block: int | None = None
+    """The exit the placement in force ends at (``None``: the whole chain)."""
 
     def start(self, bandwidth: float, rtt_s: float) -> Placement:
         """The first plan, for the link measured at start."""
-        self.current, self.planned = plan(self.profile, self.floor, bandwidth, rtt_s), (bandwidth, rtt_s)
+        first = plan_with_exits(self.profile, self.exits, self.floor, bandwidth, rtt_s)
+        self.current, self.exit_block, self.planned = first.placement, first.exit_block, (bandwidth, rtt_s)
         self.interval_s, self.left = self.min_interval_s, None
         return self.current
 
@@ -121,21 +154,22 @@ class Replanner:
             return None
         bandwidth = bandwidth if bandwidth is not None else self.planned[0]
         rtt_s = rtt_s if rtt_s is not None else self.planned[1]
-        problem = self.profile.problem(bandwidth, rtt_s, source=0)
-        best = solve(problem, self.floor)
+        solved = plan_with_exits(self.profile, self.exits, self.floor, bandwidth, rtt_s)
+        best, end = solved.placement, solved.exit_block
+        problem = end_problem(self.profile, self.exits, self.exit_block, bandwidth, rtt_s)
         now = evaluate(problem, self.current.choice, self.current.devices, self.current.backend)
         self.resolves += 1
-        same = (best.widths, best.devices) == (now.widths, now.devices)
+        same = (best.widths, best.devices, end) == (now.widths, now.devices, self.exit_block)
         if same or best.latency_s > now.latency_s * (1 - self.margin):
             self.current, self.planned = now, (bandwidth, rtt_s)  # re-costed on the new link
             self.kept += 1
             return Change(reason, changed=False)
         t = self.clock()
-        back = (best.widths, best.devices) == self.left  # a flap waits the doubled interval, a new one not
+        back = (best.widths, best.devices, end) == self.left  # a flap waits the doubled interval, a new not
         wait = self.interval_s if back else self.min_interval_s
         if self.last_change_s is not None and t - self.last_change_s < wait:
             return Change(reason, changed=False, held=True)  # planned stays: checked again next time
         self.interval_s = min(2 * self.interval_s, MAX_INTERVAL_S) if back else self.min_interval_s
-        self.left = (now.widths, now.devices)
-        self.current, self.planned, self.last_change_s = best, (bandwidth, rtt_s), t
+        self.left = (now.widths, now.devices, self.exit_block)
+        self.current, self.exit_block, self.planned, self.last_change_s = best, end, (bandwidth, rtt_s), t
         return Change(reason, changed=True)

@@ -46,10 +46,17 @@ class OffloadReport:
     """Re-solves after the first plan that kept the placement (link moved, placement not better)."""
     started_at: float | None = None
     """When the first request was sent (``time.time()``, epoch seconds): replans' ``at_s`` count from it."""
+    exit_block: int | None = None
+    """The early exit the placement in force at the end stops at (block index from 0, its head after
+    that block), ``None``: the whole chain (always with ``--split`` or ``--no-exits``)."""
+    requests_by_exit: dict[str, int] = field(default_factory=dict)
+    """Requests per end of the chain they ran to: ``"full"`` or ``"exit-{e}"``."""
     placement: dict[str, Any] | None = None
-    """The placement in force at the end: ``blocks`` (per block ``block``, ``width``, ``device``),
-    and with ``floor`` the plan's ``floor``, ``predicted_accuracy``, ``predicted_latency_ms``, the
-    ``link`` it was solved for, the ``devices`` (profiles) and the profile's ``batch_size``."""
+    """The placement in force at the end: ``blocks`` (per block that runs: ``block``, ``width``,
+    ``device``), ``exit_block`` and ``exit_device`` (where the exit head ran; ``None`` without an
+    exit), and with ``floor`` the ``exits`` it could end at, the plan's ``floor``,
+    ``predicted_accuracy``, ``predicted_latency_ms``, the ``link`` it was solved for, the ``devices``
+    (profiles) and the profile's ``batch_size``."""
     replans: list[dict[str, Any]] = field(default_factory=list)
     """Every placement change: ``at_request``, ``at_s`` (seconds since the run started) and ``time``
     (epoch seconds), ``reason``, the ``link`` solved for, ``changed`` (true: a kept placement is
@@ -79,10 +86,16 @@ class OffloadReport:
                          f"predicted latency {p['predicted_latency_ms']:.2f} ms")
             lines += [f"  {i + 1:>2} {b['block']:<40} width {b['width']:<5} on {b['device']}"
                       for i, b in enumerate(p["blocks"])]
+            if self.exit_block is not None:
+                lines.append(f"  exit after block {self.exit_block + 1} ({p['blocks'][-1]['block']}) on "
+                             f"{p['exit_device']}; later blocks skipped")
+            elif p.get("exits"):
+                lines.append(f"  no early exit (the whole chain; {len(p['exits'])} exits considered)")
             lines.append(f"placement changed {len(self.replans)} times "
                          f"({self.replan_checks} re-solves kept it)"
                          + "".join(f"\n  at request {r['at_request']}: {r['reason']} -> "
                                    + ", ".join(f"{b['width']}@{b['device']}" for b in r["blocks"])
+                                   + (f", exit@{r['exit_device']}" if r.get("exit_block") is not None else "")
                                    for r in self.replans))
         probes = self.probe_bytes
         lines.append(f"latency p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms; payload sent "

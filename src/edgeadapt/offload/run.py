@@ -15,6 +15,12 @@ on one device as one call (:func:`segments`). Before each request a
 :class:`~edgeadapt.offload.replan.Replanner` compares the link with the figures the plan used; a
 move beyond the factor re-solves it, and the placement changes only when the new one is better by a
 margin and the last change is at least ``replan_interval_s`` old (``replans`` lists the changes).
+When the artifact has early-exit heads and ``exits.json`` beside the profile (``offload build
+--exit-epochs``), every plan is :func:`~edgeadapt.offload.replan.plan_with_exits`: the request may
+run blocks ``0..e`` and then the exit head after block ``e`` (on either device) when that is the
+fastest way to meet the floor; the report names the exit (``exit_block``, ``None``: the whole chain).
+``use_exits=False`` (``--no-exits``) places the whole chain only. The edge uses exits only when the
+server's exit heads are the same weights as its own (``Info``'s ``exits_hash``).
 
 When the server is unreachable (nothing listens, the connection drops, a call times out) the edge
 falls back to running every block itself, warns (``warnings.warn``: one stderr line from the CLI),
@@ -42,17 +48,25 @@ import torch
 
 from edgeadapt.data.registry import build_dataset, dataset_info, options_at_size
 from edgeadapt.errors import ConfigError, InfeasibleError
-from edgeadapt.offload.build import PROFILE_FILE
+from edgeadapt.offload.build import EXITS_FILE, PROFILE_FILE, load_exit_profiles
 from edgeadapt.offload.client import LinkEstimate, OffloadClient, ServerUnreachable
+from edgeadapt.offload.exits import ExitProfile
 from edgeadapt.offload.netem import TokenBucket
 from edgeadapt.offload.placement import Placement
 from edgeadapt.offload.profile import ChainProfile
-from edgeadapt.offload.replan import REPLAN_FACTOR, REPLAN_INTERVAL_S, Replanner, plan, replan_reason
+from edgeadapt.offload.replan import (
+    REPLAN_FACTOR,
+    REPLAN_INTERVAL_S,
+    Replanner,
+    plan,
+    plan_with_exits,
+    replan_reason,
+)
 from edgeadapt.offload.report import OffloadReport
 from edgeadapt.offload.serve import RuntimeChain, descendants_dir, load_chain
 
-__all__ = ["OffloadReport", "OffloadRunConfig", "edge_cloud_profile", "plan", "replan_reason", "run_offload",
-           "segments"]
+__all__ = ["OffloadReport", "OffloadRunConfig", "edge_cloud_profile", "plan", "plan_with_exits",
+           "replan_reason", "run_offload", "segments", "steps"]
 
 PING_EVERY = 10
 """Requests between two ``Ping`` calls that keep the round-trip estimate current."""
@@ -118,6 +132,9 @@ class OffloadRunConfig:
     emulate_edge: bool = False
     """Run the edge's blocks as its device profile says: with its thread count, and sleeping
     ``(slowdown - 1)×`` their compute time (so measured latency matches what the plan assumed)."""
+    use_exits: bool = True
+    """With ``floor``: let the plan end at an early exit when the artifact has exit heads and their
+    profile (``exits.json`` beside the profile); ``False`` (``--no-exits``): the whole chain only."""
 
 
 # -- placement-driven runs ---------------------------------------------------------------------
@@ -154,23 +171,61 @@ def _probe_bytes(link: LinkEstimate) -> int:
     return int(min(MIN_PROBE_BYTES, max(4096, rate * 0.01)))
 
 
+def steps(devices: Sequence[int], exit_block: int | None) -> list[tuple[int, int, int | None, int]]:
+    """``(start, end, exit, device)`` of each call of a request: blocks ``[start, end)`` on
+    ``device``, then the exit head after block ``exit`` when ``exit`` is not ``None``. ``devices``
+    has one entry per block that runs and, with ``exit_block``, one more for the exit head (position
+    ``exit_block + 1``); a segment holding only the head is ``(e + 1, e + 1, e, device)``."""
+    if exit_block is None:
+        return [(start, end, None, d) for start, end, d in segments(devices)]
+    nb = exit_block + 1
+    return [(start, min(end, nb), exit_block if end > nb else None, d) for start, end, d in segments(devices)]
+
+
 def _placement_dict(chain: RuntimeChain, widths: Sequence[float], devices: Sequence[int],
-                    names: Sequence[str]) -> dict[str, Any]:
-    return {"blocks": [{"block": chain.names[b], "width": float(w), "device": names[d]}
-                       for b, (w, d) in enumerate(zip(widths, devices))]}
+                    names: Sequence[str], exit_block: int | None = None) -> dict[str, Any]:
+    """Per chain block that runs its width and device; ``exit_block`` and the ``exit_device`` its head
+    ran on (both ``None`` for the whole chain)."""
+    nb = len(widths) if exit_block is None else exit_block + 1
+    return {"blocks": [{"block": chain.names[b], "width": float(widths[b]), "device": names[devices[b]]}
+                       for b in range(nb)],
+            "exit_block": exit_block, "exit_device": None if exit_block is None else names[devices[nb]]}
 
 
 def _link_dict(bandwidth: float, rtt_s: float) -> dict[str, float]:
     return {"bandwidth_mbps": bandwidth * 8 / 1e6, "rtt_ms": rtt_s * 1e3}
 
 
-def _profile_for(cfg: OffloadRunConfig, chain: RuntimeChain) -> ChainProfile:
-    """The two-device profile of a ``floor`` run, checked against the chain (same blocks, widths built)."""
+def _profile_path(cfg: OffloadRunConfig) -> Path:
+    """The profile of a ``floor`` run: ``cfg.profile`` or ``profile.json`` beside the artifact."""
     directory = descendants_dir(cfg.model)
     if cfg.profile is None and directory is None:
         raise ConfigError(f"--floor needs a descendants artifact (build_offload's output) as --model, or "
                           f"--profile; {cfg.model!r} is neither")
-    path = Path(cfg.profile) if cfg.profile is not None else directory.parent / PROFILE_FILE
+    return Path(cfg.profile) if cfg.profile is not None else directory.parent / PROFILE_FILE
+
+
+def _exits_for(cfg: OffloadRunConfig, chain: RuntimeChain, profile: ChainProfile) -> list[ExitProfile]:
+    """The exit profiles a ``floor`` run may end at: ``exits.json`` beside the profile, checked against
+    the chain's exit heads and the profile's batch size; ``[]`` with ``use_exits=False`` or when the
+    artifact was built without exits."""
+    path = _profile_path(cfg).parent / EXITS_FILE
+    if not cfg.use_exits or not path.is_file():
+        return []
+    batch_size, exits = load_exit_profiles(path)
+    blocks = sorted(ex.block for ex in exits)
+    if blocks != list(range(len(chain.exits))) or batch_size != profile.batch_size:
+        heads = list(range(len(chain.exits)))
+        raise ConfigError(f"exit profile {path} (exits after blocks {blocks}, batch {batch_size}) does not "
+                          f"fit {cfg.model!r} (exit heads after blocks {heads}) and its "
+                          f"profile (batch {profile.batch_size}); rebuild it with `offload build`, or pass "
+                          "--no-exits")
+    return exits
+
+
+def _profile_for(cfg: OffloadRunConfig, chain: RuntimeChain) -> ChainProfile:
+    """The two-device profile of a ``floor`` run, checked against the chain (same blocks, widths built)."""
+    path = _profile_path(cfg)
     profile = edge_cloud_profile(ChainProfile.load(path), cfg.edge_device, cfg.cloud_device)
     missing = [w for w in profile.widths if w not in chain.widths]
     if profile.blocks != chain.names or missing:
@@ -232,15 +287,17 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
         raise ConfigError(f"--split {cfg.split}: the model has {n} blocks; give 0 (cloud-only) to {n} "
                           f"(edge-only); K runs blocks 1..K on the edge: {blocks}")
     profile = _profile_for(cfg, chain) if cfg.floor is not None else None
+    exits = _exits_for(cfg, chain, profile) if profile is not None else []
     if profile is not None:  # fail fast on an unreachable floor: it does not depend on the link
-        plan(profile, cfg.floor, 1e9, 0.0)
+        plan_with_exits(profile, exits, cfg.floor, 1e9, 0.0)
     names = [d.name for d in profile.devices] if profile is not None else ["edge", "cloud"]
     batch_size = cfg.batch_size or (profile.batch_size if profile is not None else DEFAULT_BATCH_SIZE)
     split = _test_split(cfg.data, chain)
     widths: list[float] = [1.0] * n
     split_devices = [0] * n if cfg.split is None else [0] * cfg.split + [1] * (n - cfg.split)
     devices: list[int] = list(split_devices)
-    replanner = (Replanner(profile, cfg.floor, cfg.replan_factor, cfg.replan_interval_s)
+    exit_block: int | None = None  # the plan ends at this exit's head (None: the whole chain)
+    replanner = (Replanner(profile, cfg.floor, cfg.replan_factor, cfg.replan_interval_s, exits=exits)
                  if profile is not None else None)
     chosen: Placement | None = None
     replans: list[dict[str, Any]] = []
@@ -249,24 +306,26 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
     down: dict[str, Any] | None = None  # while the server is unreachable: since, wait, next try, tries
     probe = max(cfg.probe_bytes, MIN_PROBE_BYTES) if profile is not None else cfg.probe_bytes
 
-    def adopt(placement: Placement) -> None:
-        nonlocal widths, devices, chosen
+    def adopt(placement: Placement, end: int | None) -> None:
+        nonlocal widths, devices, chosen, exit_block
         chosen, widths, devices = placement, list(placement.widths), list(placement.devices)
+        exit_block = end
 
     def record(i: int, reason: str) -> None:
         replans.append({"at_request": i, "at_s": time.perf_counter() - started, "time": time.time(),
                         "reason": reason, "link": _link_dict(*replanner.planned), "changed": True,
-                        **_placement_dict(chain, widths, devices, names)})
+                        **_placement_dict(chain, widths, devices, names, exit_block)})
 
-    def go_edge_only() -> None:  # with a floor: the fastest edge-only widths that meet it
-        nonlocal widths, devices, chosen
+    def go_edge_only() -> None:  # with a floor: the fastest edge-only widths (and exit) that meet it
+        nonlocal widths, devices, chosen, exit_block
         if profile is not None:
             try:
-                chosen = plan(replace(profile, devices=profile.devices[:1]), cfg.floor, 1.0, 0.0)
-                widths = list(chosen.widths)
+                edge_alone = replace(profile, devices=profile.devices[:1])
+                alone = plan_with_exits(edge_alone, exits, cfg.floor, 1.0, 0.0)
+                chosen, widths, exit_block = alone.placement, list(alone.placement.widths), alone.exit_block
             except InfeasibleError:  # the edge's memory: keep the widths planned, floor still met
                 pass
-        devices = [0] * n
+        devices = [0] * len(widths)
 
     def fall_back(i: int, exc: Exception) -> None:
         nonlocal down
@@ -281,13 +340,13 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
         """Check the server, measure the link and place (or restore the split); raises
         ServerUnreachable."""
         client.ping(timeout_s)
-        _check_server(client.info(), chain, cfg.server)
+        _check_server(client.info(), chain, cfg.server, exits=bool(exits))
         for _ in range(2):
             client.ping(timeout_s)
         if probe:
             client.echo(probe)
         if replanner is not None:
-            adopt(replanner.start(client.link.bandwidth, client.link.rtt_s))
+            adopt(replanner.start(client.link.bandwidth, client.link.rtt_s), replanner.exit_block)
         else:
             devices[:] = split_devices
 
@@ -324,6 +383,7 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
     if cfg.emulate_edge and edge is not None:
         torch.set_num_threads(edge.threads)  # once for the run: switching per call costs more than it saves
     latencies, logits, labels = [], [], []
+    ends: list[int | None] = []  # per request: the exit it ended at (None: the whole chain)
     by_mode = {"edge-only": 0, "split": 0, "cloud-only": 0}
     probed = started = time.perf_counter()
     started_at = time.time()
@@ -355,26 +415,27 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
             if replanner is not None and down is None and i:
                 change = replanner.check(client.link.bandwidth, client.link.rtt_s)
                 if change is not None and change.changed:
-                    adopt(replanner.current)
+                    adopt(replanner.current, replanner.exit_block)
                     record(i, change.reason)
                 elif change is not None and not change.held:
                     chosen = replanner.current  # re-costed on the new link
             t0 = time.perf_counter()
-            h, now = batch["pixel_values"], list(widths)  # a fallback mid-request keeps its widths
+            h, now = batch["pixel_values"], list(widths)  # a fallback mid-request keeps its widths and exit
             ran: set[int] = set()
-            for start, end, device in segments(devices):
+            ends.append(exit_block)
+            for start, end, head, device in steps(devices, exit_block):
                 out = None
                 if device == 1 and down is None:
                     try:
                         if i and i % PING_EVERY == 0:
                             client.ping()
-                        out = client.run(start, end, h, now[start:end])
+                        out = client.run(start, end, h, now[start:end], head)
                         ran.add(1)
                     except ServerUnreachable as exc:
                         fall_back(i, exc)
                 if out is None:
                     t1 = time.perf_counter()
-                    out = chain.run(start, end, h, now[start:end])
+                    out = chain.run(start, end, h, now[start:end], head)
                     ran.add(0)
                     if cfg.emulate_edge and edge is not None:
                         time.sleep((edge.slowdown - 1.0) * (time.perf_counter() - t1))
@@ -391,10 +452,11 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
     if cfg.limit is not None:
         all_logits, all_labels = all_logits[:cfg.limit], all_labels[:cfg.limit]
     link = client.link if client is not None else LinkEstimate()
-    placement = _placement_dict(chain, widths, devices, names)
+    placement = _placement_dict(chain, widths, devices, names, exit_block)
     if chosen is not None:
         planned = replanner.planned if down is None else None
-        placement.update(floor=cfg.floor, predicted_accuracy=chosen.accuracy,
+        placement.update(floor=cfg.floor, exits=[ex.block for ex in exits],
+                         predicted_accuracy=chosen.accuracy,
                          predicted_latency_ms=chosen.latency_s * 1e3,
                          link=_link_dict(*planned) if planned is not None else None,
                          devices=[d.to_dict() for d in profile.devices], batch_size=profile.batch_size,
@@ -415,7 +477,17 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
         probe_bytes={"sent": client.probe_bytes_sent if client else 0,
                      "received": client.probe_bytes_received if client else 0},
         fallbacks=fallbacks, reconnects=reconnects,
-        replan_checks=replanner.kept if replanner is not None else 0, started_at=started_at)
+        replan_checks=replanner.kept if replanner is not None else 0, started_at=started_at,
+        exit_block=exit_block, requests_by_exit=_by_exit(ends))
+
+
+def _by_exit(ends: Any) -> dict[str, int]:
+    """Requests per end of the chain they ran to: ``"exit-{e}"`` or ``"full"``."""
+    out: dict[str, int] = {}
+    for e in ends:
+        key = "full" if e is None else f"exit-{e}"
+        out[key] = out.get(key, 0) + 1
+    return out
 
 
 def check_address(server: str, field: str = "--server") -> None:
@@ -426,8 +498,15 @@ def check_address(server: str, field: str = "--server") -> None:
         raise ConfigError(f"{field}: {server!r} is not HOST:PORT (e.g. 127.0.0.1:50051, [::1]:50051)")
 
 
-def _check_server(info: dict[str, Any], chain: RuntimeChain, server: str) -> None:
-    """Refuse a server whose chain is not this one (block count or weights differ)."""
+def _check_server(info: dict[str, Any], chain: RuntimeChain, server: str, exits: bool = False) -> None:
+    """Refuse a server whose chain is not this one (block count or weights differ) and, when the edge
+    places with ``exits``, one whose exit heads are not this edge's (other weights, or none)."""
+    if exits and info.get("exits_hash") != chain.exits_hash:
+        theirs = info.get("exits_hash")
+        raise ConfigError(f"offload run: the server at {server} serves "
+                          f"{'exit heads ' + str(theirs)[:12] if theirs else 'no exit heads'} but this edge "
+                          f"plans with exit heads {str(chain.exits_hash)[:12]}; serve the same artifact, or "
+                          "run with --no-exits")
     if info.get("blocks") != len(chain) or info.get("weights_hash") != chain.weights_hash:
         raise ConfigError(f"offload run: the server at {server} serves {info.get('model')!r} "
                           f"({info.get('blocks')} blocks, weights {str(info.get('weights_hash'))[:12]}) but "

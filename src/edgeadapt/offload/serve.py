@@ -6,13 +6,17 @@
 at every built width) and answers four raw-bytes methods of
 :data:`~edgeadapt.offload.transport.SERVICE` (generic handlers; no generated code):
 
-- ``Run``: a frame with fields ``{"start": K, "end": E, "widths": [...]}`` (``widths``: one per block
-  ``K..E-1``, optional, default full width) and the activation entering block ``K`` → a frame with
-  the output of block ``E - 1`` and ``{"compute_ms": ...}``;
+- ``Run``: a frame with fields ``{"start": K, "end": E, "widths": [...], "exit": X}`` (``widths``:
+  one per block ``K..E-1``, optional, default full width; ``exit``: optional, then ``E = X + 1``) and
+  the activation entering block ``K`` → a frame with the output of block ``E - 1`` — or, with
+  ``exit``, the logits of the early-exit head after block ``X`` applied to it (``K = E = X + 1``
+  runs the head alone) — and ``{"compute_ms": ...}``;
 - ``Ping``: empty → empty (round-trip time);
 - ``Echo``: any bytes → the same bytes (bandwidth on a real transfer);
-- ``Info``: empty → JSON ``{"model", "blocks", "names", "widths", "weights_hash"}`` (the edge checks
-  it runs the same weights).
+- ``Info``: empty → JSON ``{"model", "blocks", "names", "widths", "weights_hash", "exits",
+  "exits_hash"}`` (the edge checks it runs the same weights, and the same exit heads before it
+  places a request's end at one; ``exits``: the blocks with an exit head, ``exits_hash``: their
+  weights, ``null`` without).
 
 Every call must carry the device token (:func:`~edgeadapt.offload.transport.check_token`); a bad
 frame or token is answered with its gRPC status and the server keeps serving. ``SIGTERM``/``SIGINT``
@@ -40,7 +44,7 @@ from edgeadapt.errors import ConfigError
 from edgeadapt.models.adapter import weights_hash
 from edgeadapt.numerics import upcast
 from edgeadapt.offload.artifact import KIND as DESCENDANTS_KIND
-from edgeadapt.offload.artifact import load_descendants
+from edgeadapt.offload.artifact import load_descendants, load_exit_heads
 from edgeadapt.offload.blocks import Descendants, block_chain
 from edgeadapt.offload.build import DESCENDANTS_DIR
 from edgeadapt.offload.transport import (
@@ -71,11 +75,16 @@ class RuntimeChain:
     width, so one server can run any block at any width a placement picks. A descendant keeps its
     block's output shape, so ``input_shapes[i]`` (the shape without the batch entering block ``i``,
     found by one dummy forward of ``example``, a batch of one input; ``input_shapes[n]`` is the
-    logits' shape) holds at every width. ``weights_hash`` identifies every variant's weights."""
+    logits' shape) holds at every width. ``weights_hash`` identifies every variant's weights.
+
+    ``exits[e]`` (optional) is the early-exit head after block ``e`` (one per block from the first;
+    none after the last two): ``run(start, e + 1, x, widths, exit_block=e)`` ends in its logits,
+    which must have the chain's logits shape (checked on the dummy forward). ``exits_hash``
+    identifies their weights (``None`` without exits)."""
 
     def __init__(self, name: str, blocks: list[nn.Module], names: list[str], example: torch.Tensor,
                  weights: str, widths: Sequence[float] = (1.0,),
-                 variants: list[list[nn.Module]] | None = None) -> None:
+                 variants: list[list[nn.Module]] | None = None, exits: Sequence[nn.Module] = ()) -> None:
         self.name, self.blocks, self.names, self.weights_hash = name, blocks, names, weights
         self.widths = tuple(float(w) for w in widths)
         self.variants = variants if variants is not None else [[b] for b in blocks]
@@ -86,11 +95,25 @@ class RuntimeChain:
         self.lock = threading.Lock()  # one forward at a time: modules are not re-entrant under every backend
         shapes = [tuple(example.shape[1:])]
         x = example
+        outs = []
         with torch.inference_mode():
             for block in blocks:
                 x = block(x)
+                outs.append(x)
                 shapes.append(tuple(x.shape[1:]))
         self.input_shapes: list[tuple[int, ...]] = shapes
+        self.exits = list(exits)
+        if len(self.exits) > max(0, len(blocks) - 2):
+            raise ConfigError(f"runtime chain {name!r}: {len(self.exits)} exit heads for {len(blocks)} "
+                              "blocks (at most one per block but the last two)")
+        with torch.inference_mode():
+            for e, head in enumerate(self.exits):
+                head.eval()
+                got = tuple(head(outs[e]).shape[1:])
+                if got != shapes[-1]:
+                    raise ConfigError(f"runtime chain {name!r}: the exit after block {e} gives {list(got)}, "
+                                      f"not the chain's logits {list(shapes[-1])}")
+        self.exits_hash: str | None = weights_hash(nn.ModuleList(self.exits)) if self.exits else None
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -100,23 +123,34 @@ class RuntimeChain:
         if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= len(self)):
             raise ConfigError(f"block range [{start}, {end}) is not within the chain's {len(self)} blocks")
 
-    def modules_for(self, start: int, end: int, widths: Sequence[float] | None = None) -> list[nn.Module]:
-        """The modules of blocks ``[start, end)`` at ``widths`` (one per block; ``None`` = full width).
-        Raises :class:`ConfigError` for a bad range, a wrong count or a width not built."""
+    def modules_for(self, start: int, end: int, widths: Sequence[float] | None = None,
+                    exit_block: int | None = None) -> list[nn.Module]:
+        """The modules of blocks ``[start, end)`` at ``widths`` (one per block; ``None`` = full width),
+        then the exit head after block ``exit_block`` when given (``end`` must be ``exit_block + 1``).
+        Raises :class:`ConfigError` for a bad range, a wrong count, a width not built or an exit
+        this chain has not (or not right after ``end - 1``)."""
         self.check_range(start, end)
+        head = []
+        if exit_block is not None:
+            if not (type(exit_block) is int and 0 <= exit_block < len(self.exits) and end == exit_block + 1):
+                have = f"exits after blocks 0..{len(self.exits) - 1}" if self.exits else "no exits"
+                raise ConfigError(f"exit {exit_block!r} after blocks [{start}, {end}): the chain has {have}, "
+                                  "and an exit's block range must end right after it")
+            head = [self.exits[exit_block]]
         if widths is None:
-            return list(self.blocks[start:end])
+            return list(self.blocks[start:end]) + head
         if not isinstance(widths, (list, tuple)) or len(widths) != end - start \
                 or not all(isinstance(w, (int, float)) and float(w) in self.widths for w in widths):
             raise ConfigError(f"widths {widths!r} for blocks [{start}, {end}): give one width per block, "
                               f"each one of {list(self.widths)}")
-        return [self.variants[b][self.widths.index(float(w))] for b, w in zip(range(start, end), widths)]
+        chosen = [self.variants[b][self.widths.index(float(w))] for b, w in zip(range(start, end), widths)]
+        return chosen + head
 
-    def run(self, start: int, end: int, x: torch.Tensor,
-            widths: Sequence[float] | None = None) -> torch.Tensor:
-        """Blocks ``[start, end)`` at ``widths`` (see :meth:`modules_for`) applied to ``x``
-        (``[B, *input_shapes[start]]``), no autograd."""
-        modules = self.modules_for(start, end, widths)
+    def run(self, start: int, end: int, x: torch.Tensor, widths: Sequence[float] | None = None,
+            exit_block: int | None = None) -> torch.Tensor:
+        """Blocks ``[start, end)`` at ``widths``, then the exit head after ``exit_block`` when given
+        (see :meth:`modules_for`), applied to ``x`` (``[B, *input_shapes[start]]``), no autograd."""
+        modules = self.modules_for(start, end, widths, exit_block)
         with self.lock, torch.inference_mode():
             for block in modules:
                 x = block(x)
@@ -139,14 +173,15 @@ def chain_from_adapter(adapter: Any, name: str) -> RuntimeChain:
                         weights_hash(adapter.model))
 
 
-def chain_from_descendants(desc: Descendants, name: str) -> RuntimeChain:
-    """Every block of ``desc`` at every width as a :class:`RuntimeChain`; its weights hash covers
-    every variant (an edge and a server agree only when they loaded the same artifact)."""
+def chain_from_descendants(desc: Descendants, name: str, exits: Sequence[nn.Module] = ()) -> RuntimeChain:
+    """Every block of ``desc`` at every width, and the exit heads ``exits`` (``exits[e]`` after block
+    ``e``), as a :class:`RuntimeChain`; its weights hash covers every variant (an edge and a server
+    agree only when they loaded the same artifact), its exits hash the heads."""
     desc.eval()
     full = desc.widths.index(1.0)
     every = nn.ModuleList([m for row in desc.modules for m in row])
     return RuntimeChain(name, [row[full] for row in desc.modules], list(desc.names),
-                        _example(desc.base_config), weights_hash(every), desc.widths, desc.modules)
+                        _example(desc.base_config), weights_hash(every), desc.widths, desc.modules, exits)
 
 
 def descendants_dir(model: str | Path) -> Path | None:
@@ -168,14 +203,14 @@ def descendants_dir(model: str | Path) -> Path | None:
 def load_chain(model: str | Path | Any) -> RuntimeChain:
     """Model ``model`` as a :class:`RuntimeChain` on the CPU: a built-in name, a local HF directory or
     an edgeadapt model artifact (full width only), a descendants artifact (every block at every
-    built width; :func:`descendants_dir`), or an adapter already loaded (sharing its modules). The
-    one place the runtime gets its chain from."""
+    built width, and its exit heads when it has them; :func:`descendants_dir`), or an adapter
+    already loaded (sharing its modules). The one place the runtime gets its chain from."""
     if not isinstance(model, (str, Path)):
         model.model.cpu().eval()
         return chain_from_adapter(model, model.name)
     directory = descendants_dir(model)
     if directory is not None:
-        return chain_from_descendants(load_descendants(directory), str(model))
+        return chain_from_descendants(load_descendants(directory), str(model), load_exit_heads(directory))
     adapter = load_model(model)
     adapter.model.cpu().eval()
     upcast(adapter.model)  # a bf16/fp16 checkpoint runs in float32 on the CPU, as `offload build` makes it
@@ -229,7 +264,8 @@ class ChainServicer:
     def run(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         _, _, fields = parse_header(request, self.cfg.max_frame_bytes)
         start, end = fields.get("start"), fields.get("end", len(self.chain))
-        self.chain.modules_for(start, end, fields.get("widths"))  # checks the range and the widths
+        exit_block = fields.get("exit")
+        self.chain.modules_for(start, end, fields.get("widths"), exit_block)  # checks range, widths, exit
         shape = self.chain.input_shapes[start]
         spec = FrameSpec(rank=len(shape) + 1, trailing=shape, max_batch=self.cfg.max_batch,
                          max_bytes=self.cfg.max_frame_bytes)
@@ -237,7 +273,7 @@ class ChainServicer:
         if not context.is_active():  # the edge gave up while the frame was in flight
             return b""
         t0 = time.perf_counter()
-        y = self.chain.run(start, end, x.float(), fields.get("widths"))
+        y = self.chain.run(start, end, x.float(), fields.get("widths"), exit_block)
         return encode_frame(y, {"compute_ms": (time.perf_counter() - t0) * 1e3})
 
     def ping(self, request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -249,7 +285,8 @@ class ChainServicer:
     def info(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         c = self.chain
         return json.dumps({"model": c.name, "blocks": len(c), "names": c.names, "widths": list(c.widths),
-                           "weights_hash": c.weights_hash}).encode()
+                           "weights_hash": c.weights_hash, "exits": list(range(len(c.exits))),
+                           "exits_hash": c.exits_hash}).encode()
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The generic raw-bytes handler (no serializers: requests and responses are ``bytes``)."""

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from edgeadapt.errors import InfeasibleError
 from edgeadapt.offload.build import OffloadBuildConfig, build_offload
 from edgeadapt.offload.client import MIN_SAMPLE_BYTES, LinkEstimate
+from edgeadapt.offload.exits import ExitProfile
 from edgeadapt.offload.netem import SteppedBucket
 from edgeadapt.offload.profile import EMULATED_EDGE, LOCAL_CLOUD, BlockProfile, ChainProfile, DeviceProfile
 from edgeadapt.offload.replan import Replanner
@@ -122,6 +125,28 @@ def test_the_link_estimate_ignores_unmeasurable_frames_and_follows_a_change_in_t
     for _ in range(2):  # back: the same frames take 20 µs (floored at 50 µs), measurable by the estimate
         assert link.observe_transfer(12_000, 2e-5)
     assert link.bandwidth > 1e8
+
+
+def test_with_exits_the_planner_stops_at_an_exit_and_moves_its_head_with_the_link():
+    """Exit 0 (accuracy 0.9, a 0.1 ms head, 40 bytes of logits) meets the floor: on a fast link block 0
+    and its head go to the cloud (1.1 ms + the round trip), on a slow one they stay on the edge
+    (5.1 ms); the whole chain (15 ms on the edge) never wins. An exit below the floor is never used."""
+    clock = Clock()
+    head = ExitProfile(0, 0.9, {"edge": 1e-4, "cloud": 1e-4}, 100, 40)
+    planner = Replanner(synthetic(), 0.5, min_interval_s=0.5, clock=clock, exits=[head])
+    first = planner.start(1e9, 1e-3)
+    assert planner.exit_block == 0 and first.devices == (1, 1) and len(first.widths) == 2
+    drop = planner.check(1e4, 1e-3)
+    assert drop.changed and planner.exit_block == 0 and planner.current.devices == (0, 0)
+    clock.now += 0.6
+    slower = planner.check(1e3, 1e-3)  # re-solved, the same placement: re-costed on the exit's own problem
+    assert slower is not None and not slower.changed and planner.kept == 1 and planner.exit_block == 0
+    assert planner.current.latency_s == pytest.approx(5e-3 + 1e-4)  # block 0 and the head on the edge
+    below = Replanner(synthetic(), 0.95, clock=clock, exits=[head])  # synthetic's base accuracy 0.9 < 0.95
+    with pytest.raises(InfeasibleError, match="unreachable"):
+        below.start(1e9, 1e-3)
+    whole = Replanner(synthetic(), 0.5, clock=clock, exits=[replace(head, accuracy=0.4)])
+    assert len(whole.start(1e9, 1e-3).widths) == 3 and whole.exit_block is None
 
 
 # -- a real serve/run pair ---------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 
 from edgeadapt.errors import ConfigError
 from edgeadapt.models.registry import load_adapter
-from edgeadapt.offload.artifact import load_descendants
+from edgeadapt.offload.artifact import load_descendants, load_exit_heads
 from edgeadapt.offload.build import OffloadBuildConfig, build_offload
 from edgeadapt.offload.profile import EMULATED_EDGE, ChainProfile
 
@@ -19,6 +19,9 @@ def test_build_writes_the_artifact_and_the_profile(tmp_path):
     assert ChainProfile.load(tmp_path / "out" / "profile.json") == prof
     assert prof.devices == [EMULATED_EDGE] and len(prof.additive_check) == 1
     assert all(len(v) == 1 for v in desc.losses.values()) and desc.losses
+    # exits are opt-in in the library (the CLI defaults --exit-epochs to --epochs)
+    assert load_exit_heads(tmp_path / "out" / "descendants") == []
+    assert not (tmp_path / "out" / "exits.json").exists()
 
 
 def test_build_refuses_a_pruned_model_and_bad_config():
@@ -30,5 +33,7 @@ def test_build_refuses_a_pruned_model_and_bad_config():
         build_offload(OffloadBuildConfig("tiny-resnet"), "unused", adapter=adapter)
     with pytest.raises(ConfigError, match="epochs"):
         OffloadBuildConfig("tiny-resnet", epochs=0)
+    with pytest.raises(ConfigError, match="exit_epochs"):
+        OffloadBuildConfig("tiny-resnet", exit_epochs=-1)
     with pytest.raises(ConfigError, match="not an image-classification"):
         OffloadBuildConfig("tiny-resnet", data="builtin-docs")

@@ -55,6 +55,22 @@ def test_offload_build_refuses_a_non_empty_out_unless_overwrite(tmp_path, capsys
     assert (out / "profile.json").is_file() and (out / "report.md").is_file()
 
 
+def test_offload_build_trains_exit_heads_by_default_and_exit_epochs_0_builds_none(tmp_path, capsys):
+    """Exits default to --epochs of training; --exit-epochs 0 (here over a build with exits, --overwrite)
+    leaves neither heads in the artifact nor a stale exits.json beside the profile."""
+    out = tmp_path / "built"
+    assert main(["offload", "build", "tiny-resnet", "--out", str(out), *FAST]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["exit_epochs"] == 1 and summary["exits"] == str(out / "exits.json")
+    assert len(summary["exit_accuracy"]) == len(summary["blocks"]) - 2 == len(load_chain(out).exits)
+    assert main(["offload", "build", "tiny-resnet", "--out", str(out), *FAST, "--exit-epochs", "0",
+                 "--overwrite"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["exits"] is None and summary["exit_accuracy"] == []
+    assert not (out / "exits.json").exists() and load_chain(out).exits == []
+    assert main(["offload", "build", "tiny-resnet", "--out", str(tmp_path / "b"), "--exit-epochs", "-1"]) == 2
+
+
 def test_offload_build_refuses_a_language_model_by_name(tmp_path, capsys):
     """Before: `offload build tiny-llama` crashed with AttributeError 'image_size' (new-user trial)."""
     assert main(["offload", "build", "tiny-llama", "--out", str(tmp_path / "o"), *FAST]) == 2

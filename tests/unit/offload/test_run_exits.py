@@ -193,6 +193,26 @@ def test_a_plan_stopping_at_an_exit_with_its_head_on_the_server_runs_it_and_repo
     assert [b["block"] for b in data["placement"]["blocks"]] == desc.names
 
 
+def test_a_floor_run_on_the_built_exits_classifies_as_the_composition_it_reports(built, server):
+    """With the artifact's own exits.json (here exits 1 and 2 score at least the full chain on val):
+    whatever end the plan picks, the logits are those of the reported composition, run locally."""
+    out, desc, profile, _, splits = built
+    report = run_offload(OffloadRunConfig(str(out), SERVER.format(server.port), TOKEN,
+                                          floor=profile.base_accuracy, limit=64))
+    p = report.placement
+    assert p["exits"] == [0, 1, 2] and p["predicted_accuracy"] >= profile.base_accuracy - 1e-9
+    widths = [b["width"] for b in p["blocks"]]
+    x = splits.test.images[:64]
+    with torch.no_grad():
+        chain = desc.chain(widths + [1.0] * (len(desc.names) - len(widths)))
+        if report.exit_block is None:
+            expected = chain(x)
+        else:
+            expected = load_exit_heads(out / "descendants")[report.exit_block](chain(x, 0, len(widths)))
+    torch.testing.assert_close(report.logits, expected, atol=1e-5, rtol=0)
+    assert report.accuracy >= 0.6 and report.fallback is None
+
+
 def test_edge_only_fallback_may_stop_at_an_exit(built, tmp_path):
     out, _, profile, _, _ = built
     prof = crafted(built, tmp_path, edge_head_s=1e-6, cloud_head_s=1e-6)

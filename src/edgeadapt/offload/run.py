@@ -501,15 +501,15 @@ def check_address(server: str, field: str = "--server") -> None:
 def _check_server(info: dict[str, Any], chain: RuntimeChain, server: str, exits: bool = False) -> None:
     """Refuse a server whose chain is not this one (block count or weights differ) and, when the edge
     places with ``exits``, one whose exit heads are not this edge's (other weights, or none)."""
-    if exits and info.get("exits_hash") != chain.exits_hash:
-        theirs = info.get("exits_hash")
-        raise ConfigError(f"offload run: the server at {server} serves "
-                          f"{'exit heads ' + str(theirs)[:12] if theirs else 'no exit heads'} but this edge "
-                          f"plans with exit heads {str(chain.exits_hash)[:12]}; serve the same artifact, or "
-                          "run with --no-exits")
     if info.get("blocks") != len(chain) or info.get("weights_hash") != chain.weights_hash:
         raise ConfigError(f"offload run: the server at {server} serves {info.get('model')!r} "
                           f"({info.get('blocks')} blocks, weights {str(info.get('weights_hash'))[:12]}) but "
                           f"this edge runs {chain.name!r} ({len(chain)} blocks, weights "
                           f"{chain.weights_hash[:12]}); "
                           "serve and run the same model")
+    if exits and info.get("exits_hash") != chain.exits_hash:
+        theirs = info.get("exits_hash")
+        raise ConfigError(f"offload run: the server at {server} serves "
+                          f"{'exit heads ' + str(theirs)[:12] if theirs else 'no exit heads'} but this edge "
+                          f"plans with exit heads {str(chain.exits_hash)[:12]}; serve the same artifact, or "
+                          "run with --no-exits")

@@ -25,7 +25,7 @@ from edgeadapt.offload.build import (
     save_exit_profiles,
 )
 from edgeadapt.offload.client import OffloadClient
-from edgeadapt.offload.exits import exit_accuracies, train_exit_heads
+from edgeadapt.offload.exits import ExitHead, exit_accuracies, train_exit_heads
 from edgeadapt.offload.profile import EMULATED_EDGE, LOCAL_CLOUD, ChainProfile
 from edgeadapt.offload.run import OffloadRunConfig, run_offload, steps
 from edgeadapt.offload.serve import ServeConfig, chain_from_descendants, load_chain, start_server
@@ -236,6 +236,15 @@ def test_an_edge_refuses_exits_a_server_does_not_serve_identically(built):
         assert report.exit_block is None and report.samples == 8
     finally:
         plain.stop(grace=0)
+    torch.manual_seed(1)
+    others = [ExitHead(h.linear.in_features, 10).eval() for h in load_exit_heads(out / "descendants")]
+    other = start_server(chain_from_descendants(load_descendants(out / "descendants"), "other", others),
+                         TOKEN, ServeConfig(port=0))
+    try:
+        with pytest.raises(ConfigError, match="serves exit heads .* but this edge plans with exit heads"):
+            run_offload(replace(cfg, server=SERVER.format(other.port)))
+    finally:
+        other.stop(grace=0)
 
 
 def test_an_artifact_without_exits_runs_the_whole_chain(built, server, tmp_path):

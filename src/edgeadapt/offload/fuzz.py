@@ -15,7 +15,8 @@ one of :data:`KINDS`, chosen by a seeded generator:
 - ``header``: garbage in the header (random bytes, non-JSON, a length past the end or of 2⁶³,
   JSON that is not an object, deep nesting, a second tensor);
 - ``fields``: the request fields wrong (block range outside the chain, negative or non-integer
-  start, end before start, widths not built or of the wrong count, fields that are not JSON).
+  start, end before start, widths not built or of the wrong count, fields that are not JSON, an
+  early ``exit`` that is not one of the chain's, not an integer, or not right after the range).
 
 A *crash* is the server not answering (``UNAVAILABLE``/``DEADLINE_EXCEEDED``), answering
 ``INTERNAL`` (an exception it did not expect: a bug, even though it keeps serving), a process that
@@ -35,13 +36,14 @@ import random
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import grpc
 import torch
 
+from edgeadapt.errors import ConfigError
 from edgeadapt.offload.transport import SERVICE, TOKEN_KEY, decode_frame, encode_frame
 
 KINDS = ("truncate", "bitflip", "dtype", "shape", "size", "oversize", "token", "header", "fields")
@@ -94,16 +96,22 @@ def _join(header: Any, payload: bytes, raw: bytes | None = None) -> bytes:
 
 class Corruptor:
     """Seeded corruptions of ``frame`` (a valid ``Run`` frame whose tensor is ``x`` with fields
-    ``fields``); :meth:`make` returns ``(kind, payload, token)`` (``token`` ``None``: send none)."""
+    ``fields``); :meth:`make` returns ``(kind, payload, token)`` (``token`` ``None``: send none),
+    the kind drawn from ``kinds`` (default every one of :data:`KINDS`)."""
 
-    def __init__(self, frame: bytes, token: bytes, max_frame_bytes: int, seed: int = 0) -> None:
+    def __init__(self, frame: bytes, token: bytes, max_frame_bytes: int, seed: int = 0,
+                 kinds: Sequence[str] = KINDS) -> None:
+        unknown = sorted(set(kinds) - set(KINDS))
+        if not kinds or unknown:
+            raise ConfigError(f"fuzz kinds must be a non-empty subset of {list(KINDS)}; got {list(kinds)}")
+        self.kinds = tuple(kinds)
         self.frame, self.token, self.max_frame_bytes = frame, token, max_frame_bytes
         self.rng = random.Random(seed)
         self.x, self.fields = decode_frame(frame)
         self.header, self.payload = _split(frame)
 
     def make(self, kind: str | None = None) -> tuple[str, bytes, bytes | None]:
-        kind = kind or self.rng.choice(KINDS)
+        kind = kind or self.rng.choice(self.kinds)
         return kind, *getattr(self, f"_{kind}")()
 
     def _h(self) -> dict[str, Any]:
@@ -194,7 +202,7 @@ class Corruptor:
 
     def _fields(self) -> tuple[bytes, bytes | None]:
         rng, fields = self.rng, dict(self.fields)
-        choice = rng.randrange(6)
+        choice = rng.randrange(7)
         if choice == 0:
             fields["start"] = rng.choice([-1, 10**6, "1", 1.5, None, [1]])
         elif choice == 1:
@@ -205,6 +213,9 @@ class Corruptor:
             fields = {k: v for k, v in fields.items() if k != "start"}
         elif choice == 4:
             fields["start"], fields["end"] = fields.get("end", 1), fields.get("start", 0)
+        elif choice == 5:
+            fields["exit"] = rng.choice([-1, 10**6, "0", 0.5, True, [0], {"e": 0},
+                                         int(fields.get("end", 1)) + 3])
         else:
             h = self._h()
             h["__metadata__"] = {"edgeadapt": "{" + "x" * rng.randint(1, 32)}
@@ -214,13 +225,15 @@ class Corruptor:
 
 def fuzz_server(address: str, token: bytes, frame: bytes, expected: torch.Tensor, n: int = 1000,
                 seed: int = 0, max_frame_bytes: int = 1 << 20, timeout_s: float = 10.0,
-                alive: Callable[[], bool] | None = None, atol: float = 1e-5) -> FuzzReport:
+                alive: Callable[[], bool] | None = None, atol: float = 1e-5,
+                kinds: Sequence[str] = KINDS) -> FuzzReport:
     """Send ``n`` seeded corruptions (:class:`Corruptor`) of the valid ``Run`` frame ``frame`` to the
     server at ``address`` (``HOST:PORT``, token ``token``), then ``frame`` itself, whose answer must
     equal ``expected`` within ``atol``. ``max_frame_bytes`` is the server's limit (the ``oversize``
     frames are one byte over it); ``alive`` tells whether the server process still runs (checked at
-    the end). Returns a :class:`FuzzReport`; ``report.crashes`` is what must be zero."""
-    corrupt = Corruptor(frame, token, max_frame_bytes, seed)
+    the end); ``kinds`` limits the corruptions to some of :data:`KINDS`. Returns a
+    :class:`FuzzReport`; ``report.crashes`` is what must be zero."""
+    corrupt = Corruptor(frame, token, max_frame_bytes, seed, kinds)
     report = FuzzReport(frames=n, seed=seed)
     kinds: Counter[str] = Counter()
     statuses: Counter[str] = Counter()

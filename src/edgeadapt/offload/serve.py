@@ -127,8 +127,8 @@ class RuntimeChain:
                     exit_block: int | None = None) -> list[nn.Module]:
         """The modules of blocks ``[start, end)`` at ``widths`` (one per block; ``None`` = full width),
         then the exit head after block ``exit_block`` when given (``end`` must be ``exit_block + 1``).
-        Raises :class:`ConfigError` for a bad range, a wrong count, a width not built or an exit
-        this chain has not (or not right after ``end - 1``)."""
+        Raises :class:`ConfigError` for a bad range, a wrong count, a width not built (``true`` is not
+        the width 1) or an exit this chain has not (or not right after ``end - 1``)."""
         self.check_range(start, end)
         head = []
         if exit_block is not None:
@@ -140,7 +140,8 @@ class RuntimeChain:
         if widths is None:
             return list(self.blocks[start:end]) + head
         if not isinstance(widths, (list, tuple)) or len(widths) != end - start \
-                or not all(isinstance(w, (int, float)) and float(w) in self.widths for w in widths):
+                or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and float(w) in self.widths
+                           for w in widths):
             raise ConfigError(f"widths {widths!r} for blocks [{start}, {end}): give one width per block, "
                               f"each one of {list(self.widths)}")
         chosen = [self.variants[b][self.widths.index(float(w))] for b, w in zip(range(start, end), widths)]

@@ -26,9 +26,11 @@ from edgeadapt.offload.build import (
 )
 from edgeadapt.offload.client import OffloadClient
 from edgeadapt.offload.exits import ExitHead, exit_accuracies, train_exit_heads
+from edgeadapt.offload.fuzz import fuzz_server
 from edgeadapt.offload.profile import EMULATED_EDGE, LOCAL_CLOUD, ChainProfile
 from edgeadapt.offload.run import OffloadRunConfig, run_offload, steps
 from edgeadapt.offload.serve import ServeConfig, chain_from_descendants, load_chain, start_server
+from edgeadapt.offload.transport import encode_frame
 from tests.unit.offload.conftest import trained_tiny_resnet
 
 TOKEN = b"exits-token-0123"
@@ -262,3 +264,19 @@ def test_an_artifact_without_exits_runs_the_whole_chain(built, server, tmp_path)
         assert report.requests_by_exit == {"full": report.requests}
     finally:
         running.stop(grace=0)
+
+
+def test_malformed_exit_fields_are_refused_and_the_server_keeps_answering(built, server):
+    """The fuzz harness's ``fields`` corruptions (now with bad ``exit`` values) against a server
+    that has exit heads: every one refused, none a crash, the valid exit request answered after.
+    (Found: ``"widths": [true]`` on a one-block range was run as width 1.0 — bool is an int.)"""
+    out, desc, _, _, splits = built
+    chain = load_chain(out / "descendants")
+    h = chain.run(0, 1, splits.test.images[:2])  # block 1's input: a frame starting at block 1
+    frame = encode_frame(h, {"start": 1, "end": 2, "exit": 1})
+    report = fuzz_server(SERVER.format(server.port), TOKEN, frame, chain.run(1, 2, h, None, exit_block=1),
+                         n=60, seed=3, kinds=("fields",))
+    assert report.crashes == 0 and report.final_ok, report.to_dict()
+    assert report.by_kind == {"fields": 60} and set(report.by_status) == {"INVALID_ARGUMENT"}
+    with pytest.raises(ConfigError, match="subset"):
+        fuzz_server(SERVER.format(server.port), TOKEN, frame, h, n=1, kinds=("nonsense",))

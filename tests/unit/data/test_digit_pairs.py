@@ -26,6 +26,15 @@ def test_images_hold_the_source_digits_side_by_side():
     assert (split.images[:, :, :8] == -1).all() and (split.images[:, :, 24:] == -1).all()
 
 
+def test_wide_pairs_keep_each_digit_at_full_size():
+    split, idx = pair_split("val", 7, size=32, seed=2, wide=True)
+    x, y = digits_tensors("val", size=32)
+    assert split.images.shape == (7, 3, 32, 64)
+    assert torch.equal(split.images[..., :32], x[idx[:, 0]]) and torch.equal(split.images[..., 32:], x[idx[:, 1]])
+    assert torch.equal(split.labels, (y[idx[:, 0]] + y[idx[:, 1]]) % 10)
+    assert digit_pairs(32, train=4, val=4, test=4, wide=True).test.images.shape == (4, 3, 32, 64)
+
+
 def test_train_and_test_digits_are_disjoint():
     """Pairs draw only from their own split of digits' partition; those partitions share no sample
     (checked on the raw 8x8 sklearn indices via the images)."""

@@ -333,6 +333,9 @@ def offload(result: Result) -> list[str]:
     def full(v: dict[str, Any]) -> str:
         return f"{ms(v)}, {v['accuracy_test']:.1%}, {v['bytes_sent'] / 1e3:.1f} kB"
 
+    def exit_of(v: dict[str, Any]) -> str:
+        return "" if v.get("exit_block") is None else f", exit {v['exit_block']}"
+
     def cell_key(r: dict[str, Any]) -> tuple:
         return r["setting"], r["model"], r["devices"], r["batch"], r["rate_mbit"]
 
@@ -342,9 +345,10 @@ def offload(result: Result) -> list[str]:
         rows = [r for r in result["rows"] if r["setting"] == name]
         title = "Headline" if name == result["headline"] else "Setting"
         lines += [f"{title}: setting **{name}** ({s['data']}).", "",
-                  "| model | devices | batch | Mbit/s | floor | ours | early exit + split | Neurosurgeon | "
-                  "edge-only | cloud-only | ours / best baseline (tight; loose) | ours / early exit |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| model | devices | batch | Mbit/s | floor | ours | ours, widths only | "
+                  "early exit + split | Neurosurgeon | edge-only | cloud-only | ours / best baseline (tight; loose) | "
+                  "widths only / best baseline (tight; loose) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             if r["floor_name"] != "tight":
                 continue
@@ -352,11 +356,12 @@ def offload(result: Result) -> list[str]:
             vs_best = "; ".join(
                 bold(f"{x['ours_vs_best_baseline']:.3f}", x["ours_vs_best_baseline"] <= target)
                 + f" ({x['best_baseline']})" for x in (r, loose))
+            widths_only = "; ".join(f"{x['widths_only_vs_best_baseline']:.3f}" for x in (r, loose))
             lines.append(
                 f"| {r['model']} | {r['devices']} | {r['batch']} | {r['rate_mbit']} | {r['floor']:.3f} | "
-                f"{full(m['ours'])} | {full(m['early-exit'])} | {ms(m['neurosurgeon'])} | "
-                f"{ms(m['edge-only'])} | {ms(m['cloud-only'])} | {vs_best} | "
-                f"{r['ours_vs_early_exit']:.3f}; {loose['ours_vs_early_exit']:.3f} |")
+                f"{full(m['ours'])}{exit_of(m['ours'])} | {full(m['ours-widths-only'])} | "
+                f"{full(m['early-exit'])}{exit_of(m['early-exit'])} | {ms(m['neurosurgeon'])} | "
+                f"{ms(m['edge-only'])} | {ms(m['cloud-only'])} | {vs_best} | {widths_only} |")
         dev = s["devices"]
         models = "; ".join(
             f"{m['name']}: full {m['full_accuracy_val']:.1%} val / {m['full_accuracy_test']:.1%} test, exits "
@@ -390,7 +395,11 @@ def offload(result: Result) -> list[str]:
                 f"{cells[k]['predicted_s'] * 1e3:.1f} → {cells[k]['measured_s'] * 1e3:.1f} ms"
                 + ("*" if cells[k]["extrapolated"] else "") if k in cells else "–" for k in methods) + " |")
     lines += ["", f"Every link {result['rtt_s'] * 1e3:g} ms round trip. Latency predicted by the placement "
-              "cost model from the measured profiles; cells: latency, test accuracy, bytes sent. Floors: "
+              "cost model from the measured profiles; cells: latency, test accuracy, bytes sent (exit e: the "
+              "request stops at the exit head after block e). Ours: block descendants (widths) placed by the "
+              "integer program once per end of the chain — each early exit meeting the floor and the whole "
+              "chain (edgeadapt.offload.exits.solve_with_exits); widths only: LegoDNN's choice, the whole "
+              "chain. Floors: "
               "full val accuracy − 1 point (tight) and − 3 (loose); ours is verified on val (re-solved when "
               f"the additive model was optimistic). * a transfer over {real['send_cap_s']:g} s was "
               "extrapolated "

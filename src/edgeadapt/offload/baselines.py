@@ -110,11 +110,15 @@ def _result(method: str, problem: PlacementProblem, pl: Placement, accuracy: flo
                           bytes_sent(problem, pl.devices), what, hops(problem, pl.devices), exit_block)
 
 
-def from_placement(problem: PlacementProblem, placement: Placement, method: str = "ours") -> BaselineResult:
-    """The integer program's placement as a :class:`BaselineResult` (accuracy: the additive model's)."""
-    widths = ",".join(f"{w:g}" for w in placement.widths)
+def from_placement(problem: PlacementProblem, placement: Placement, method: str = "ours",
+                   exit_block: int | None = None) -> BaselineResult:
+    """The integer program's placement as a :class:`BaselineResult` (accuracy: the additive model's);
+    ``exit_block`` when it stops at an exit (:func:`~edgeadapt.offload.exits.solve_with_exits`: the
+    placement's last block is then the exit head)."""
+    widths = ",".join(f"{w:g}" for w in (placement.widths if exit_block is None else placement.widths[:-1]))
+    where = "" if exit_block is None else f"exit after block {exit_block}: "
     return _result(method, problem, placement, placement.accuracy,
-                   f"{_segments(problem, placement.devices)}; widths {widths}")
+                   f"{where}{_segments(problem, placement.devices)}; widths {widths}", exit_block)
 
 
 def _servers(problem: PlacementProblem) -> list[int]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from edgeadapt.cli.args import finite_float, nonempty_str, positive_int, positive_int_list, size_text
 from edgeadapt.cli.data import _options
-from edgeadapt.errors import ConfigError
+from edgeadapt.errors import ConfigError, OutputExistsError
 
 DEFAULT_BATCH_SIZE = 8
 """`memory plan`'s effective batch per step when --batch-size is not given."""
@@ -53,6 +53,7 @@ def memory_batches(adapter: Any, model: str, data: str | None, options: dict[str
 def cmd_memory_plan(args: argparse.Namespace) -> int:
     """Choose micro-batching, freezing and checkpointing under ``--budget``: enumerate, predict,
     keep the Pareto set, probe by successive halving, print the table and the choice (or JSON).
+    An existing ``--save`` file is refused before the model loads unless ``--overwrite``.
     Python: ``edgeadapt.memory.search.search(adapter, budget, batches, eval_batches)``."""
     from edgeadapt.memory.accounting import parse_bytes
     from edgeadapt.memory.plan_file import plan_model, save_plan
@@ -63,6 +64,9 @@ def cmd_memory_plan(args: argparse.Namespace) -> int:
     budget = parse_bytes(args.budget)  # a bad size fails before the model loads
     if args.save is not None:
         check_output_file(args.save, "--save")
+        if args.save.exists() and not args.overwrite:  # a plan chosen earlier is not lost silently
+            raise OutputExistsError(f"--save: {str(args.save)!r} already exists; pass --overwrite to replace "
+                                    "it, or choose another path")
     adapter = load_model(args.model)
     train, held = memory_batches(adapter, args.model, args.data, _options(args.option), args.batch_size,
                                  args.probe_batches, args.eval_batches, args.seed)
@@ -153,6 +157,7 @@ def add_memory_parser(sub: Any) -> None:
             m.add_argument("--eval-batches", type=positive_int, default=4, help="held-out batches scored")
             m.add_argument("--lr", type=finite_float, default=1e-3, help="probe learning rate")
             m.add_argument("--save", type=Path, default=None, help="write the chosen plan (kind memory-plan)")
+            m.add_argument("--overwrite", action="store_true", help="replace an existing --save file")
             m.add_argument("--batch-sizes", type=positive_int_list, default=(),
                            help="also offer smaller effective batches, e.g. 4,8 (each dividing --batch-size; "
                            "fewer rows per step: less memory, more steps per second, other gradients)")

@@ -9,9 +9,9 @@ every ``Run`` (bytes both ways over the call time less the server's compute and 
 trip), both as exponential moving averages (:class:`LinkEstimate`).
 
 ``--floor F`` instead (``M`` a descendants artifact with its profile): the profile restricted to the
-edge and the server (:func:`edge_cloud_profile`) and the measured link give the placement problem;
-:func:`plan` solves it (a width and a device per block) and each request runs it, consecutive blocks
-on one device as one call (:func:`segments`). Before each request a
+edge and the server (:func:`~edgeadapt.offload.run_setup.edge_cloud_profile`) and the measured link
+give the placement problem; :func:`plan` solves it (a width and a device per block) and each request
+runs it, consecutive blocks on one device as one call (:func:`segments`). Before each request a
 :class:`~edgeadapt.offload.replan.Replanner` compares the link with the figures the plan used; a
 move beyond the factor re-solves it, and the placement changes only when the new one is better by a
 margin and the last change is at least ``replan_interval_s`` old (``replans`` lists the changes).
@@ -40,20 +40,15 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from edgeadapt.data.registry import build_dataset, dataset_info, options_at_size
 from edgeadapt.errors import ConfigError, InfeasibleError
-from edgeadapt.offload.build import EXITS_FILE, PROFILE_FILE, load_exit_profiles
 from edgeadapt.offload.client import LinkEstimate, OffloadClient, ServerUnreachable
-from edgeadapt.offload.exits import ExitProfile
 from edgeadapt.offload.netem import TokenBucket
 from edgeadapt.offload.placement import Placement
-from edgeadapt.offload.profile import ChainProfile
 from edgeadapt.offload.replan import (
     REPLAN_FACTOR,
     REPLAN_INTERVAL_S,
@@ -63,7 +58,16 @@ from edgeadapt.offload.replan import (
     replan_reason,
 )
 from edgeadapt.offload.report import OffloadReport
-from edgeadapt.offload.serve import RuntimeChain, descendants_dir, load_chain
+from edgeadapt.offload.run_setup import (
+    check_address,
+    check_server,
+    edge_cloud_profile,
+    load_exits,
+    load_test_split,
+    profile_for,
+    profile_path,
+)
+from edgeadapt.offload.serve import RuntimeChain, load_chain
 
 __all__ = ["OffloadReport", "OffloadRunConfig", "edge_cloud_profile", "plan", "plan_with_exits",
            "replan_reason", "run_offload", "segments", "steps"]
@@ -138,21 +142,6 @@ class OffloadRunConfig:
 
 
 # -- placement-driven runs ---------------------------------------------------------------------
-def edge_cloud_profile(profile: ChainProfile, edge: str | None = None, cloud: str | None = None
-                       ) -> ChainProfile:
-    """``profile`` restricted to two devices, edge first (the source of requests): ``edge`` and
-    ``cloud`` by name, by default its first device and the first other one. Raises
-    :class:`ConfigError` for an unknown name or a profile of one device."""
-    names = [d.name for d in profile.devices]
-    edge = edge or names[0]
-    cloud = cloud or next((n for n in names if n != edge), None)
-    for flag, name in (("--edge-device", edge), ("--cloud-device", cloud)):
-        if name not in names or (flag == "--cloud-device" and name == edge):
-            raise ConfigError(f"{flag} {name!r}: the profile's devices are {names}; the edge and the cloud "
-                              "are two of them (profile the descendants on both)")
-    return replace(profile, devices=[profile.devices[names.index(edge)], profile.devices[names.index(cloud)]])
-
-
 def segments(devices: Sequence[int]) -> list[tuple[int, int, int]]:
     """``(start, end, device)`` of each run of consecutive blocks on one device: one call each."""
     out: list[tuple[int, int, int]] = []
@@ -196,59 +185,6 @@ def _link_dict(bandwidth: float, rtt_s: float) -> dict[str, float]:
     return {"bandwidth_mbps": bandwidth * 8 / 1e6, "rtt_ms": rtt_s * 1e3}
 
 
-def _profile_path(cfg: OffloadRunConfig) -> Path:
-    """The profile of a ``floor`` run: ``cfg.profile`` or ``profile.json`` beside the artifact."""
-    directory = descendants_dir(cfg.model)
-    if cfg.profile is None and directory is None:
-        raise ConfigError(f"--floor needs a descendants artifact (build_offload's output) as --model, or "
-                          f"--profile; {cfg.model!r} is neither")
-    return Path(cfg.profile) if cfg.profile is not None else directory.parent / PROFILE_FILE
-
-
-def _exits_for(cfg: OffloadRunConfig, chain: RuntimeChain, profile: ChainProfile) -> list[ExitProfile]:
-    """The exit profiles a ``floor`` run may end at: ``exits.json`` beside the profile, checked against
-    the chain's exit heads and the profile's batch size; ``[]`` with ``use_exits=False`` or when the
-    artifact was built without exits."""
-    path = _profile_path(cfg).parent / EXITS_FILE
-    if not cfg.use_exits or not path.is_file():
-        return []
-    batch_size, exits = load_exit_profiles(path)
-    blocks = sorted(ex.block for ex in exits)
-    if blocks != list(range(len(chain.exits))) or batch_size != profile.batch_size:
-        heads = list(range(len(chain.exits)))
-        raise ConfigError(f"exit profile {path} (exits after blocks {blocks}, batch {batch_size}) does not "
-                          f"fit {cfg.model!r} (exit heads after blocks {heads}) and its "
-                          f"profile (batch {profile.batch_size}); rebuild it with `offload build`, or pass "
-                          "--no-exits")
-    return exits
-
-
-def _profile_for(cfg: OffloadRunConfig, chain: RuntimeChain) -> ChainProfile:
-    """The two-device profile of a ``floor`` run, checked against the chain (same blocks, widths built)."""
-    path = _profile_path(cfg)
-    profile = edge_cloud_profile(ChainProfile.load(path), cfg.edge_device, cfg.cloud_device)
-    missing = [w for w in profile.widths if w not in chain.widths]
-    if profile.blocks != chain.names or missing:
-        raise ConfigError(f"offload profile {path} is of blocks {profile.blocks} at widths {profile.widths}, "
-                          f"but {cfg.model!r} has blocks {chain.names} at widths {list(chain.widths)}; "
-                          "profile the artifact you run")
-    return profile
-
-
-def _test_split(name: str, chain: RuntimeChain) -> Any:
-    """The test split of dataset ``name`` at the model's input size; refuses a non-image dataset or
-    one whose class count differs from the model's logits."""
-    if dataset_info(name).task != "image-classification":
-        raise ConfigError(f"--data: {name!r} is not an image-classification dataset")
-    size = chain.input_shapes[0][-1]
-    split = build_dataset(name, **options_at_size(name, {}, size, "--data")).test
-    classes = chain.input_shapes[-1][0]
-    if len(split.classes) != classes:
-        raise ConfigError(f"--data: {name!r} has {len(split.classes)} classes but the model has "
-                          f"{classes} outputs")
-    return split
-
-
 def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
                 chain: RuntimeChain | None = None) -> OffloadReport:
     """Evaluate ``cfg.model`` between this process (the edge) and ``cfg.server``: split after block
@@ -286,13 +222,16 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
         blocks = ", ".join(f"{i + 1}={name}" for i, name in enumerate(chain.names))
         raise ConfigError(f"--split {cfg.split}: the model has {n} blocks; give 0 (cloud-only) to {n} "
                           f"(edge-only); K runs blocks 1..K on the edge: {blocks}")
-    profile = _profile_for(cfg, chain) if cfg.floor is not None else None
-    exits = _exits_for(cfg, chain, profile) if profile is not None else []
+    profile_file = profile_path(cfg.model, cfg.profile) if cfg.floor is not None else None
+    profile = (profile_for(profile_file, chain, cfg.model, cfg.edge_device, cfg.cloud_device)
+               if profile_file is not None else None)
+    exits = (load_exits(profile_file, chain, profile, cfg.model)
+             if profile is not None and cfg.use_exits else [])
     if profile is not None:  # fail fast on an unreachable floor: it does not depend on the link
         plan_with_exits(profile, exits, cfg.floor, 1e9, 0.0)
     names = [d.name for d in profile.devices] if profile is not None else ["edge", "cloud"]
     batch_size = cfg.batch_size or (profile.batch_size if profile is not None else DEFAULT_BATCH_SIZE)
-    split = _test_split(cfg.data, chain)
+    split = load_test_split(cfg.data, chain)
     widths: list[float] = [1.0] * n
     split_devices = [0] * n if cfg.split is None else [0] * cfg.split + [1] * (n - cfg.split)
     devices: list[int] = list(split_devices)
@@ -340,7 +279,7 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
         """Check the server, measure the link and place (or restore the split); raises
         ServerUnreachable."""
         client.ping(timeout_s)
-        _check_server(client.info(), chain, cfg.server, exits=bool(exits))
+        check_server(client.info(), chain, cfg.server, exits=bool(exits))
         for _ in range(2):
             client.ping(timeout_s)
         if probe:
@@ -488,28 +427,3 @@ def _by_exit(ends: Any) -> dict[str, int]:
         key = "full" if e is None else f"exit-{e}"
         out[key] = out.get(key, 0) + 1
     return out
-
-
-def check_address(server: str, field: str = "--server") -> None:
-    """Refuse (:class:`ConfigError`) an address that is not ``HOST:PORT`` with a port in 1..65535
-    (``[::1]:P`` for IPv6)."""
-    host, _, port = server.rpartition(":")
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ConfigError(f"{field}: {server!r} is not HOST:PORT (e.g. 127.0.0.1:50051, [::1]:50051)")
-
-
-def _check_server(info: dict[str, Any], chain: RuntimeChain, server: str, exits: bool = False) -> None:
-    """Refuse a server whose chain is not this one (block count or weights differ) and, when the edge
-    places with ``exits``, one whose exit heads are not this edge's (other weights, or none)."""
-    if info.get("blocks") != len(chain) or info.get("weights_hash") != chain.weights_hash:
-        raise ConfigError(f"offload run: the server at {server} serves {info.get('model')!r} "
-                          f"({info.get('blocks')} blocks, weights {str(info.get('weights_hash'))[:12]}) but "
-                          f"this edge runs {chain.name!r} ({len(chain)} blocks, weights "
-                          f"{chain.weights_hash[:12]}); "
-                          "serve and run the same model")
-    if exits and info.get("exits_hash") != chain.exits_hash:
-        theirs = info.get("exits_hash")
-        raise ConfigError(f"offload run: the server at {server} serves "
-                          f"{'exit heads ' + str(theirs)[:12] if theirs else 'no exit heads'} but this edge "
-                          f"plans with exit heads {str(chain.exits_hash)[:12]}; serve the same artifact, or "
-                          "run with --no-exits")

@@ -7,12 +7,16 @@ The library names config fields (``memory_budget=1.0 KiB is infeasible ...; set 
 the CLI prints ``--memory-budget`` instead: :func:`name_flags` rewrites the message of an
 :class:`~edgeadapt.errors.EdgeAdaptError` for every flag on the command line. A flag names the field
 of the same name (``--replan-factor`` -> ``replan_factor``) and those in :data:`FIELDS_OF_FLAG`.
+An item of a list field (``stream[1]``, ``stream[1].options``) is named by its flag and its place,
+counted from 1 in the noun of :data:`ITEM_OF_FLAG`, with the value typed when the message lacks it.
 
 >>> name_flags("memory_budget=1.0 KiB is infeasible; set memory_budget >= 5,768 bytes",
 ...            ["adapt", "--memory-budget", "1KiB"])
 '--memory-budget=1.0 KiB is infeasible; set --memory-budget >= 5,768 bytes'
 >>> name_flags("width: must be in (0, 1]; budget.steps: must be >= 1", ["adapt", "--width=2", "--steps", "0"])
 '--width: must be in (0, 1]; --steps: must be >= 1'
+>>> name_flags("stream[1]: 'blur' needs a severity, e.g. 'blur:3'", ["adapt", "--stream", "fog:3,blur"])
+"--stream 'fog:3,blur' (domain 2): 'blur' needs a severity, e.g. 'blur:3'"
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ FIELDS_OF_FLAG: dict[str, tuple[str, ...]] = {
     "--steps": ("budget.steps",),
     "--timeout": ("timeout_s",),
 }
+
+ITEM_OF_FLAG: dict[str, str] = {"--stream": "domain"}
+"""flag -> what one item of the list it sets is called in messages (default ``item``)."""
 
 
 def typed_flags(argv: Sequence[str]) -> list[str]:
@@ -43,10 +50,38 @@ def _field_pattern(field: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![\w.\-]){re.escape(field)}(?!\w|\.\w){label}")
 
 
+def flag_value(argv: Sequence[str], flag: str) -> str | None:
+    """The value the last ``flag`` on ``argv`` was given (``--flag v`` or ``--flag=v``), else ``None``."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg[len(flag) + 1:]
+    return value
+
+
+def _name_items(message: str, field: str, flag: str, argv: Sequence[str]) -> str:
+    """``field[i]`` (and ``field[i].sub.path``) in ``message`` as ``flag 'value' (noun i+1, sub.path)``;
+    the value only when the message does not already show it (a config error's ``(got ...)``)."""
+    value = flag_value(argv, flag)
+    shown = "" if value is None or repr(value) in message else f" {value!r}"
+    noun = ITEM_OF_FLAG.get(flag, "item")
+
+    def item(match: re.Match[str]) -> str:
+        path = f", {match.group(2)[1:]}" if match.group(2) else ""
+        return f"{flag}{shown} ({noun} {int(match.group(1)) + 1}{path})"
+
+    pattern = re.compile(rf"(?<![\w.\-]){re.escape(field)}\[(\d+)\]((?:\.\w+)*)")
+    return pattern.sub(item, message)
+
+
 def name_flags(message: str, argv: Sequence[str]) -> str:
-    """``message`` with each config field set by a flag on ``argv`` replaced by that flag."""
+    """``message`` with each config field set by a flag on ``argv`` replaced by that flag (an item of a
+    list field by the flag, the value and the item's place: :func:`_name_items`)."""
     for flag in typed_flags(argv):
         for field in (flag[2:].replace("-", "_"), *FIELDS_OF_FLAG.get(flag, ())):
+            message = _name_items(message, field, flag, argv)
             message = _field_pattern(field).sub(flag, message)
     return message
 

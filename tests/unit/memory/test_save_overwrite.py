@@ -23,7 +23,8 @@ def test_an_existing_save_file_is_refused_before_the_model_loads_with_the_fix(tm
     saved.write_text("{\"kind\": \"memory-plan\"}\n")
     assert main(["memory", "plan", "tiny-resnet", "--budget", "1MiB", "--save", str(saved)]) == 2
     err = capsys.readouterr().err
-    assert str(saved) in err and "--overwrite" in err and err.startswith("edgeadapt memory plan: error: --save")
+    assert err.startswith("edgeadapt memory plan: error: --save")
+    assert str(saved) in err and "--overwrite" in err
     assert saved.read_text() == "{\"kind\": \"memory-plan\"}\n"
 
 

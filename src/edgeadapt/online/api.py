@@ -53,6 +53,7 @@ from edgeadapt.online.edge_plan import (
     plan_for_memory,
 )
 from edgeadapt.online.losses import AdaptLossConfig, set_trainable, source_stats
+from edgeadapt.online.method_options import check_method_options
 from edgeadapt.online.methods import method_names, methods_for
 from edgeadapt.online.methods.base import MethodContext, loss_config_for, our_loss
 from edgeadapt.online.proxy import extract_proxy, width_for_memory, width_for_params
@@ -275,10 +276,17 @@ def adapt(fm: Any, kb: Any, stream: DriftStream | str | Path | Sequence[Any] | N
     Returns :func:`~edgeadapt.online.runner.run_stream`'s dict (``rows``, ``per_domain``,
     ``domains``) plus ``proxy_width``, ``source`` (its name) and ``clean_<metric>`` (the FM on the
     source test split, e.g. ``clean_accuracy``) when the source has a test split. Bad input is a
-    :class:`~edgeadapt.errors.ConfigError` raised before any training."""
+    :class:`~edgeadapt.errors.ConfigError` raised before any training; ``method_options`` is checked
+    first, as ``edgeadapt adapt`` checks it (:func:`~edgeadapt.online.method_options.check_method_options`:
+    a misspelt setting names the closest known one)."""
     task = getattr(getattr(fm, "task", None), "name", None)
     names = list(methods_for(task) if methods is None else methods)
     check_methods(names)
+    if method_options is not None:
+        if not isinstance(method_options, Mapping):
+            raise ConfigError(f"method_options: a mapping of method name -> settings, got {method_options!r}")
+        check_method_options({name: dict(settings) if isinstance(settings, Mapping) else settings
+                              for name, settings in method_options.items()})
     for needed in ("evaluate", "task_loss", "model"):
         if not hasattr(fm, needed):
             raise ConfigError(f"fm: {type(fm).__name__} is not a model adapter (it has no {needed!r}); wrap "

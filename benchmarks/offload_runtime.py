@@ -1,6 +1,6 @@
 """Offload runtime benchmark: the real ``offload serve`` / ``offload run`` processes, not the cost model.
 
-Three measurements on tiny-resnet (2 epochs on digits, 32×32) and its descendants at widths 1 and
+Four measurements on tiny-resnet (2 epochs on digits, 32×32) and its descendants at widths 1 and
 0.5 (``edgeadapt.offload.build.build_offload``, cached in ``runs/offload-runtime/built``):
 
 1. **Malformed frames.** 1,000 seeded corruptions of a valid ``Run`` frame
@@ -12,7 +12,11 @@ Three measurements on tiny-resnet (2 epochs on digits, 32×32) and its descendan
    requests one after another: p50/p95 per request as the edge measured them, over loopback and —
    with root and iproute2 — over a veth pair between two namespaces shaped to 10 Mbit/s by tc tbf
    (``edgeadapt.offload.netem.veth_namespaces``; no added delay).
-3. **Re-plan time.** ``run --floor`` while the link steps down and back up: seconds from each step to
+3. **Early exits in real processes.** ``run --floor --emulate-edge`` (the edge's blocks run at its
+   profile's slowdown, as the plan assumes) on the measured profile with the artifact's exit heads
+   (trained 2 epochs by ``build_offload(exit_epochs=2)``) and with ``--no-exits``: the same floor,
+   real requests; the re-plan and fast-cloud rows use ``--no-exits`` (whole chain).
+4. **Re-plan time.** ``run --floor`` while the link steps down and back up: seconds from each step to
    the first placement change after it. With the application token bucket
    (``edgeadapt.offload.netem.SteppedBucket``: loopback → 0.16 Mbit/s after 1 s, back after 2 s more;
    three runs) and on the veth pair (100 → 1 → 100 Mbit/s by ``tc qdisc change``). The measured
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -65,14 +70,15 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("O
 def build(out: Path, quick: bool) -> Path:
     """tiny-resnet trained on digits and its descendants + profile (cached), and ``fast-cloud.json``."""
     built = out / "built"
-    if not (built / "profile.json").is_file():
+    if not (built / "exits.json").is_file():  # (a cache from before exits: rebuilt)
+        shutil.rmtree(built, ignore_errors=True)
         adapter = load_adapter("tiny-resnet")
         splits = build_dataset("digits", size=32)
         fit(adapter, lambda e: splits.train.batches(64, shuffle=True, seed=e),
             TrainConfig(epochs=1 if quick else 2, learning_rate=3e-3, seed=0, progress=False, device="cpu"))
         adapter.model.cpu().eval()
         cfg = OffloadBuildConfig("tiny-resnet", widths=(1.0, 0.5), epochs=1 if quick else 2, batch_size=128,
-                                 warmup=1, repeats=3 if quick else 7, checks=0)
+                                 warmup=1, repeats=3 if quick else 7, checks=0, exit_epochs=1 if quick else 2)
         build_offload(cfg, built, devices=[EMULATED_EDGE, LOCAL_CLOUD], adapter=adapter)
     data = json.loads((built / "profile.json").read_text())
     for row in data["rows"]:
@@ -131,7 +137,8 @@ def latency_row(link: str, case: str, r: dict[str, Any]) -> dict[str, Any]:
             "p95_ms": r["latency_ms"]["p95"], "accuracy": r["accuracy"], "bytes_sent": r["bytes_sent"],
             "probe_bytes_sent": r["probe_bytes"]["sent"], "bandwidth_estimate_mbps": r["bandwidth_mbps"],
             "rtt_ms": r["rtt_ms"], "replans": len(r["replans"]), "replan_checks": r["replan_checks"],
-            "placement": [f"{b['width']}@{b['device']}" for b in r["placement"]["blocks"]]}
+            "placement": [f"{b['width']}@{b['device']}" for b in r["placement"]["blocks"]],
+            "exit_block": r.get("exit_block"), "requests_by_exit": r.get("requests_by_exit")}
 
 
 def latencies(built: Path, server: str, token_file: Path, link: str, floor: float, limit: int,
@@ -139,8 +146,11 @@ def latencies(built: Path, server: str, token_file: Path, link: str, floor: floa
     n = len(json.loads((built / "profile.json").read_text())["blocks"])
     cases = [("edge-only (--split %d)" % n, ["--split", str(n)]), ("split after block 2", ["--split", "2"]),
              ("cloud-only (--split 0)", ["--split", "0"]),
-             (f"--floor {floor} (fast-cloud profile)", ["--floor", str(floor), "--profile",
-                                                        str(built / "fast-cloud.json")])]
+             (f"--floor {floor} (fast-cloud profile)", ["--floor", str(floor), "--no-exits", "--profile",
+                                                        str(built / "fast-cloud.json")]),
+             (f"--floor {floor}, whole chain (--no-exits), emulated edge",
+              ["--floor", str(floor), "--no-exits", "--emulate-edge"]),
+             (f"--floor {floor} with early exits, emulated edge", ["--floor", str(floor), "--emulate-edge"])]
     rows = []
     for case, args in cases:
         r = cli_run(built, server, token_file, [*args, "--batch-size", "1", "--limit", str(limit)], prefix)
@@ -167,7 +177,7 @@ def replan_bucket(built: Path, server: str, floor: float, repeats: int) -> list[
     for k in range(repeats):
         link = SteppedBucket(1e12, 1 << 30, steps=[(1.0, 2e4), (2.0, 1e12)])
         cfg = OffloadRunConfig(str(built), server, TOKEN.encode(), floor=floor,
-                               profile=str(built / "fast-cloud.json"), duration_s=5.0)
+                               profile=str(built / "fast-cloud.json"), duration_s=5.0, use_exits=False)
         r = run_offload(cfg, link).to_dict()
         drop, recover = replan_delays(r["replans"], link.changed_at) + [None] * (2 - len(link.changed_at))
         rows.append({"run": k, "drop_s": drop, "recover_s": recover, "placement_changes": len(r["replans"]),
@@ -200,7 +210,8 @@ def veth(built: Path, token_file: Path, floor: float, limit: int, quick: bool) -
             duration = 12.0
             proc_args = [*edge, sys.executable, "-m", "edgeadapt", "offload", "run", "--model", str(built),
                          "--server", server.address, "--token-file", str(token_file), "--floor", str(floor),
-                         "--profile", str(built / "fast-cloud.json"), "--duration", str(duration), "--json"]
+                         "--no-exits", "--profile", str(built / "fast-cloud.json"),
+                         "--duration", str(duration), "--json"]
             launched = time.time()
             proc = subprocess.Popen(proc_args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                     env=ENV)
@@ -230,6 +241,7 @@ def veth(built: Path, token_file: Path, floor: float, limit: int, quick: bool) -
 
 def targets(fuzz: dict[str, Any], bucket: list[dict[str, Any]], vth: dict[str, Any],
             loop_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = loop_rows + vth.get("latency", [])
     delays = [d for r in bucket for d in (r["drop_s"], r["recover_s"])]
     worst = None if any(d is None for d in delays) else max(delays)
     out = [{"target": f"zero server crashes across {fuzz['frames']:,} malformed frames",
@@ -255,6 +267,15 @@ def targets(fuzz: dict[str, Any], bucket: list[dict[str, Any]], vth: dict[str, A
                 "met": floor_row["replans"] == 0,
                 "value": f"{floor_row['replans']} changes over {floor_row['requests']} requests "
                          f"({floor_row['replan_checks']} re-solves kept the placement)"})
+    for link in dict.fromkeys(r["link"] for r in rows):
+        whole = next(r for r in rows if r["link"] == link and "whole chain" in r["case"])
+        exits = next(r for r in rows if r["link"] == link and "early exits" in r["case"])
+        out.append({"target": f"real processes, {link}, emulated edge: early exits at least as fast as the "
+                              "whole chain at the same floor (p50)",
+                    "met": exits["p50_ms"] <= whole["p50_ms"],
+                    "value": f"{exits['p50_ms']:.2f} ms (exit {exits['exit_block']}, accuracy "
+                             f"{exits['accuracy']:.3f}) vs {whole['p50_ms']:.2f} ms (accuracy "
+                             f"{whole['accuracy']:.3f}): {exits['p50_ms'] / whole['p50_ms']:.2f}x"})
     return out
 
 

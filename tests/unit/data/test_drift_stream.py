@@ -198,4 +198,5 @@ def test_data_show_stream_prints_domains_of_any_dataset(tmp_path, capsys):
     assert main(["data", "show", "stream", "--stream", str(path), "--grid", str(tmp_path / "g.png")]) == 0
     path.write_text("- {dataset: builtin-docs, options: {size: 3}}\n")
     assert main(["data", "show", "stream", "--stream", str(path)]) == 2
-    assert "stream[0].options: ['size'] are not options of dataset 'builtin-docs'" in capsys.readouterr().err
+    err = capsys.readouterr().err  # the flag typed, the value, which domain and field
+    assert f"--stream '{path}' (domain 1, options): ['size'] are not options of dataset 'builtin-docs'" in err

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from edgeadapt.data.registry import build_dataset
 from edgeadapt.models.registry import load_adapter
+from edgeadapt.offload.serve import ServeConfig, load_chain, start_server
 
 
 def trained_tiny_resnet(epochs: int = 2):
@@ -26,3 +28,23 @@ def trained_tiny_resnet(epochs: int = 2):
             opt.step()
     adapter.model.eval()
     return adapter, splits
+
+
+# fixtures for modules that define TOKEN and a module-scoped ``built`` fixture whose first item is a
+# built offload directory (``offload build`` output)
+@pytest.fixture(scope="module")
+def server(built, request):
+    """An in-process ``offload serve`` of ``built``'s descendants on a free loopback port, with the
+    requesting module's ``TOKEN``; stopped after the module."""
+    running = start_server(load_chain(built[0] / "descendants"), request.module.TOKEN, ServeConfig(port=0))
+    yield running
+    running.stop(grace=0)
+
+
+@pytest.fixture
+def token_file(tmp_path, request):
+    """A private (0600) token file holding the requesting module's ``TOKEN``."""
+    path = tmp_path / "token"
+    path.write_text(request.module.TOKEN.decode())
+    path.chmod(0o600)
+    return path

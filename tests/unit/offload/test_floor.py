@@ -21,7 +21,6 @@ from edgeadapt.offload.client import OffloadClient
 from edgeadapt.offload.netem import TokenBucket
 from edgeadapt.offload.profile import EMULATED_EDGE, LOCAL_CLOUD
 from edgeadapt.offload.run import OffloadRunConfig, replan_reason, run_offload, segments
-from edgeadapt.offload.serve import ServeConfig, load_chain, start_server
 from tests.unit.offload.conftest import trained_tiny_resnet
 
 TOKEN = b"floor-token-0123"
@@ -39,21 +38,6 @@ def built(tmp_path_factory):
     _, profile = build_offload(cfg, out, devices=[EMULATED_EDGE, LOCAL_CLOUD], adapter=adapter)
     assert 0.5 < profile.base_accuracy < 1.0
     return out, load_descendants(out / "descendants"), profile
-
-
-@pytest.fixture(scope="module")
-def server(built):
-    running = start_server(load_chain(built[0] / "descendants"), TOKEN, ServeConfig(port=0))
-    yield running
-    running.stop(grace=0)
-
-
-@pytest.fixture
-def token_file(tmp_path):
-    path = tmp_path / "token"
-    path.write_text(TOKEN.decode())
-    path.chmod(0o600)
-    return path
 
 
 def test_the_server_runs_any_block_at_any_width_and_full_width_equals_the_model(built, server):

@@ -49,21 +49,6 @@ def built(tmp_path_factory):
     return out, desc, profile, exits, splits
 
 
-@pytest.fixture(scope="module")
-def server(built):
-    running = start_server(load_chain(built[0] / "descendants"), TOKEN, ServeConfig(port=0))
-    yield running
-    running.stop(grace=0)
-
-
-@pytest.fixture
-def token_file(tmp_path):
-    path = tmp_path / "token"
-    path.write_text(TOKEN.decode())
-    path.chmod(0o600)
-    return path
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

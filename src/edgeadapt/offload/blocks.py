@@ -120,20 +120,29 @@ class BlockChain(nn.Module):
         self.names = list(names)
         self.blocks = nn.ModuleList(blocks)
 
+    @staticmethod
+    def _input_for(blocks: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the first of ``blocks``' weight dtype when it is floating (a bf16 model takes
+        float32 inputs from the wire or the data)."""
+        dtype = next((p.dtype for b in blocks for p in b.parameters() if p.is_floating_point()), None)
+        if dtype is not None and x.is_floating_point() and x.dtype != dtype:
+            x = x.to(dtype)
+        return x
+
     def forward(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Run blocks ``start..stop-1`` on ``x``; a floating ``x`` takes the first block's weight
         dtype (a bf16 model takes float32 inputs from the wire or the data)."""
         blocks = self.blocks[start:stop]
-        dtype = next((p.dtype for b in blocks for p in b.parameters() if p.is_floating_point()), None)
-        if dtype is not None and x.is_floating_point() and x.dtype != dtype:
-            x = x.to(dtype)
+        x = self._input_for(blocks, x)
         for block in blocks:
             x = block(x)
         return x
 
     def trace(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Every block's output, in order (block ``b``'s input is ``x`` or output ``b-1``)."""
+        """Every block's output, in order (block ``b``'s input is ``x`` or output ``b-1``); ``x`` is
+        cast as :meth:`forward` casts it."""
         outs = []
+        x = self._input_for(self.blocks, x)
         for block in self.blocks:
             x = block(x)
             outs.append(x)

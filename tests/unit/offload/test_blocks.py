@@ -107,3 +107,30 @@ def test_a_bf16_chain_takes_float32_inputs(name):
         middle = chain(chain(x, 0, 2).float(), 2)  # a float32 frame from the wire mid-chain
     assert out.dtype == torch.bfloat16 and out.shape == (2, 10)
     assert torch.equal(middle, out)
+
+
+def test_descendants_of_a_bf16_checkpoint_reload_in_the_stored_float32(tmp_path):
+    """Before: `offload build` upcast a bf16 checkpoint and saved float32 descendants, but
+    load_descendants rebuilt them from the config in bf16 (rounding the weights), so `offload serve`
+    / `run` on the artifact crashed (float input, bf16 bias) — new-user trial. Now they reload in the
+    stored dtype, exactly; trace casts its input as forward does."""
+    from edgeadapt.numerics import upcast
+
+    load_adapter("tiny-resnet").model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    adapter = load_adapter(str(tmp_path / "bf16"))
+    assert next(adapter.model.parameters()).dtype == torch.bfloat16
+    upcast(adapter.model)
+    desc = make_descendants(adapter, (1.0, 0.5))
+    save_descendants(desc, tmp_path / "d")
+    back = load_descendants(tmp_path / "d")
+    for row, saved in zip(back.modules, desc.modules):
+        for got, want in zip(row, saved):
+            for (k, a), b in zip(got.state_dict().items(), want.state_dict().values()):
+                assert a.dtype == b.dtype and torch.equal(a, b), k
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        chain = back.chain([0.5] * len(back.names))
+        assert torch.equal(chain.trace(x)[-1], chain(x))
+        bf16 = load_adapter(str(tmp_path / "bf16"))
+        bf16.model.eval()
+        assert block_chain(bf16).trace(x)[-1].dtype == torch.bfloat16  # float32 images, bf16 chain

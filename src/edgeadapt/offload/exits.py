@@ -75,9 +75,21 @@ def train_exit_heads(chain: BlockChain, batches: Sequence[dict[str, torch.Tensor
     an exit on the final features would duplicate it), trained with cross-entropy on the frozen
     chain's outputs: per batch one backbone pass (no gradients) feeds every head, each takes an
     Adam step (BranchyNet's equal weight per exit, backbone frozen). Heads are returned in eval
-    mode; ``heads[e]`` reads block ``e``'s output."""
+    mode; ``heads[e]`` reads block ``e``'s output. Raises :class:`~edgeadapt.errors.ConfigError` for
+    no batches, batches without ``pixel_values`` and ``labels``, or a label outside ``num_labels``."""
     if epochs < 1 or lr <= 0:
         raise ConfigError(f"exit heads need epochs >= 1 and lr > 0; got {epochs}, {lr}")
+    batches = list(batches)
+    if not batches:
+        raise ConfigError("exit heads need at least one batch of training data")
+    for i, batch in enumerate(batches):
+        if not isinstance(batch, dict) or not {"pixel_values", "labels"} <= set(batch):
+            raise ConfigError(f"exit heads train on labelled batches: batch {i} must be a dict with "
+                              "'pixel_values' and 'labels' (e.g. ImageSplit.batches(...))")
+        top = int(batch["labels"].max()) if batch["labels"].numel() else -1
+        if top >= num_labels or (batch["labels"].numel() and int(batch["labels"].min()) < 0):
+            raise ConfigError(f"num_labels={num_labels} but batch {i} holds label {top}: give the data's "
+                              f"class count (at least {top + 1})")
     chain.eval()
     with torch.no_grad():
         shapes = chain.trace(batches[0]["pixel_values"][:1])
@@ -221,8 +233,15 @@ def exit_problem(problem: PlacementProblem, profile: ChainProfile, ex: ExitProfi
     """The placement problem of the chain ending at exit ``ex``: blocks ``0..ex.block`` with the
     options of ``problem`` (made by ``profile.problem``) and the exit's own accuracy drops — full
     width only when it has none — then the head as a one-option block whose output is the logits."""
-    if ex.block >= len(problem.options) - 1:
-        raise ConfigError(f"exit after block {ex.block}: the chain has {len(problem.options)} blocks")
+    if not 0 <= ex.block < len(problem.options) - 1:
+        raise ConfigError(f"exit after block {ex.block}: the chain has {len(problem.options)} blocks (an "
+                          f"exit follows one of blocks 0..{len(problem.options) - 2})")
+    if ex.drops and (len(ex.drops) != ex.block + 1
+                     or any(len(row) != len(profile.widths) for row in ex.drops)):
+        raise ConfigError(f"exit after block {ex.block}: its drops are {len(ex.drops)} rows of "
+                          f"{sorted({len(r) for r in ex.drops})} widths, not {ex.block + 1} rows of the "
+                          f"profile's {len(profile.widths)} widths; profile the exits on this chain's "
+                          "descendants")
     names = problem.devices
     missing = [d for d in names if d not in ex.latency_s]
     if missing:

@@ -86,6 +86,8 @@ class PlacementProblem:
                 raise ConfigError(f"{name} must be a {n_d}×{n_d} matrix (one row and column per device)")
         if any(self.bandwidth[i][j] <= 0 for i in range(n_d) for j in range(n_d) if i != j):
             raise ConfigError("every link's bandwidth must be positive (bytes/s)")
+        if any(not self.rtt_s[i][j] >= 0 for i in range(n_d) for j in range(n_d) if i != j):
+            raise ConfigError(f"every link's round trip must be >= 0 seconds; got rtt_s={self.rtt_s}")
         if not 0 <= self.source < n_d:
             raise ConfigError(f"source device {self.source} is not one of the {n_d} devices")
         for b, opts in enumerate(self.options):
@@ -312,7 +314,10 @@ def solve(problem: PlacementProblem, floor: float, backend: str = "highs",
     placement found so far is returned with ``optimal=False``; none found by then is a
     :class:`~edgeadapt.errors.ConfigError` (raise the limit). Raises
     :class:`~edgeadapt.errors.InfeasibleError` naming the best accuracy any placement within memory
-    reaches (or saying that none fits memory)."""
+    reaches (or saying that none fits memory); a ``floor`` above 1 or NaN is a
+    :class:`~edgeadapt.errors.ConfigError` (a floor at or below 0 asks for no accuracy)."""
+    if not floor <= 1.0:
+        raise ConfigError(f"accuracy floor {floor!r} is not a fraction <= 1 (e.g. 0.9 for 90%)")
     found = _run(problem, floor, "latency", backend, time_limit_s)
     if found is not None:
         return found

@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from edgeadapt.errors import InfeasibleError
+from edgeadapt.errors import ConfigError, InfeasibleError
 from edgeadapt.offload.baselines import early_exit
-from edgeadapt.offload.blocks import make_descendants
+from edgeadapt.offload.blocks import block_modules, make_descendants
 from edgeadapt.offload.exits import (
     ExitProfile,
     exit_accuracies,
@@ -134,3 +134,30 @@ def test_exit_accuracy_drops_match_direct_measurement():
     narrowed = exit_accuracies(desc.chain([1.0] * b + [0.5] + [1.0] * (n - b - 1)), heads, val)
     assert drops[e][b][1] == pytest.approx(base[e] - narrowed[e])
     assert drops[0][0][1] == pytest.approx(0.0)  # the stem has no inner width: same module
+
+
+def test_bad_inputs_are_config_errors_naming_the_fix():
+    """Before (new-user trial): IndexError for a label beyond num_labels, pixel-only or no batches,
+    ViT exits on a ResNet profile; a negative round trip gave a negative latency; exit block -1 and a
+    floor of 1.5 or NaN were accepted or reported as merely unreachable."""
+    adapter, splits = trained_tiny_resnet(epochs=1)
+    chain = make_descendants(adapter, (1.0, 0.5)).chain([1.0] * len(block_modules(adapter)[0]))
+    train = list(splits.train.batches(64))[:2]
+    with pytest.raises(ConfigError, match="num_labels=7 but batch 0 holds label 9"):
+        train_exit_heads(chain, train, num_labels=7)
+    with pytest.raises(ConfigError, match="'pixel_values' and 'labels'"):
+        train_exit_heads(chain, [b["pixel_values"] for b in train], num_labels=10)
+    with pytest.raises(ConfigError, match="at least one batch"):
+        train_exit_heads(chain, [], num_labels=10)
+    prof = two_width_profile()
+    head = {"edge": 2e-4, "cloud": 1e-4}
+    with pytest.raises(ConfigError, match="exit after block -1"):
+        solve_with_exits(prof, [ExitProfile(-1, 0.9, head, 10, 40)], 1e6, 0.002, 0.5)
+    wrong = ExitProfile(1, 0.9, head, 10, 40, ((0.0, 0.0, 0.0, 0.0),))  # another chain's widths
+    with pytest.raises(ConfigError, match="profile the exits on this chain"):
+        solve_with_exits(prof, [wrong], 1e6, 0.002, 0.5)
+    with pytest.raises(ConfigError, match="round trip must be >= 0"):
+        prof.problem(1e6, -2.0)
+    for floor in (1.5, float("nan")):
+        with pytest.raises(ConfigError, match="not a fraction"):
+            solve(prof.problem(1e6, 0.002), floor)

@@ -80,7 +80,7 @@ class OffloadReport:
                   for f in self.fallbacks]
         lines += [f"  back on the server at request {r['at_request']} after {r['down_s']:.1f} s"
                   for r in self.reconnects]
-        if self.placement is not None and self.split is None:
+        if self.placement is not None and self.split is None and "floor" in self.placement:
             p = self.placement
             lines.append(f"floor {p['floor']:.4f}: predicted accuracy {p['predicted_accuracy']:.4f}, "
                          f"predicted latency {p['predicted_latency_ms']:.2f} ms")

@@ -255,25 +255,40 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
                         "reason": reason, "link": _link_dict(*replanner.planned), "changed": True,
                         **_placement_dict(chain, widths, devices, names, exit_block)})
 
-    def go_edge_only() -> None:  # with a floor: the fastest edge-only widths (and exit) that meet it
+    def go_edge_only(i: int, exc: Exception) -> str:
+        """With a floor: the fastest edge-only widths (and exit) that meet it within the edge's memory.
+        None fits: before any plan, an InfeasibleError (the floor is never dropped); mid-run, the
+        widths planned (they meet the floor) beyond the edge's memory. Returns what the edge runs."""
         nonlocal widths, devices, chosen, exit_block
+        over = ""
         if profile is not None:
+            here = profile.devices[0]
             try:
-                edge_alone = replace(profile, devices=profile.devices[:1])
-                alone = plan_with_exits(edge_alone, exits, cfg.floor, 1.0, 0.0)
+                alone = plan_with_exits(replace(profile, devices=[here]), exits, cfg.floor, 1.0, 0.0)
                 chosen, widths, exit_block = alone.placement, list(alone.placement.widths), alone.exit_block
-            except InfeasibleError:  # the edge's memory: keep the widths planned, floor still met
-                pass
+            except InfeasibleError as why:
+                if chosen is None:  # nothing planned yet: no placement of the floor to keep
+                    raise InfeasibleError(
+                        f"offload run: the server at {cfg.server} is unreachable at request {i} ({exc}) and "
+                        f"no edge-only placement meets --floor {cfg.floor:g} within the edge's memory "
+                        f"({here.name!r}: {here.memory_bytes:,} bytes"
+                        f"{', exits included' if exits else ''}): {why}. Start the server, lower --floor, "
+                        "or give the edge's device profile more memory_bytes (offload build "
+                        "--device-profile)") from None
+                over = f", beyond the edge's memory ({here.memory_bytes:,} bytes: {why})"
         devices = [0] * len(widths)
+        if exit_block is not None:
+            return f"blocks 0..{exit_block} and the exit after block {exit_block} on the edge{over}"
+        return f"every block on the edge{over}"
 
     def fall_back(i: int, exc: Exception) -> None:
         nonlocal down
         now = time.perf_counter()
         down = {"since": now, "wait": RETRY_FIRST_S, "next": now + RETRY_FIRST_S, "tries": 0}
         fallbacks.append({"reason": str(exc), "at_request": i})
-        warnings.warn(f"offload run: the server is unreachable at request {i} ({exc}); running every block "
-                      f"on the edge and retrying the server (first in {RETRY_FIRST_S:g} s)", stacklevel=3)
-        go_edge_only()
+        runs = go_edge_only(i, exc)
+        warnings.warn(f"offload run: the server is unreachable at request {i} ({exc}); running {runs} "
+                      f"and retrying the server (first in {RETRY_FIRST_S:g} s)", stacklevel=3)
 
     def connect(i: int, timeout_s: float | None = None) -> None:
         """Check the server, measure the link and place (or restore the split); raises
@@ -316,7 +331,11 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
         try:
             connect(0)
         except ServerUnreachable as exc:
-            fall_back(0, exc)
+            try:
+                fall_back(0, exc)
+            except InfeasibleError:
+                client.close()
+                raise
     edge = profile.devices[0] if profile is not None else None
     threads = torch.get_num_threads()
     if cfg.emulate_edge and edge is not None:

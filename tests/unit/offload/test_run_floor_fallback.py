@@ -1,0 +1,80 @@
+"""``offload run --floor`` when the server is down from the start and the edge's memory is small: the
+edge-only choice must still meet the floor (an exit when only an exit fits), and when nothing fits the
+run stops with a user error naming the edge's memory — never the whole chain run silently below the
+floor. A small artifact built here (tiny-resnet on digits, one epoch, exits trained one epoch)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edgeadapt.cli.main import main
+from edgeadapt.errors import InfeasibleError
+from edgeadapt.offload.build import EXITS_FILE, PROFILE_FILE, OffloadBuildConfig, build_exits
+from edgeadapt.offload.profile import EMULATED_EDGE, LOCAL_CLOUD, ChainProfile
+from edgeadapt.offload.run import OffloadRunConfig, run_offload
+from tests.unit.offload.conftest import trained_tiny_resnet
+
+TOKEN = b"fallback-token-01"
+DOWN = "127.0.0.1:9"  # the discard port: nothing listens
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """``(out dir, profile, exit profiles)``: widths 1 and 0.5, exit heads, edge and cloud profiled."""
+    adapter, _ = trained_tiny_resnet(epochs=1)
+    out = tmp_path_factory.mktemp("fallback")
+    cfg = OffloadBuildConfig("tiny-resnet", widths=(1.0, 0.5), epochs=1, batch_size=128, warmup=0, repeats=2,
+                             checks=0, exit_epochs=1)
+    _, profile, exits = build_exits(cfg, out, devices=[EMULATED_EDGE, LOCAL_CLOUD], adapter=adapter)
+    return out, profile, exits
+
+
+def with_edge_memory(built, where: Path, memory_bytes: int) -> str:
+    """A copy of the built profile (and exits.json) whose edge has ``memory_bytes``; its path."""
+    out, profile, _ = built
+    where.mkdir()
+    data = profile.to_dict()
+    data["devices"][0]["memory_bytes"] = memory_bytes
+    ChainProfile.from_dict(data).save(where / PROFILE_FILE)
+    shutil.copy(out / EXITS_FILE, where / EXITS_FILE)
+    return str(where / PROFILE_FILE)
+
+
+def test_nothing_fitting_the_edge_with_the_server_down_is_an_error_naming_the_memory(built, tmp_path,
+                                                                                     token_file, capsys):
+    out, _, exits = built
+    prof = with_edge_memory(built, tmp_path / "tiny", 1000)
+    floor = round(min(ex.accuracy for ex in exits) - 0.01, 3)  # every exit meets it: one exists
+    with pytest.raises(InfeasibleError, match="1,000 bytes"):
+        run_offload(OffloadRunConfig(str(out), DOWN, TOKEN, floor=floor, limit=8, profile=prof,
+                                     timeout_s=1.0))
+    for extra in ([], ["--json"]):  # was: text KeyError 'floor'; --json exit 0, whole chain below the floor
+        code = main(["offload", "run", "--model", str(out), "--server", DOWN, "--token-file", str(token_file),
+                     "--floor", str(floor), "--limit", "8", "--profile", prof, "--timeout", "1", *extra])
+        captured = capsys.readouterr()
+        assert code == 2 and captured.out == ""
+        assert "edge's memory" in captured.err and "'edge': 1,000 bytes" in captured.err
+        assert "unreachable" in captured.err and "Traceback" not in captured.err
+
+
+def test_an_exit_that_fits_the_edge_is_taken_when_the_whole_chain_does_not(built, tmp_path):
+    out, profile, exits = built
+    first = exits[0]
+    block0 = min(r.mem_bytes for r in profile.rows[0])
+    chain = sum(min(r.mem_bytes for r in row) for row in profile.rows)
+    memory = block0 + first.mem_bytes
+    assert chain > memory  # the whole chain cannot run on this edge
+    prof = with_edge_memory(built, tmp_path / "small", memory)
+    floor = round(first.accuracy - 0.01, 3)
+    with pytest.warns(UserWarning, match="exit after block 0 on the edge") as caught:
+        report = run_offload(OffloadRunConfig(str(out), DOWN, TOKEN, floor=floor, limit=8, profile=prof,
+                                              timeout_s=1.0))
+    assert "every block" not in str(caught[0].message)
+    assert report.mode == "edge-only" and report.exit_block == 0
+    assert report.placement["predicted_accuracy"] >= floor and report.placement["floor"] == floor
+    assert "exit after block" in report.summary()
+    json.dumps(report.to_dict())

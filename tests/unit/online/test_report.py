@@ -172,3 +172,17 @@ def test_report_md_shows_the_memory_and_time_plan_and_the_steps(tmp_path):
                  "| time budget | 0.500 s of retraining per domain (0.5x of the unconstrained 1.000 s) |",
                  "| steps per domain | tent 30, edgeadapt 13 |"):
         assert line in md, md
+
+
+def test_report_notes_name_the_steps_a_time_budget_gave_each_method():
+    """Before (new-user trial): report.md's summary said "4 retraining steps ... per domain" while the
+    time-budgeted edgeadapt ran 2 (only the plan table showed it)."""
+    from edgeadapt.online.pipeline import AdaptConfig, report_notes
+
+    cfg = AdaptConfig()
+    rows = [{"method": "full", "steps": cfg.budget.steps}, {"method": "edgeadapt", "steps": 2},
+            {"method": "edgeadapt", "steps": 2}, {"method": "source"}]
+    notes = report_notes({"proxy_width": 0.5, "per_domain": rows}, cfg)
+    assert f"{cfg.budget.steps} retraining steps" in notes and "(under the time budget: edgeadapt 2;" in notes
+    plain = report_notes({"proxy_width": 0.5, "per_domain": rows[:1] + rows[3:]}, cfg)
+    assert "time budget" not in plain and plain.startswith("Proxy width 50%")

@@ -51,6 +51,9 @@ class OffloadReport:
     that block), ``None``: the whole chain (always with ``--split`` or ``--no-exits``)."""
     requests_by_exit: dict[str, int] = field(default_factory=dict)
     """Requests per end of the chain they ran to: ``"full"`` or ``"exit-{e}"``."""
+    floor_met: bool | None = None
+    """With ``--floor``: whether the measured :attr:`accuracy` reaches it (the plan meets it on the
+    profile's val accuracy, not on this split); ``None`` without a floor."""
     placement: dict[str, Any] | None = None
     """The placement in force at the end: ``blocks`` (per block that runs: ``block``, ``width``,
     ``device``), ``exit_block`` and ``exit_device`` (where the exit head ran; ``None`` without an
@@ -82,8 +85,10 @@ class OffloadReport:
                   for r in self.reconnects]
         if self.placement is not None and self.split is None and "floor" in self.placement:
             p = self.placement
+            met = {True: "met", False: "NOT met", None: "not measured"}[self.floor_met]
             lines.append(f"floor {p['floor']:.4f}: predicted accuracy {p['predicted_accuracy']:.4f}, "
-                         f"predicted latency {p['predicted_latency_ms']:.2f} ms")
+                         f"predicted latency {p['predicted_latency_ms']:.2f} ms; measured accuracy "
+                         f"{self.accuracy:.4f}: floor {met}")
             lines += [f"  {i + 1:>2} {b['block']:<40} width {b['width']:<5} on {b['device']}"
                       for i, b in enumerate(p["blocks"])]
             if self.exit_block is not None:

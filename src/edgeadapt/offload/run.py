@@ -60,6 +60,7 @@ from edgeadapt.offload.replan import (
 from edgeadapt.offload.report import OffloadReport
 from edgeadapt.offload.run_setup import (
     check_address,
+    check_batch_size,
     check_server,
     edge_cloud_profile,
     load_exits,
@@ -231,6 +232,8 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
         plan_with_exits(profile, exits, cfg.floor, 1e9, 0.0)
     names = [d.name for d in profile.devices] if profile is not None else ["edge", "cloud"]
     batch_size = cfg.batch_size or (profile.batch_size if profile is not None else DEFAULT_BATCH_SIZE)
+    if profile is not None and cfg.batch_size is not None:
+        check_batch_size(cfg.batch_size, profile.batch_size)
     split = load_test_split(cfg.data, chain)
     widths: list[float] = [1.0] * n
     split_devices = [0] * n if cfg.split is None else [0] * cfg.split + [1] * (n - cfg.split)
@@ -278,7 +281,8 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
                 over = f", beyond the edge's memory ({here.memory_bytes:,} bytes: {why})"
         devices = [0] * len(widths)
         if exit_block is not None:
-            return f"blocks 0..{exit_block} and the exit after block {exit_block} on the edge{over}"
+            prefix = "block 0" if exit_block == 0 else f"blocks 0..{exit_block}"
+            return f"{prefix} and the exit after block {exit_block} on the edge{over}"
         return f"every block on the edge{over}"
 
     def fall_back(i: int, exc: Exception) -> None:
@@ -409,6 +413,14 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
     all_logits, all_labels = torch.cat(logits), torch.cat(labels)
     if cfg.limit is not None:
         all_logits, all_labels = all_logits[:cfg.limit], all_labels[:cfg.limit]
+    accuracy = float((all_logits.argmax(-1) == all_labels).float().mean())
+    floor_met = None if cfg.floor is None else accuracy >= cfg.floor
+    if floor_met is False:
+        predicted = f"predicted {chosen.accuracy:.4f}" if chosen is not None else "planned"
+        warnings.warn(f"offload run: measured accuracy {accuracy:.4f} over {len(all_labels)} {cfg.data} test "
+                      f"samples is below --floor {cfg.floor:g}; the floor is planned on the profile's val "
+                      f"accuracy ({predicted}), not measured on this split — raise --floor for a margin, or "
+                      "rebuild with more --epochs", stacklevel=2)
     link = client.link if client is not None else LinkEstimate()
     placement = _placement_dict(chain, widths, devices, names, exit_block)
     if chosen is not None:
@@ -425,7 +437,7 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
         split_after=chain.names[cfg.split - 1] if cfg.split else None,
         mode=modes[0] if len(modes) == 1 else "mixed",
         fallback=fallbacks[0] if fallbacks else None, samples=len(all_labels), requests=len(latencies),
-        batch_size=batch_size, accuracy=float((all_logits.argmax(-1) == all_labels).float().mean()),
+        batch_size=batch_size, accuracy=accuracy, floor_met=floor_met,
         latency_ms={"p50": float(np.percentile(latencies, 50)), "p95": float(np.percentile(latencies, 95)),
                     "mean": float(np.mean(latencies))},
         bytes_sent=client.bytes_sent if client else 0, bytes_received=client.bytes_received if client else 0,

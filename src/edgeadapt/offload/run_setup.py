@@ -8,6 +8,7 @@ Each function takes the few values it needs (not the whole run config) and raise
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,8 @@ from edgeadapt.offload.exits import ExitProfile
 from edgeadapt.offload.profile import ChainProfile
 from edgeadapt.offload.serve import RuntimeChain, descendants_dir
 
-__all__ = ["check_address", "check_server", "edge_cloud_profile", "load_exits", "load_test_split",
-           "profile_for", "profile_path"]
+__all__ = ["check_address", "check_batch_size", "check_server", "edge_cloud_profile", "load_exits",
+           "load_test_split", "profile_for", "profile_path"]
 
 
 def check_address(server: str, field: str = "--server") -> None:
@@ -47,6 +48,18 @@ def check_server(info: dict[str, Any], chain: RuntimeChain, server: str, exits: 
                           f"{'exit heads ' + str(theirs)[:12] if theirs else 'no exit heads'} but this edge "
                           f"plans with exit heads {str(chain.exits_hash)[:12]}; serve the same artifact, or "
                           "run with --no-exits")
+
+
+def check_batch_size(batch_size: int, profiled: int) -> None:
+    """Warn (one line) when a ``--floor`` run sends requests of ``batch_size`` inputs but its profile's
+    latencies were measured at ``profiled``: the plan would trade compute against transfers of another
+    request size."""
+    if batch_size != profiled:
+        warnings.warn(f"offload run: --batch-size {batch_size} differs from the profile's batch size "
+                      f"{profiled}: the placement is planned on latencies measured at batch {profiled}; "
+                      "rebuild with "
+                      f"`offload build ... --profile-batch-size {batch_size}` to plan for batch {batch_size}",
+                      stacklevel=3)
 
 
 def edge_cloud_profile(profile: ChainProfile, edge: str | None = None, cloud: str | None = None

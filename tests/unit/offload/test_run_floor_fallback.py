@@ -1,7 +1,9 @@
 """``offload run --floor`` when the server is down from the start and the edge's memory is small: the
 edge-only choice must still meet the floor (an exit when only an exit fits), and when nothing fits the
 run stops with a user error naming the edge's memory — never the whole chain run silently below the
-floor. A small artifact built here (tiny-resnet on digits, one epoch, exits trained one epoch)."""
+floor. The report says whether the measured accuracy met the floor (a warning when not), and a
+request size other than the profile's is warned about. A small artifact built here (tiny-resnet on
+digits, one epoch, exits trained one epoch)."""
 
 from __future__ import annotations
 
@@ -33,12 +35,18 @@ def built(tmp_path_factory):
     return out, profile, exits
 
 
-def with_edge_memory(built, where: Path, memory_bytes: int) -> str:
-    """A copy of the built profile (and exits.json) whose edge has ``memory_bytes``; its path."""
+def with_edge_memory(built, where: Path, memory_bytes: int, perfect: bool = False) -> str:
+    """A copy of the built profile (and exits.json) whose edge has ``memory_bytes``; its path. With
+    ``perfect`` the profile claims accuracy 1 at every width (a plan then meets any floor on paper)."""
     out, profile, _ = built
     where.mkdir()
     data = profile.to_dict()
     data["devices"][0]["memory_bytes"] = memory_bytes
+    if perfect:
+        data["base_accuracy"] = 1.0
+        for row in data["rows"]:
+            for r in row:
+                r["acc_drop"] = 0.0
     ChainProfile.from_dict(data).save(where / PROFILE_FILE)
     shutil.copy(out / EXITS_FILE, where / EXITS_FILE)
     return str(where / PROFILE_FILE)
@@ -78,3 +86,34 @@ def test_an_exit_that_fits_the_edge_is_taken_when_the_whole_chain_does_not(built
     assert report.placement["predicted_accuracy"] >= floor and report.placement["floor"] == floor
     assert "exit after block" in report.summary()
     json.dumps(report.to_dict())
+
+
+def test_a_measured_accuracy_below_the_floor_is_flagged(built, tmp_path, token_file, capsys):
+    out, _, _ = built
+    prof = with_edge_memory(built, tmp_path / "perfect", 1 << 40, perfect=True)
+    with pytest.warns(UserWarning, match=r"below --floor 1.*planned on the profile's val accuracy"):
+        report = run_offload(OffloadRunConfig(str(out), DOWN, TOKEN, floor=1.0, limit=32, profile=prof,
+                                              timeout_s=1.0, use_exits=False))
+    assert report.placement["predicted_accuracy"] == 1.0 and report.accuracy < 1.0
+    assert report.floor_met is False and report.to_dict()["floor_met"] is False
+    assert "floor NOT met" in report.summary()
+    low = run_offload(OffloadRunConfig(str(out), DOWN, TOKEN, floor=0.05, limit=32, timeout_s=1.0))
+    assert low.floor_met is True and "floor met" in low.summary()
+    split = run_offload(OffloadRunConfig(str(out), DOWN, TOKEN, split=5, limit=8))  # edge-only, no floor
+    assert split.floor_met is None and split.to_dict()["floor_met"] is None
+    assert main(["offload", "run", "--model", str(out), "--server", DOWN, "--token-file", str(token_file),
+                 "--floor", "1", "--limit", "32", "--profile", prof, "--timeout", "1", "--no-exits",
+                 "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["floor_met"] is False
+    assert [line for line in captured.err.splitlines() if "below --floor" in line]
+
+
+def test_a_batch_size_other_than_the_profiles_is_warned_about(built):
+    out, profile, _ = built
+    assert profile.batch_size == 1
+    with pytest.warns(UserWarning, match=r"--batch-size 4 differs from the profile's batch size 1.*"
+                      r"--profile-batch-size 4"):
+        report = run_offload(OffloadRunConfig(str(out), DOWN, TOKEN, floor=0.05, limit=8, batch_size=4,
+                                              timeout_s=1.0))
+    assert report.batch_size == 4

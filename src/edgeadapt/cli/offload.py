@@ -78,13 +78,21 @@ def cmd_offload_build(args: argparse.Namespace) -> int:
     print(f"descendants: {summary['descendants']}\nprofile on {', '.join(names)} at batch "
           f"{profile.batch_size}: {summary['profile']}")
     if exits:
-        accs = ", ".join(f"{ex.block + 1}: {ex.accuracy:.4f}" for ex in exits)
-        print(f"early exits after blocks {accs} (val accuracy, {cfg.exit_epochs} epochs): {summary['exits']}")
+        accs = ", ".join(f"{ex.block}: {ex.accuracy:.4f}" for ex in exits)
+        print(f"early exits after blocks {accs} (blocks from 0; val accuracy, {cfg.exit_epochs} epochs): "
+              f"{summary['exits']}")
     else:
         print("no early exits (--exit-epochs 0)")
     print(f"serve it: edgeadapt offload serve --model {out} ...; run it: edgeadapt offload run --model {out} "
           "--floor F ...")
     return 0
+
+
+def serving_line(model: str, chain: Any, host: str, port: int) -> str:
+    """What ``serve`` prints once listening: the model, its blocks and exit heads (blocks numbered from
+    0, as in ``--json`` and ``exits.json``), the address."""
+    exits = f", exits after blocks 0..{len(chain.exits) - 1}" if chain.exits else ""
+    return f"serving {model} ({len(chain)} blocks{exits}) on {host}:{port}"
 
 
 def cmd_offload_serve(args: argparse.Namespace) -> int:
@@ -97,9 +105,7 @@ def cmd_offload_serve(args: argparse.Namespace) -> int:
     cfg = ServeConfig(host=args.host, port=args.port, max_frame_bytes=args.max_frame_bytes)
 
     def ready(running: Any) -> None:
-        chain = running.servicer.chain
-        exits = f", exits after blocks 1..{len(chain.exits)}" if chain.exits else ""
-        print(f"serving {args.model} ({len(chain)} blocks{exits}) on {args.host}:{running.port}", flush=True)
+        print(serving_line(args.model, running.servicer.chain, args.host, running.port), flush=True)
 
     served = serve(args.model, token, cfg, ready=ready)
     print(f"stopped after {served} calls")
@@ -180,7 +186,8 @@ def add_offload_parser(sub: Any) -> None:
     o.add_argument("--token-file", type=Path, required=True, help="file holding the device token")
     where = o.add_mutually_exclusive_group(required=True)
     where.add_argument("--split", type=nonnegative_int,
-                       help="K: blocks 1..K run here, the rest on the server, at full width (0: cloud-only; "
+                       help="K: blocks 0..K-1 (the first K; blocks count from 0 as in --json) run here, "
+                       "the rest on the server, at full width (0: cloud-only; "
                        "the block count: edge-only)")
     where.add_argument("--floor", type=finite_float,
                        help="accuracy floor (fraction): place each block (width, device) by the integer "

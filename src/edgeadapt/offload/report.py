@@ -75,8 +75,8 @@ class OffloadReport:
         lat = self.latency_ms
         lines = [f"{self.model} on {self.data}: accuracy {self.accuracy:.4f} over {self.samples} samples "
                  f"({self.requests} requests of {self.batch_size})"]
-        where = (f"split after block {self.split}/{self.blocks} ({self.split_after or 'input'})"
-                 if self.split is not None else f"placement over {self.blocks} blocks")
+        where = (f"split {self.split}/{self.blocks}: {_split_text(self.split, self.blocks, self.split_after)}"
+                 if self.split is not None else f"placement over {self.blocks} blocks (0..{self.blocks - 1})")
         by_mode = ", ".join(f"{v} {k}" for k, v in self.requests_by_mode.items() if v)
         lines.append(f"{where}, mode {self.mode} (requests: {by_mode})")
         lines += [f"  fell back to edge-only at request {f['at_request']}: {f['reason']}"
@@ -89,10 +89,10 @@ class OffloadReport:
             lines.append(f"floor {p['floor']:.4f}: predicted accuracy {p['predicted_accuracy']:.4f}, "
                          f"predicted latency {p['predicted_latency_ms']:.2f} ms; measured accuracy "
                          f"{self.accuracy:.4f}: floor {met}")
-            lines += [f"  {i + 1:>2} {b['block']:<40} width {b['width']:<5} on {b['device']}"
+            lines += [f"  {i:>2} {b['block']:<40} width {b['width']:<5} on {b['device']}"
                       for i, b in enumerate(p["blocks"])]
             if self.exit_block is not None:
-                lines.append(f"  exit after block {self.exit_block + 1} ({p['blocks'][-1]['block']}) on "
+                lines.append(f"  exit after block {self.exit_block} ({p['blocks'][-1]['block']}) on "
                              f"{p['exit_device']}; later blocks skipped")
             elif p.get("exits"):
                 lines.append(f"  no early exit (the whole chain; {len(p['exits'])} exits considered)")
@@ -110,3 +110,12 @@ class OffloadReport:
             bw = f"{self.bandwidth_mbps:.1f} Mbit/s" if self.bandwidth_mbps is not None else "not measured"
             lines.append(f"link: rtt {self.rtt_ms:.2f} ms, bandwidth {bw} (moving averages)")
         return "\n".join(lines)
+
+
+def _split_text(split: int, blocks: int, split_after: str | None) -> str:
+    """Where ``--split K`` ran the blocks, numbered from 0 as in ``--json``: ``[0, K)`` on the edge."""
+    if split == 0:
+        return "every block on the server (cloud-only)"
+    if split == blocks:
+        return "every block on the edge (edge-only)"
+    return f"blocks 0..{split - 1} on the edge (through {split_after}), {split}..{blocks - 1} on the server"

@@ -220,9 +220,9 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
     chain = chain if chain is not None else load_chain(cfg.model)
     n = len(chain)
     if cfg.split is not None and not 0 <= cfg.split <= n:
-        blocks = ", ".join(f"{i + 1}={name}" for i, name in enumerate(chain.names))
-        raise ConfigError(f"--split {cfg.split}: the model has {n} blocks; give 0 (cloud-only) to {n} "
-                          f"(edge-only); K runs blocks 1..K on the edge: {blocks}")
+        blocks = ", ".join(f"{i}={name}" for i, name in enumerate(chain.names))
+        raise ConfigError(f"--split {cfg.split}: the model has {n} blocks (0..{n - 1}); give 0 (cloud-only) "
+                          f"to {n} (edge-only); K runs blocks 0..K-1 on the edge: {blocks}")
     profile_file = profile_path(cfg.model, cfg.profile) if cfg.floor is not None else None
     profile = (profile_for(profile_file, chain, cfg.model, cfg.edge_device, cfg.cloud_device)
                if profile_file is not None else None)

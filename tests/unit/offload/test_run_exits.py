@@ -164,7 +164,7 @@ def test_a_plan_stopping_at_an_exit_with_its_head_on_the_server_runs_it_and_repo
         prefix = desc.chain([width] + [1.0] * (len(desc.names) - 1))(splits.test.images[:16], 0, 1)
         expected = heads[0](prefix)
     torch.testing.assert_close(report.logits, expected, atol=1e-5, rtol=0)
-    assert report.accuracy > 0.1 and "exit after block 1" in report.summary()
+    assert report.accuracy > 0.1 and "exit after block 0 (resnet.embedder)" in report.summary()
     # the CLI reports it in --json; --no-exits places the whole chain
     args = ["offload", "run", "--model", str(out), "--server", SERVER.format(server.port), "--token-file",
             str(tmp_path / "t"), "--floor", str(profile.base_accuracy), "--limit", "8", "--profile", prof,

@@ -62,19 +62,21 @@ def cmd_offload_build(args: argparse.Namespace) -> int:
     cfg = OffloadBuildConfig(args.model, data=args.data, widths=args.widths, epochs=args.epochs, lr=args.lr,
                              batch_size=args.batch_size, profile_batch_size=args.profile_batch_size,
                              warmup=args.warmup, repeats=args.repeats, checks=args.checks, seed=args.seed,
-                             exit_epochs=args.epochs if args.exit_epochs is None else args.exit_epochs)
+                             exit_epochs=args.epochs if args.exit_epochs is None else args.exit_epochs,
+                             image_size=args.image_size)
     desc, profile, exits = build_exits(cfg, out, devices)
     summary: dict[str, Any] = {
         "out": str(out), "descendants": str(out / DESCENDANTS_DIR), "profile": str(out / PROFILE_FILE),
         "blocks": list(desc.names), "widths": list(desc.widths), "devices": names,
         "base_accuracy": profile.base_accuracy, "batch_size": profile.batch_size,
         "exits": str(out / EXITS_FILE) if exits else None, "exit_epochs": cfg.exit_epochs,
-        "exit_accuracy": [ex.accuracy for ex in exits]}
+        "exit_accuracy": [ex.accuracy for ex in exits], "image_size": int(desc.base_config["image_size"])}
     if args.json:
         print(json.dumps(summary))
         return 0
     print(f"{args.model}: {len(desc.names)} blocks x widths {list(desc.widths)} distilled on {args.data} "
-          f"({args.epochs} epochs); base accuracy {profile.base_accuracy:.4f}")
+          f"({args.epochs} epochs) at {summary['image_size']}x{summary['image_size']} pixels; base accuracy "
+          f"{profile.base_accuracy:.4f}")
     print(f"descendants: {summary['descendants']}\nprofile on {', '.join(names)} at batch "
           f"{profile.batch_size}: {summary['profile']}")
     if exits:
@@ -153,6 +155,10 @@ def add_offload_parser(sub: Any) -> None:
     o.add_argument("--exit-epochs", type=nonnegative_int, default=None, metavar="N",
                    help="epochs training early-exit heads on the full-width chain, saved in the artifact and "
                    "profiled in exits.json, so `run --floor` may stop at one (default: --epochs; 0: none)")
+    o.add_argument("--image-size", type=positive_int, default=None, metavar="N",
+                   help="input side in pixels the model is distilled, profiled and served at (default: the "
+                   "model config's image_size; a CNN config without one assumes 224: give the size it was "
+                   "trained at); a ViT takes only its own")
     o.add_argument("--lr", type=finite_float, default=1e-3, help="distillation learning rate (Adam)")
     o.add_argument("--batch-size", type=positive_int, default=64, help="distillation batch size")
     o.add_argument("--profile-batch-size", type=positive_int, default=1,

@@ -75,6 +75,27 @@ def load_exit_profiles(path: str | Path) -> tuple[int, list[ExitProfile]]:
         raise ConfigError(f"malformed exit profile {path}: {exc!r}") from None
 
 
+def set_image_size(adapter: Any, size: int | None, model: str) -> int:
+    """The input side (pixels) ``adapter`` is built at: ``size`` when given — set in its config and its
+    base config (what the descendants artifact, hence ``serve`` and ``run``, rebuild the input from) —
+    else its config's. A ViT's position embeddings fix its grid: another size is a
+    :class:`ConfigError`, as is a side that is not a whole number of its patches."""
+    current = int(adapter.config.image_size)
+    if size is None:
+        return current
+    patch = getattr(adapter.config, "patch_size", None)
+    if patch is not None:  # ViT: one position embedding per patch of the grid it was trained on
+        patch = int(patch[0] if isinstance(patch, (list, tuple)) else patch)
+        if size % patch or size != current:
+            raise ConfigError(f"--image-size {size}: {model!r} is a ViT of {current}x{current} images in "
+                              f"{patch}x{patch} patches (one position embedding per patch), so it takes "
+                              f"only --image-size {current}; drop the flag or give {current}")
+        return current
+    adapter.config.image_size = size
+    adapter.base_config.image_size = size
+    return size
+
+
 @dataclass(frozen=True)
 class OffloadBuildConfig:
     """How descendants are made and profiled.
@@ -89,7 +110,10 @@ class OffloadBuildConfig:
     ``checks``: random compositions measured against the additive accuracy model. ``seed``:
     distillation batch order and the compositions checked. ``exit_epochs``: epochs training the
     early-exit heads on the full-width chain (0: none; the CLI defaults it to ``epochs``);
-    ``exit_lr``: their Adam learning rate."""
+    ``exit_lr``: their Adam learning rate. ``image_size``: the input side (pixels) the model is built,
+    distilled, profiled and served at (``None``: the model config's ``image_size``; a CNN whose config
+    names none assumes 224 — pass the size it was trained at); a ViT takes only its own size (its
+    position embeddings are one per patch of that grid)."""
 
     model: str
     data: str = "digits"
@@ -104,8 +128,13 @@ class OffloadBuildConfig:
     seed: int = 0
     exit_epochs: int = 0
     exit_lr: float = 1e-2
+    image_size: int | None = None
 
     def __post_init__(self) -> None:
+        if self.image_size is not None and (isinstance(self.image_size, bool)
+                                            or not isinstance(self.image_size, int) or self.image_size < 1):
+            raise ConfigError(f"offload build: image_size must be a positive number of pixels, got "
+                              f"{self.image_size!r}")
         for name in ("epochs", "batch_size", "profile_batch_size", "repeats"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"offload build: {name} must be >= 1, got {getattr(self, name)}")
@@ -140,7 +169,7 @@ def build_exits(cfg: OffloadBuildConfig, out: str | Path,
                           "as tiny-resnet or tiny-vit")
     adapter.model.cpu().eval()
     upcast(adapter.model)  # bf16/fp16 checkpoints: distilled, profiled and served in float32 on the CPU
-    size = int(adapter.config.image_size)
+    size = set_image_size(adapter, cfg.image_size, cfg.model)
     splits = build_dataset(cfg.data, **options_at_size(cfg.data, {}, size, "data"))
     labels = int(adapter.config.num_labels)
     if len(splits.val.classes) != labels:

@@ -100,14 +100,21 @@ def floating_dtype(module: nn.Module) -> torch.dtype:
     return next((d for d in HALF if d in dtypes), full)
 
 
+def master_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a tensor of ``dtype`` trains in under :func:`fp32_master`: float32 for bf16/fp16,
+    else its own (what memory planning must predict a half-precision checkpoint's training at)."""
+    return torch.float32 if dtype in HALF else dtype
+
+
 def _half_tensors(modules: tuple[nn.Module, ...]) -> list[tuple[nn.Module, str, bool, torch.dtype]]:
     """(owner, name, is_parameter, dtype) of every half-precision parameter and buffer."""
     found = []
     for root in modules:
         for m in root.modules():
-            found += [(m, n, True, p.dtype) for n, p in m.named_parameters(recurse=False) if p.dtype in HALF]
+            found += [(m, n, True, p.dtype) for n, p in m.named_parameters(recurse=False)
+                      if master_dtype(p.dtype) != p.dtype]
             found += [(m, n, False, b.dtype) for n, b in m.named_buffers(recurse=False)
-                      if b is not None and b.dtype in HALF]
+                      if b is not None and master_dtype(b.dtype) != b.dtype]
     return found
 
 

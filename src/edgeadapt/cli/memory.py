@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,16 @@ def memory_batches(adapter: Any, model: str, data: str | None, options: dict[str
     return take(splits.train, num_batches, True), take(splits.val, eval_batches, False)
 
 
+def precision_note(dtype: str | None, trained: str | None) -> str | None:
+    """The line saying that ``dtype`` weights (a plan file's ``model.dtype``) train at ``trained``
+    (float32 master weights for bf16/fp16, as ``train`` and ``adapt`` do), so the figures are for
+    that; ``None`` when they are the same."""
+    if dtype is None or trained is None or dtype == trained:
+        return None
+    return (f"{dtype} weights train on {trained} master weights (as train and adapt do): the memory "
+            f"figures are for {trained} training")
+
+
 def cmd_memory_plan(args: argparse.Namespace) -> int:
     """Choose micro-batching, freezing and checkpointing under ``--budget``: enumerate, predict,
     keep the Pareto set, probe by successive halving, print the table and the choice (or JSON).
@@ -73,10 +84,17 @@ def cmd_memory_plan(args: argparse.Namespace) -> int:
     result = search(adapter, budget, train, held, lr=args.lr, seed=args.seed, probe_steps=args.probe_steps,
                     max_probes=args.max_probes, optimizer=args.optimizer,
                     batch_sizes=args.batch_sizes or None)
+    here = plan_model(adapter, args.model)
     if args.save is not None:
-        save_plan(result.chosen.plan, args.save, plan_model(adapter, args.model),
-                  result.chosen.batch_size or args.batch_size, budget)
-    print(json.dumps(result.to_dict(), indent=1) if args.json else format_result(result, args.all))
+        save_plan(result.chosen.plan, args.save, here, result.chosen.batch_size or args.batch_size, budget)
+    if args.json:
+        print(json.dumps({**result.to_dict(), "dtype": here.dtype, "trained_dtype": here.trained_dtype},
+                         indent=1))
+    else:
+        print(format_result(result, args.all))
+        note = precision_note(here.dtype, here.trained_dtype)
+        if note is not None:
+            print(f"note: {note}")
     if args.save is not None and not args.json:
         print(f"saved to {args.save}")
     return 0
@@ -87,7 +105,9 @@ def cmd_memory_estimate(args: argparse.Namespace) -> int:
     run it). A micro-batch that does not divide ``--batch-size`` is accepted as ``train`` accepts it
     (micro-batches of ``ceil`` size, the last smaller; the peak is the largest one's); the plan is
     refused before the model loads when its micro-batch is larger than ``--batch-size``, and before
-    profiling when it asks for more blocks than the model has.
+    profiling when it asks for more blocks than the model has. A prediction (or, with ``--measure``,
+    a measurement) above the budget the plan file records is warned about on stderr. A bf16/fp16
+    model is predicted as it trains, on float32 master weights.
     Python: ``edgeadapt.memory.estimator.estimate(adapter, load_plan(PLAN), batch)``."""
     from edgeadapt.memory.accounting import format_bytes
     from edgeadapt.memory.estimator import estimate, measure
@@ -96,6 +116,7 @@ def cmd_memory_estimate(args: argparse.Namespace) -> int:
         check_plan_fits,
         load_plan_file,
         micro_batch_sizes,
+        plan_model,
     )
     from edgeadapt.memory.search import describe_plan
     from edgeadapt.pruning.checkpoint import load_model
@@ -109,9 +130,11 @@ def cmd_memory_estimate(args: argparse.Namespace) -> int:
     plan = check_plan_fits(plan_file, adapter, args.model, f"--plan {args.plan}")
     batch = memory_batches(adapter, args.model, args.data, _options(args.option), args.batch_size, 1, 1,
                            args.seed)[0][0]
+    here = plan_model(adapter, args.model)
     est = estimate(adapter, plan, batch, args.optimizer)
     sizes = micro_batch_sizes(plan, args.batch_size)
     out: dict[str, Any] = {"plan": plan.model_dump(), "batch_size": args.batch_size, "micro_batches": sizes,
+                           "dtype": here.dtype, "trained_dtype": here.trained_dtype,
                            "budget_bytes": plan_file.budget_bytes,
                            "predicted_bytes": est.predicted_bytes, "breakdown": est.breakdown,
                            "step_seconds": est.step_seconds, "measured_bytes": None,
@@ -119,10 +142,18 @@ def cmd_memory_estimate(args: argparse.Namespace) -> int:
     if args.measure:
         real = measure(adapter, plan, batch, args.optimizer)
         out.update(measured_bytes=real.total_bytes, measured_step_seconds=real.step_seconds)
+    budget = plan_file.budget_bytes
+    over = {k: out[k] for k in ("predicted_bytes", "measured_bytes")
+            if budget is not None and out[k] is not None and out[k] > budget}
+    if over:  # the plan no longer fits what it was chosen for (another batch, data, optimizer or model)
+        figures = " and ".join(f"{k.split('_')[0]} peak {format_bytes(v)}" for k, v in over.items())
+        warnings.warn(f"--plan {args.plan}: {figures} exceeds the budget of {format_bytes(budget)} "
+                      f"({budget:,} bytes) the plan was chosen for; plan again for this setting with "
+                      f"`edgeadapt memory plan {args.model} --budget {budget} "
+                      f"--batch-size {args.batch_size}`", stacklevel=1)
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
-    budget = plan_file.budget_bytes
     within = "" if budget is None else f" (planned for a budget of {format_bytes(budget)})"
     print(f"{args.model}, batch {args.batch_size}, {describe_plan(plan)}: predicted peak "
           f"{format_bytes(est.predicted_bytes)}{within}, step {est.step_seconds:.4f} s")
@@ -130,6 +161,9 @@ def cmd_memory_estimate(args: argparse.Namespace) -> int:
         print(f"  micro-batches of {', '.join(map(str, sizes))} rows (losses weighted by their share); the "
               f"peak is the largest one's ({sizes[0]})")
     print("  " + ", ".join(f"{k} {format_bytes(v)}" for k, v in est.breakdown.items()))
+    note = precision_note(here.dtype, here.trained_dtype)
+    if note is not None:
+        print(f"  {note}")
     if args.measure:
         print(f"  measured {format_bytes(out['measured_bytes'])} "
               f"({out['measured_bytes'] / est.predicted_bytes - 1:+.1%} vs predicted), "

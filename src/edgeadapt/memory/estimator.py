@@ -60,6 +60,7 @@ from dataclasses import dataclass
 
 from edgeadapt.memory.accounting import measure_peak
 from edgeadapt.memory.knobs import BlockChain, apply_plan, batch_size_of, block_chain, train_step
+from edgeadapt.memory.master import on_master_weights
 from edgeadapt.memory.plan import LossTraits, MemoryPlan, check_micro_batching
 from edgeadapt.memory.profile import OptimizerName, make_optimizer, profile
 from edgeadapt.memory.replay import replay_peak, replay_seconds
@@ -114,7 +115,8 @@ def estimate(adapter: ModelAdapter, plan: MemoryPlan, batch: Batch, optimizer: O
     step: weights, optimizer state, gradients, activations, transients) and step time (seconds) of
     retraining ``adapter`` with ``plan`` on batches like ``batch`` (the effective batch) and
     ``optimizer``. Profiles two steps (:func:`profile`), then :func:`predict`; to compare many plans,
-    profile once and call :func:`predict` for each. Errors: see :func:`profile` and :func:`predict`.
+    profile once and call :func:`predict` for each. A bf16/fp16 model is predicted as it trains, on
+    float32 master weights. Errors: see :func:`profile` and :func:`predict`.
     """
     return predict(profile(adapter, batch, optimizer, loss_fn=loss_fn, traits=traits), plan,
                    batch_size_of(batch))
@@ -130,12 +132,14 @@ class Measurement:
     method: str
 
 
+@on_master_weights
 def measure(adapter: ModelAdapter, plan: MemoryPlan, batch: Batch, optimizer: OptimizerName = "adam", *,
             loss_fn: LossFn | None = None, traits: LossTraits | None = None,
             chain: BlockChain | None = None) -> Measurement:
     """Run ``plan`` for real (three steps at learning rate 0, weights and buffers restored) and
     measure the steady-state step: what :func:`estimate` predicts. Tensor accounting on CPU,
-    ``max_memory_allocated`` on CUDA."""
+    ``max_memory_allocated`` on CUDA. A bf16/fp16 model runs on float32 master weights, as ``train``
+    and ``adapt`` train it (:func:`~edgeadapt.memory.master.on_master_weights`)."""
     model = adapter.model
     device = next(model.parameters()).device
     batch = to_device(batch, device)

@@ -4,17 +4,21 @@ A plan file holds the fields of :class:`~edgeadapt.memory.plan.MemoryPlan` and, 
 ``kind: memory-plan`` (what ``edgeadapt validate`` needs to know the file is a plan;
 :func:`save_plan` writes it), ``model``: the model the plan was chosen for (its name — a local
 model directory as an absolute path, so the file means the same from any directory —, family,
-number of blocks and weight dtype; :func:`save_plan` records it when given the adapter), and the
+number of blocks, weight dtype and the dtype it trains in; :func:`save_plan` records it when given
+the adapter), and the
 effective ``batch_size`` and memory ``budget_bytes`` it was chosen for. ``edgeadapt memory plan
 --save`` writes one and ``edgeadapt memory estimate --plan`` reads it. Example::
 
     {"kind": "memory-plan", "model": {"name": "tiny-vit", "family": "vit", "num_blocks": 4,
-     "dtype": "float32"}, "batch_size": 8, "budget_bytes": 4194304,
+     "dtype": "bfloat16", "trained_dtype": "float32"}, "batch_size": 8, "budget_bytes": 4194304,
      "micro_batch_size": 4, "freeze_blocks": 1, "checkpoint_segments": 2}
 
 A plan is checked against the model it is applied to (:func:`check_plan_fits`): frozen blocks
 and checkpoint segments must exist in that model, and a plan recorded for another model is
-warned about (its memory figures were predicted for that model, at that dtype). Files without
+warned about (its memory figures were predicted for that model, at that dtype). A bf16/fp16
+model trains on float32 master weights (:func:`~edgeadapt.numerics.fp32_master`), so its plan is
+predicted and measured at float32 (``trained_dtype``); a half-precision plan file without
+``trained_dtype`` was planned at the half dtype and is warned about. Files without
 ``model``, ``dtype``, ``batch_size`` or ``budget_bytes`` (written before they were recorded) load as
 before, without the checks those fields allow.
 """
@@ -24,7 +28,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -34,6 +38,9 @@ from edgeadapt.errors import ConfigError
 from edgeadapt.memory.plan import MemoryPlan
 
 KIND = "memory-plan"
+DtypeName = Literal["float32", "bfloat16", "float16", "float64"]
+"""The weight dtypes a plan file can record (torch's names without ``torch.``)."""
+HALF_NAMES = ("bfloat16", "float16")
 
 __all__ = ["KIND", "MemoryPlanFile", "PlanModel", "check_blocks", "check_micro_batch_size",
            "check_plan_fits", "load_plan", "load_plan_file", "micro_batch_sizes", "plan_model", "save_plan"]
@@ -49,8 +56,13 @@ class PlanModel(BaseModel):
     family: str = Field(description="Its architecture family (vit, llama, resnet, ...).")
     num_blocks: int = Field(ge=1, description="Blocks the memory knobs act on (freeze_blocks and "
                             "checkpoint_segments count these).")
-    dtype: str | None = Field(None, description="The dtype of its weights when planned (float32, bfloat16, "
-                              "...): the memory figures scale with it; absent in older files.")
+    dtype: DtypeName | None = Field(None, description="The dtype of its weights when planned (float32, "
+                                    "bfloat16, float16, float64); absent in older files.")
+    trained_dtype: DtypeName | None = Field(None, description="The dtype its training runs in, which the "
+                                            "memory figures were predicted and measured at: float32 for "
+                                            "bfloat16/float16 weights (float32 master weights, as train and "
+                                            "adapt train them), else the weights' dtype; absent in older "
+                                            "files.")
 
 
 class MemoryPlanFile(MemoryPlan):
@@ -80,15 +92,24 @@ class MemoryPlanFile(MemoryPlan):
 
 def plan_model(adapter: Any, name: str | Path) -> PlanModel:
     """The :class:`PlanModel` of ``adapter`` (loaded from ``name``): its name (absolute when ``name`` is
-    a local path, as typed for a built-in or hub name), family, block count and weight dtype."""
+    a local path, as typed for a built-in or hub name), family, block count, weight dtype (a half
+    dtype when any parameter is half, :func:`~edgeadapt.numerics.floating_dtype`) and the dtype it
+    trains in (:func:`~edgeadapt.memory.master.trained_dtype`: float32 master weights for bf16/fp16)."""
     from edgeadapt.memory.knobs import block_chain  # imports torch: `validate` of a plan file does not
+    from edgeadapt.memory.master import trained_dtype
+    from edgeadapt.numerics import floating_dtype
+
+    def known(dtype: Any) -> str | None:
+        text = str(dtype).removeprefix("torch.")
+        return text if text in get_args(DtypeName) else None
 
     local = Path(name).expanduser()
-    params = list(adapter.model.parameters())
+    has_params = any(True for _ in adapter.model.parameters())
     return PlanModel(name=str(local.resolve()) if local.exists() else str(name),
                      family=str(getattr(adapter, "family", "unknown")),
                      num_blocks=len(block_chain(adapter).blocks),
-                     dtype=str(params[0].dtype).removeprefix("torch.") if params else None)
+                     dtype=known(floating_dtype(adapter.model)) if has_params else None,
+                     trained_dtype=known(trained_dtype(adapter.model)) if has_params else None)
 
 
 def load_plan_file(path: str | Path) -> MemoryPlanFile:
@@ -128,7 +149,9 @@ def check_plan_fits(plan: MemoryPlanFile, adapter: Any, name: str, source: str =
     model's block count when ``freeze_blocks`` or ``checkpoint_segments`` asks for more blocks than
     the model has. Warns when the file records another model (another family or block count, or
     another weight dtype when it records one): the plan still applies, but its memory was chosen for
-    that model."""
+    that model. Also warns when the file records half-precision weights but no ``trained_dtype``:
+    it was planned at that dtype, before planning followed training onto float32 master weights,
+    so its figures under-predict the real peak (by about 1.9x)."""
     here = plan_model(adapter, name)
     blocks = here.num_blocks
     check_blocks(plan, blocks, name, f"{source}: ",
@@ -142,6 +165,10 @@ def check_plan_fits(plan: MemoryPlanFile, adapter: Any, name: str, source: str =
                       f"({kind(here)}): its "
                       f"memory figures do not carry over; plan for this model with `edgeadapt memory plan "
                       f"{name} --budget SIZE`", stacklevel=2)
+    elif recorded is not None and recorded.dtype in HALF_NAMES and recorded.trained_dtype is None:
+        warnings.warn(f"{source} was planned at {recorded.dtype} (it records no trained_dtype), but training "
+                      f"runs on float32 master weights: its memory figures under-predict the real peak; "
+                      f"plan again with `edgeadapt memory plan {name} --budget SIZE`", stacklevel=2)
     return plan.plan()
 
 

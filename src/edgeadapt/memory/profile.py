@@ -17,6 +17,7 @@ from torch import nn
 from edgeadapt.errors import ConfigError
 from edgeadapt.memory.accounting import bytes_of
 from edgeadapt.memory.knobs import BlockChain, batch_size_of, block_chain, split_batch
+from edgeadapt.memory.master import on_master_weights
 from edgeadapt.memory.plan import LossTraits, MemoryPlan, check_micro_batching, task_loss_traits
 from edgeadapt.memory.replay import replay_peak
 from edgeadapt.memory.trace import (
@@ -55,6 +56,7 @@ def make_optimizer(params: list[nn.Parameter], name: OptimizerName = "adam",
     raise ConfigError(f"optimizer must be 'adam', 'adamw' or 'sgd', got {name!r}")
 
 
+@on_master_weights
 def profile(adapter: ModelAdapter, batch: Batch, optimizer: OptimizerName = "adam", *,
             loss_fn: LossFn | None = None, traits: LossTraits | None = None,
             chain: BlockChain | None = None, timed: bool = True,
@@ -70,6 +72,8 @@ def profile(adapter: ModelAdapter, batch: Batch, optimizer: OptimizerName = "ada
     (e.g. ``(1, 2)`` when the whole batch without knobs would not fit the device; the figures
     are then extrapolated to larger micro-batches, and the timing step runs at the larger size).
 
+    A bf16/fp16 model is profiled on float32 master weights, as ``train`` and ``adapt`` train it
+    (:func:`~edgeadapt.memory.master.on_master_weights`), and left in its own dtype afterwards.
     The model's weights and buffers are left as they were (the steps run at learning rate 0;
     BatchNorm statistics are restored). Raises :class:`~edgeadapt.errors.ConfigError` when the
     model has no trainable parameters, the batch is smaller than the loss accepts, or ``sizes``

@@ -50,9 +50,11 @@ algorithm done right:
    that end lower (measured: tiny ViT frozen or at batch 8-16 ends 4-8 points below micro-batching
    after 15 s).
 
-The model's weights and buffers are restored afterwards. Everything but wall-clock time is
-seeded, and the probes' step counts come from the profile's predicted step times: the same
-data, seed and profile give the same ranking.
+A bf16/fp16 model is profiled, measured and probed on float32 master weights, as ``train`` and
+``adapt`` train it (:func:`~edgeadapt.memory.master.on_master_weights`); the plan's figures are for
+that training. The model's weights, buffers and dtype are restored afterwards. Everything but
+wall-clock time is seeded, and the probes' step counts come from the profile's predicted step
+times: the same data, seed and profile give the same ranking.
 
 Example::
 
@@ -74,6 +76,7 @@ from edgeadapt.errors import ConfigError, InfeasibleError
 from edgeadapt.memory.accounting import format_bytes, parse_bytes
 from edgeadapt.memory.estimator import OptimizerName, Profile, measure, predict, profile
 from edgeadapt.memory.knobs import BATCHNORMS, LossFn, batch_size_of, block_chain, split_batch
+from edgeadapt.memory.master import on_master_weights
 from edgeadapt.memory.plan import LossTraits, MemoryPlan, task_loss_traits
 from edgeadapt.memory.probes import (
     MAX_PROBE_SECONDS,
@@ -220,6 +223,7 @@ def pareto(points: Sequence[tuple[float, float, int]]) -> list[bool]:
     return keep
 
 
+@on_master_weights
 def search(adapter: ModelAdapter, budget: int | str, batches: Sequence[Batch],
            eval_batches: Sequence[Batch] | None = None, *, optimizer: OptimizerName = "adam",
            lr: float = 1e-3, seed: int = 0, probe_steps: int = 2, max_probes: int = 8,
@@ -439,5 +443,10 @@ def format_result(result: SearchResult, all_plans: bool = False) -> str:
                 f"{format_bytes(ch.measured_bytes or 0)} of the {format_bytes(result.budget_bytes)} budget; "
                 f"step {ch.measured_step_seconds or ch.step_seconds:.4f} s; {result.metric} gain/s "
                 f"{ch.gain_per_second:.4g}; planning took {result.planning_seconds:.1f} s")
-    rows.append(f"plan: {ch.plan.model_dump_json(exclude_defaults=True)}")
+    # the effective batch belongs to the choice: a plan at a smaller batch trains differently
+    batch = f"batch {result.batch_size}"
+    if ch.batch_size:
+        batch = f"batch {ch.batch_size} (each batch of {result.batch_size} split into " \
+            f"{result.batch_size // ch.batch_size} optimizer steps)"
+    rows.append(f"plan: {ch.plan.model_dump_json(exclude_defaults=True)}, {batch}")
     return "\n".join(rows)

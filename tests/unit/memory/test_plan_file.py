@@ -37,7 +37,8 @@ def test_memory_plan_save_records_the_model(tmp_path, capsys):
                  "--probe-steps", "1", "--probe-batches", "1", "--eval-batches", "1",
                  "--save", str(saved)]) == 0
     data = json.loads(saved.read_text())
-    assert data["model"] == {"name": "tiny-resnet", "family": "resnet", "num_blocks": 3, "dtype": "float32"}
+    assert data["model"] == {"name": "tiny-resnet", "family": "resnet", "num_blocks": 3, "dtype": "float32",
+                             "trained_dtype": "float32"}
     assert data["budget_bytes"] == 64 * 2**20 and data["batch_size"] == 8
     assert main(["validate", str(saved)]) == 0 and "valid memory-plan" in capsys.readouterr().out
 

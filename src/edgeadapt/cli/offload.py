@@ -213,7 +213,8 @@ def add_offload_parser(sub: Any) -> None:
                    help="with --floor: run the edge's blocks at its profile's threads and slowdown")
     o.add_argument("--no-exits", action="store_true",
                    help="with --floor: place the whole chain only, never stopping at an early exit of the "
-                   "artifact (by default the plan may end at an exit when that is faster at the floor)")
+                   "artifact (by default the plan may end at an exit when that is faster at the floor); "
+                   "refused with --split, which never uses exits")
     o.add_argument("--data", type=nonempty_str, default="digits", help="image dataset (its test split)")
     o.add_argument("--batch-size", type=positive_int, default=None,
                    help="inputs per request (default: the profile's with --floor, else 32)")

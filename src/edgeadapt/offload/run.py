@@ -209,6 +209,9 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
         raise ConfigError(f"--timeout {cfg.timeout_s}: give a positive number of seconds")
     if (cfg.split is None) == (cfg.floor is None):
         raise ConfigError("offload run: give either --split K (full width) or --floor F (placement)")
+    if cfg.split is not None and not cfg.use_exits:
+        raise ConfigError("--no-exits with --split: a split run always runs the whole chain at full width "
+                          "(exits are placed only with --floor); drop --no-exits, or use --floor F")
     if cfg.floor is not None and not 0.0 < cfg.floor <= 1.0:
         raise ConfigError(f"--floor {cfg.floor}: an accuracy floor is a fraction in (0, 1]")
     if not cfg.replan_factor > 1.0:
@@ -316,8 +319,9 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
             connect(i, min(RETRY_TIMEOUT_S, cfg.timeout_s))
         except (ServerUnreachable, ConfigError) as exc:  # refused (another model, token): keep trying too
             if isinstance(exc, ConfigError):
-                warnings.warn(f"offload run: the server at request {i} answers but {exc}; staying on the "
-                              "edge", stacklevel=3)
+                why = str(exc).removeprefix("offload run: ")
+                warnings.warn(f"offload run: at request {i} the server answers but cannot be used ({why}); "
+                              "staying on the edge and retrying", stacklevel=3)
             down["wait"] = min(2 * down["wait"], RETRY_MAX_S)
             down["next"] = time.perf_counter() + down["wait"]
             return

@@ -124,5 +124,8 @@ def test_a_server_back_with_other_weights_is_not_used_and_the_run_stays_on_the_e
         next(other.model.parameters()).add_(1.0)
     report, messages = run_with_restart(chain, load_chain(other), down_at=2, down_s=0.1, duration_s=1.5)
     assert any("serve and run the same model" in m for m in messages)
+    refused = [m for m in messages if "cannot be used" in m]  # before: "answers but offload run: the server"
+    assert refused and not any("offload run: the server at" in m for m in refused)
+    assert all(m.count("offload run:") == 1 for m in refused)
     assert report.reconnects == [] and report.requests_by_mode["split"] == 2
     assert report.requests_by_mode["edge-only"] == report.requests - 2

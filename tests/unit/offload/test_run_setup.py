@@ -8,8 +8,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from edgeadapt.cli.main import main
 from edgeadapt.errors import ConfigError
 from edgeadapt.offload.profile import ChainProfile, DeviceProfile
+from edgeadapt.offload.run import OffloadRunConfig, run_offload
 from edgeadapt.offload.run_setup import check_address, check_server, edge_cloud_profile, profile_path
 
 
@@ -70,3 +72,15 @@ def test_profile_path_needs_a_descendants_artifact_or_a_profile(tmp_path):
     assert profile_path(str(tmp_path), str(tmp_path / "p.json")) == tmp_path / "p.json"
     with pytest.raises(ConfigError, match="--floor needs a descendants artifact .* or\n?.*--profile"):
         profile_path(str(tmp_path), None)
+
+
+def test_no_exits_with_a_split_is_refused_not_ignored(tmp_path, capsys):
+    """Before: `--split 2 --no-exits` ran as if the flag were absent (it has no effect on a split)."""
+    with pytest.raises(ConfigError, match="--no-exits with --split"):
+        run_offload(OffloadRunConfig("tiny-resnet", "127.0.0.1:9", b"t" * 16, split=2, use_exits=False))
+    token = tmp_path / "token"
+    token.write_text("t" * 16)
+    token.chmod(0o600)
+    assert main(["offload", "run", "--model", "tiny-resnet", "--server", "127.0.0.1:9", "--token-file",
+                 str(token), "--split", "2", "--no-exits"]) == 2
+    assert "drop --no-exits" in capsys.readouterr().err

@@ -63,6 +63,7 @@ from edgeadapt.offload.run_setup import (
     check_batch_size,
     check_server,
     edge_cloud_profile,
+    least_memory,
     load_exits,
     load_test_split,
     profile_for,
@@ -274,11 +275,14 @@ def run_offload(cfg: OffloadRunConfig, shaper: TokenBucket | None = None,
                 chosen, widths, exit_block = alone.placement, list(alone.placement.widths), alone.exit_block
             except InfeasibleError as why:
                 if chosen is None:  # nothing planned yet: no placement of the floor to keep
+                    need = least_memory(profile, exits, cfg.floor)
+                    reason = (f"{need[1]}, the smallest end meeting it, needs at least {need[0]:,} bytes"
+                              if need is not None and need[0] > here.memory_bytes else str(why))
                     raise InfeasibleError(
                         f"offload run: the server at {cfg.server} is unreachable at request {i} ({exc}) and "
                         f"no edge-only placement meets --floor {cfg.floor:g} within the edge's memory "
                         f"({here.name!r}: {here.memory_bytes:,} bytes"
-                        f"{', exits included' if exits else ''}): {why}. Start the server, lower --floor, "
+                        f"{', exits included' if exits else ''}): {reason}. Start the server, lower --floor, "
                         "or give the edge's device profile more memory_bytes (offload build "
                         "--device-profile)") from None
                 over = f", beyond the edge's memory ({here.memory_bytes:,} bytes: {why})"

@@ -20,8 +20,8 @@ from edgeadapt.offload.exits import ExitProfile
 from edgeadapt.offload.profile import ChainProfile
 from edgeadapt.offload.serve import RuntimeChain, descendants_dir
 
-__all__ = ["check_address", "check_batch_size", "check_server", "edge_cloud_profile", "load_exits",
-           "load_test_split", "profile_for", "profile_path"]
+__all__ = ["check_address", "check_batch_size", "check_server", "edge_cloud_profile", "least_memory",
+           "load_exits", "load_test_split", "profile_for", "profile_path"]
 
 
 def check_address(server: str, field: str = "--server") -> None:
@@ -60,6 +60,17 @@ def check_batch_size(batch_size: int, profiled: int) -> None:
                       "rebuild with "
                       f"`offload build ... --profile-batch-size {batch_size}` to plan for batch {batch_size}",
                       stacklevel=3)
+
+
+def least_memory(profile: ChainProfile, exits: list[ExitProfile], floor: float) -> tuple[int, str] | None:
+    """The fewest bytes one device needs to run an end of the chain alone whose full-width accuracy
+    reaches ``floor`` (each block at its smallest width; an exit adds its head), and which end: a lower
+    bound on the memory of an edge-only placement at ``floor``; ``None`` when no end reaches it."""
+    smallest = [min(r.mem_bytes for r in row) for row in profile.rows]
+    ends = [(sum(smallest), "the whole chain")] if profile.base_accuracy >= floor - 1e-12 else []
+    ends += [(sum(smallest[:ex.block + 1]) + ex.mem_bytes, f"the exit after block {ex.block}")
+             for ex in exits if ex.accuracy >= floor - 1e-12]
+    return min(ends) if ends else None
 
 
 def edge_cloud_profile(profile: ChainProfile, edge: str | None = None, cloud: str | None = None

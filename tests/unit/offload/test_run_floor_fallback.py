@@ -18,6 +18,7 @@ from edgeadapt.errors import InfeasibleError
 from edgeadapt.offload.build import EXITS_FILE, PROFILE_FILE, OffloadBuildConfig, build_exits
 from edgeadapt.offload.profile import EMULATED_EDGE, LOCAL_CLOUD, ChainProfile
 from edgeadapt.offload.run import OffloadRunConfig, run_offload
+from edgeadapt.offload.run_setup import least_memory
 from tests.unit.offload.conftest import trained_tiny_resnet
 
 TOKEN = b"fallback-token-01"
@@ -67,6 +68,8 @@ def test_nothing_fitting_the_edge_with_the_server_down_is_an_error_naming_the_me
         assert code == 2 and captured.out == ""
         assert "edge's memory" in captured.err and "'edge': 1,000 bytes" in captured.err
         assert "unreachable" in captured.err and "Traceback" not in captured.err
+        need = least_memory(ChainProfile.load(prof), exits, floor)
+        assert f"needs at least {need[0]:,} bytes" in " ".join(captured.err.split())
 
 
 def test_an_exit_that_fits_the_edge_is_taken_when_the_whole_chain_does_not(built, tmp_path):

@@ -23,7 +23,9 @@ fastest way to meet the floor; the report names the exit (``exit_block``, ``None
 server's exit heads are the same weights as its own (``Info``'s ``exits_hash``).
 
 When the server is unreachable (nothing listens, the connection drops, a call times out) the edge
-falls back to running every block itself, warns (``warnings.warn``: one stderr line from the CLI),
+falls back to running every block itself (with ``floor``: the fastest edge-only widths and exit meeting
+it within the edge's memory; none at the start is an :class:`~edgeadapt.errors.InfeasibleError`, the
+floor is never dropped), warns (``warnings.warn``: one stderr line from the CLI),
 and retries the server on a fresh channel with exponential backoff (:data:`RETRY_FIRST_S` doubling
 up to :data:`RETRY_MAX_S`); when it answers with the same weights the run resumes its split or
 re-plans (``fallbacks`` and ``reconnects`` list both). ``requests_by_mode`` counts the requests that

@@ -144,7 +144,8 @@ def latency_row(link: str, case: str, r: dict[str, Any]) -> dict[str, Any]:
 def latencies(built: Path, server: str, token_file: Path, link: str, floor: float, limit: int,
               prefix: Sequence[str] = ()) -> list[dict[str, Any]]:
     n = len(json.loads((built / "profile.json").read_text())["blocks"])
-    cases = [("edge-only (--split %d)" % n, ["--split", str(n)]), ("split after block 2", ["--split", "2"]),
+    cases = [("edge-only (--split %d)" % n, ["--split", str(n)]),
+             ("--split 2 (blocks 0-1 on the edge)", ["--split", "2"]),
              ("cloud-only (--split 0)", ["--split", "0"]),
              (f"--floor {floor} (fast-cloud profile)", ["--floor", str(floor), "--no-exits", "--profile",
                                                         str(built / "fast-cloud.json")]),

@@ -8,6 +8,7 @@ from torch import nn
 
 from edgeadapt.data.registry import build_dataset
 from edgeadapt.models.registry import load_adapter
+from edgeadapt.offload.netem import TokenBucket
 from edgeadapt.offload.serve import ServeConfig, load_chain, start_server
 
 
@@ -48,3 +49,18 @@ def token_file(tmp_path, request):
     path.write_text(request.module.TOKEN.decode())
     path.chmod(0o600)
     return path
+
+
+class StopAfter(TokenBucket):
+    """A link that goes down (``running``, a started server, is stopped and not started again) at
+    the ``calls``-th message it shapes."""
+
+    def __init__(self, running, calls: int) -> None:
+        super().__init__(rate=1e12, burst=1 << 30)
+        self.running, self.left = running, calls
+
+    def consume(self, n: int) -> float:
+        self.left -= 1
+        if self.left == 0:
+            self.running.stop(grace=0)
+        return super().consume(n)

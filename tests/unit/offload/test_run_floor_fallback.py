@@ -16,12 +16,11 @@ import pytest
 from edgeadapt.cli.main import main
 from edgeadapt.errors import InfeasibleError
 from edgeadapt.offload.build import EXITS_FILE, PROFILE_FILE, OffloadBuildConfig, build_exits
-from edgeadapt.offload.netem import TokenBucket
 from edgeadapt.offload.profile import EMULATED_EDGE, LOCAL_CLOUD, ChainProfile
 from edgeadapt.offload.run import OffloadRunConfig, run_offload
 from edgeadapt.offload.run_setup import least_memory
 from edgeadapt.offload.serve import ServeConfig, load_chain, start_server
-from tests.unit.offload.conftest import trained_tiny_resnet
+from tests.unit.offload.conftest import StopAfter, trained_tiny_resnet
 
 TOKEN = b"fallback-token-01"
 DOWN = "127.0.0.1:9"  # the discard port: nothing listens
@@ -124,20 +123,6 @@ def test_a_batch_size_other_than_the_profiles_is_warned_about(built):
     assert report.batch_size == 4
 
 
-class StopsAfter(TokenBucket):
-    """A link whose server is stopped at the ``calls``-th message (and not started again)."""
-
-    def __init__(self, running, calls: int) -> None:
-        super().__init__(rate=1e12, burst=1 << 30)
-        self.running, self.left = running, calls
-
-    def consume(self, n: int) -> float:
-        self.left -= 1
-        if self.left == 0:
-            self.running.stop(grace=0)
-        return super().consume(n)
-
-
 def test_a_server_lost_mid_run_keeps_the_planned_widths_beyond_a_small_edge_and_says_so(built, tmp_path):
     out, profile, _ = built
     prof = with_edge_memory(built, tmp_path / "tiny", 1000)  # nothing fits the edge: blocks go to the cloud
@@ -146,7 +131,7 @@ def test_a_server_lost_mid_run_keeps_the_planned_widths_beyond_a_small_edge_and_
         cfg = OffloadRunConfig(str(out), f"127.0.0.1:{running.port}", TOKEN, floor=0.05, limit=12,
                                profile=prof, timeout_s=1.0)
         with pytest.warns(UserWarning, match="unreachable at request") as caught:
-            report = run_offload(cfg, StopsAfter(running, 10 + 2 * 3 + 1))  # probes, then 3 requests
+            report = run_offload(cfg, StopAfter(running, 10 + 2 * 3 + 1))  # probes, then 3 requests
     finally:
         running.stop(grace=0)
     fell = [str(w.message) for w in caught if "unreachable at request" in str(w.message)]

@@ -35,7 +35,7 @@ from edgeadapt.offload.transport import (
     encode_frame,
     read_token,
 )
-from tests.unit.offload.conftest import trained_tiny_resnet
+from tests.unit.offload.conftest import StopAfter, trained_tiny_resnet
 
 TOKEN = b"device-token-0123"
 OK, BAD = grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT
@@ -259,20 +259,6 @@ def test_nothing_listening_falls_back_to_edge_only(chain, trained):
     with torch.no_grad():
         torch.testing.assert_close(report.logits, adapter.model(pixel_values=test.images).logits, atol=1e-5,
                                    rtol=0)
-
-
-class StopAfter(TokenBucket):
-    """A link that goes down (the server stops) after ``calls`` messages have been shaped."""
-
-    def __init__(self, running, calls: int) -> None:
-        super().__init__(rate=1e12, burst=1 << 30)
-        self.running, self.left = running, calls
-
-    def consume(self, n: int) -> float:
-        self.left -= 1
-        if self.left == 0:
-            self.running.stop(grace=0)
-        return super().consume(n)
 
 
 def test_a_server_lost_mid_run_falls_back_for_the_rest(chain, trained):

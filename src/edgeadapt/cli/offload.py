@@ -75,8 +75,8 @@ def cmd_offload_build(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
         return 0
     print(f"{args.model}: {len(desc.names)} blocks x widths {list(desc.widths)} distilled on {args.data} "
-          f"({args.epochs} epochs) at {summary['image_size']}x{summary['image_size']} pixels; base accuracy "
-          f"{profile.base_accuracy:.4f}")
+          f"({args.epochs} epochs) at {summary['image_size']}x{summary['image_size']} pixels"
+          f"{size_note(args.model, args.image_size)}; base accuracy {profile.base_accuracy:.4f}")
     print(f"descendants: {summary['descendants']}\nprofile on {', '.join(names)} at batch "
           f"{profile.batch_size}: {summary['profile']}")
     if exits:
@@ -88,6 +88,19 @@ def cmd_offload_build(args: argparse.Namespace) -> int:
     print(f"serve it: edgeadapt offload serve --model {out} ...; run it: edgeadapt offload run --model {out} "
           "--floor F ...")
     return 0
+
+
+def size_note(model: str, image_size: int | None) -> str:
+    """``" (the default: ...)"`` when a local model's ``config.json`` names no ``image_size`` and none was
+    given, so the image side printed is edgeadapt's CNN default, not the model's; else ``""``."""
+    config = Path(model) / "config.json"
+    if image_size is not None or not config.is_file():
+        return ""
+    try:
+        named = "image_size" in json.loads(config.read_text())
+    except (OSError, json.JSONDecodeError):
+        return ""
+    return "" if named else " (its config.json names no image_size: the default; --image-size N for another)"
 
 
 def serving_line(model: str, chain: Any, host: str, port: int) -> str:

@@ -298,8 +298,9 @@ def solve_with_exits(profile: ChainProfile, exits: Sequence[ExitProfile],
         if best is None or pl.latency_s < best.placement.latency_s - 1e-12:
             best = ExitPlacement(pl, problem, block)
     if best is None:
-        reach = max([ex.accuracy for ex in exits] + [profile.base_accuracy])
-        raise InfeasibleError(f"accuracy floor {floor:.4f} is unreachable by the whole chain or any of its "
-                              f"{len(exits)} exits (best full-width accuracy {reach:.4f}); lower the floor "
-                              f"to at most {reach:.4f}. The whole chain: {reasons[0]}")
+        tops = sorted(exits, key=lambda ex: ex.accuracy)[-1:]
+        best_exit = (f"; the best exit (after block {tops[0].block}) reaches {tops[0].accuracy:.4f} with "
+                     "every block before it at full width") if tops else ""
+        raise InfeasibleError(f"accuracy floor {floor:.4f} is unreachable by any end of the chain within the "
+                              f"devices' memory{best_exit}. The whole chain: {reasons[0]}")
     return best

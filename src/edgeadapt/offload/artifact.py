@@ -35,6 +35,7 @@ from edgeadapt.artifacts import (
 from edgeadapt.errors import ArtifactError, ConfigError, PlanError
 from edgeadapt.models.cnn import CNNAdapter
 from edgeadapt.models.registry import build_from_config, task_of, wrap
+from edgeadapt.numerics import upcast
 from edgeadapt.offload.blocks import Descendants, apply_width_plan, block_modules
 from edgeadapt.offload.exits import ExitHead
 from edgeadapt.pruning.channel_plan import ChannelPlan
@@ -93,10 +94,10 @@ def save_descendants(desc: Descendants, directory: str | Path, config: dict[str,
 
 
 def load_descendants(directory: str | Path) -> Descendants:
-    """Rebuild what :func:`save_descendants` wrote: the base architecture from its config (in the stored
-    weights' dtype), each width by applying its plan to a copy, then the stored weights (every tensor
-    must match: no missing or extra key, same shapes). Kind, version and file hashes are verified; any
-    mismatch is an :class:`~edgeadapt.errors.ArtifactError`."""
+    """Rebuild what :func:`save_descendants` wrote: the base architecture from its config (bf16/fp16
+    upcast to float32, as build and serve run it), each width by applying its plan to a copy, then
+    the stored weights (every tensor must match: no missing or extra key, same shapes). Kind, version
+    and file hashes are verified; any mismatch is an :class:`~edgeadapt.errors.ArtifactError`."""
     directory = Path(directory)
     manifest = read_manifest(directory, KIND, VERSION)
     base, widths, names = manifest["base"], tuple(manifest["widths"]), list(manifest["blocks"])
@@ -106,11 +107,9 @@ def load_descendants(directory: str | Path) -> Descendants:
     if adapter.fingerprint() != base["architecture"]:
         raise ArtifactError(f"{directory}: base_config.json does not match the manifest's architecture")
     state = load_file(str(directory / WEIGHTS))
-    # the blocks take the stored weights' dtype, not the config's: a bf16 checkpoint's descendants are
-    # distilled and saved in float32 (offload build upcasts), and rebuilding them in bf16 would round them
-    stored = {t.dtype for t in state.values() if t.is_floating_point()}
-    if len(stored) == 1:
-        adapter.model.to(stored.pop())
+    # in float32 whatever the config says, as offload build and serve run them (numerics.upcast): a bf16
+    # checkpoint's descendants are distilled and saved in float32, rebuilt in bf16 they would be rounded
+    upcast(adapter.model)
     modules: list[list[nn.Module]] = [[] for _ in names]
     plans = []
     for i in range(len(widths)):

@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from edgeadapt.errors import ConfigError, InfeasibleError
-from edgeadapt.offload.exits import ExitProfile
-from edgeadapt.offload.placement import Option, Placement, PlacementProblem, evaluate, feasible
+from edgeadapt.offload.exits import ExitProfile, exit_problem
+from edgeadapt.offload.placement import Placement, PlacementProblem, evaluate, feasible
 from edgeadapt.offload.profile import ChainProfile
 
 # exhaustive device search per exit is (devices ** blocks); above this many assignments only
@@ -198,26 +198,20 @@ def early_exit(profile: ChainProfile, exits: Sequence[ExitProfile],
     meets the floor."""
     problem = profile.problem(bandwidth, rtt_s, source)
     full = full_choice(problem)
-    names = [d.name for d in profile.devices]
-    best: tuple[Placement, PlacementProblem, float, str, int | None] | None = None
-    candidates = [(x.block, x.accuracy, x) for x in exits] + [(len(full) - 1, profile.base_accuracy, None)]
-    for block, acc, ex in candidates:
-        if acc < floor - 1e-12:
-            continue
-        options = tuple((problem.options[b][full[b]],) for b in range(block + 1))
-        out_bytes = problem.out_bytes[:block + 1]
-        if ex is not None:
-            options += ((Option(1.0, 0.0, tuple(ex.latency_s[n] for n in names), ex.mem_bytes),),)
-            out_bytes += (ex.out_bytes * profile.batch_size,)
-        sub = PlacementProblem(options, out_bytes, problem.input_bytes, problem.devices, problem.memory_bytes,
-                               problem.bandwidth, problem.rtt_s, acc, problem.source)
+    whole = replace(problem, options=tuple((opts[w],) for opts, w in zip(problem.options, full)))
+    best: tuple[Placement, PlacementProblem, str, int | None] | None = None
+    # each end at full width: the whole chain, or an exit's problem without its drops (full width only)
+    ends = [(whole, None)] if profile.base_accuracy >= floor - 1e-12 else []
+    ends += [(exit_problem(problem, profile, replace(x, drops=())), x.block) for x in exits
+             if x.accuracy >= floor - 1e-12]
+    for sub, block in ends:
         pl = _best_devices(sub)
         if pl is not None and (best is None or pl.latency_s < best[0].latency_s - 1e-12):
-            what = f"exit after block {block}" if ex is not None else "no early exit (full chain)"
-            best = (pl, sub, acc, what, block if ex is not None else None)
+            what = f"exit after block {block}" if block is not None else "no early exit (full chain)"
+            best = (pl, sub, what, block)
     if best is None:
         reach = max([x.accuracy for x in exits] + [profile.base_accuracy])
         raise InfeasibleError(f"no early exit reaches the accuracy floor {floor:.4f}; the best exit reaches "
                               f"{reach:.4f}")
-    pl, sub, acc, what, block = best
-    return _result("early-exit", sub, pl, acc, f"{what}: {_segments(sub, pl.devices)}", block)
+    pl, sub, what, block = best
+    return _result("early-exit", sub, pl, sub.base_accuracy, f"{what}: {_segments(sub, pl.devices)}", block)

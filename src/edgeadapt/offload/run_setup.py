@@ -16,7 +16,7 @@ from typing import Any
 from edgeadapt.data.registry import build_dataset, dataset_info, options_at_size
 from edgeadapt.errors import ConfigError
 from edgeadapt.offload.build import EXITS_FILE, PROFILE_FILE, load_exit_profiles
-from edgeadapt.offload.exits import ExitProfile
+from edgeadapt.offload.exits import ExitProfile, end_problems
 from edgeadapt.offload.profile import ChainProfile
 from edgeadapt.offload.serve import RuntimeChain, descendants_dir
 
@@ -64,12 +64,16 @@ def check_batch_size(batch_size: int, profiled: int) -> None:
 
 def least_memory(profile: ChainProfile, exits: list[ExitProfile], floor: float) -> tuple[int, str] | None:
     """The fewest bytes one device needs to run an end of the chain alone whose full-width accuracy
-    reaches ``floor`` (each block at its smallest width; an exit adds its head), and which end: a lower
-    bound on the memory of an edge-only placement at ``floor``; ``None`` when no end reaches it."""
-    smallest = [min(r.mem_bytes for r in row) for row in profile.rows]
-    ends = [(sum(smallest), "the whole chain")] if profile.base_accuracy >= floor - 1e-12 else []
-    ends += [(sum(smallest[:ex.block + 1]) + ex.mem_bytes, f"the exit after block {ex.block}")
-             for ex in exits if ex.accuracy >= floor - 1e-12]
+    reaches ``floor`` (each block at its smallest width offered — an exit without drops offers full
+    width only — and an exit's head), and which end: a lower bound on the memory of an edge-only
+    placement at ``floor``; ``None`` when no end reaches it. The ends are
+    :func:`~edgeadapt.offload.exits.end_problems`'."""
+    ends = []
+    for problem, block in end_problems(profile, exits, 1.0, 0.0, floor):
+        if problem.base_accuracy < floor - 1e-12:  # the whole chain is always listed
+            continue
+        need = sum(min(o.mem_bytes for o in opts) for opts in problem.options)
+        ends.append((need, "the whole chain" if block is None else f"the exit after block {block}"))
     return min(ends) if ends else None
 
 
@@ -115,10 +119,15 @@ def profile_for(path: Path, chain: RuntimeChain, model: str, edge: str | None = 
 def load_exits(profile_file: Path, chain: RuntimeChain, profile: ChainProfile, model: str
                ) -> list[ExitProfile]:
     """The exit profiles a ``floor`` run may end at: ``exits.json`` beside ``profile_file``, checked
-    against the chain's exit heads and the profile's batch size; ``[]`` when the artifact was built
-    without exits (no such file)."""
+    against the chain's exit heads and the profile's batch size; ``[]`` when there is no such file
+    (with a warning when the chain has exit heads: a profile from elsewhere drops them)."""
     path = profile_file.parent / EXITS_FILE
     if not path.is_file():
+        if chain.exits:  # e.g. --profile from elsewhere: its directory holds no exit profiles
+            warnings.warn(f"offload run: {model!r} has {len(chain.exits)} exit heads but "
+                          f"{profile_file.parent} holds no {EXITS_FILE}: planning the whole chain only; put "
+                          f"the artifact's {EXITS_FILE} beside {profile_file.name}, or drop --profile",
+                          stacklevel=3)
         return []
     batch_size, exits = load_exit_profiles(path)
     blocks = sorted(ex.block for ex in exits)

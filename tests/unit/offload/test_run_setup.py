@@ -4,6 +4,7 @@ naming the flag, the value and the fix. No model, no server."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import pytest
@@ -84,3 +85,18 @@ def test_no_exits_with_a_split_is_refused_not_ignored(tmp_path, capsys):
     assert main(["offload", "run", "--model", "tiny-resnet", "--server", "127.0.0.1:9", "--token-file",
                  str(token), "--split", "2", "--no-exits"]) == 2
     assert "drop --no-exits" in capsys.readouterr().err
+
+
+def test_a_profile_from_elsewhere_drops_the_exits_with_a_warning(tmp_path):
+    """Before (review): `run --profile OTHER/profile.json` on an artifact with exit heads planned the
+    whole chain only, silently (exits.json is read beside the profile)."""
+    from types import SimpleNamespace
+
+    from edgeadapt.offload.run_setup import load_exits
+
+    chain = SimpleNamespace(exits=[object(), object()])
+    with pytest.warns(UserWarning, match=r"has 2 exit heads but .* holds no exits.json: planning the whole"):
+        assert load_exits(tmp_path / "profile.json", chain, None, "art") == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_exits(tmp_path / "profile.json", SimpleNamespace(exits=[]), None, "art") == []

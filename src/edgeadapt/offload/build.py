@@ -176,22 +176,23 @@ def build_exits(cfg: OffloadBuildConfig, out: str | Path,
         raise ConfigError(f"offload build: data {cfg.data!r} has {len(splits.val.classes)} classes but "
                           f"{cfg.model!r} has {labels} outputs")
     desc = make_descendants(adapter, cfg.widths)
-    pixels = [b["pixel_values"] for b in splits.train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed)]
-    distill(desc, pixels, cfg.epochs, cfg.lr)
+    train = list(splits.train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed))
+    distill(desc, [b["pixel_values"] for b in train], cfg.epochs, cfg.lr)
     full = desc.chain([1.0] * len(desc.names))
     heads = []
     if cfg.exit_epochs:
-        train = list(splits.train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed))
         heads = train_exit_heads(full, train, labels, cfg.exit_epochs, cfg.exit_lr, cfg.seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_descendants(desc, out / DESCENDANTS_DIR, config=asdict(cfg), heads=heads)
     val = list(splits.val.batches(256))
+    measured: dict[tuple[float, ...], float] = {}  # each composition traced once for the exits and the chain
+    if heads:
+        accuracies, drops = exit_accuracy_drops(desc, heads, val, measured=measured)
     profile = profile_chain(desc, val, devices, cfg.profile_batch_size, cfg.warmup, cfg.repeats, cfg.checks,
-                            seed=cfg.seed)
+                            seed=cfg.seed, measured=measured)
     exits: list[ExitProfile] = []
     if heads:
-        accuracies, drops = exit_accuracy_drops(desc, heads, val)
         x = val[0]["pixel_values"][:cfg.profile_batch_size]
         exits = profile_exits(full, heads, accuracies, x, devices, cfg.warmup, cfg.repeats, drops=drops)
     (out / EXITS_FILE).unlink(missing_ok=True)  # --overwrite without exits: no stale exit profile

@@ -118,16 +118,25 @@ def train_exit_heads(chain: BlockChain, batches: Sequence[dict[str, torch.Tensor
 def exit_accuracies(chain: BlockChain, heads: Sequence[ExitHead],
                     batches: Iterable[dict[str, torch.Tensor]]) -> list[float]:
     """Top-1 accuracy of every exit (``heads[e]`` on block ``e``'s output) on labelled batches."""
+    return chain_and_exit_accuracies(chain, heads, batches)[1]
+
+
+@torch.no_grad()
+def chain_and_exit_accuracies(chain: BlockChain, heads: Sequence[ExitHead],
+                              batches: Iterable[dict[str, torch.Tensor]]) -> tuple[float, list[float]]:
+    """``(the chain's own top-1 accuracy, every exit's)`` on labelled batches from one traced pass per
+    batch (the chain's output is its last block's)."""
     chain.eval()
-    right, total = [0] * len(heads), 0
+    right, last, total = [0] * len(heads), 0, 0
     for batch in batches:
         outs = chain.trace(batch["pixel_values"])
         for e, head in enumerate(heads):
             right[e] += int((head(outs[e]).argmax(-1) == batch["labels"]).sum())
+        last += int((outs[-1].argmax(-1) == batch["labels"]).sum())
         total += int(batch["labels"].numel())
     if total == 0:
         raise ConfigError("exit accuracy needs at least one labelled example")
-    return [r / total for r in right]
+    return last / total, [r / total for r in right]
 
 
 @dataclass(frozen=True)
@@ -175,14 +184,17 @@ def profile_exits(chain: BlockChain, heads: Sequence[ExitHead], accuracies: Sequ
 @torch.no_grad()
 def exit_accuracy_drops(desc: Descendants, heads: Sequence[ExitHead],
                         batches: Sequence[dict[str, torch.Tensor]],
-                        settings: Sequence[float] | None = None
+                        settings: Sequence[float] | None = None,
+                        measured: dict[tuple[float, ...], float] | None = None
                         ) -> tuple[list[float], list[list[list[float]]]]:
     """``(accuracy[e], drops[e][b][w])`` for every exit head: ``accuracy[e]`` with every block at full
     width, ``drops[e][b][w]`` (``b <= e``; ``w`` indexes ``desc.widths``) averaged over the uniform
     width ``settings`` (default :func:`~edgeadapt.offload.profile.default_settings`) of
     ``acc_e(setting with block b at full width) − acc_e(setting with block b at width w)`` — the
     LegoDNN accuracy model of :mod:`edgeadapt.offload.profile`, per exit. Each composition is traced
-    once and scores every exit. ``batches`` are labelled (``pixel_values``, ``labels``)."""
+    once and scores every exit; with ``measured`` (a dict), the chain's own accuracy of each
+    composition is recorded there too, so :func:`~edgeadapt.offload.profile.profile_chain` given the
+    same dict does not evaluate them again. ``batches`` are labelled (``pixel_values``, ``labels``)."""
     settings = list(settings or default_settings(desc.widths))
     n, n_e = len(desc.names), len(heads)
     if n_e > n - 2:
@@ -192,7 +204,9 @@ def exit_accuracy_drops(desc: Descendants, heads: Sequence[ExitHead],
 
     def acc(widths: tuple[float, ...]) -> list[float]:
         if widths not in cache:
-            cache[widths] = exit_accuracies(desc.chain(widths), heads, batches)
+            final, cache[widths] = chain_and_exit_accuracies(desc.chain(widths), heads, batches)
+            if measured is not None:
+                measured.setdefault(widths, final)
         return cache[widths]
 
     drops = [[[0.0] * len(desc.widths) for _ in range(e + 1)] for e in range(n_e)]

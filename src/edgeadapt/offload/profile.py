@@ -334,12 +334,16 @@ def default_settings(widths: Sequence[float]) -> list[float]:
 
 
 def accuracy_drops(desc: Descendants, batches: Sequence[dict[str, torch.Tensor]],
-                   settings: Sequence[float] | None = None) -> tuple[float, list[list[float]], dict]:
+                   settings: Sequence[float] | None = None,
+                   measured: dict[tuple[float, ...], float] | None = None
+                   ) -> tuple[float, list[list[float]], dict]:
     """``(full accuracy, drop[b][w], accuracy of every composition measured)``: ``drop`` averaged over
-    the uniform ``settings`` (default :func:`default_settings`) as the module doc says."""
+    the uniform ``settings`` (default :func:`default_settings`) as the module doc says. ``measured``:
+    compositions already evaluated on ``batches`` (widths → accuracy, e.g. filled by
+    :func:`~edgeadapt.offload.exits.exit_accuracy_drops`), reused and added to."""
     settings = list(settings or default_settings(desc.widths))
     n = len(desc.names)
-    measured: dict[tuple[float, ...], float] = {}
+    measured = {} if measured is None else measured
 
     def acc(widths: tuple[float, ...]) -> float:
         if widths not in measured:
@@ -364,11 +368,12 @@ def accuracy_drops(desc: Descendants, batches: Sequence[dict[str, torch.Tensor]]
 def profile_chain(desc: Descendants, batches: Sequence[dict[str, torch.Tensor]],
                   devices: Sequence[DeviceProfile], batch_size: int = 1, warmup: int = 3,
                   repeats: int = 10, checks: int = 4, settings: Sequence[float] | None = None,
-                  seed: int = 0) -> ChainProfile:
+                  seed: int = 0, measured: dict[tuple[float, ...], float] | None = None) -> ChainProfile:
     """Profile every (block, width) of ``desc`` on ``devices`` (latency on an input of
     ``batch_size`` examples from the first batch, each block fed the full-width chain's real
     activations) and its accuracy drop on ``batches`` (labelled); then measure ``checks`` random
-    compositions against the additive model."""
+    compositions against the additive model. ``measured``: compositions already evaluated on the
+    same ``batches`` (:func:`accuracy_drops`)."""
     if not devices or len({d.name for d in devices}) != len(devices):
         raise ConfigError("profile at least one device, each with its own name")
     desc.eval()
@@ -378,7 +383,7 @@ def profile_chain(desc: Descendants, batches: Sequence[dict[str, torch.Tensor]],
     with torch.no_grad():
         outs = desc.chain([1.0] * len(desc.names)).trace(x)
     ins = [x, *outs[:-1]]
-    base, drops, measured = accuracy_drops(desc, batches, settings)
+    base, drops, measured = accuracy_drops(desc, batches, settings, measured)
     rows = []
     for b, name in enumerate(desc.names):  # a block's widths timed interleaved, per device
         runs = [(module, ins[b], d) for module in desc.modules[b] for d in devices]

@@ -162,3 +162,29 @@ def test_bad_inputs_are_config_errors_naming_the_fix():
     for floor in (1.5, float("nan")):
         with pytest.raises(ConfigError, match="not a fraction"):
             solve(prof.problem(1e6, 0.002), floor)
+
+
+def test_the_chain_profile_reuses_the_compositions_the_exit_drops_traced(monkeypatch):
+    """Before (review): offload build evaluated every width composition twice on val, once for the
+    exits' drops and once for the chain's. With one shared dict the chain's drops come from the
+    exits' traces (only compositions narrowing blocks after the last exit are new) and are the
+    same numbers."""
+    from edgeadapt.offload import profile as profile_module
+    from edgeadapt.offload.profile import EMULATED_EDGE, accuracy_drops
+
+    adapter, splits = trained_tiny_resnet(epochs=1)
+    desc = make_descendants(adapter, (1.0, 0.5))
+    chain = desc.chain([1.0] * len(desc.names))
+    heads = train_exit_heads(chain, list(splits.train.batches(128, shuffle=True, seed=0))[:3], 10)
+    val = list(splits.val.batches(256))
+    alone = accuracy_drops(desc, val)
+    shared: dict = {}
+    exit_accuracy_drops(desc, heads, val, measured=shared)
+    new = {w for w in alone[2] if w not in shared}  # blocks after the last exit narrowed
+    calls = []
+    real = profile_module.accuracy
+    monkeypatch.setattr(profile_module, "accuracy", lambda c, b: calls.append(1) or real(c, b))
+    prof = profile_module.profile_chain(desc, val, [EMULATED_EDGE], warmup=0, repeats=1, checks=0,
+                                        measured=shared)
+    assert prof.base_accuracy == alone[0] and [[r.acc_drop for r in row] for row in prof.rows] == alone[1]
+    assert len(calls) == len(new) < len(alone[2]) / 2  # most compositions were not evaluated again

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 import transformers
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -93,6 +94,16 @@ def save_descendants(desc: Descendants, directory: str | Path, config: dict[str,
     return directory
 
 
+def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, what: str) -> None:
+    """Load the tensors of ``state`` under ``prefix`` into ``module`` strictly (no missing or extra
+    key, the same shapes); a mismatch is an :class:`ArtifactError` saying ``what`` and why."""
+    own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        module.load_state_dict(own, strict=True)
+    except RuntimeError as exc:
+        raise ArtifactError(f"{what} ({str(exc).splitlines()[0]})") from None
+
+
 def load_descendants(directory: str | Path) -> Descendants:
     """Rebuild what :func:`save_descendants` wrote: the base architecture from its config (bf16/fp16
     upcast to float32, as build and serve run it), each width by applying its plan to a copy, then
@@ -125,13 +136,8 @@ def load_descendants(directory: str | Path) -> Descendants:
         if got_names != names:
             raise ArtifactError(f"{directory}: the manifest's blocks {names} are not the model's {got_names}")
         for b, module in enumerate(blocks):
-            prefix = _key(b, i)
-            own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            try:
-                module.load_state_dict(own, strict=True)
-            except RuntimeError as exc:
-                raise ArtifactError(f"{directory}: weights of block {names[b]} at width {widths[i]} do not "
-                                    f"match its plan ({str(exc).splitlines()[0]})") from None
+            _load_strict(module, state, _key(b, i), f"{directory}: weights of block {names[b]} at width "
+                         f"{widths[i]} do not match its plan")
             modules[b].append(module.eval())
     return Descendants(names, widths, modules, plans, base, config_dict,
                        {k: list(v) for k, v in manifest.get("losses", {}).items()})
@@ -164,13 +170,8 @@ def load_exit_heads(directory: str | Path) -> list[ExitHead]:
     heads = []
     for e, f in zip(blocks, features):
         head = ExitHead(f, labels)
-        prefix = _exit_key(e)
-        own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        try:
-            head.load_state_dict(own, strict=True)
-        except RuntimeError as exc:
-            raise ArtifactError(f"{directory}: weights of the exit after block {e} do not match the manifest "
-                                f"({str(exc).splitlines()[0]})") from None
+        _load_strict(head, state, _exit_key(e),
+                     f"{directory}: weights of the exit after block {e} do not match the manifest")
         heads.append(head.eval())
     extra = [k for k in state if not any(k.startswith(_exit_key(e)) for e in blocks)]
     if extra:
